@@ -1,0 +1,148 @@
+"""Frozen configuration dataclasses that round-trip through JSON.
+
+They are written into store attributes and checkpoints, so a run can be read back and repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, TypeVar
+
+from softtargets.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build `cls` from `data`, refusing unknown keys; lists become tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; allowed: {sorted(names)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data: a named IDX dataset, a split, optionally only its first `limit` rows."""
+
+    dataset: str = "fashion-mnist"
+    split: str = "train"
+    data_dir: str = "data"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "test"):
+            raise ConfigError(f"split must be 'train' or 'test', got {self.split!r}")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"limit must be a positive number of rows, got {self.limit}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherTrainConfig:
+    """Training of the paper's teacher: dropout, input jitter, max-norm constraint."""
+
+    data: DataConfig = DataConfig()
+    hidden: tuple[int, ...] = (1200, 1200)
+    dropout: float = 0.5
+    input_dropout: float = 0.2
+    jitter: int = 2
+    max_norm: float = 3.5
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_common(self.epochs, self.batch_size, self.lr)
+        for name in ("dropout", "input_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if self.jitter < 0:
+            raise ConfigError(f"jitter must be >= 0 pixels, got {self.jitter}")
+        if self.max_norm < 0:
+            raise ConfigError(f"max_norm must be >= 0 (0 disables it), got {self.max_norm}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentTrainConfig:
+    """Training of a student from a logit store (or from hard labels only when store is None)."""
+
+    data: DataConfig = DataConfig()
+    store: str | None = None
+    hidden: tuple[int, ...] = (800, 800)
+    temperature: float = 20.0
+    alpha: float = 0.9
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_common(self.epochs, self.batch_size, self.lr)
+        check_temperature(self.temperature)
+        check_alpha(self.alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitsConfig:
+    """Stage 1: run a teacher over a dataset split and write a logit store."""
+
+    data: DataConfig = DataConfig()
+    teacher: str = "runs/fashion-mnist/teacher.pt"
+    store: str = "runs/fashion-mnist/teacher-logits.zarr"
+    batch_size: int = 1024
+    chunk_rows: int | None = None
+    compressor: str = "zstd"
+    overwrite: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+        if self.chunk_rows is not None and self.chunk_rows <= 0:
+            raise ConfigError(f"chunk_rows must be positive, got {self.chunk_rows}")
+
+
+def check_temperature(temperature: float) -> None:
+    """Raise ConfigError unless temperature > 0."""
+    if not temperature > 0:
+        raise ConfigError(f"temperature T must be > 0, got {temperature}; the paper uses T in [1, 20]")
+
+
+def check_alpha(alpha: float) -> None:
+    """Raise ConfigError unless alpha is in [0, 1]."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(
+            f"alpha (weight of the soft-target term) must be in [0, 1], got {alpha}; "
+            "1 = soft targets only, 0 = hard labels only"
+        )
+
+
+def _check_common(epochs: int, batch_size: int, lr: float) -> None:
+    if epochs <= 0:
+        raise ConfigError(f"epochs must be positive, got {epochs}")
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    if not lr > 0:
+        raise ConfigError(f"lr must be > 0, got {lr}")
+
+
+def nested_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Like from_dict, but rebuilds a nested `data` DataConfig too."""
+    data = dict(data)
+    if isinstance(data.get("data"), dict):
+        data["data"] = from_dict(DataConfig, data["data"])
+    return from_dict(cls, data)

@@ -1,0 +1,44 @@
+"""Package exceptions. Every error a user can cause derives from SofttargetsError.
+
+Messages say what was got, what is allowed, and how to fix it.
+"""
+
+
+class SofttargetsError(Exception):
+    """Base class of every softtargets error."""
+
+
+class ConfigError(SofttargetsError, ValueError):
+    """An option or configuration value is out of range."""
+
+
+class DatasetNotFoundError(SofttargetsError, FileNotFoundError):
+    """The dataset files are not where we looked."""
+
+
+class DatasetError(SofttargetsError):
+    """Dataset files exist but are malformed or fail their checksum."""
+
+
+class CheckpointError(SofttargetsError):
+    """A model checkpoint is missing, malformed or of the wrong architecture."""
+
+
+class StoreError(SofttargetsError):
+    """A logit store is malformed, damaged or cannot be written."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+    """The store path already exists and overwriting was not asked for."""
+
+
+class IncompleteStoreError(StoreError):
+    """The store was never finalized (its writer crashed or is still running)."""
+
+
+class StoreMismatchError(StoreError):
+    """The store was computed on other data than the data it is used with."""
+
+
+class LogitValueError(StoreError, ValueError):
+    """Logits are non-finite or overflow float16."""

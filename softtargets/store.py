@@ -1,0 +1,320 @@
+"""The logit store format (v1): a Zarr v3 group of teacher logits. numpy and zarr only, never torch.
+
+Layout (docs/FORMAT.md is the normative description):
+    <store>/zarr.json            group; attributes["softtargets"] holds the metadata, `complete` last
+    <store>/logits               float16 (N, C), raw teacher logits, chunked by rows
+    <store>/sample_id            int64 (N,), dataset index of each row, same row chunking
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+from softtargets.errors import (IncompleteStoreError, LogitValueError, StoreError,
+                                StoreExistsError, StoreMismatchError)
+
+FORMAT_NAME = "softtargets.logits"
+FORMAT_VERSION = 1
+ATTR_KEY = "softtargets"
+LOGITS = "logits"
+SAMPLE_ID = "sample_id"
+FP16_MAX = 65504.0
+TARGET_CHUNK_BYTES = 2 * 1024 * 1024  # 1-4 MiB chunks read near raw codec speed
+COMPRESSORS = ("zstd", "blosc", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreMeta:
+    """What attributes["softtargets"] of a store says. Unknown keys are kept in `extra`."""
+
+    format: str
+    version: int
+    kind: str
+    n: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    dtype: str
+    chunk_rows: int
+    compressor: str
+    dataset: dict[str, Any]
+    teacher: dict[str, Any]
+    config: dict[str, Any]
+    created_at: str
+    created_by: dict[str, str]
+    complete: bool = False
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        extra = d.pop("extra")
+        return {**extra, **d}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StoreMeta:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        missing = sorted(names - set(d) - {"complete"})
+        if missing:
+            raise StoreError(f"store metadata lacks keys {missing}; it was not written by a "
+                             "softtargets v1 writer or was edited")
+        known = {k: v for k, v in d.items() if k in names}
+        known["class_names"] = tuple(known["class_names"])
+        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the libraries that define the bytes of a store."""
+    from softtargets import __version__
+    return {"softtargets": __version__, "zarr": zarr.__version__,
+            "numcodecs": numcodecs.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def default_chunk_rows(n: int, num_classes: int) -> int:
+    """Rows per chunk so that a chunk of float16 logits is about TARGET_CHUNK_BYTES."""
+    rows = max(1, TARGET_CHUNK_BYTES // (2 * num_classes))
+    return max(1, min(n, rows))
+
+
+def compressor_codecs(name: str) -> list[Any]:
+    """Spec codecs only (portable to tensorstore/zarrs); crc32c last so every chunk is checksummed."""
+    if name == "zstd":
+        return [ZstdCodec(level=3), Crc32cCodec()]
+    if name == "blosc":
+        return [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2), Crc32cCodec()]
+    if name == "none":
+        return [Crc32cCodec()]
+    raise StoreError(f"unknown compressor {name!r}; allowed: {list(COMPRESSORS)}")
+
+
+def to_float16(logits: np.ndarray, *, first_row: int = 0) -> np.ndarray:
+    """Cast logits to float16, refusing non-finite values and values beyond float16's range."""
+    x = np.asarray(logits)
+    bad = ~np.isfinite(x).all(axis=-1)
+    if bad.any():
+        rows = (np.flatnonzero(bad)[:5] + first_row).tolist()
+        raise LogitValueError(f"teacher produced non-finite logits (NaN/Inf) at rows {rows}; "
+                              "check the teacher checkpoint and its input preprocessing")
+    big = np.abs(x).max(initial=0.0)
+    if big > FP16_MAX:
+        row = int(np.unravel_index(np.abs(x).argmax(), x.shape)[0]) + first_row
+        raise LogitValueError(f"logit magnitude {float(big):.4g} at row {row} overflows float16 "
+                              f"(max {FP16_MAX}); the teacher's logits are out of range for the "
+                              "store (subtract the per-row max or rescale the teacher)")
+    return x.astype(np.float16)
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _local_path(url: str) -> Path:
+    return Path(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def _prepare_destination(url: str, overwrite: bool) -> None:
+    """Refuse an existing path unless overwrite; never delete something that is not a Zarr store."""
+    if not _is_local(url):
+        return
+    path = _local_path(url)
+    if not path.exists():
+        return
+    if not overwrite:
+        raise StoreExistsError(f"store path {str(path)!r} already exists; pass --overwrite to "
+                               "replace it or choose another path")
+    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").exists():
+        raise StoreExistsError(f"{str(path)!r} exists and is not a Zarr store; refusing to delete "
+                               "it even with --overwrite")
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+class StoreWriter:
+    """Writes a v1 store chunk by chunk and marks it complete last.
+
+    Use `create`, then `write_chunk` for every chunk (any order, any process for disjoint chunks),
+    then `finalize`. A writer that raises or is killed leaves `complete: false`: readers refuse it.
+    """
+
+    def __init__(self, group: zarr.Group, meta: StoreMeta) -> None:
+        self.group = group
+        self.meta = meta
+        self.logits = group[LOGITS]
+        self.sample_id = group[SAMPLE_ID]
+        self.written: set[int] = set()
+
+    @classmethod
+    def create(cls, url: str, *, n: int, class_names: tuple[str, ...] | list[str],
+               dataset: dict[str, Any], teacher: dict[str, Any], config: dict[str, Any],
+               chunk_rows: int | None = None, compressor: str = "zstd",
+               overwrite: bool = False) -> StoreWriter:
+        """Create an empty, incomplete store at `url` (a path or file:// URL)."""
+        num_classes = len(class_names)
+        if n <= 0 or num_classes <= 0:
+            raise StoreError(f"a store needs n > 0 rows and C > 0 classes, got n={n}, C={num_classes}")
+        rows = chunk_rows or default_chunk_rows(n, num_classes)
+        codecs = compressor_codecs(compressor)
+        _prepare_destination(url, overwrite)
+        meta = StoreMeta(format=FORMAT_NAME, version=FORMAT_VERSION, kind="dense", n=n,
+                         num_classes=num_classes, class_names=tuple(class_names),
+                         dtype="float16", chunk_rows=rows, compressor=compressor,
+                         dataset=dataset, teacher=teacher, config=config,
+                         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         created_by=software_versions(), complete=False)
+        try:
+            group = zarr.open_group(url, mode="w-", attributes={ATTR_KEY: meta.to_json()})
+        except (FileExistsError, zarr.errors.ContainsGroupError,
+                zarr.errors.ContainsArrayError) as e:
+            raise StoreExistsError(f"store {url!r} already exists; pass --overwrite") from e
+        # write_empty_chunks: every chunk exists on disk, so a deleted one is detectable; the NaN / -1
+        # fill values make a chunk that was never written fail the reader's checks.
+        array_config = {"write_empty_chunks": True}
+        group.create_array(LOGITS, shape=(n, num_classes), chunks=(rows, num_classes),
+                           dtype="float16", compressors=codecs, fill_value=float("nan"),
+                           dimension_names=["row", "class"], config=array_config)
+        group.create_array(SAMPLE_ID, shape=(n,), chunks=(rows,), dtype="int64",
+                           compressors=compressor_codecs(compressor), fill_value=-1,
+                           dimension_names=["row"], config=array_config)
+        return cls(group, meta)
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.meta.n / self.meta.chunk_rows)
+
+    def chunk_slice(self, index: int) -> slice:
+        return chunk_slice(self.meta, index)
+
+    def write_chunk(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
+        """Write whole chunk `index`: sample_ids (rows,) and logits (rows, C), validated first."""
+        sl = self.chunk_slice(index)
+        rows = sl.stop - sl.start
+        sample_ids = np.asarray(sample_ids)
+        if logits.shape != (rows, self.meta.num_classes) or sample_ids.shape != (rows,):
+            raise StoreError(f"chunk {index} needs logits ({rows}, {self.meta.num_classes}) and "
+                             f"sample_ids ({rows},), got {logits.shape} and {sample_ids.shape}")
+        if (sample_ids < 0).any() or (sample_ids >= self.meta.dataset["n"]).any():
+            raise StoreError(f"chunk {index}: sample ids must be in [0, {self.meta.dataset['n']})")
+        half = to_float16(logits, first_row=sl.start)
+        self.logits[sl] = half
+        self.sample_id[sl] = sample_ids.astype(np.int64)
+        self.written.add(index)
+
+    def finalize(self) -> StoreMeta:
+        """Mark the store complete; refuses while any chunk is unwritten."""
+        missing = sorted(set(range(self.num_chunks)) - self.written)
+        if missing:
+            raise IncompleteStoreError(f"cannot finalize: chunks {missing[:10]} of "
+                                       f"{self.num_chunks} were not written")
+        self.meta = dataclasses.replace(self.meta, complete=True)
+        self.group.attrs.update({ATTR_KEY: self.meta.to_json()})
+        return self.meta
+
+
+def chunk_slice(meta: StoreMeta, index: int) -> slice:
+    """Rows of chunk `index`."""
+    count = math.ceil(meta.n / meta.chunk_rows)
+    if not 0 <= index < count:
+        raise StoreError(f"chunk index {index} out of range [0, {count})")
+    start = index * meta.chunk_rows
+    return slice(start, min(meta.n, start + meta.chunk_rows))
+
+
+class LogitStore:
+    """A complete v1 store opened for reading. Every read checks sample ids and finiteness."""
+
+    def __init__(self, group: zarr.Group, meta: StoreMeta, url: str) -> None:
+        self.group = group
+        self.meta = meta
+        self.url = url
+        self.logits = group[LOGITS]
+        self.sample_id = group[SAMPLE_ID]
+
+    @classmethod
+    def open(cls, url: str, *, allow_incomplete: bool = False) -> LogitStore:
+        """Open the store at `url`; refuses other formats, newer versions and incomplete stores."""
+        meta, group = read_meta(url)
+        if not meta.complete and not allow_incomplete:
+            raise IncompleteStoreError(
+                f"store {url!r} is incomplete (complete: false): its writer crashed or is still "
+                "running; rerun stage 1 (teacher-logits) to produce it")
+        for name, shape in ((LOGITS, (meta.n, meta.num_classes)), (SAMPLE_ID, (meta.n,))):
+            if name not in group:
+                raise StoreError(f"store {url!r} lacks the array {name!r}; it is damaged")
+            if tuple(group[name].shape) != shape:
+                raise StoreError(f"store {url!r}: array {name!r} has shape {group[name].shape}, "
+                                 f"metadata says {shape}; the store is truncated or damaged")
+        return cls(group, meta, url)
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.meta.n / self.meta.chunk_rows)
+
+    def read_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ids (rows,) int64 and logits (rows, C) float16 of chunk `index`, checked."""
+        sl = chunk_slice(self.meta, index)
+        try:
+            ids = np.asarray(self.sample_id[sl])
+            logits = np.asarray(self.logits[sl])
+        except Exception as e:  # zarr raises codec-specific errors on a bad checksum
+            raise StoreError(f"store {self.url!r}: chunk {index} (rows {sl.start}..{sl.stop - 1}) "
+                             f"cannot be decoded: {e}") from e
+        bad_ids = (ids < 0) | (ids >= self.meta.dataset["n"])
+        bad_vals = ~np.isfinite(logits).all(axis=1)
+        if bad_ids.any() or bad_vals.any():
+            rows = (np.flatnonzero(bad_ids | bad_vals)[:5] + sl.start).tolist()
+            raise StoreError(f"store {self.url!r}: chunk {index} has missing or invalid rows "
+                             f"{rows} (sample_id out of range or non-finite logits); "
+                             "the chunk was never written or is damaged")
+        return ids, logits
+
+    def read_all(self) -> tuple[np.ndarray, np.ndarray]:
+        """All sample ids (N,) and logits (N, C), chunk by chunk; refuses duplicate ids."""
+        parts = [self.read_chunk(i) for i in range(self.num_chunks)]
+        ids = np.concatenate([p[0] for p in parts])
+        logits = np.concatenate([p[1] for p in parts])
+        if np.unique(ids).size != ids.size:
+            raise StoreError(f"store {self.url!r}: sample_id has duplicates; the store is damaged")
+        return ids, logits
+
+    def check_dataset(self, identity: dict[str, Any]) -> None:
+        """Refuse to pair this store with data other than the data it was computed on."""
+        mine = self.meta.dataset
+        for key in ("name", "split", "n", "fingerprint"):
+            if mine.get(key) != identity.get(key):
+                raise StoreMismatchError(
+                    f"store {self.url!r} was computed on {mine.get('name')}/{mine.get('split')} "
+                    f"(n={mine.get('n')}, fingerprint {mine.get('fingerprint')}) but is used with "
+                    f"{identity.get('name')}/{identity.get('split')} (n={identity.get('n')}, "
+                    f"fingerprint {identity.get('fingerprint')}): {key} differs; "
+                    "recompute the store on this data or pass the data it was made from")
+
+
+def read_meta(url: str) -> tuple[StoreMeta, zarr.Group]:
+    """The metadata and group of a store, complete or not."""
+    if _is_local(url) and not _local_path(url).exists():
+        raise StoreError(f"no store at {url!r}; run stage 1 (softtargets teacher-logits) first")
+    try:
+        group = zarr.open_group(url, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        raise StoreError(f"{url!r} is not a Zarr v3 group: {e}") from e
+    raw = group.attrs.get(ATTR_KEY)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise StoreError(f"{url!r} is a Zarr group but not a softtargets logit store "
+                         f"(attributes[{ATTR_KEY!r}].format != {FORMAT_NAME!r})")
+    if not isinstance(raw.get("version"), int) or raw["version"] > FORMAT_VERSION:
+        raise StoreError(f"store {url!r} has format version {raw.get('version')!r}; this reader "
+                         f"supports up to {FORMAT_VERSION}: upgrade softtargets")
+    return StoreMeta.from_json(raw), group

@@ -1,0 +1,163 @@
+"""Training: the paper's teacher on hard labels, and students from a logit store or hard labels."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from softtargets.augment import random_shift
+from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
+from softtargets.data import Split, load_split
+from softtargets.distill import distillation_loss
+from softtargets.loader import DistillData
+from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
+from softtargets.store import LogitStore
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """How one training run iterates; shared by teacher and student."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    seed: int
+    jitter: int = 0
+    max_norm: float = 0.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = 2000) -> dict[str, Any]:
+    """Test errors (count out of len(split)), accuracy and per-class errors."""
+    model.eval()
+    preds = []
+    for start in range(0, len(split), batch_size):
+        x = torch.from_numpy(split.inputs(slice(start, start + batch_size)))
+        preds.append(model(x).argmax(dim=1).numpy())
+    pred = np.concatenate(preds)
+    wrong = pred != split.labels
+    per_class = np.bincount(split.labels[wrong], minlength=len(split.class_names))
+    return {"test_errors": int(wrong.sum()), "test_n": len(split),
+            "test_accuracy": float(1.0 - wrong.mean()), "per_class_errors": per_class.tolist()}
+
+
+def fit(model: nn.Module, data: DistillData, test: Split, loss_fn: LossFn, opts: FitOptions, *,
+        desc: str, progress: bool = True) -> list[dict[str, Any]]:
+    """SGD with momentum and a cosine learning rate; evaluates on `test` after every epoch."""
+    torch.manual_seed(opts.seed)  # dropout masks
+    g = torch.Generator().manual_seed(opts.seed + 1)  # jitter
+    optim = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum)
+    steps_per_epoch = math.ceil(len(data) / opts.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=opts.epochs * steps_per_epoch)
+    history = []
+    bar = tqdm(total=opts.epochs * steps_per_epoch, desc=desc, unit="step", disable=not progress)
+    for epoch in range(opts.epochs):
+        model.train()
+        t0, total, count = time.perf_counter(), 0.0, 0
+        for images, labels, teacher in data.batches(batch_size=opts.batch_size, epoch=epoch,
+                                                    seed=opts.seed):
+            images = random_shift(images, max_shift=opts.jitter, generator=g)
+            x = images.flatten(1).float().div_(255.0)  # same scaling as data.to_inputs
+            loss = loss_fn(model(x), labels, teacher)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            sched.step()
+            apply_max_norm(model, opts.max_norm)
+            total += loss.item() * len(labels)
+            count += len(labels)
+            bar.update()
+        row = {"epoch": epoch + 1, "train_loss": total / count,
+               "seconds": time.perf_counter() - t0, **evaluate(model, test)}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}", test_errors=row["test_errors"])
+    bar.close()
+    return history
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        torch.set_num_threads(n)
+
+
+def train_teacher(cfg: TeacherTrainConfig, *, out: str, progress: bool = True) -> dict[str, Any]:
+    """Train the paper's teacher (dropout, jitter, max-norm); save checkpoint and metrics JSON."""
+    _threads(cfg.threads)
+    t0 = time.perf_counter()
+    split = load_split(cfg.data)
+    test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
+    torch.manual_seed(cfg.seed)
+    spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
+                     classes=len(split.class_names), dropout=cfg.dropout,
+                     input_dropout=cfg.input_dropout)
+    model = build(spec)
+    opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                      momentum=cfg.momentum, seed=cfg.seed, jitter=cfg.jitter,
+                      max_norm=cfg.max_norm)
+    history = fit(model, DistillData(split), test,
+                  lambda s, y, _t: F.cross_entropy(s, y), opts, desc="teacher", progress=progress)
+    metrics = {"role": "teacher", "model": spec.describe(), "train_rows": len(split),
+               **history[-1], "seconds": time.perf_counter() - t0, "history": history,
+               "config": to_dict(cfg)}
+    sha = save_checkpoint(out, model=model, spec=spec, config=to_dict(cfg),
+                          dataset=split.identity(), class_names=split.class_names, metrics=metrics)
+    metrics["checkpoint"], metrics["checkpoint_sha256"] = out, sha
+    _write_json(Path(out).with_suffix(".json"), metrics)
+    return metrics
+
+
+def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Train a student from the store in cfg.store (distilled) or on hard labels (store None)."""
+    _threads(cfg.threads)
+    t0 = time.perf_counter()
+    split = load_split(cfg.data)
+    test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
+    store = LogitStore.open(cfg.store) if cfg.store else None
+    data = DistillData(split, store, rows=rows)
+    torch.manual_seed(cfg.seed)
+    spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
+                     classes=len(split.class_names))
+    model = build(spec)
+    if store is None:
+        def loss_fn(s: torch.Tensor, y: torch.Tensor, _t: torch.Tensor | None) -> torch.Tensor:
+            return F.cross_entropy(s, y)
+        role = "baseline"
+    else:
+        def loss_fn(s: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+            return distillation_loss(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)
+        role = "distilled"
+    opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                      momentum=cfg.momentum, seed=cfg.seed)
+    history = fit(model, data, test, loss_fn, opts, desc=role, progress=progress)
+    source = None if store is None else {"store": store.url, "teacher": store.meta.teacher,
+                                         "dataset": store.meta.dataset}
+    metrics = {"role": role, "model": spec.describe(), "train_rows": len(data), **history[-1],
+               "seconds": time.perf_counter() - t0, "history": history, "config": to_dict(cfg),
+               "source": source}
+    out = Path(out_dir)
+    save_checkpoint(out / "student.pt", model=model, spec=spec, config=to_dict(cfg),
+                    dataset=split.identity(), class_names=split.class_names, metrics=metrics)
+    _write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
