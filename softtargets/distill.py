@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from softtargets.config import check_alpha, check_temperature
+from softtargets.errors import ConfigError
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
@@ -17,7 +18,7 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """
     check_temperature(temperature)
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+        raise ConfigError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same (batch, classes) shape")
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny IDX datasets written under tmp_path, tiny teachers and stores."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from softtargets.config import DataConfig
+from softtargets.data import FILES, find_file
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: np.ndarray, *, compress: bool = True) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload, mtime=0))
+    else:
+        path.write_bytes(payload)
+
+
+def make_dataset(root: Path, *, name: str = "mnist", n_train: int = 96, n_test: int = 48,
+                 seed: int = 0) -> Path:
+    """A learnable synthetic IDX dataset: class k lights up row band k of a 28x28 image."""
+    rng = np.random.default_rng(seed)
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        for i, y in enumerate(labels):
+            images[i, 2 * y + 4: 2 * y + 7, 4:24] = 220
+        img_stem, lbl_stem = FILES[split]
+        write_idx(d / img_stem, images)
+        write_idx(d / lbl_stem, labels)
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> DataConfig:
+    """DataConfig of a synthetic 'mnist' train split with 96 rows under tmp_path."""
+    make_dataset(tmp_path / "data")
+    return DataConfig(dataset="mnist", split="train", data_dir=str(tmp_path / "data"))
+
+
+def fashion_available() -> bool:
+    try:
+        find_file("fashion-mnist", FILES["train"][0], "data")
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def fashion() -> DataConfig:
+    """Real Fashion-MNIST; fails (does not skip) when absent, since CI installs it."""
+    if not fashion_available():
+        pytest.fail("Fashion-MNIST not found: `apt-get install dataset-fashion-mnist` "
+                    "(or `make data`)")
+    return DataConfig(dataset="fashion-mnist", split="train")

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from softtargets.errors import CheckpointError
+from softtargets.models import (MLP, ModelSpec, apply_max_norm, load_checkpoint, save_checkpoint)
+
+
+def test_mlp_shapes_and_layers():
+    spec = ModelSpec(hidden=(1200, 1200), dropout=0.5, input_dropout=0.2)
+    model = MLP(spec)
+    assert spec.describe() == "mlp 784-1200-1200-10"
+    assert model(torch.zeros(3, 28, 28)).shape == (3, 10)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == [(1200, 784), (1200, 1200), (10, 1200)]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == 3
+
+
+def test_max_norm_caps_each_units_incoming_weights():
+    model = MLP(ModelSpec(hidden=(8,), classes=3, inputs=4))
+    with torch.no_grad():
+        model.net[0].weight.copy_(torch.tensor([[3.0, 4.0, 0, 0]] * 8))  # norm 5
+        model.net[0].weight[0] = torch.tensor([0.3, 0.4, 0, 0])  # norm 0.5, untouched
+    apply_max_norm(model, 2.0)
+    norms = model.net[0].weight.norm(dim=1)
+    assert norms[0].item() == pytest.approx(0.5)
+    assert torch.allclose(norms[1:], torch.full((7,), 2.0))
+    assert torch.allclose(model.net[0].weight[1], torch.tensor([1.2, 1.6, 0, 0]))
+
+
+def _save(path, spec, **kw):
+    return save_checkpoint(path, model=MLP(spec), spec=spec, config={"seed": 0},
+                           dataset={"name": "mnist"}, class_names=tuple("abcdefghij"[:spec.classes]),
+                           metrics={}, **kw)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    spec = ModelSpec(hidden=(16,), classes=10)
+    sha = _save(tmp_path / "t.pt", spec)
+    ck = load_checkpoint(tmp_path / "t.pt", expect_classes=10)
+    assert ck.spec == spec and ck.sha256 == sha and sha.startswith("sha256:")
+    assert not ck.model.training and ck.dataset == {"name": "mnist"}
+
+
+def test_wrong_class_count(tmp_path):
+    _save(tmp_path / "t.pt", ModelSpec(hidden=(16,), classes=5))
+    with pytest.raises(CheckpointError, match="predicts 5 classes but the dataset has 10"):
+        load_checkpoint(tmp_path / "t.pt", expect_classes=10)
+
+
+def test_weights_of_another_architecture(tmp_path):
+    spec = ModelSpec(hidden=(16,))
+    _save(tmp_path / "t.pt", spec)
+    payload = torch.load(tmp_path / "t.pt", weights_only=True)
+    payload["model"]["hidden"] = [32]  # claims another width than its weights have
+    torch.save(payload, tmp_path / "t.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit architecture mlp 784-32-10"):
+        load_checkpoint(tmp_path / "t.pt")
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not found; train one"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="is not a softtargets checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
