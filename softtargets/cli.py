@@ -154,6 +154,8 @@ def student_options(fn: Callable) -> Callable:
         click.option("--batch-size", type=int, default=StudentTrainConfig.batch_size,
                      show_default=True),
         click.option("--lr", type=float, default=StudentTrainConfig.lr, show_default=True),
+        click.option("--clip-grad", type=float, default=StudentTrainConfig.clip_grad,
+                     show_default=True, help="Max gradient norm (0 disables)."),
         click.option("--seed", type=int, default=0, show_default=True),
         threads_option, quiet_option,
     ]):
@@ -183,12 +185,13 @@ def baseline_cmd(out: str, **kw: Any) -> None:
 
 
 def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, hidden: str,
-                   epochs: int, batch_size: int, lr: float, seed: int, threads: int | None,
-                   quiet: bool, store: str | None, **loss: float) -> None:
+                   epochs: int, batch_size: int, lr: float, clip_grad: float, seed: int,
+                   threads: int | None, quiet: bool, store: str | None, **loss: float) -> None:
     from softtargets.train import train_student
     cfg = StudentTrainConfig(data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
                              store=store, hidden=parse_hidden(hidden), epochs=epochs,
-                             batch_size=batch_size, lr=lr, seed=seed, threads=threads, **loss)
+                             batch_size=batch_size, lr=lr, clip_grad=clip_grad, seed=seed,
+                             threads=threads, **loss)
     m = train_student(cfg, out_dir=out, progress=not quiet)
     how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}" if store else "hard labels"
     click.echo(f"{m['role']}: {m['model']} ({how}), {epochs} epochs on {m['train_rows']} rows in "

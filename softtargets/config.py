@@ -52,7 +52,7 @@ class TeacherTrainConfig:
     data: DataConfig = DataConfig()
     hidden: tuple[int, ...] = (1200, 1200)
     dropout: float = 0.5
-    input_dropout: float = 0.2
+    input_dropout: float = 0.0
     jitter: int = 2
     max_norm: float = 3.5
     epochs: int = 30
@@ -83,9 +83,10 @@ class StudentTrainConfig:
     hidden: tuple[int, ...] = (800, 800)
     temperature: float = 20.0
     alpha: float = 0.9
+    clip_grad: float = 5.0
     epochs: int = 20
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9
     seed: int = 0
     threads: int | None = None
@@ -94,6 +95,8 @@ class StudentTrainConfig:
         _check_common(self.epochs, self.batch_size, self.lr)
         check_temperature(self.temperature)
         check_alpha(self.alpha)
+        if self.clip_grad < 0:
+            raise ConfigError(f"clip_grad must be >= 0 (0 disables), got {self.clip_grad}")
 
 
 @dataclasses.dataclass(frozen=True)

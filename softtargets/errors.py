@@ -42,3 +42,7 @@ class StoreMismatchError(StoreError):
 
 class LogitValueError(StoreError, ValueError):
     """Logits are non-finite or overflow float16."""
+
+
+class TrainingDivergedError(SofttargetsError):
+    """The training loss became NaN or infinite."""

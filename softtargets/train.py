@@ -20,6 +20,7 @@ from softtargets.augment import random_shift
 from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
 from softtargets.data import Split, load_split
 from softtargets.distill import distillation_loss
+from softtargets.errors import TrainingDivergedError
 from softtargets.loader import DistillData
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
 from softtargets.store import LogitStore
@@ -38,6 +39,7 @@ class FitOptions:
     seed: int
     jitter: int = 0
     max_norm: float = 0.0
+    clip_grad: float = 0.0
 
 
 @torch.no_grad()
@@ -73,8 +75,15 @@ def fit(model: nn.Module, data: DistillData, test: Split, loss_fn: LossFn, opts:
             images = random_shift(images, max_shift=opts.jitter, generator=g)
             x = images.flatten(1).float().div_(255.0)  # same scaling as data.to_inputs
             loss = loss_fn(model(x), labels, teacher)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step "
+                    f"{count // opts.batch_size + 1} (lr {opts.lr}); lower --lr")
             optim.zero_grad(set_to_none=True)
             loss.backward()
+            if opts.clip_grad > 0:
+                # logit matching at high T is a regression with unbounded gradients; SGD can blow up
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
             optim.step()
             sched.step()
             apply_max_norm(model, opts.max_norm)
@@ -142,7 +151,7 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
             return distillation_loss(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)
         role = "distilled"
     opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                      momentum=cfg.momentum, seed=cfg.seed)
+                      momentum=cfg.momentum, seed=cfg.seed, clip_grad=cfg.clip_grad)
     history = fit(model, data, test, loss_fn, opts, desc=role, progress=progress)
     source = None if store is None else {"store": store.url, "teacher": store.meta.teacher,
                                          "dataset": store.meta.dataset}

@@ -1,0 +1,163 @@
+"""The CLI end to end through click's CliRunner: happy paths and every bad input of issue 2."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from softtargets.cli import cli
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok and result.exit_code != 0:
+        raise AssertionError(f"{args} failed ({result.exit_code}):\n{result.output}\n{result.exception!r}")
+    return result
+
+
+def data_args(cfg, limit=None):
+    out = ["--dataset", cfg.dataset, "--data-dir", cfg.data_dir]
+    return out + (["--limit", limit] if limit else [])
+
+
+@pytest.fixture
+def pipeline(tiny_data, tmp_path):
+    """teacher -> teacher-logits on the synthetic dataset; returns (data args, run dir)."""
+    d = data_args(tiny_data)
+    r = tmp_path / "run"
+    run("train-teacher", *d, "--hidden", "32,32", "--epochs", 10, "--batch-size", 16, "--dropout", 0.2,
+        "--out", r / "teacher.pt", "--quiet")
+    run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", r / "teacher-logits.zarr",
+        "--chunk-rows", 40, "--quiet")
+    return d, r
+
+
+def test_pipeline_on_synthetic_data(pipeline):
+    d, r = pipeline
+    res = run("student", *d, "--hidden", "32,32", "--epochs", 10, "--batch-size", 16, "-T", 4,
+              "--alpha", 0.7, "--store", r / "teacher-logits.zarr", "--out", r / "student",
+              "--quiet")
+    assert "distilled: mlp 784-32-32-10 (T=4, alpha=0.7), 10 epochs on 96 rows" in res.output
+    run("baseline", *d, "--hidden", "32,32", "--epochs", 8, "--batch-size", 16,
+        "--out", r / "baseline", "--quiet")
+    m = json.loads((r / "student" / "metrics.json").read_text())
+    assert m["role"] == "distilled" and m["test_n"] == 48
+    assert m["test_errors"] < 48 * 0.5  # chance would be ~43 errors
+    assert m["source"]["teacher"]["checkpoint_sha256"].startswith("sha256:")
+    table = run("summary", r).output
+    assert "| teacher |" in table and "| baseline student |" in table
+    assert "distilled student (T=4, alpha=0.7)" in table
+    info = run("inspect", r / "teacher-logits.zarr").output
+    assert "96 x 10 float16, 40 rows/chunk" in info and "complete" in info
+    meta = json.loads(run("inspect", "--json", r / "teacher-logits.zarr").output)
+    assert meta["dataset"]["name"] == "mnist" and meta["complete"] is True
+
+
+def test_existing_store_is_refused_then_overwritten(pipeline):
+    d, r = pipeline
+    store = r / "teacher-logits.zarr"
+    before = zarr.open_group(str(store), mode="r")["logits"][:]
+    res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", store, ok=False)
+    assert res.exit_code == 1
+    assert "StoreExistsError" in res.output and "pass --overwrite" in res.output
+    np.testing.assert_array_equal(zarr.open_group(str(store), mode="r")["logits"][:], before)
+    run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", store, "--overwrite",
+        "--quiet")
+
+
+def test_store_of_another_split_is_refused(pipeline):
+    d, r = pipeline
+    run("teacher-logits", *d, "--split", "test", "--teacher", r / "teacher.pt",
+        "--store", r / "test.zarr", "--quiet")
+    res = run("student", *d, "--store", r / "test.zarr", "--epochs", 1, "--out", r / "s", ok=False)
+    assert res.exit_code == 1
+    assert "StoreMismatchError" in res.output and "computed on mnist/test" in res.output
+    assert not (r / "s").exists()
+
+
+def test_incomplete_store_is_refused(pipeline):
+    d, r = pipeline
+    g = zarr.open_group(str(r / "teacher-logits.zarr"), mode="r+")
+    g.attrs["softtargets"] = {**g.attrs["softtargets"], "complete": False}
+    res = run("student", *d, "--store", r / "teacher-logits.zarr", "--epochs", 1,
+              "--out", r / "s", ok=False)
+    assert "IncompleteStoreError" in res.output and "rerun stage 1" in res.output
+
+
+def test_truncated_store_is_refused(pipeline):
+    d, r = pipeline
+    (r / "teacher-logits.zarr" / "logits" / "c" / "1" / "0").unlink()
+    res = run("student", *d, "--store", r / "teacher-logits.zarr", "--epochs", 1,
+              "--out", r / "s", ok=False)
+    assert "chunk 1 has missing or invalid rows" in res.output
+
+
+def test_checkpoint_of_wrong_class_count(pipeline, tmp_path):
+    import torch
+    d, r = pipeline
+    payload = torch.load(r / "teacher.pt", weights_only=True)
+    payload["model"]["classes"] = 7
+    torch.save(payload, tmp_path / "seven.pt")
+    res = run("teacher-logits", *d, "--teacher", tmp_path / "seven.pt",
+              "--store", tmp_path / "x.zarr", ok=False)
+    assert "CheckpointError" in res.output and "predicts 7 classes but the dataset has 10" in res.output
+    assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("-T", 0, "temperature T must be > 0, got 0.0"),
+    ("-T", -2, "temperature T must be > 0, got -2.0"),
+    ("--alpha", 1.5, r"alpha (weight of the soft-target term) must be in [0, 1], got 1.5"),
+    ("--alpha", -0.1, r"must be in [0, 1], got -0.1"),
+])
+def test_bad_temperature_and_alpha(tiny_data, tmp_path, flag, value, match):
+    res = run("student", *data_args(tiny_data), flag, value, "--store", tmp_path / "none.zarr",
+              "--out", tmp_path / "s", ok=False)
+    assert res.exit_code == 1 and "ConfigError" in res.output and match in res.output
+    assert "Traceback" not in res.output
+
+
+def test_missing_dataset(tmp_path):
+    res = run("train-teacher", "--dataset", "kmnist", "--data-dir", tmp_path, "--out",
+              tmp_path / "t.pt", ok=False)
+    assert res.exit_code == 1 and "DatasetNotFoundError" in res.output
+    assert "softtargets data --dataset kmnist" in res.output
+    res = run("data", "--dataset", "kmnist", "--data-dir", tmp_path, "--no-download", ok=False)
+    assert "missing" in res.output
+
+
+def test_missing_store(tiny_data, tmp_path):
+    res = run("student", *data_args(tiny_data), "--store", tmp_path / "none.zarr",
+              "--out", tmp_path / "s", ok=False)
+    assert "no store at" in res.output and "teacher-logits" in res.output
+
+
+def test_data_command_on_real_fashion_mnist(fashion):
+    res = run("data", "--dataset", "fashion-mnist", "--no-download")
+    assert "train 60000 rows sha256:9a042e8212e0" in res.output
+
+
+def test_end_to_end_on_real_fashion_mnist_slice(fashion, tmp_path):
+    """teacher -> teacher-logits -> student on 3000 real rows; the student beats chance widely."""
+    r = tmp_path
+    d = ["--limit", 3000]
+    run("train-teacher", *d, "--epochs", 4, "--out", r / "teacher.pt", "--quiet")
+    run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", r / "t.zarr", "--quiet")
+    run("student", *d, "--epochs", 4, "--store", r / "t.zarr", "--out", r / "student", "--quiet")
+    m = json.loads((r / "student" / "metrics.json").read_text())
+    assert m["test_n"] == 10000 and m["train_rows"] == 3000
+    assert m["test_accuracy"] > 0.65, m["test_accuracy"]  # chance is 0.10
+
+
+@pytest.mark.slow
+def test_full_pipeline_on_fashion_mnist(fashion, tmp_path):
+    """The default pipeline on all 60,000 rows with short schedules (make test-slow)."""
+    r = tmp_path
+    run("train-teacher", "--epochs", 3, "--out", r / "teacher.pt", "--quiet")
+    run("teacher-logits", "--teacher", r / "teacher.pt", "--store", r / "t.zarr", "--quiet")
+    run("student", "--epochs", 3, "--store", r / "t.zarr", "--out", r / "student", "--quiet")
+    m = json.loads((r / "student" / "metrics.json").read_text())
+    assert m["test_accuracy"] > 0.80, m["test_accuracy"]
