@@ -127,12 +127,25 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: st
               type=click.Choice(["zstd", "blosc", "none"]))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --store.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run: keep the chunks already written and verified.")
+@click.option("--break-lock", is_flag=True,
+              help="Take over the store's write lease even if its holder looks alive "
+                   "(only when you know that writer is dead).")
+@click.option("--shard-rows", type=int, default=None,
+              help="Rows per shard object (a multiple of --chunk-rows; 0: no sharding; "
+                   "default: automatic above 256 chunks).")
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str, teacher: str,
                        store: str, batch_size: int, chunk_rows: int | None, compressor: str,
-                       device: str, overwrite: bool, threads: int | None, quiet: bool) -> None:
-    """Stage 1: run the teacher over a split and write its raw logits to a store."""
+                       device: str, overwrite: bool, resume: bool, break_lock: bool,
+                       shard_rows: int | None, threads: int | None, quiet: bool) -> None:
+    """Stage 1: run the teacher over a split and write its raw logits to a store.
+
+    Under `torchrun --nproc_per_node N -m softtargets teacher-logits ...` the N processes
+    write disjoint whole chunks/shards of one store.
+    """
     from softtargets import teacher as teacher_mod
     if threads is not None:
         import torch
@@ -140,7 +153,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
     cfg = LogitsConfig(data=DataConfig(dataset=dataset, split=split, data_dir=data_dir,
                                        limit=limit),
                        teacher=teacher, store=store, batch_size=batch_size, chunk_rows=chunk_rows,
-                       compressor=compressor, overwrite=overwrite, device=device)
+                       compressor=compressor, overwrite=overwrite, device=device,
+                       resume=resume, break_lock=break_lock, shard_rows=shard_rows)
     meta, seconds = teacher_mod.run(cfg, progress=not quiet)
     size = report.store_size(store)
     click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} float16 logits in {seconds:.1f} s "

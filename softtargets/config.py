@@ -111,12 +111,21 @@ class LogitsConfig:
     compressor: str = "zstd"
     overwrite: bool = False
     device: str = "auto"
+    # issue 4: resume an interrupted run, break a dead writer's lease, shard rows (None: auto)
+    resume: bool = False
+    break_lock: bool = False
+    shard_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.chunk_rows is not None and self.chunk_rows <= 0:
             raise ConfigError(f"chunk_rows must be positive, got {self.chunk_rows}")
+        if self.shard_rows is not None and self.shard_rows < 0:
+            raise ConfigError(f"shard_rows must be >= 0 (0: no sharding), got {self.shard_rows}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues an existing store and --overwrite deletes it: "
+                              "pass only one of them")
 
 
 def check_temperature(temperature: float) -> None:

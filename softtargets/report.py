@@ -17,13 +17,9 @@ def errors_text(m: dict[str, Any]) -> str:
 
 
 def store_size(url: str) -> int:
-    """Bytes on disk of a local store (0 for remote URLs)."""
-    if not _is_local(url):
-        return 0
-    total = 0
-    for root, _dirs, files in os.walk(_local_path(url)):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    return total
+    """Bytes of a store on disk or object storage."""
+    from softtargets.remote import store_size as _size
+    return _size(url)
 
 
 def summary_table(run_dir: Path) -> str:

@@ -23,6 +23,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from softtargets.errors import (IncompleteStoreError, LogitValueError, StoreError,
                                 StoreExistsError, StoreMismatchError)
+from softtargets.remote import open_group, remove_remote_store
 
 FORMAT_NAME = "softtargets.logits"
 FORMAT_VERSION = 1
@@ -126,6 +127,7 @@ def _local_path(url: str) -> Path:
 def _prepare_destination(url: str, overwrite: bool) -> None:
     """Refuse an existing path unless overwrite; never delete something that is not a Zarr store."""
     if not _is_local(url):
+        remove_remote_store(url, overwrite=overwrite)  # issue 4: s3:// etc.
         return
     path = _local_path(url)
     if not path.exists():
@@ -160,22 +162,28 @@ class StoreWriter:
     def create(cls, url: str, *, n: int, class_names: tuple[str, ...] | list[str],
                dataset: dict[str, Any], teacher: dict[str, Any], config: dict[str, Any],
                chunk_rows: int | None = None, compressor: str = "zstd",
-               overwrite: bool = False) -> StoreWriter:
-        """Create an empty, incomplete store at `url` (a path or file:// URL)."""
+               overwrite: bool = False, shard_rows: int | None = None) -> StoreWriter:
+        """Create an empty, incomplete store at `url` (a path, file:// or fsspec URL).
+
+        shard_rows: when set, both arrays use the sharding codec with shards of that many rows
+        (a multiple of chunk_rows); writers then write whole shards only (`write_unit`).
+        """
         num_classes = len(class_names)
         if n <= 0 or num_classes <= 0:
             raise StoreError(f"a store needs n > 0 rows and C > 0 classes, got n={n}, C={num_classes}")
         rows = chunk_rows or default_chunk_rows(n, num_classes)
         codecs = compressor_codecs(compressor)
+        check_shard_rows(shard_rows, rows)
         _prepare_destination(url, overwrite)
         meta = StoreMeta(format=FORMAT_NAME, version=FORMAT_VERSION, kind="dense", n=n,
                          num_classes=num_classes, class_names=tuple(class_names),
                          dtype="float16", chunk_rows=rows, compressor=compressor,
                          dataset=dataset, teacher=teacher, config=config,
                          created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         created_by=software_versions(), complete=False)
+                         created_by=software_versions(), complete=False,
+                         extra={"shard_rows": shard_rows} if shard_rows else {})
         try:
-            group = zarr.open_group(url, mode="w-", attributes={ATTR_KEY: meta.to_json()})
+            group = open_group(url, mode="w-", attributes={ATTR_KEY: meta.to_json()})
         except (FileExistsError, zarr.errors.ContainsGroupError,
                 zarr.errors.ContainsArrayError) as e:
             raise StoreExistsError(f"store {url!r} already exists; pass --overwrite") from e
@@ -183,9 +191,11 @@ class StoreWriter:
         # fill values make a chunk that was never written fail the reader's checks.
         array_config = {"write_empty_chunks": True}
         group.create_array(LOGITS, shape=(n, num_classes), chunks=(rows, num_classes),
+                           shards=(shard_rows, num_classes) if shard_rows else None,
                            dtype="float16", compressors=codecs, fill_value=float("nan"),
                            dimension_names=["row", "class"], config=array_config)
-        group.create_array(SAMPLE_ID, shape=(n,), chunks=(rows,), dtype="int64",
+        group.create_array(SAMPLE_ID, shape=(n,), chunks=(rows,),
+                           shards=(shard_rows,) if shard_rows else None, dtype="int64",
                            compressors=compressor_codecs(compressor), fill_value=-1,
                            dimension_names=["row"], config=array_config)
         return cls(group, meta)
@@ -199,18 +209,63 @@ class StoreWriter:
 
     def write_chunk(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
         """Write whole chunk `index`: sample_ids (rows,) and logits (rows, C), validated first."""
-        sl = self.chunk_slice(index)
+        self._write_rows(self.chunk_slice(index), f"chunk {index}", sample_ids=sample_ids,
+                         logits=logits)
+        self.written.add(index)
+
+    def _write_rows(self, sl: slice, what: str, *, sample_ids: np.ndarray,
+                    logits: np.ndarray) -> None:
         rows = sl.stop - sl.start
         sample_ids = np.asarray(sample_ids)
         if logits.shape != (rows, self.meta.num_classes) or sample_ids.shape != (rows,):
-            raise StoreError(f"chunk {index} needs logits ({rows}, {self.meta.num_classes}) and "
+            raise StoreError(f"{what} needs logits ({rows}, {self.meta.num_classes}) and "
                              f"sample_ids ({rows},), got {logits.shape} and {sample_ids.shape}")
         if (sample_ids < 0).any() or (sample_ids >= self.meta.dataset["n"]).any():
-            raise StoreError(f"chunk {index}: sample ids must be in [0, {self.meta.dataset['n']})")
+            raise StoreError(f"{what}: sample ids must be in [0, {self.meta.dataset['n']})")
         half = to_float16(logits, first_row=sl.start)
         self.logits[sl] = half
         self.sample_id[sl] = sample_ids.astype(np.int64)
-        self.written.add(index)
+
+    # --- issue 4: write units (whole shards, or chunks when unsharded) and reopening ---
+
+    @classmethod
+    def open(cls, url: str) -> StoreWriter:
+        """Reopen an incomplete store to add chunks (resume, or a parallel writer's rank > 0)."""
+        meta, _ = read_meta(url)
+        if meta.complete:
+            raise StoreError(f"store {url!r} is already complete; nothing to write")
+        return cls(open_group(url, mode="r+"), meta)
+
+    @property
+    def unit_rows(self) -> int:
+        """Rows one writer writes at once: a shard when sharded, else a chunk."""
+        return unit_rows(self.meta)
+
+    @property
+    def num_units(self) -> int:
+        return math.ceil(self.meta.n / self.unit_rows)
+
+    def unit_slice(self, index: int) -> slice:
+        if not 0 <= index < self.num_units:
+            raise StoreError(f"write unit {index} out of range [0, {self.num_units})")
+        start = index * self.unit_rows
+        return slice(start, min(self.meta.n, start + self.unit_rows))
+
+    def unit_chunks(self, index: int) -> range:
+        """Chunk indices inside write unit `index`."""
+        sl = self.unit_slice(index)
+        return range(sl.start // self.meta.chunk_rows,
+                     math.ceil(sl.stop / self.meta.chunk_rows))
+
+    def write_unit(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
+        """Write whole unit `index` (one shard object, or one chunk when unsharded)."""
+        self._write_rows(self.unit_slice(index), f"write unit {index}", sample_ids=sample_ids,
+                         logits=logits)
+        self.mark_written(index)
+
+    def mark_written(self, index: int) -> None:
+        """Record unit `index` as present (written here, or verified on disk)."""
+        self.written.update(self.unit_chunks(index))
 
     def finalize(self) -> StoreMeta:
         """Mark the store complete; refuses while any chunk is unwritten."""
@@ -221,6 +276,18 @@ class StoreWriter:
         self.meta = dataclasses.replace(self.meta, complete=True)
         self.group.attrs.update({ATTR_KEY: self.meta.to_json()})
         return self.meta
+
+
+def check_shard_rows(shard_rows: int | None, chunk_rows: int) -> None:
+    """Shards must hold a whole number of chunks."""
+    if shard_rows is not None and (shard_rows <= 0 or shard_rows % chunk_rows):
+        raise StoreError(f"shard_rows must be a positive multiple of chunk_rows ({chunk_rows}), "
+                         f"got {shard_rows}; pick e.g. {chunk_rows * 32}")
+
+
+def unit_rows(meta: StoreMeta) -> int:
+    """Rows of one storage object: the shard when sharded (attribute shard_rows), else a chunk."""
+    return int(meta.extra.get("shard_rows") or meta.chunk_rows)
 
 
 def chunk_slice(meta: StoreMeta, index: int) -> slice:
@@ -307,7 +374,7 @@ def read_meta(url: str) -> tuple[StoreMeta, zarr.Group]:
     if _is_local(url) and not _local_path(url).exists():
         raise StoreError(f"no store at {url!r}; run stage 1 (softtargets teacher-logits) first")
     try:
-        group = zarr.open_group(url, mode="r")
+        group = open_group(url, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"{url!r} is not a Zarr v3 group: {e}") from e
     raw = group.attrs.get(ATTR_KEY)

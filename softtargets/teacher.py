@@ -9,11 +9,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from softtargets.config import LogitsConfig, to_dict
+from softtargets.config import LogitsConfig
 from softtargets.data import load_split
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import Checkpoint, load_checkpoint
-from softtargets.store import StoreMeta, StoreWriter
+from softtargets.distributed import ranks_from_env
+from softtargets.session import WriteSession
+from softtargets.store import StoreMeta
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,20 +61,25 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
         raise CheckpointError(f"teacher {cfg.teacher!r} was trained on classes "
                               f"{list(ckpt.class_names)}, dataset {split.name} has "
                               f"{list(split.class_names)}")
+    ranks = ranks_from_env()  # torchrun: several writers, each a disjoint set of whole units
     device = resolve_device(cfg.device)
+    if ranks.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
     model = ckpt.model.to(device).eval()
-    writer = StoreWriter.create(
-        cfg.store, n=len(split), class_names=split.class_names, dataset=split.identity(),
-        teacher=teacher_identity(ckpt, device), config=to_dict(cfg), chunk_rows=cfg.chunk_rows,
-        compressor=cfg.compressor, overwrite=cfg.overwrite)
-    bar = tqdm(total=len(split), desc="teacher-logits", unit="row", disable=not progress)
-    for index in range(writer.num_chunks):
-        sl = writer.chunk_slice(index)
-        logits = infer(model, split.inputs(sl), batch_size=cfg.batch_size, device=device)  # (rows, C)
-        writer.write_chunk(index, sample_ids=np.arange(sl.start, sl.stop), logits=logits)
-        bar.update(sl.stop - sl.start)
-    bar.close()
-    return writer.finalize()
+    session = WriteSession(cfg, n=len(split), class_names=split.class_names,
+                           dataset=split.identity(), teacher=teacher_identity(ckpt, device),
+                           ranks=ranks, device_type=device.type)
+    with session:
+        bar = tqdm(total=len(session.todo), desc="teacher-logits", unit="unit",
+                   disable=not progress)
+        for index in session.todo:  # whole chunks, or whole shards when sharded
+            sl = session.writer.unit_slice(index)
+            logits = infer(model, split.inputs(sl), batch_size=cfg.batch_size,
+                           device=device)  # (rows, C)
+            session.write(index, sample_ids=np.arange(sl.start, sl.stop), logits=logits)
+            bar.update()
+        bar.close()
+    return session.meta
 
 
 def run(cfg: LogitsConfig, *, progress: bool = True) -> tuple[StoreMeta, float]:
