@@ -221,15 +221,47 @@ def summary_cmd(run_dir: str) -> None:
 
 @cli.command("inspect")
 @click.argument("store")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw metadata as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the metadata plus a `storage` section as JSON.")
 def inspect_cmd(store: str, as_json: bool) -> None:
-    """Print a store's provenance and layout."""
+    """Print a store's provenance and layout (metadata and listings only, no chunk data)."""
+    from softtargets import provenance
+    info = provenance.store_info(store)
+    click.echo(json.dumps(info, indent=2) if as_json else provenance.describe(info))
+
+
+@cli.command("verify")
+@click.argument("store")
+@click.option("--dataset", default=None, type=click.Choice(sorted(data_mod.DATASETS)),
+              help="Also check that the store was computed on this dataset (fingerprint "
+                   "recomputed from the files).")
+@click.option("--data-dir", default="data", show_default=True)
+@click.option("--split", default=None, type=click.Choice(["train", "test"]),
+              help="Split of --dataset (default: the store's).")
+@click.option("--limit", type=int, default=None,
+              help="Leading rows of --dataset (default: the store's limit).")
+@click.option("--allow-subset", is_flag=True,
+              help="Accept a store that holds only some of the dataset's rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(store: str, dataset: str | None, data_dir: str, split: str | None,
+               limit: int | None, allow_subset: bool, as_json: bool) -> None:
+    """Decode every chunk (crc32c), check ids cover the dataset once and values are finite.
+
+    Exits 1 with the chunk and rows of every problem.
+    """
+    from softtargets import verify
+    from softtargets.errors import VerifyError
     from softtargets.store import read_meta
-    meta, _ = read_meta(store)
-    if as_json:
-        click.echo(json.dumps(meta.to_json(), indent=2))
-    else:
-        click.echo(report.describe_store(meta, store))
+    identity = names = None
+    if dataset is not None:
+        meta, _ = read_meta(store)
+        identity, names = verify.dataset_identity(meta, dataset=dataset, data_dir=data_dir,
+                                                  split=split, limit=limit)
+    rep = verify.verify_store(store, identity=identity, class_names=names,
+                              allow_subset=allow_subset)
+    click.echo(json.dumps(rep.to_json(), indent=2) if as_json else rep.text())
+    if not rep.ok:
+        raise VerifyError(rep.summary())
 
 
 def main() -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from softtargets.store import StoreMeta, _is_local, _local_path
+from softtargets.store import StoreMeta
 
 
 def errors_text(m: dict[str, Any]) -> str:
