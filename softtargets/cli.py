@@ -13,6 +13,7 @@ import click
 from softtargets import data as data_mod
 from softtargets import report
 from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig, TeacherTrainConfig
+from softtargets.distributed import ranks_from_env
 from softtargets.errors import SofttargetsError
 
 
@@ -156,6 +157,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
                        compressor=compressor, overwrite=overwrite, device=device,
                        resume=resume, break_lock=break_lock, shard_rows=shard_rows)
     meta, seconds = teacher_mod.run(cfg, progress=not quiet)
+    if not ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
+        return
     size = report.store_size(store)
     click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} float16 logits in {seconds:.1f} s "
                f"({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk -> {store}")

@@ -116,17 +116,17 @@ class WriteSession:
 
     def __enter__(self) -> WriteSession:
         try:
-            status = None
+            failure: Exception | None = None
             if self.ranks.is_main:
                 try:
                     self._open_main()
                 except Exception as e:
-                    status = error_status(e)
+                    failure = e
                     self._release()
-                    if self.ranks.world == 1:
-                        raise
-            status, complete = self.comm.broadcast((status, self.meta is not None
+            status, complete = self.comm.broadcast((error_status(failure), self.meta is not None
                                                     and self.meta.complete))
+            if failure is not None:
+                raise failure
             if status is not None:
                 raise_status(status, rank=0)
             if complete:
@@ -199,15 +199,15 @@ class WriteSession:
             for rank, status in enumerate(statuses):
                 if status is not None:
                     raise_status(status, rank=rank)
-            status = None
+            failure: Exception | None = None
             if self.ranks.is_main:
                 try:
                     self.meta = self._finalize()
                 except Exception as e:
-                    status = error_status(e)
-                    if self.ranks.world == 1:
-                        raise
-            status = self.comm.broadcast(status)
+                    failure = e
+            status = self.comm.broadcast(error_status(failure))
+            if failure is not None:
+                raise failure
             if status is not None:
                 raise_status(status, rank=0)
             if not self.ranks.is_main:
