@@ -25,6 +25,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except SofttargetsError as e:
             raise click.ClickException(f"{type(e).__name__}: {e}") from e
+        except Exception as e:  # issue 4: a storage back end failing mid-run (s3://, gs://)
+            from softtargets.remote import explain, is_storage_error
+            if not is_storage_error(e):
+                raise
+            raise click.ClickException(f"RemoteStoreError: {explain(None, e, action='access')}") from e
 
 
 @click.group(cls=Group)

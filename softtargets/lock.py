@@ -23,7 +23,7 @@ import socket
 import time
 from typing import Any
 
-from softtargets.errors import StoreLockedError
+from softtargets.errors import RemoteStoreError, StoreLockedError
 from softtargets.remote import explain, filesystem, is_remote, local_path, redact
 
 LOCK_SUFFIX = ".lock"
@@ -152,6 +152,16 @@ class StoreLock:
 
     def acquire(self) -> Lease:
         """Take the lease or raise StoreLockedError naming the live holder."""
+        try:
+            return self._acquire()
+        except StoreLockedError:
+            raise
+        except Exception as e:
+            if not is_remote(self.url):
+                raise
+            raise RemoteStoreError(explain(self.store_url, e, action="lock")) from None
+
+    def _acquire(self) -> Lease:
         now = time.time()
         mine = Lease(pid=os.getpid(), host=socket.gethostname(), token=secrets.token_hex(8),
                      started_at=now, heartbeat_at=now)

@@ -57,30 +57,30 @@ def is_storage_error(e: BaseException) -> bool:
     return False
 
 
-def explain(url: str, e: BaseException, *, action: str = "open") -> str:
+def explain(url: str | None, e: BaseException, *, action: str = "open") -> str:
     """A one-line message for a failed access to `url`: what failed and how to fix it."""
-    where = redact(url)
+    where = repr(redact(url)) if url else "remote storage"
     names = [type(x).__name__ for x in _chain(e)]
     text = " ".join(str(x) for x in _chain(e))
     first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
     if isinstance(e, ImportError) or any(n == "ImportError" for n in names):
-        scheme = url.split("://", 1)[0]
-        return (f"cannot {action} {where!r}: no fsspec filesystem for {scheme}:// is installed "
+        scheme = (url or "?://").split("://", 1)[0]
+        return (f"cannot {action} {where}: no fsspec filesystem for {scheme}:// is installed "
                 f"({first}); install it, e.g. pip install 'softtargets[s3]' for s3://")
     if any(n in _CREDENTIAL_ERRORS for n in names):
-        return (f"cannot {action} {where!r}: no credentials found ({names[0]}); set "
+        return (f"cannot {action} {where}: no credentials found ({names[0]}); set "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / ~/.aws/credentials; "
                 "AWS_ENDPOINT_URL for an S3-compatible server)")
     if any(k in text or k in names for k in _DENIED) or isinstance(e, PermissionError):
-        return (f"cannot {action} {where!r}: access denied ({first[:200]}); check the "
+        return (f"cannot {action} {where}: access denied ({first[:200]}); check the "
                 "credentials and the bucket policy")
     if any(n in _CONNECT for n in names):
-        return (f"cannot {action} {where!r}: cannot connect to the storage endpoint "
+        return (f"cannot {action} {where}: cannot connect to the storage endpoint "
                 f"({first[:200]}); check AWS_ENDPOINT_URL / the network")
     if "NoSuchBucket" in text or isinstance(e, FileNotFoundError):
-        return (f"cannot {action} {where!r}: no such bucket or path ({first[:200]}); "
+        return (f"cannot {action} {where}: no such bucket or path ({first[:200]}); "
                 "create the bucket or fix the URL")
-    return f"cannot {action} {where!r}: {first[:300]}"
+    return f"cannot {action} {where}: {first[:300]}"
 
 
 def open_group(url: str, *, mode: str, attributes: dict[str, Any] | None = None) -> zarr.Group:
@@ -120,6 +120,7 @@ def store_size(url: str) -> int:
         return total
     fs, path = filesystem(url)
     try:
+        fs.invalidate_cache()  # another process may have written since this process listed
         return int(fs.du(path, total=True))
     except Exception as e:
         raise RemoteStoreError(explain(url, e, action="measure")) from None
@@ -131,6 +132,7 @@ def count_objects(url: str) -> int:
         return sum(len(files) for _r, _d, files in os.walk(local_path(url)))
     fs, path = filesystem(url)
     try:
+        fs.invalidate_cache()
         return len(fs.find(path))
     except Exception as e:
         raise RemoteStoreError(explain(url, e, action="list")) from None
