@@ -29,7 +29,8 @@ class Group(click.Group):
             from softtargets.remote import explain, is_storage_error
             if not is_storage_error(e):
                 raise
-            raise click.ClickException(f"RemoteStoreError: {explain(None, e, action='access')}") from e
+            message = explain(None, e, action="access")
+            raise click.ClickException(f"RemoteStoreError: {message}") from e
 
 
 @click.group(cls=Group)

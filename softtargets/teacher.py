@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from softtargets.config import LogitsConfig
 from softtargets.data import load_split
+from softtargets.distributed import ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import Checkpoint, load_checkpoint
-from softtargets.distributed import ranks_from_env
 from softtargets.session import WriteSession
 from softtargets.store import StoreMeta
 

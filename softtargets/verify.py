@@ -177,7 +177,8 @@ def check_identity(report: VerifyReport, meta: StoreMeta, identity: dict[str, An
     """The store's recorded dataset must be the given one (fingerprint recomputed from its data)."""
     mine = meta.dataset
     report.dataset_checked = f"{identity['name']}/{identity['split']} n={identity['n']}"
-    diff = [k for k in ("name", "split", "n", "limit", "fingerprint") if mine.get(k) != identity.get(k)]
+    keys = ("name", "split", "n", "limit", "fingerprint")
+    diff = [k for k in keys if mine.get(k) != identity.get(k)]
     if diff:
         report.add("dataset", f"store claims {mine.get('name')}/{mine.get('split')} "
                    f"n={mine.get('n')} limit={mine.get('limit')} fingerprint "

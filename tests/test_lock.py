@@ -31,7 +31,8 @@ def test_lease_is_exclusive_and_released(tmp_path):
 
 def test_lease_of_a_live_writer_on_another_host_is_respected(tmp_path):
     write_lease(tmp_path / "s.zarr.lock", pid=1, host="other-host", age=30)
-    with pytest.raises(StoreLockedError, match="pid 1 on host 'other-host'.*last heartbeat 30 s ago"):
+    with pytest.raises(StoreLockedError,
+                       match="pid 1 on host 'other-host'.*last heartbeat 30 s ago"):
         StoreLock(str(tmp_path / "s.zarr")).acquire()
 
 
@@ -63,5 +64,6 @@ def test_heartbeat_stops_a_writer_whose_lease_was_taken(tmp_path):
     lock = StoreLock(store)
     lock.acquire()
     StoreLock(store, break_lock=True).acquire()
-    with pytest.raises(StoreLockedError, match="is now held by pid .*stopping so two writers never"):
+    with pytest.raises(StoreLockedError,
+                       match="is now held by pid .*stopping so two writers never"):
         lock.heartbeat()

@@ -134,3 +134,30 @@ def test_second_writer_on_the_same_path_is_refused(setup, tmp_path):
     # the killed writer's lease is stale (pid dead on this host): --resume takes over
     run(stage1_args(tiny_data, teacher, store, "--resume"))
     assert chunk_files(store) == chunk_files(ref)
+
+
+def test_exception_mid_run_never_finalizes_and_resume_completes_shards(setup, tmp_path,
+                                                                       monkeypatch):
+    tiny_data, teacher, _ref = setup
+    ref, store = tmp_path / "ref-sh.zarr", tmp_path / "sh.zarr"
+    run(stage1_args(tiny_data, teacher, ref, "--shard-rows", 16))
+    from softtargets import session as session_mod
+    real_write = session_mod.WriteSession.write
+    calls = []
+
+    def failing_write(self, index, **kw):
+        calls.append(index)
+        if len(calls) == 3:
+            raise OSError("disk full (simulated)")
+        real_write(self, index, **kw)
+
+    monkeypatch.setattr(session_mod.WriteSession, "write", failing_write)
+    res = run(stage1_args(tiny_data, teacher, store, "--shard-rows", 16), ok=False)
+    assert res.exit_code == 1 and isinstance(res.exception, OSError)
+    monkeypatch.setattr(session_mod.WriteSession, "write", real_write)
+    assert zarr.open_group(str(store), mode="r").attrs["softtargets"]["complete"] is False
+    assert not (tmp_path / "sh.zarr.lock").exists()  # an exception releases the lease
+    assert len(list((store / "logits" / "c").iterdir())) == 2  # 2 of 6 shards written
+    run(stage1_args(tiny_data, teacher, store, "--shard-rows", 16, "--resume"))
+    assert chunk_files(store) == chunk_files(ref)
+    assert LogitStore.open(str(store)).meta.complete
