@@ -102,20 +102,22 @@ def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
 @click.option("--max-norm", type=float, default=TeacherTrainConfig.max_norm, show_default=True,
               help="Max L2 norm of each unit's incoming weights (0 disables).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", default="runs/fashion-mnist/teacher.pt", show_default=True)
+@click.option("--out", default="runs/{dataset}/teacher.pt", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at --out.")
 @threads_option
 @quiet_option
 def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: str, epochs: int,
                       batch_size: int, lr: float, dropout: float, input_dropout: float,
-                      jitter: int, max_norm: float, seed: int, out: str, threads: int | None,
-                      quiet: bool) -> None:
+                      jitter: int, max_norm: float, seed: int, out: str, overwrite: bool,
+                      threads: int | None, quiet: bool) -> None:
     """Train the paper's teacher (MLP 784-1200-1200-10, dropout, jitter, max-norm)."""
     from softtargets.train import train_teacher
+    out = out.replace("{dataset}", dataset)
     cfg = TeacherTrainConfig(
         data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
         hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout, jitter=jitter,
         max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
-    m = train_teacher(cfg, out=out, progress=not quiet)
+    m = train_teacher(cfg, out=out, overwrite=overwrite, progress=not quiet)
     click.echo(f"teacher: {m['model']}, {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
 
@@ -123,9 +125,9 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: st
 @cli.command("teacher-logits")
 @data_options
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
-@click.option("--teacher", default="runs/fashion-mnist/teacher.pt", show_default=True,
+@click.option("--teacher", default="runs/{dataset}/teacher.pt", show_default=True,
               help="Teacher checkpoint written by train-teacher.")
-@click.option("--store", default="runs/fashion-mnist/teacher-logits.zarr", show_default=True,
+@click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True,
               help="Where to write the Zarr v3 logit store.")
 @click.option("--batch-size", type=int, default=LogitsConfig.batch_size, show_default=True)
 @click.option("--chunk-rows", type=int, default=None,
@@ -157,6 +159,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
+    teacher, store = teacher.replace("{dataset}", dataset), store.replace("{dataset}", dataset)
     cfg = LogitsConfig(data=DataConfig(dataset=dataset, split=split, data_dir=data_dir,
                                        limit=limit),
                        teacher=teacher, store=store, batch_size=batch_size, chunk_rows=chunk_rows,
@@ -188,12 +191,12 @@ def student_options(fn: Callable) -> Callable:
 
 @cli.command("student")
 @student_options
-@click.option("--store", default="runs/fashion-mnist/teacher-logits.zarr", show_default=True)
+@click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True)
 @click.option("--temperature", "-T", type=float, default=StudentTrainConfig.temperature,
               show_default=True, help="Softmax temperature of the soft-target term.")
 @click.option("--alpha", type=float, default=StudentTrainConfig.alpha, show_default=True,
               help="Weight of the soft-target term; 1 - alpha weighs the hard-label term.")
-@click.option("--out", default="runs/fashion-mnist/student", show_default=True)
+@click.option("--out", default="runs/{dataset}/student", show_default=True)
 def student_cmd(store: str, temperature: float, alpha: float, out: str, **kw: Any) -> None:
     """Stage 2: train the student (784-800-800-10) from a logit store."""
     _train_student(out, store=store, temperature=temperature, alpha=alpha, **kw)
@@ -201,7 +204,7 @@ def student_cmd(store: str, temperature: float, alpha: float, out: str, **kw: An
 
 @cli.command("baseline")
 @student_options
-@click.option("--out", default="runs/fashion-mnist/baseline", show_default=True)
+@click.option("--out", default="runs/{dataset}/baseline", show_default=True)
 def baseline_cmd(out: str, **kw: Any) -> None:
     """Train the same student on hard labels only (no teacher)."""
     _train_student(out, store=None, **kw)
@@ -211,6 +214,8 @@ def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, 
                    epochs: int, batch_size: int, lr: float, clip_grad: float, seed: int,
                    threads: int | None, quiet: bool, store: str | None, **loss: float) -> None:
     from softtargets.train import train_student
+    out = out.replace("{dataset}", dataset)
+    store = None if store is None else store.replace("{dataset}", dataset)
     cfg = StudentTrainConfig(data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
                              store=store, hidden=parse_hidden(hidden), epochs=epochs,
                              batch_size=batch_size, lr=lr, clip_grad=clip_grad, seed=seed,
