@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import math
 import platform
 import shutil
@@ -205,6 +206,10 @@ class StoreWriter:
                            shards=(shard_rows,) if shard_rows else None, dtype="int64",
                            compressors=compressor_codecs(compressor), fill_value=-1,
                            dimension_names=["row"], config=array_config)
+        if shard_rows:  # issue 4: record the real chain, the sharding codec wrapping the v1 one
+            chain = json.loads(json.dumps(group[LOGITS].metadata.to_dict()["codecs"]))
+            meta = dataclasses.replace(meta, codecs=chain)
+            group.attrs.update({ATTR_KEY: meta.to_json()})
         return cls(group, meta)
 
     @property

@@ -1,5 +1,6 @@
 """Sharded stores (issue 4): many chunks per object, whole shards per writer, v1 readers work."""
 
+import json
 import math
 
 import numpy as np
@@ -61,3 +62,13 @@ def test_large_stores_are_sharded_automatically(n, classes, objects):
         assert math.ceil(n / shard) == objects
         assert shard * classes * 2 <= 64 * 1024 * 1024
     assert effective_shard_rows(LogitsConfig(shard_rows=0), n=n, num_classes=classes) is None
+
+
+def test_metadata_codecs_of_a_sharded_store_are_its_real_chain(tiny_data, tmp_path):
+    teacher = make_teacher(tmp_path / "t.pt", tiny_data)
+    run(stage1_args(tiny_data, teacher, tmp_path / "sh.zarr", "--shard-rows", 16))
+    g = zarr.open_group(str(tmp_path / "sh.zarr"), mode="r")
+    chain = g.attrs["softtargets"]["codecs"]
+    assert chain == json.loads(json.dumps(g["logits"].metadata.to_dict()["codecs"]))
+    assert chain[0]["name"] == "sharding_indexed"
+    assert chain[0]["configuration"]["chunk_shape"] == [8, 10]
