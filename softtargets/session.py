@@ -14,6 +14,7 @@ an incomplete store, which `--resume` takes over (see lock.py) and completes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -26,7 +27,8 @@ from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_s
 from softtargets.errors import IncompleteStoreError, ResumeMismatchError, StoreExistsError
 from softtargets.lock import StoreLock
 from softtargets.remote import filesystem, is_remote, local_path
-from softtargets.store import StoreMeta, StoreWriter, default_chunk_rows, read_meta
+from softtargets.store import (LOGITS, SAMPLE_ID, StoreMeta, StoreWriter, default_chunk_rows,
+                               read_meta)
 
 # Test-only hook: seconds to sleep after each written unit, so a test can kill a run mid-way.
 DELAY_ENV = "SOFTTARGETS_TEST_UNIT_DELAY"
@@ -57,9 +59,12 @@ def effective_shard_rows(cfg: LogitsConfig, *, n: int, num_classes: int) -> int 
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in config.items() if k not in RESUME_IGNORED}
+    """Settings that change the bytes; keys added to LogitsConfig later take their defaults."""
+    defaults = to_dict(LogitsConfig())
+    out = {k: v for k, v in {**defaults, **config}.items() if k not in RESUME_IGNORED}
     if isinstance(out.get("data"), dict):
-        out["data"] = {k: v for k, v in out["data"].items() if k != "data_dir"}
+        data = {**defaults["data"], **out["data"]}
+        out["data"] = {k: v for k, v in data.items() if k != "data_dir"}
     return out
 
 
@@ -146,15 +151,18 @@ class WriteSession:
         self.lock.acquire()
         config = to_dict(cfg)
         if cfg.resume and store_exists(cfg.store):
-            meta, _ = read_meta(cfg.store)
+            meta, group = read_meta(cfg.store)
             check_resumable(meta, cfg.store, config=config, dataset=self.spec["dataset"],
                             teacher=self.spec["teacher"])
             if meta.complete:
                 self.meta = meta
                 self._release()
                 return
-            self.writer = StoreWriter.open(cfg.store)
-            return
+            if LOGITS in group and SAMPLE_ID in group:
+                self.writer = StoreWriter.open(cfg.store)
+                return
+            # killed while creating the arrays: nothing was written yet, start it again
+            cfg = dataclasses.replace(cfg, overwrite=True, resume=False)
         n, names = self.spec["n"], self.spec["class_names"]
         try:
             self.writer = StoreWriter.create(

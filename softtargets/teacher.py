@@ -70,14 +70,15 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
                            dataset=split.identity(), teacher=teacher_identity(ckpt, device),
                            ranks=ranks, device_type=device.type)
     with session:
-        bar = tqdm(total=len(session.todo), desc="teacher-logits", unit="unit",
-                   disable=not progress)
+        rows_todo = sum(session.writer.unit_slice(i).stop - session.writer.unit_slice(i).start
+                        for i in session.todo)
+        bar = tqdm(total=rows_todo, desc="teacher-logits", unit="row", disable=not progress)
         for index in session.todo:  # whole chunks, or whole shards when sharded
             sl = session.writer.unit_slice(index)
             logits = infer(model, split.inputs(sl), batch_size=cfg.batch_size,
                            device=device)  # (rows, C)
             session.write(index, sample_ids=np.arange(sl.start, sl.stop), logits=logits)
-            bar.update()
+            bar.update(sl.stop - sl.start)
         bar.close()
     return session.meta
 

@@ -56,6 +56,9 @@ def test_sigkill_then_resume_is_bit_identical(setup, tmp_path):
         LogitStore.open(str(store))
     lease = json.loads((tmp_path / "s.zarr.lock").read_text())
     assert lease["pid"] == proc.pid  # the dead writer's lease is left behind
+    info = run(["inspect", str(store)]).output
+    assert "INCOMPLETE (writer crashed or running)" in info
+    assert f"objects:    logits {written}/12, sample_id " in info
 
     res = run(stage1_args(tiny_data, teacher, store), ok=False)  # no --resume: refused
     assert res.exit_code == 1 and "StoreExistsError" in res.output
@@ -159,5 +162,17 @@ def test_exception_mid_run_never_finalizes_and_resume_completes_shards(setup, tm
     assert not (tmp_path / "sh.zarr.lock").exists()  # an exception releases the lease
     assert len(list((store / "logits" / "c").iterdir())) == 2  # 2 of 6 shards written
     run(stage1_args(tiny_data, teacher, store, "--shard-rows", 16, "--resume"))
+    assert chunk_files(store) == chunk_files(ref)
+    assert LogitStore.open(str(store)).meta.complete
+
+
+def test_resume_after_a_kill_before_the_arrays_existed(setup, tmp_path):
+    tiny_data, teacher, ref = setup
+    store = tmp_path / "s.zarr"
+    store.mkdir()  # as if killed between creating the group and its arrays
+    doc = json.loads((ref / "zarr.json").read_text())
+    doc["attributes"]["softtargets"]["complete"] = False
+    (store / "zarr.json").write_text(json.dumps(doc))
+    run(stage1_args(tiny_data, teacher, store, "--resume"))
     assert chunk_files(store) == chunk_files(ref)
     assert LogitStore.open(str(store)).meta.complete
