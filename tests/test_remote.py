@@ -109,3 +109,16 @@ def test_stage1_into_a_missing_bucket_fails_cleanly(s3, tiny_data, tmp_path):
         "Error: RemoteStoreError: cannot lock 's3://no-such-bucket/x.zarr': no such bucket or "
         "path (FileNotFoundError: The specified bucket does not exist); create the bucket or fix "
         "the URL")
+
+
+def test_lease_on_object_storage_refuses_a_second_writer(s3):
+    from softtargets.errors import StoreLockedError
+    from softtargets.lock import StoreLock
+    url = "s3://teams/locked.zarr"
+    with StoreLock(url):
+        assert s3fs.S3FileSystem().exists("teams/locked.zarr.lock")
+        with pytest.raises(StoreLockedError, match=r"store 's3://teams/locked.zarr' is being "
+                           r"written by pid \d+ on host"):
+            StoreLock(url).acquire()
+    s3fs.S3FileSystem().invalidate_cache()
+    assert not s3fs.S3FileSystem().exists("teams/locked.zarr.lock")
