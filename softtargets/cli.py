@@ -170,7 +170,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
         return
     size = report.store_size(store)
     click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} float16 logits in {seconds:.1f} s "
-               f"({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk -> {store}")
+               f"({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk -> {store}"
+               + (" (resumed: verified chunks kept)" if resume else ""))
 
 
 def student_options(fn: Callable) -> Callable:
