@@ -101,8 +101,35 @@ def object_exists(array: zarr.Array, key: str) -> bool:
     return bool(sync(array.store.exists(key)))
 
 
+class UnitReader:
+    """Reads each storage object (shard, or chunk) once; a damaged one is reread chunk by chunk.
+
+    One request per shard instead of one per inner chunk matters on object storage.
+    """
+
+    def __init__(self, group: zarr.Group, meta: StoreMeta) -> None:
+        self.group, self.meta = group, meta
+        self.rows = unit_rows(meta)
+        self.cache: dict[str, tuple[int, int, np.ndarray | None]] = {}  # name -> unit, start, data
+
+    def read(self, name: str, sl: slice) -> np.ndarray:
+        """Rows `sl` (inside one unit) of array `name`; raises if their chunk does not decode."""
+        array = self.group[name]
+        unit = sl.start // self.rows
+        if name not in self.cache or self.cache[name][0] != unit:
+            usl = slice(unit * self.rows, min(self.meta.n, (unit + 1) * self.rows))
+            try:
+                self.cache[name] = (unit, usl.start, np.asarray(array[usl]))
+            except Exception:  # some chunk of the unit is damaged: find it chunk by chunk
+                self.cache[name] = (unit, usl.start, None)
+        _unit, start, data = self.cache[name]
+        if data is None:
+            return np.asarray(array[sl])
+        return data[sl.start - start:sl.stop - start]
+
+
 def _check_chunk(report: VerifyReport, meta: StoreMeta, group: zarr.Group, index: int,
-                 seen: dict[str, bool]) -> np.ndarray | None:
+                 seen: dict[str, bool], reader: UnitReader) -> np.ndarray | None:
     """Check chunk `index`; its sample ids (rows,) when they decode, else None."""
     sl = chunk_slice(meta, index)
     where = {"chunk": index, "rows": (sl.start, sl.stop - 1)}
@@ -118,7 +145,7 @@ def _check_chunk(report: VerifyReport, meta: StoreMeta, group: zarr.Group, index
                        "or never written by a crashed writer)", **where)
             continue
         try:
-            values[name] = np.asarray(array[sl])
+            values[name] = reader.read(name, sl)
         except Exception as e:  # crc32c mismatch or a codec error: the bytes are damaged
             report.add("decode", f"{label}: {name} cannot be decoded, the stored bytes are "
                        f"damaged ({type(e).__name__}: {str(e)[:120]})", **where)
@@ -214,8 +241,9 @@ def verify_store(url: str, *, identity: dict[str, Any] | None = None,
     report.chunks = -(-meta.n // meta.chunk_rows)
     ids = np.full(meta.n, -1, dtype=np.int64)  # (N,)
     seen: dict[str, bool] = {}
+    reader = UnitReader(group, meta)
     for index in range(report.chunks):
-        chunk_ids = _check_chunk(report, meta, group, index, seen)
+        chunk_ids = _check_chunk(report, meta, group, index, seen, reader)
         if chunk_ids is not None:
             ids[chunk_slice(meta, index)] = chunk_ids
     _check_coverage(report, meta, ids, np.arange(meta.n), allow_subset=allow_subset)
