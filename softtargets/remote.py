@@ -126,16 +126,33 @@ def store_size(url: str) -> int:
         raise RemoteStoreError(explain(url, e, action="measure")) from None
 
 
+PARTIAL_SUFFIX = ".partial"  # zarr's LocalStore temp files; a SIGKILL mid-write leaves them
+
+
 def count_objects(url: str) -> int:
-    """Number of files/objects under the store."""
+    """Number of files/objects under the store (not counting temp files of killed writers)."""
     if not is_remote(url):
-        return sum(len(files) for _r, _d, files in os.walk(local_path(url)))
+        return sum(sum(not f.endswith(PARTIAL_SUFFIX) for f in files)
+                   for _r, _d, files in os.walk(local_path(url)))
     fs, path = filesystem(url)
     try:
         fs.invalidate_cache()
         return len(fs.find(path))
     except Exception as e:
         raise RemoteStoreError(explain(url, e, action="list")) from None
+
+
+def sweep_partial_files(url: str) -> int:
+    """Delete the temp files a killed writer left in a local store; returns how many."""
+    if is_remote(url):
+        return 0  # object stores write whole objects: nothing partial to sweep
+    removed = 0
+    for root, _dirs, files in os.walk(local_path(url)):
+        for f in files:
+            if f.endswith(PARTIAL_SUFFIX):
+                os.unlink(os.path.join(root, f))
+                removed += 1
+    return removed
 
 
 def remove_remote_store(url: str, *, overwrite: bool) -> None:

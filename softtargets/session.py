@@ -26,7 +26,7 @@ from softtargets.config import LogitsConfig, to_dict
 from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_status
 from softtargets.errors import IncompleteStoreError, ResumeMismatchError, StoreExistsError
 from softtargets.lock import StoreLock
-from softtargets.remote import filesystem, is_remote, local_path
+from softtargets.remote import filesystem, is_remote, local_path, sweep_partial_files
 from softtargets.store import (LOGITS, SAMPLE_ID, StoreMeta, StoreWriter, default_chunk_rows,
                                read_meta)
 
@@ -159,6 +159,7 @@ class WriteSession:
                 self._release()
                 return
             if LOGITS in group and SAMPLE_ID in group:
+                sweep_partial_files(cfg.store)  # we hold the lease: no live writer owns them
                 self.writer = StoreWriter.open(cfg.store)
                 return
             # killed while creating the arrays: nothing was written yet, start it again

@@ -176,3 +176,19 @@ def test_resume_after_a_kill_before_the_arrays_existed(setup, tmp_path):
     run(stage1_args(tiny_data, teacher, store, "--resume"))
     assert chunk_files(store) == chunk_files(ref)
     assert LogitStore.open(str(store)).meta.complete
+
+
+def test_resume_sweeps_temp_files_of_a_killed_write(setup, tmp_path):
+    tiny_data, teacher, ref = setup
+    store = tmp_path / "s.zarr"
+    import shutil
+    shutil.copytree(ref, store)
+    doc = json.loads((store / "zarr.json").read_text())
+    doc["attributes"]["softtargets"]["complete"] = False
+    (store / "zarr.json").write_text(json.dumps(doc))
+    (store / "logits" / "c" / "5" / "0").rename(store / "logits" / "c" / "5" / "0.ab12.partial")
+    info = run(["inspect", str(store)]).output
+    assert "objects:    logits 11/12, sample_id 12/12 present" in info
+    run(stage1_args(tiny_data, teacher, store, "--resume"))
+    assert not list(store.rglob("*.partial"))
+    assert chunk_files(store) == chunk_files(ref)
