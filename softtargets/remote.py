@@ -90,8 +90,11 @@ def open_group(url: str, *, mode: str, attributes: dict[str, Any] | None = None)
     their own messages for those.
     """
     kwargs: dict[str, Any] = {} if attributes is None else {"attributes": attributes}
+    # file:// goes to zarr's LocalStore (atomic temp-file writes, creates directories), not to
+    # fsspec's local filesystem
+    target = local_path(url) if url.startswith("file://") else url
     try:
-        return zarr.open_group(url, mode=mode, **kwargs)  # type: ignore[arg-type]
+        return zarr.open_group(target, mode=mode, **kwargs)  # type: ignore[arg-type]
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError,
             zarr.errors.GroupNotFoundError, FileExistsError):
         raise

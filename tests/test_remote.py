@@ -122,3 +122,13 @@ def test_lease_on_object_storage_refuses_a_second_writer(s3):
             StoreLock(url).acquire()
     s3fs.S3FileSystem().invalidate_cache()
     assert not s3fs.S3FileSystem().exists("teams/locked.zarr.lock")
+
+
+def test_file_urls_work_like_paths(tiny_data, tmp_path):
+    teacher = make_teacher(tmp_path / "t.pt", tiny_data)
+    url = f"file://{tmp_path}/f.zarr"
+    res = CliRunner().invoke(cli, stage1_args(tiny_data, teacher, url, "--shard-rows", 16))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "f.zarr" / "logits" / "c" / "5" / "0").is_file()
+    assert ": OK" in run("verify", url).output
+    assert "objects:    logits 6/6, sample_id 6/6 present" in run("inspect", url).output
