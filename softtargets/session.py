@@ -24,11 +24,21 @@ import numpy as np
 
 from softtargets.config import LogitsConfig, to_dict
 from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_status
-from softtargets.errors import IncompleteStoreError, ResumeMismatchError, StoreExistsError
+from softtargets.errors import (
+    IncompleteStoreError,
+    ResumeMismatchError,
+    StoreExistsError,
+)
 from softtargets.lock import StoreLock
 from softtargets.remote import filesystem, is_remote, local_path, sweep_partial_files
-from softtargets.store import (LOGITS, SAMPLE_ID, StoreMeta, StoreWriter, default_chunk_rows,
-                               read_meta)
+from softtargets.store import (
+    LOGITS,
+    SAMPLE_ID,
+    StoreMeta,
+    StoreWriter,
+    default_chunk_rows,
+    read_meta,
+)
 
 # Test-only hook: seconds to sleep after each written unit, so a test can kill a run mid-way.
 DELAY_ENV = "SOFTTARGETS_TEST_UNIT_DELAY"
