@@ -249,17 +249,12 @@ class WriteSession:
                                            f"(rows {sl.start}..{sl.stop - 1}) is missing or "
                                            "damaged after every rank finished")
             writer.mark_written(index)
+        if self.lock is not None:
+            self.lock.heartbeat()  # a writer whose lease was taken over must not finalize
         return writer.finalize()
 
     def _release(self) -> None:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-
-
-def describe_session(session: WriteSession) -> dict[str, Any]:
-    """Counts for the CLI's one-line summary."""
-    writer = session.writer
-    return {"written": len(session.todo), "skipped": session.skipped,
-            "units": writer.num_units if writer else 0}
 
