@@ -30,8 +30,6 @@ from softtargets.models import load_checkpoint
 from softtargets.store import LogitStore
 from softtargets.train import evaluate, train_student, train_teacher
 
-VALIDATION_ROWS = 5000  # last rows of the train split: picks the omitted class's bias shift
-
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
@@ -51,6 +49,7 @@ class ExperimentConfig:
     combine: str = "arithmetic"
     omit_class: int = 3
     omit_temperature: float = 20.0
+    validation_rows: int = 5000  # last train rows, kept out of the omitted-class transfer set
     less_data_fraction: float = 0.03
     less_data_temperature: float = 20.0
     threads: int | None = None
@@ -63,6 +62,8 @@ class ExperimentConfig:
             raise ConfigError(f"less_data_fraction must be in (0, 1], got "
                               f"{self.less_data_fraction}")
         ensemble.check_rule(self.combine)
+        if self.validation_rows <= 0:
+            raise ConfigError(f"validation_rows must be positive, got {self.validation_rows}")
 
     @classmethod
     def quick_preset(cls, **overrides: Any) -> ExperimentConfig:
@@ -187,7 +188,7 @@ def omitted_class(cfg: ExperimentConfig, out: Path, store: str) -> dict[str, Any
     d = out / "omitted"
     split = load_split(_data(cfg))
     full = load_split(DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir))
-    val_start = len(full) - VALIDATION_ROWS
+    val_start = len(full) - cfg.validation_rows
     k = cfg.omit_class
     rows = np.flatnonzero((split.labels != k) & (np.arange(len(split)) < val_start))
     hidden = cfg.students[0]
