@@ -19,7 +19,7 @@ from softtargets.plots import write_report
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="3000 rows, 2 teachers, 4 epochs")
+    p.add_argument("--quick", action="store_true", help="10000 rows, 2 teachers, 5-6 epochs")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--out", default=None, help="run directory (default runs/<dataset>/paper"

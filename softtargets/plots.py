@@ -41,8 +41,8 @@ def best_t(student: dict[str, Any]) -> str:
 
 
 def gap_closed(baseline: int, distilled: int, teacher: int) -> float | None:
-    """Fraction of the baseline-to-teacher gap the distilled student closes."""
-    return None if baseline == teacher else (baseline - distilled) / (baseline - teacher)
+    """Fraction of the baseline-to-teacher gap the distilled student closes (None: no gap)."""
+    return None if baseline <= teacher else (baseline - distilled) / (baseline - teacher)
 
 
 def markdown(d: dict[str, Any]) -> str:
@@ -71,7 +71,8 @@ def markdown(d: dict[str, Any]) -> str:
         lines.append(f"| {s['baseline']['model']} | {b} | "
                      + " | ".join(str(s["distilled"][x]["test_errors"]) for x in temps)
                      + f" | {best} (T={t}) | "
-                     + ("n/a" if closed is None else f"{100 * closed:.0f}%") + " |")
+                     + ("n/a (no gap: ensemble not better)" if closed is None
+                        else f"{100 * closed:.0f}%") + " |")
     lines += ["", *omitted_table(d["omitted"]), "", *less_table(d["less_data"])]
     return "\n".join(lines) + "\n"
 
