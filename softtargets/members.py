@@ -89,9 +89,15 @@ def _load(cfg: EnsembleLogitsConfig, t: int) -> LoadedTeacher:
 def _probe(teacher: LoadedTeacher, split: Split) -> int:
     """Number of classes the teacher outputs, from a forward pass on two rows."""
     x = torch.from_numpy(split.inputs(slice(0, 2)))
-    if teacher.transform is not None:
-        x = teacher.transform(x)
-    out = teacher.model(x)
+    try:
+        if teacher.transform is not None:
+            x = teacher.transform(x)
+        out = teacher.model(x)
+    except Exception as e:  # a user's model: shape errors, static batch sizes, ...
+        raise CheckpointError(f"teacher {teacher.name!r} failed on a batch of 2 inputs "
+                              f"{tuple(x.shape)}: {e}; check --transform (inputs are (B, H*W) "
+                              "float32 in [0, 1]) and export with a dynamic batch "
+                              "dimension") from e
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(x):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise CheckpointError(f"teacher {teacher.name!r} returned {got} for a batch of {len(x)}; "

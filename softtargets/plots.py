@@ -52,8 +52,11 @@ def markdown(d: dict[str, Any]) -> str:
     mode = "quick mode (not the paper's settings)" if cfg.get("quick") else "full settings"
     lines = [f"# softtargets: the paper's experiments on {cfg['dataset']} ({mode})", "",
              f"Transfer set: {cfg['limit'] or 'all'} training rows; teachers "
-             f"{cfg['teacher_epochs']} epochs, students {cfg['student_epochs']} epochs, "
-             f"alpha {cfg['alpha']}; test errors out of {n}. Run time "
+             f"{cfg['teacher_epochs']} epochs (dropout {cfg.get('teacher_dropout', 0.5):g}, "
+             f"jitter {cfg.get('teacher_jitter', 2)} px), students {cfg['student_epochs']} "
+             "epochs, "
+             f"alpha {cfg['alpha']}; test errors out of {n}. Run time (this invocation; saved "
+             "steps are reused) "
              f"{(d['seconds'] or 0) / 60:.1f} min.", "",
              "## Teachers", "", "| model | test errors |", "|---|---:|"]
     for i, t in enumerate(d["teachers"]):
@@ -93,7 +96,8 @@ def omitted_table(o: dict[str, Any]) -> list[str]:
 
 
 def less_table(ld: dict[str, Any]) -> list[str]:
-    rows = [f"## Less data: {100 * ld['fraction']:g}% of the transfer set ({ld['rows']} rows)", "",
+    rows = [f"## Less data: {100 * ld['fraction']:g}% of the transfer set ({ld['rows']} rows, "
+            f"{ld['baseline']['config']['epochs']} epochs)", "",
             "| student | final test errors | best epoch's test errors |", "|---|---:|---:|"]
     for label, m in (("hard labels", ld["baseline"]),
                      (f"distilled (T={ld['distilled']['config']['temperature']:g})",

@@ -37,7 +37,7 @@ def test_every_step_writes_its_metrics(results):
     omitted_rows = json.loads(Path(o["distilled"]).read_text())["train_rows"]
     assert omitted_rows == o["transfer_rows"] < 300
     assert o["shift"] in o["grid"] and o["before"]["class_errors"] >= 0
-    assert r["less_data"]["rows"] == 30
+    assert r["less_data"]["rows"] == 30 and r["less_data"]["epochs"] == 20
 
 
 def test_rerun_reuses_saved_metrics(results):
@@ -54,7 +54,7 @@ def test_report_table_from_metrics(results, tmp_path):
     text = markdown(d)
     assert "| student | baseline (hard labels) | T=1 | T=4 | best distilled |" in text
     assert "ensemble of 2 (arithmetic mean)" in text and "## Omitted class" in text
-    assert "## Less data: 10% of the transfer set (30 rows)" in text
+    assert "## Less data: 10% of the transfer set (30 rows, 20 epochs)" in text
     assert gap_closed(200, 150, 100) == 0.5 and gap_closed(100, 90, 100) is None and gap_closed(90, 80, 100) is None
     pytest.importorskip("matplotlib")
     table = write_report(results / "results.json", tmp_path / "reports")

@@ -132,6 +132,10 @@ def test_wrong_output_shape_or_class_count(tiny_data, tmp_path, nets):
     assert res.exit_code == 1
     assert "returned (2, 1, 10) for a batch of 2; a teacher must return logits of shape " \
            "(batch, C)" in res.output
+    torch.save(nets.cnn().state_dict(), tmp_path / "cnn.pt")  # a CNN fed flat inputs
+    res = stage1(tiny_data, tmp_path, "--teacher", tmp_path / "cnn.pt", "--factory",
+                 "st_user_nets:cnn", ok=False)
+    assert res.exit_code == 1 and "failed on a batch of 2 inputs (2, 784)" in res.output
 
 
 def test_bad_factory_and_transform_references(tiny_data, tmp_path, nets):
