@@ -95,20 +95,22 @@ def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
 @click.option("--max-norm", type=float, default=TeacherTrainConfig.max_norm, show_default=True,
               help="Max L2 norm of each unit's incoming weights (0 disables).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", default="runs/fashion-mnist/teacher.pt", show_default=True)
+@click.option("--out", default="runs/{dataset}/teacher.pt", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at --out.")
 @threads_option
 @quiet_option
 def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: str, epochs: int,
                       batch_size: int, lr: float, dropout: float, input_dropout: float,
-                      jitter: int, max_norm: float, seed: int, out: str, threads: int | None,
-                      quiet: bool) -> None:
+                      jitter: int, max_norm: float, seed: int, out: str, overwrite: bool,
+                      threads: int | None, quiet: bool) -> None:
     """Train the paper's teacher (MLP 784-1200-1200-10, dropout, jitter, max-norm)."""
     from softtargets.train import train_teacher
+    out = out.replace("{dataset}", dataset)
     cfg = TeacherTrainConfig(
         data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
         hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout, jitter=jitter,
         max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
-    m = train_teacher(cfg, out=out, progress=not quiet)
+    m = train_teacher(cfg, out=out, overwrite=overwrite, progress=not quiet)
     click.echo(f"teacher: {m['model']}, {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
 
@@ -151,7 +153,7 @@ def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[st
     if ensemble_spec:
         from softtargets.members import load_ensemble_spec
         spec = load_ensemble_spec(ensemble_spec)
-    names = tuple(spec.pop("teachers", ())) + teachers or (LogitsConfig.teacher,)
+    names = tuple(spec.pop("teachers", ())) + teachers or (f"runs/{data.dataset}/teacher.pt",)
     plain = (len(names) == 1 and not (factory or transform or mc_dropout or combine
                                       or combined_only or spec)
              and (not Path(names[0]).is_file() or detect_kind(names[0], None) == "softtargets"))
@@ -170,9 +172,9 @@ def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[st
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--teacher", "teachers", multiple=True,
               help="Teacher file; repeat for an ensemble. A softtargets checkpoint (default "
-                   "runs/fashion-mnist/teacher.pt), TorchScript file, torch.export .pt2 archive, "
+                   "runs/{dataset}/teacher.pt), TorchScript file, torch.export .pt2 archive, "
                    "or a state dict with --factory.")
-@click.option("--store", default="runs/fashion-mnist/teacher-logits.zarr", show_default=True,
+@click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True,
               help="Where to write the Zarr v3 logit store.")
 @click.option("--batch-size", type=int, default=LogitsConfig.batch_size, show_default=True)
 @click.option("--chunk-rows", type=int, default=None,
@@ -193,13 +195,15 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
+    store = store.replace("{dataset}", dataset)
+    teachers = tuple(t.replace("{dataset}", dataset) for t in teachers)
     data = DataConfig(dataset=dataset, split=split, data_dir=data_dir, limit=limit)
     common = dict(store=store, batch_size=batch_size, chunk_rows=chunk_rows,
                   compressor=compressor, overwrite=overwrite, device=device)
     ens_cfg = ensemble_config(data, teachers, common, **ens)
     if ens_cfg is None:
-        cfg = LogitsConfig(data=data, teacher=teachers[0] if teachers else LogitsConfig.teacher,
-                           **common)
+        cfg = LogitsConfig(data=data, teacher=teachers[0] if teachers else
+                           f"runs/{dataset}/teacher.pt", **common)
         meta, seconds = teacher_mod.run(cfg, progress=not quiet)
     else:
         from softtargets import members
@@ -229,12 +233,12 @@ def student_options(fn: Callable) -> Callable:
 
 @cli.command("student")
 @student_options
-@click.option("--store", default="runs/fashion-mnist/teacher-logits.zarr", show_default=True)
+@click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True)
 @click.option("--temperature", "-T", type=float, default=StudentTrainConfig.temperature,
               show_default=True, help="Softmax temperature of the soft-target term.")
 @click.option("--alpha", type=float, default=StudentTrainConfig.alpha, show_default=True,
               help="Weight of the soft-target term; 1 - alpha weighs the hard-label term.")
-@click.option("--out", default="runs/fashion-mnist/student", show_default=True)
+@click.option("--out", default="runs/{dataset}/student", show_default=True)
 @click.option("--combine", default=None,
               help="Ensemble stores: arithmetic|geometric mean of the members at T "
                    "(default: the store's recorded rule).")
@@ -246,7 +250,7 @@ def student_cmd(store: str, temperature: float, alpha: float, out: str, combine:
 
 @cli.command("baseline")
 @student_options
-@click.option("--out", default="runs/fashion-mnist/baseline", show_default=True)
+@click.option("--out", default="runs/{dataset}/baseline", show_default=True)
 def baseline_cmd(out: str, **kw: Any) -> None:
     """Train the same student on hard labels only (no teacher)."""
     _train_student(out, store=None, **kw)
@@ -256,6 +260,8 @@ def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, 
                    epochs: int, batch_size: int, lr: float, clip_grad: float, seed: int,
                    threads: int | None, quiet: bool, store: str | None, **loss: Any) -> None:
     from softtargets.train import train_student
+    out = out.replace("{dataset}", dataset)
+    store = None if store is None else store.replace("{dataset}", dataset)
     cfg = StudentTrainConfig(data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
                              store=store, hidden=parse_hidden(hidden), epochs=epochs,
                              batch_size=batch_size, lr=lr, clip_grad=clip_grad, seed=seed,

@@ -104,7 +104,7 @@ def run_teachers(cfg: ExperimentConfig, out: Path) -> list[str]:
             tcfg = TeacherTrainConfig(data=_data(cfg), hidden=cfg.teacher_hidden,
                                       dropout=cfg.teacher_dropout, jitter=cfg.teacher_jitter,
                                       epochs=cfg.teacher_epochs, seed=seed, threads=cfg.threads)
-            m = train_teacher(tcfg, out=str(path), progress=False)
+            m = train_teacher(tcfg, out=str(path), overwrite=True, progress=False)
             _log(f"teacher {seed}: {m['test_errors']} test errors ({m['seconds']:.0f} s)")
         paths.append(str(path))
     return paths

@@ -50,6 +50,7 @@ class StoreMeta:
     dtype: str
     chunk_rows: int
     compressor: str
+    codecs: list[dict[str, Any]]
     dataset: dict[str, Any]
     teacher: dict[str, Any]
     config: dict[str, Any]
@@ -99,6 +100,12 @@ def compressor_codecs(name: str) -> list[Any]:
     if name == "none":
         return [Crc32cCodec()]
     raise StoreError(f"unknown compressor {name!r}; allowed: {list(COMPRESSORS)}")
+
+
+def codec_chain(compressors: list[Any]) -> list[dict[str, Any]]:
+    """The Zarr v3 codec list (as JSON) of an array with these compressors."""
+    return [{"name": "bytes", "configuration": {"endian": "little"}},
+            *(c.to_dict() for c in compressors)]
 
 
 def to_float16(logits: np.ndarray, *, first_row: int = 0) -> np.ndarray:
@@ -174,7 +181,7 @@ class StoreWriter:
         meta = StoreMeta(format=FORMAT_NAME, version=FORMAT_VERSION, kind="dense", n=n,
                          num_classes=num_classes, class_names=tuple(class_names),
                          dtype="float16", chunk_rows=rows, compressor=compressor,
-                         dataset=dataset, teacher=teacher, config=config,
+                         codecs=codec_chain(codecs), dataset=dataset, teacher=teacher, config=config,
                          created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          created_by=software_versions(), complete=False)
         try:

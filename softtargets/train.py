@@ -21,7 +21,7 @@ from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
 from softtargets.data import Split, load_split
 from softtargets import ensemble
 from softtargets.distill import distillation_loss, distillation_loss_from_log_probs
-from softtargets.errors import ConfigError, TrainingDivergedError
+from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from softtargets.loader import DistillData
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
 from softtargets.store import LogitStore
@@ -104,8 +104,12 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def train_teacher(cfg: TeacherTrainConfig, *, out: str, progress: bool = True) -> dict[str, Any]:
+def train_teacher(cfg: TeacherTrainConfig, *, out: str, overwrite: bool = False,
+                  progress: bool = True) -> dict[str, Any]:
     """Train the paper's teacher (dropout, jitter, max-norm); save checkpoint and metrics JSON."""
+    if Path(out).exists() and not overwrite:
+        raise CheckpointError(f"teacher checkpoint {out!r} already exists; pass --overwrite to "
+                              "replace it or choose another --out")
     _threads(cfg.threads)
     t0 = time.perf_counter()
     split = load_split(cfg.data)

@@ -65,8 +65,10 @@ def test_metadata_keys_are_the_documented_ones(tmp_path):
     attrs = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["attributes"]["softtargets"]
     assert sorted(attrs) == sorted([
         "format", "version", "kind", "n", "num_classes", "class_names", "dtype", "chunk_rows",
-        "compressor", "dataset", "teacher", "config", "created_at", "created_by", "complete"])
+        "compressor", "codecs", "dataset", "teacher", "config", "created_at", "created_by", "complete"])
     assert attrs["class_names"] == ["a", "b", "c"] and attrs["dataset"] == DATASET
+    assert attrs["codecs"] == json.loads((tmp_path / "s.zarr" / "logits" / "zarr.json")
+                                         .read_text())["codecs"]
     assert set(attrs["created_by"]) >= {"softtargets", "zarr", "numcodecs", "numpy", "python"}
 
 
