@@ -37,9 +37,11 @@ print(json.dumps({"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 
 
 def measure(**args: object) -> float:
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["maxrss_mib"]
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        sys.exit(f"stage {args['stage']} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["maxrss_mib"]
 
 
 def make_teachers(root: Path, count: int, hidden: tuple[int, ...]) -> tuple[list[str], int]:
