@@ -24,7 +24,7 @@ import torch
 from softtargets import ensemble, members
 from softtargets.config import (DataConfig, EnsembleLogitsConfig, StudentTrainConfig,
                                 TeacherTrainConfig, to_dict)
-from softtargets.data import load_split
+from softtargets.data import load_split, spec
 from softtargets.errors import ConfigError
 from softtargets.models import load_checkpoint
 from softtargets.store import LogitStore
@@ -42,8 +42,8 @@ class ExperimentConfig:
     teachers: int = 3
     teacher_hidden: tuple[int, ...] = (1200, 1200)
     teacher_epochs: int = 20
-    teacher_dropout: float = 0.5  # the paper's teacher: dropout 0.5, 2-pixel jitter
-    teacher_jitter: int = 2
+    teacher_dropout: float = 0.5  # the paper's teacher: dropout 0.5
+    teacher_jitter: int | None = None  # None: the dataset's default (data.DatasetSpec)
     students: tuple[tuple[int, ...], ...] = ((800, 800), (30, 30))
     student_epochs: int = 20
     temperatures: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0)
@@ -98,11 +98,14 @@ def _cached(path: Path) -> dict[str, Any] | None:
 def run_teachers(cfg: ExperimentConfig, out: Path) -> list[str]:
     """Train cfg.teachers teachers with seeds 0..E-1; returns their checkpoint paths."""
     paths = []
+    jitter = cfg.teacher_jitter
+    if jitter is None:
+        jitter = spec(cfg.dataset).teacher_jitter
     for seed in range(cfg.teachers):
         path = out / "teachers" / f"teacher-{seed}.pt"
         if not path.with_suffix(".json").is_file():
             tcfg = TeacherTrainConfig(data=_data(cfg), hidden=cfg.teacher_hidden,
-                                      dropout=cfg.teacher_dropout, jitter=cfg.teacher_jitter,
+                                      dropout=cfg.teacher_dropout, jitter=jitter,
                                       epochs=cfg.teacher_epochs, seed=seed, threads=cfg.threads)
             m = train_teacher(tcfg, out=str(path), overwrite=True, progress=False)
             _log(f"teacher {seed}: {m['test_errors']} test errors ({m['seconds']:.0f} s)")

@@ -45,6 +45,11 @@ def gap_closed(baseline: int, distilled: int, teacher: int) -> float | None:
     return None if baseline <= teacher else (baseline - distilled) / (baseline - teacher)
 
 
+def _jitter(cfg: dict[str, Any]) -> str:
+    j = cfg.get("teacher_jitter")
+    return "the dataset's default" if j is None else f"{j} px"
+
+
 def markdown(d: dict[str, Any]) -> str:
     """The report's tables."""
     cfg, ens = d["config"], d["ensemble"]
@@ -53,7 +58,7 @@ def markdown(d: dict[str, Any]) -> str:
     lines = [f"# softtargets: the paper's experiments on {cfg['dataset']} ({mode})", "",
              f"Transfer set: {cfg['limit'] or 'all'} training rows; teachers "
              f"{cfg['teacher_epochs']} epochs (dropout {cfg.get('teacher_dropout', 0.5):g}, "
-             f"jitter {cfg.get('teacher_jitter', 2)} px), students {cfg['student_epochs']} "
+             f"jitter {_jitter(cfg)}), students {cfg['student_epochs']} "
              "epochs, "
              f"alpha {cfg['alpha']}; test errors out of {n}. Run time (this invocation; saved "
              "steps are reused) "
