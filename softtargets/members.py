@@ -163,7 +163,7 @@ def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -
     device = resolve_device(cfg.device)
     plan = plan_members(cfg)
     n, c = len(split), len(split.class_names)
-    single = len(plan) == 1  # one plain teacher: a v1 store with its identity
+    single = len(plan) == 1 and not cfg.mc_dropout  # one plain teacher: a v1 store
     writer = StoreWriter.create(cfg.store, n=n, class_names=split.class_names,
                                 dataset=split.identity(), teacher={}, config=to_dict(cfg),
                                 chunk_rows=cfg.chunk_rows, compressor=cfg.compressor,

@@ -63,4 +63,17 @@ def describe_store(meta: StoreMeta, url: str) -> str:
         f"({t.get('precision')} on {t.get('device')})",
         f"created:    {meta.created_at} by " + ", ".join(f"{k} {v}" for k, v in
                                                         meta.created_by.items()),
+        *ensemble_lines(meta),
     ])
+
+
+def ensemble_lines(meta: StoreMeta) -> list[str]:
+    """Issue 3: the members of an ensemble store, or the rule of a combined-only one."""
+    ens, comb = meta.extra.get("ensemble"), meta.extra.get("combined")
+    if ens:
+        return [f"members:    {len(ens['members'])} in member_logits {ens['shape']} chunks "
+                f"{ens['chunks']}, default rule {ens['default_rule']}"]
+    if comb:
+        at = "every T" if comb["temperature"] is None else f"T={comb['temperature']:g} only"
+        return [f"combined:   {comb['rule']} mean of {len(comb['members'])} members, valid at {at}"]
+    return []

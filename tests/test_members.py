@@ -66,6 +66,8 @@ def test_two_teachers_via_cli_and_spec_file(setup, tmp_path):
     members = a.meta.extra["ensemble"]["members"]
     assert [m["checkpoint"] for m in members] == [str(p["a"]), str(p["b"])]
     assert members[0]["kind"] == "softtargets" and members[0]["arch"] == "mlp 784-16-10"
+    assert "members:    2 in member_logits [2, 96, 10] chunks [1, 40, 10], default rule " \
+           "arithmetic" in run("inspect", tmp_path / "e.zarr").output
     info = json.loads(run("inspect", "--json", tmp_path / "e.zarr").output)
     assert info["ensemble"]["chunks"] == [1, 40, 10]
 
@@ -91,6 +93,8 @@ def test_mc_dropout_combined_only_and_student(setup, tmp_path):
         "arithmetic", "--store-combined-only", "-T", 4, "--store", tmp_path / "c.zarr")
     store = LogitStore.open(str(tmp_path / "c.zarr"))
     assert "member_logits" not in store.group and store.meta.version == 2
+    assert "combined:   arithmetic mean of 2 members, valid at T=4 only" in \
+        run("inspect", tmp_path / "c.zarr").output
     student = ["student", "--dataset", "mnist", "--data-dir", args[3], "--hidden", "8",
                "--epochs", 1, "--quiet", "--store", tmp_path / "c.zarr"]
     run(*student, "-T", 4, "--out", tmp_path / "ok")
@@ -99,6 +103,16 @@ def test_mc_dropout_combined_only_and_student(setup, tmp_path):
     assert "ConfigError" in res.output and "at T=4 only" in res.output
     res = run(*student, "-T", 4, "--combine", "median", "--out", tmp_path / "bad", ok=False)
     assert res.exit_code == 1 and "unknown combination rule 'median'" in res.output
+
+
+def test_one_mc_pass_is_still_stochastic(setup, tmp_path):
+    root, args, p = setup
+    run("teacher-logits", *args, "--teacher", p["a"], "--mc-dropout", 1, "--store",
+        tmp_path / "one.zarr")
+    run("teacher-logits", *args, "--teacher", p["a"], "--store", tmp_path / "det.zarr")
+    one, det = (LogitStore.open(str(tmp_path / n)) for n in ("one.zarr", "det.zarr"))
+    assert one.group["member_logits"].shape == (1, 96, 10)
+    assert not np.array_equal(one.read_all()[1], det.read_all()[1])
 
 
 def test_mc_dropout_needs_dropout_layers(setup, tmp_path):
