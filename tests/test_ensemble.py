@@ -233,3 +233,16 @@ def test_other_dataset_still_refused(ensemble_store, tiny_data):
     fewer = load_split(DataConfig(dataset="mnist", data_dir=tiny_data.data_dir, limit=50))
     with pytest.raises(StoreMismatchError, match="n differs"):
         DistillData(fewer, open_targets(store, rule="arithmetic", temperature=2.0))
+
+
+def test_damaged_member_chunk_is_refused(tiny_data, tmp_path):
+    import shutil
+    from softtargets.errors import StoreError
+    split = load_split(tiny_data)
+    store = write(tmp_path, tiny_data, teachers(tmp_path, split, seeds=(0, 1)), "dmg.zarr")
+    shutil.rmtree(tmp_path / "dmg.zarr" / "member_logits" / "c" / "1")  # member 1's chunks
+    view = open_targets(LogitStore.open(str(tmp_path / "dmg.zarr")), rule="arithmetic",
+                        temperature=2.0)
+    with pytest.raises(StoreError, match=r"chunk 0 of member_logits has missing or non-finite "
+                                         r"rows for members \[1\]"):
+        view.read_chunk(0)

@@ -57,7 +57,6 @@ def test_report_table_from_metrics(results, tmp_path):
     assert "## Less data: 10% of the transfer set (30 rows, 20 epochs)" in text
     assert gap_closed(200, 150, 100) == 0.5 and gap_closed(100, 90, 100) is None
     assert gap_closed(90, 80, 100) is None  # the ensemble is worse: no gap to close
-    pytest.importorskip("matplotlib")
     table = write_report(results / "results.json", tmp_path / "reports")
     for png in ("errors_vs_T.png", "training_curves.png", "per_class_errors.png"):
         assert (tmp_path / "reports" / png).read_bytes()[:4] == b"\x89PNG"
