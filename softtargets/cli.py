@@ -14,7 +14,7 @@ from softtargets import data as data_mod
 from softtargets import report
 from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig, TeacherTrainConfig
 from softtargets.distributed import ranks_from_env
-from softtargets.errors import SofttargetsError
+from softtargets.errors import ConfigError, SofttargetsError
 
 
 class Group(click.Group):
@@ -124,11 +124,65 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: st
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
 
 
+# --- issue 3: ensembles, MC dropout and user teachers in stage 1 ---------------------------
+def ensemble_options(fn: Callable) -> Callable:
+    for option in reversed([
+        click.option("--ensemble", "ensemble_spec", default=None,
+                     help="JSON spec {\"teachers\": [...], \"factory\", \"transform\", "
+                          "\"mc_dropout\", \"mc_seed\"} (teacher paths relative to it)."),
+        click.option("--factory", default=None,
+                     help="module:function building the teacher module; --teacher is then a "
+                          "state dict."),
+        click.option("--transform", default=None,
+                     help="module:function applied to each input batch (B, H*W) float32 in "
+                          "[0, 1] before the teacher."),
+        click.option("--mc-dropout", type=int, default=0, show_default=True,
+                     help="Run each teacher K times with train-mode dropout (seeded masks)."),
+        click.option("--mc-seed", type=int, default=0, show_default=True),
+        click.option("--combine", default=None,
+                     help="arithmetic|geometric: rule recorded as the store's default, or the "
+                          "one written with --store-combined-only."),
+        click.option("--store-combined-only", "combined_only", is_flag=True,
+                     help="Keep only the combined target (no member logits)."),
+        click.option("--temperature", "-T", type=float, default=None,
+                     help="T of an arithmetic --store-combined-only target."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[str, Any], *,
+                    ensemble_spec: str | None, factory: str | None, transform: str | None,
+                    mc_dropout: int, mc_seed: int, combine: str | None, combined_only: bool,
+                    temperature: float | None) -> Any:
+    """An EnsembleLogitsConfig, or None for the plain one-checkpoint path of stage 1."""
+    from softtargets.config import EnsembleLogitsConfig
+    from softtargets.teachers import detect_kind
+    spec: dict[str, Any] = {}
+    if ensemble_spec:
+        from softtargets.members import load_ensemble_spec
+        spec = load_ensemble_spec(ensemble_spec)
+    names = tuple(spec.pop("teachers", ())) + teachers or (f"runs/{data.dataset}/teacher.pt",)
+    plain = (len(names) == 1 and not (factory or transform or mc_dropout or combine
+                                      or combined_only or spec)
+             and (not Path(names[0]).is_file() or detect_kind(names[0], None) == "softtargets"))
+    if plain:
+        return None
+    opts = {"factory": factory, "transform": transform, "mc_dropout": mc_dropout,
+            "mc_seed": mc_seed}
+    opts.update({k: v for k, v in spec.items() if opts.get(k) in (None, 0)})
+    return EnsembleLogitsConfig(data=data, teachers=names, combine=combine,
+                                combined_only=combined_only, temperature=temperature,
+                                **opts, **common)
+
+
 @cli.command("teacher-logits")
 @data_options
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
-@click.option("--teacher", default="runs/{dataset}/teacher.pt", show_default=True,
-              help="Teacher checkpoint written by train-teacher.")
+@click.option("--teacher", "teachers", multiple=True,
+              help="Teacher file; repeat for an ensemble. A softtargets checkpoint (default "
+                   "runs/{dataset}/teacher.pt), TorchScript file, torch.export .pt2 archive, "
+                   "or a state dict with --factory.")
 @click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True,
               help="Where to write the Zarr v3 logit store.")
 @click.option("--batch-size", type=int, default=LogitsConfig.batch_size, show_default=True)
@@ -146,34 +200,48 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: st
 @click.option("--shard-rows", type=int, default=None,
               help="Rows per shard object (a multiple of --chunk-rows; 0: no sharding; "
                    "default: automatic above 256 chunks).")
+@ensemble_options
 @threads_option
 @quiet_option
-def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str, teacher: str,
-                       store: str, batch_size: int, chunk_rows: int | None, compressor: str,
-                       device: str, overwrite: bool, resume: bool, break_lock: bool,
-                       shard_rows: int | None, threads: int | None, quiet: bool) -> None:
-    """Stage 1: run the teacher over a split and write its raw logits to a store.
+def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str,
+                       teachers: tuple[str, ...], store: str, batch_size: int,
+                       chunk_rows: int | None, compressor: str, device: str, overwrite: bool,
+                       resume: bool, break_lock: bool, shard_rows: int | None,
+                       threads: int | None, quiet: bool, **ens: Any) -> None:
+    """Stage 1: run the teacher(s) over a split and write their raw logits to a store.
 
     Under `torchrun --nproc_per_node N -m softtargets teacher-logits ...` the N processes
-    write disjoint whole chunks/shards of one store.
+    write disjoint whole chunks/shards of one store (single-teacher stores).
     """
     from softtargets import teacher as teacher_mod
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
-    teacher, store = teacher.replace("{dataset}", dataset), store.replace("{dataset}", dataset)
-    cfg = LogitsConfig(data=DataConfig(dataset=dataset, split=split, data_dir=data_dir,
-                                       limit=limit),
-                       teacher=teacher, store=store, batch_size=batch_size, chunk_rows=chunk_rows,
-                       compressor=compressor, overwrite=overwrite, device=device,
-                       resume=resume, break_lock=break_lock, shard_rows=shard_rows)
-    meta, seconds = teacher_mod.run(cfg, progress=not quiet)
+    store = store.replace("{dataset}", dataset)
+    teachers = tuple(t.replace("{dataset}", dataset) for t in teachers)
+    data = DataConfig(dataset=dataset, split=split, data_dir=data_dir, limit=limit)
+    common = dict(store=store, batch_size=batch_size, chunk_rows=chunk_rows,
+                  compressor=compressor, overwrite=overwrite, device=device)
+    ens_cfg = ensemble_config(data, teachers, common, **ens)
+    if ens_cfg is None:
+        cfg = LogitsConfig(data=data, teacher=teachers[0] if teachers else
+                           f"runs/{dataset}/teacher.pt", resume=resume, break_lock=break_lock,
+                           shard_rows=shard_rows, **common)
+        meta, seconds = teacher_mod.run(cfg, progress=not quiet)
+    else:
+        if resume or break_lock or shard_rows is not None:
+            raise ConfigError("--resume, --break-lock and --shard-rows work with one "
+                              "softtargets teacher checkpoint only, not with ensembles, "
+                              "MC dropout or user teachers; drop them or run one teacher")
+        from softtargets import members
+        meta, seconds = members.run(ens_cfg, progress=not quiet)
     if not ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
         return
     size = report.store_size(store)
-    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} float16 logits in {seconds:.1f} s "
-               f"({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk -> {store}"
-               + (" (resumed: verified chunks kept)" if resume else ""))
+    what = f" from {meta.teacher['members']} members" if "members" in meta.teacher else ""
+    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} float16 logits{what} in "
+               f"{seconds:.1f} s ({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk "
+               f"-> {store}" + (" (resumed: verified chunks kept)" if resume else ""))
 
 
 def student_options(fn: Callable) -> Callable:
@@ -200,9 +268,13 @@ def student_options(fn: Callable) -> Callable:
 @click.option("--alpha", type=float, default=StudentTrainConfig.alpha, show_default=True,
               help="Weight of the soft-target term; 1 - alpha weighs the hard-label term.")
 @click.option("--out", default="runs/{dataset}/student", show_default=True)
-def student_cmd(store: str, temperature: float, alpha: float, out: str, **kw: Any) -> None:
+@click.option("--combine", default=None,
+              help="Ensemble stores: arithmetic|geometric mean of the members at T "
+                   "(default: the store's recorded rule).")
+def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
+                **kw: Any) -> None:
     """Stage 2: train the student (784-800-800-10) from a logit store."""
-    _train_student(out, store=store, temperature=temperature, alpha=alpha, **kw)
+    _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine, **kw)
 
 
 @cli.command("baseline")
@@ -215,7 +287,7 @@ def baseline_cmd(out: str, **kw: Any) -> None:
 
 def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, hidden: str,
                    epochs: int, batch_size: int, lr: float, clip_grad: float, seed: int,
-                   threads: int | None, quiet: bool, store: str | None, **loss: float) -> None:
+                   threads: int | None, quiet: bool, store: str | None, **loss: Any) -> None:
     from softtargets.train import train_student
     out = out.replace("{dataset}", dataset)
     store = None if store is None else store.replace("{dataset}", dataset)

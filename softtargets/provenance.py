@@ -94,6 +94,7 @@ def describe(info: dict[str, Any]) -> str:
         f"{(t.get('trained_on') or {}).get('split')} "
         f"fingerprint {(t.get('trained_on') or {}).get('fingerprint')}",
     ]
+    lines += ensemble_lines(info)
     for key in MEMBER_KEYS:
         members = info.get(key)
         if isinstance(members, list):
@@ -103,3 +104,18 @@ def describe(info: dict[str, Any]) -> str:
     lines.append(f"created:    {info['created_at']} by " +
                  ", ".join(f"{k} {v}" for k, v in info["created_by"].items()))
     return "\n".join(lines)
+
+
+def ensemble_lines(info: dict[str, Any]) -> list[str]:
+    """The members of an ensemble store, or the rule of a combined-only one (issue 3 keys)."""
+    ens, comb = info.get("ensemble"), info.get("combined")
+    if isinstance(ens, dict):
+        return [f"members:    {len(ens['members'])} in member_logits {ens['shape']} chunks "
+                f"{ens['chunks']}, default rule {ens['default_rule']}",
+                *(f"member[{i}]: {m.get('kind')} {m.get('arch')} {m.get('checkpoint')} "
+                  f"{m.get('sha256') or m.get('checkpoint_sha256')}"
+                  for i, m in enumerate(ens["members"]))]
+    if isinstance(comb, dict):
+        at = "every T" if comb["temperature"] is None else f"T={comb['temperature']:g} only"
+        return [f"combined:   {comb['rule']} mean of {len(comb['members'])} members, valid at {at}"]
+    return []

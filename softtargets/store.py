@@ -28,6 +28,9 @@ from softtargets.remote import open_group, remove_remote_store
 
 FORMAT_NAME = "softtargets.logits"
 FORMAT_VERSION = 1
+# Issue 3: version 2 marks a store whose `logits` are valid at one temperature only (an ensemble's
+# arithmetic mean written with --store-combined-only); v1 readers refuse it, this reader reads it.
+MAX_READ_VERSION = 2
 ATTR_KEY = "softtargets"
 LOGITS = "logits"
 SAMPLE_ID = "sample_id"
@@ -393,7 +396,7 @@ def read_meta(url: str) -> tuple[StoreMeta, zarr.Group]:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise StoreError(f"{url!r} is a Zarr group but not a softtargets logit store "
                          f"(attributes[{ATTR_KEY!r}].format != {FORMAT_NAME!r})")
-    if not isinstance(raw.get("version"), int) or raw["version"] > FORMAT_VERSION:
+    if not isinstance(raw.get("version"), int) or raw["version"] > MAX_READ_VERSION:
         raise StoreError(f"store {url!r} has format version {raw.get('version')!r}; this reader "
-                         f"supports up to {FORMAT_VERSION}: upgrade softtargets")
+                         f"supports up to {MAX_READ_VERSION}: upgrade softtargets")
     return StoreMeta.from_json(raw), group

@@ -19,8 +19,9 @@ from tqdm import tqdm
 from softtargets.augment import random_shift
 from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
 from softtargets.data import Split, load_split
-from softtargets.distill import distillation_loss
-from softtargets.errors import CheckpointError, TrainingDivergedError
+from softtargets import ensemble
+from softtargets.distill import distillation_loss, distillation_loss_from_log_probs
+from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from softtargets.loader import DistillData
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
 from softtargets.store import LogitStore
@@ -141,7 +142,8 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     split = load_split(cfg.data)
     test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
     store = LogitStore.open(cfg.store) if cfg.store else None
-    data = DistillData(split, store, rows=rows)
+    targets = ensemble_targets(store, cfg)  # issue 3: combined log-probs of an ensemble, or None
+    data = DistillData(split, targets or store, rows=rows)
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
                      classes=len(split.class_names))
@@ -150,6 +152,11 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
         def loss_fn(s: torch.Tensor, y: torch.Tensor, _t: torch.Tensor | None) -> torch.Tensor:
             return F.cross_entropy(s, y)
         role = "baseline"
+    elif targets is not None:  # teacher batches hold the combined target's log-probs at T
+        def loss_fn(s: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+            return distillation_loss_from_log_probs(s, t, y, temperature=cfg.temperature,
+                                                    alpha=cfg.alpha)
+        role = "distilled"
     else:
         def loss_fn(s: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
             return distillation_loss(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)
@@ -159,6 +166,8 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     history = fit(model, data, test, loss_fn, opts, desc=role, progress=progress)
     source = None if store is None else {"store": store.url, "teacher": store.meta.teacher,
                                          "dataset": store.meta.dataset}
+    if targets is not None:
+        source["combine"] = {"rule": targets.rule, "members": len(ensemble.members_of(store))}
     metrics = {"role": role, "model": spec.describe(), "train_rows": len(data), **history[-1],
                "seconds": time.perf_counter() - t0, "history": history, "config": to_dict(cfg),
                "source": source}
@@ -167,6 +176,17 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
                     dataset=split.identity(), class_names=split.class_names, metrics=metrics)
     _write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def ensemble_targets(store: LogitStore | None,
+                     cfg: StudentTrainConfig) -> ensemble.EnsembleTargets | None:
+    """The combined-target view of an ensemble store (issue 3); None for a one-teacher store."""
+    if store is None or not ensemble.is_ensemble(store):
+        if store is not None and cfg.combine is not None:
+            raise ConfigError(f"--combine {cfg.combine} applies to ensemble stores, but store "
+                              f"{store.url!r} holds one teacher's logits; drop --combine")
+        return None
+    return ensemble.open_targets(store, rule=cfg.combine, temperature=cfg.temperature)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -155,7 +155,7 @@ def test_not_a_store_and_newer_version(tmp_path):
     write_store(tmp_path / "s.zarr")
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
     g.attrs["softtargets"] = {**g.attrs["softtargets"], "version": 99}
-    with pytest.raises(StoreError, match="format version 99; this reader supports up to 1"):
+    with pytest.raises(StoreError, match="format version 99; this reader supports up to 2"):
         st.LogitStore.open(str(tmp_path / "s.zarr"))
 
 
