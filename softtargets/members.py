@@ -26,6 +26,7 @@ from softtargets import ensemble
 from softtargets.config import EnsembleLogitsConfig, to_dict
 from softtargets.data import Split, load_split
 from softtargets.errors import CheckpointError, ConfigError
+from softtargets.progress import bar as progress_bar
 from softtargets.store import ATTR_KEY, StoreMeta, StoreWriter, compressor_codecs, to_float16
 from softtargets.teacher import resolve_device
 from softtargets.teachers import LoadedTeacher, enable_mc_dropout, load_teacher, run_teacher
@@ -169,8 +170,8 @@ def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -
                                 chunk_rows=cfg.chunk_rows, compressor=cfg.compressor,
                                 overwrite=cfg.overwrite)
     rows = writer.meta.chunk_rows
-    bar = tqdm(total=n * (len(plan) + (0 if single else 1)), desc="teacher-logits", unit="row",
-               disable=not progress)
+    bar = progress_bar(total=n * (len(plan) + (0 if single else 1)), desc="teacher-logits",
+                       unit="row", enabled=progress)
     if single:
         teacher = _load(cfg, 0)
         identity = {**teacher.identity, "device": str(device),

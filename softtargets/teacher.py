@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from softtargets.config import LogitsConfig
 from softtargets.data import load_split
@@ -16,6 +15,7 @@ from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import Checkpoint, load_checkpoint
 from softtargets.session import WriteSession
 from softtargets.store import StoreMeta
+from softtargets.progress import bar as progress_bar
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,7 +72,7 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
     with session:
         rows_todo = sum(session.writer.unit_slice(i).stop - session.writer.unit_slice(i).start
                         for i in session.todo)
-        bar = tqdm(total=rows_todo, desc="teacher-logits", unit="row", disable=not progress)
+        bar = progress_bar(total=rows_todo, desc="teacher-logits", unit="row", enabled=progress)
         for index in session.todo:  # whole chunks, or whole shards when sharded
             sl = session.writer.unit_slice(index)
             logits = infer(model, split.inputs(sl), batch_size=cfg.batch_size,

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from softtargets.augment import random_shift
 from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
@@ -25,6 +24,7 @@ from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedErr
 from softtargets.loader import DistillData
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
 from softtargets.store import LogitStore
+from softtargets.progress import bar as progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -67,7 +67,8 @@ def fit(model: nn.Module, data: DistillData, test: Split, loss_fn: LossFn, opts:
     steps_per_epoch = math.ceil(len(data) / opts.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=opts.epochs * steps_per_epoch)
     history = []
-    bar = tqdm(total=opts.epochs * steps_per_epoch, desc=desc, unit="step", disable=not progress)
+    bar = progress_bar(total=opts.epochs * steps_per_epoch, desc=desc, unit="step",
+                       enabled=progress)
     for epoch in range(opts.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
