@@ -51,7 +51,7 @@ class TeacherTrainConfig:
 
     data: DataConfig = DataConfig()
     hidden: tuple[int, ...] = (1200, 1200)
-    dropout: float = 0.5
+    dropout: float = 0.3
     input_dropout: float = 0.0
     jitter: int = 2
     max_norm: float = 3.5
