@@ -58,6 +58,13 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     return widths
 
 
+def parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers (e.g. 1,4,20), got {text!r}")
+
+
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 threads_option = click.option("--threads", type=int, default=None,
                               help="torch intra-op threads (default: torch's choice).")
@@ -127,11 +134,23 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: st
               type=click.Choice(["zstd", "blosc", "none"]))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --store.")
+@click.option("--topk", type=int, default=None,
+              help="Sparse store: keep the K largest logits per row, their lse and tail mass.")
+@click.option("--sample", type=int, default=None,
+              help="Sparse store: K class ids drawn from the teacher per row, with counts.")
+@click.option("--temperatures", default="1", show_default=True,
+              help="Sparse stores: temperatures whose tail mass is stored, comma separated.")
+@click.option("--sample-seed", type=int, default=0, show_default=True,
+              help="--sample: seed of the per-row draws.")
+@click.option("--sample-temperature", type=float, default=1.0, show_default=True,
+              help="--sample: draw from softmax(logits / this).")
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str, teacher: str,
                        store: str, batch_size: int, chunk_rows: int | None, compressor: str,
-                       device: str, overwrite: bool, threads: int | None, quiet: bool) -> None:
+                       device: str, overwrite: bool, topk: int | None, sample: int | None,
+                       temperatures: str, sample_seed: int, sample_temperature: float,
+                       threads: int | None, quiet: bool) -> None:
     """Stage 1: run the teacher over a split and write its raw logits to a store."""
     from softtargets import teacher as teacher_mod
     if threads is not None:
@@ -140,10 +159,13 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
     cfg = LogitsConfig(data=DataConfig(dataset=dataset, split=split, data_dir=data_dir,
                                        limit=limit),
                        teacher=teacher, store=store, batch_size=batch_size, chunk_rows=chunk_rows,
-                       compressor=compressor, overwrite=overwrite, device=device)
+                       compressor=compressor, overwrite=overwrite, device=device,
+                       topk=topk, sample=sample, temperatures=parse_floats(temperatures),
+                       sample_seed=sample_seed, sample_temperature=sample_temperature)
     meta, seconds = teacher_mod.run(cfg, progress=not quiet)
     size = report.store_size(store)
-    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} float16 logits in {seconds:.1f} s "
+    form = "float16 logits" if meta.kind == "dense" else f"{meta.kind} (K={topk or sample})"
+    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} {form} in {seconds:.1f} s "
                f"({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk -> {store}")
 
 
@@ -170,10 +192,15 @@ def student_options(fn: Callable) -> Callable:
               show_default=True, help="Softmax temperature of the soft-target term.")
 @click.option("--alpha", type=float, default=StudentTrainConfig.alpha, show_default=True,
               help="Weight of the soft-target term; 1 - alpha weighs the hard-label term.")
+@click.option("--tail", default="rest", show_default=True,
+              type=click.Choice(["rest", "renormalise"]),
+              help="Top-k stores: keep the unlisted mass as one 'rest' bucket (needs its tail at "
+                   "T stored) or renormalise over the kept classes (any T, ignores the tail).")
 @click.option("--out", default="runs/fashion-mnist/student", show_default=True)
-def student_cmd(store: str, temperature: float, alpha: float, out: str, **kw: Any) -> None:
-    """Stage 2: train the student (784-800-800-10) from a logit store."""
-    _train_student(out, store=store, temperature=temperature, alpha=alpha, **kw)
+def student_cmd(store: str, temperature: float, alpha: float, tail: str, out: str,
+                **kw: Any) -> None:
+    """Stage 2: train the student (784-800-800-10) from a logit store (dense or sparse)."""
+    _train_student(out, store=store, temperature=temperature, alpha=alpha, tail=tail, **kw)
 
 
 @cli.command("baseline")
@@ -186,7 +213,8 @@ def baseline_cmd(out: str, **kw: Any) -> None:
 
 def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, hidden: str,
                    epochs: int, batch_size: int, lr: float, clip_grad: float, seed: int,
-                   threads: int | None, quiet: bool, store: str | None, **loss: float) -> None:
+                   threads: int | None, quiet: bool, store: str | None,
+                   **loss: float | str) -> None:
     from softtargets.train import train_student
     cfg = StudentTrainConfig(data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
                              store=store, hidden=parse_hidden(hidden), epochs=epochs,

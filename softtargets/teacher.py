@@ -13,6 +13,7 @@ from softtargets.config import LogitsConfig, to_dict
 from softtargets.data import load_split
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import Checkpoint, load_checkpoint
+from softtargets.sparse_store import SparseSpec, SparseWriter, make_spec
 from softtargets.store import StoreMeta, StoreWriter
 
 
@@ -51,6 +52,15 @@ def teacher_identity(ckpt: Checkpoint, device: torch.device) -> dict:
             "precision": "fp16-autocast" if device.type == "cuda" else "fp32"}
 
 
+def sparse_spec(cfg: LogitsConfig, *, num_classes: int) -> SparseSpec | None:
+    """The sparse form asked for by --topk / --sample, or None for a dense store."""
+    if cfg.topk is None and cfg.sample is None:
+        return None
+    kind, k = ("topk", cfg.topk) if cfg.topk is not None else ("sampled", cfg.sample)
+    return make_spec(kind=kind, k=k, num_classes=num_classes, temperatures=cfg.temperatures,
+                     seed=cfg.sample_seed, sample_temperature=cfg.sample_temperature)
+
+
 def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMeta:
     """Run stage 1 end to end. The store is marked complete only after every chunk is written."""
     split = load_split(cfg.data)
@@ -61,10 +71,18 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
                               f"{list(split.class_names)}")
     device = resolve_device(cfg.device)
     model = ckpt.model.to(device).eval()
-    writer = StoreWriter.create(
-        cfg.store, n=len(split), class_names=split.class_names, dataset=split.identity(),
-        teacher=teacher_identity(ckpt, device), config=to_dict(cfg), chunk_rows=cfg.chunk_rows,
-        compressor=cfg.compressor, overwrite=cfg.overwrite)
+    sparse = sparse_spec(cfg, num_classes=len(split.class_names))
+    writer: StoreWriter | SparseWriter
+    if sparse is None:
+        writer = StoreWriter.create(
+            cfg.store, n=len(split), class_names=split.class_names, dataset=split.identity(),
+            teacher=teacher_identity(ckpt, device), config=to_dict(cfg), chunk_rows=cfg.chunk_rows,
+            compressor=cfg.compressor, overwrite=cfg.overwrite)
+    else:  # same write_chunk protocol; converts each dense chunk to top-k / sampled rows
+        writer = SparseWriter.create(
+            cfg.store, spec=sparse, n=len(split), class_names=split.class_names,
+            dataset=split.identity(), teacher=teacher_identity(ckpt, device), config=to_dict(cfg),
+            chunk_rows=cfg.chunk_rows, compressor=cfg.compressor, overwrite=cfg.overwrite)
     bar = tqdm(total=len(split), desc="teacher-logits", unit="row", disable=not progress)
     for index in range(writer.num_chunks):
         sl = writer.chunk_slice(index)

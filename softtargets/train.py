@@ -19,11 +19,11 @@ from tqdm import tqdm
 from softtargets.augment import random_shift
 from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
 from softtargets.data import Split, load_split
-from softtargets.distill import distillation_loss
+from softtargets.distill import SparseTargets, distillation_loss, sparse_distillation_loss
 from softtargets.errors import TrainingDivergedError
 from softtargets.loader import DistillData
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
-from softtargets.store import LogitStore
+from softtargets.sparse_store import open_any
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -136,8 +136,8 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     t0 = time.perf_counter()
     split = load_split(cfg.data)
     test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
-    store = LogitStore.open(cfg.store) if cfg.store else None
-    data = DistillData(split, store, rows=rows)
+    store = open_any(cfg.store) if cfg.store else None
+    data = DistillData(split, store, rows=rows, temperature=cfg.temperature, tail=cfg.tail)
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
                      classes=len(split.class_names))
@@ -147,7 +147,10 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
             return F.cross_entropy(s, y)
         role = "baseline"
     else:
-        def loss_fn(s: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        def loss_fn(s: torch.Tensor, y: torch.Tensor, t: Any) -> torch.Tensor:
+            if isinstance(t, SparseTargets):  # top-k or sampled store: loss chosen by its kind
+                return sparse_distillation_loss(s, t, y, temperature=cfg.temperature,
+                                                alpha=cfg.alpha)
             return distillation_loss(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)
         role = "distilled"
     opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
