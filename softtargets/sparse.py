@@ -232,7 +232,7 @@ def sampled_weights(rows: SparseRows, *, temperatures: tuple[float, ...], temper
         return share
     log_pt = listed_log_probs(rows, temperatures=temperatures, temperature=temperature)
     log_ps = listed_log_probs(rows, temperatures=temperatures, temperature=sample_temperature)
-    ratio = np.exp(np.where(rows.mask, log_pt - log_ps, 0.0))
+    ratio = np.exp(np.where(rows.mask, log_pt, 0.0) - np.where(rows.mask, log_ps, 0.0))
     return np.where(rows.mask, share * ratio, 0.0)
 
 
