@@ -51,7 +51,11 @@ def describe_store(meta: StoreMeta, url: str) -> str:
     size = store_size(url)
     raw = meta.n * meta.num_classes * 2
     ratio = f", {raw / size:.2f}x vs raw float16" if size else ""
-    return "\n".join([
+    sparse = meta.extra.get("sparse")
+    sparse_lines = [] if not sparse else [  # top-k / sampled stores (docs/FORMAT.md)
+        f"sparse:     {meta.kind} K={sparse['k']} draws={sparse.get('draws')} "
+        f"tail at T={sparse['temperatures']} from {sparse['computed_from']} ({sparse['source']})"]
+    return "\n".join(sparse_lines + [
         f"store:      {url} ({meta.format} v{meta.version}, {meta.kind}, "
         f"{'complete' if meta.complete else 'INCOMPLETE'})",
         f"logits:     {meta.n} x {meta.num_classes} {meta.dtype}, {meta.chunk_rows} rows/chunk, "
