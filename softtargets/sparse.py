@@ -79,20 +79,29 @@ def _as_half_values(values: np.ndarray, first_row: int) -> np.ndarray:
 
 
 def tail_mass(z: np.ndarray, ids: np.ndarray, mask: np.ndarray,
-              temperatures: tuple[float, ...]) -> np.ndarray:
-    """(R, M) mass at each temperature of the classes not listed. z (R, C) float64, ids (R, K).
+              temperatures: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Tail masses (R, M) float32 at each temperature and lse (R,) float64 at T = 1.
 
-    Computed as exp(logsumexp(unlisted) - logsumexp(all)), not 1 - kept, so tiny tails keep their
-    relative precision.
+    z (R, C) float64, ids (R, K) listed where mask. The tail is the sum of the unlisted terms
+    (listed terms zeroed), not 1 - kept, so tiny tails keep their relative precision; one exp
+    pass per temperature. temperatures must include 1.
     """
-    rows = np.arange(len(z))[:, None]
+    if 1.0 not in temperatures:
+        raise ConfigError(f"temperatures must include 1 (lse is stored at T = 1), got "
+                          f"{list(temperatures)}; build them with check_temperatures")
+    rows = np.broadcast_to(np.arange(len(z))[:, None], ids.shape)[mask]
     out = np.empty((len(z), len(temperatures)), np.float64)
+    lse = np.full(len(z), np.nan)
     for j, t in enumerate(temperatures):
         zt = z / t
-        rest = zt.copy()
-        rest[np.broadcast_to(rows, ids.shape)[mask], ids[mask]] = -np.inf
-        out[:, j] = np.exp(_logsumexp(rest) - _logsumexp(zt))
-    return out.astype(np.float32)
+        top = zt.max(axis=1, keepdims=True)  # (R, 1)
+        e = np.exp(zt - top, out=zt)  # (R, C) in place
+        total = e.sum(axis=1)
+        if t == 1.0:
+            lse = np.log(total) + top[:, 0]
+        e[rows, ids[mask]] = 0.0
+        out[:, j] = e.sum(axis=1) / total
+    return out.astype(np.float32), lse
 
 
 def top_ids(z: np.ndarray, k: int) -> np.ndarray:
@@ -119,9 +128,9 @@ def to_topk(values: np.ndarray, *, k: int, temperatures: tuple[float, ...],
         z = _as_half_values(values[start:start + BLOCK_ROWS], first_row + start)  # (r, C)
         ids = top_ids(z, min(k, z.shape[1]))  # (r, K)
         kept = np.take_along_axis(z, ids, axis=1)
+        tail, lse = tail_mass(z, ids, np.ones(ids.shape, bool), temperatures)
         rows_out.append(SparseRows(ids=ids, logits=kept.astype(np.float16),
-                                   lse=_logsumexp(z).astype(np.float32),
-                                   tail=tail_mass(z, ids, np.ones(ids.shape, bool), temperatures)))
+                                   lse=lse.astype(np.float32), tail=tail))
     return concat_rows(rows_out)
 
 
@@ -157,9 +166,9 @@ def to_sampled(values: np.ndarray, *, draws: int, temperatures: tuple[float, ...
             ids[r, :len(uniq)], counts[r, :len(uniq)] = uniq, cnt
         mask = counts > 0
         kept = np.where(mask, np.take_along_axis(z, ids, axis=1), 0.0)
+        tail, lse = tail_mass(z, ids, mask, temperatures)
         rows_out.append(SparseRows(ids=ids, logits=kept.astype(np.float16),
-                                   lse=_logsumexp(z).astype(np.float32),
-                                   tail=tail_mass(z, ids, mask, temperatures), counts=counts))
+                                   lse=lse.astype(np.float32), tail=tail, counts=counts))
     return concat_rows(rows_out)
 
 
@@ -244,10 +253,12 @@ def reconstruct(rows: SparseRows, *, num_classes: int, temperatures: tuple[float
     """
     log_p = listed_log_probs(rows, temperatures=temperatures, temperature=temperature)
     probs = np.where(rows.mask, np.exp(log_p), 0.0)
-    tail = 1.0 - probs.sum(axis=1)  # (R,) equals the stored tail up to fp32 rounding
+    # the stored tail, not 1 - kept (which cancels to 0 for tiny tails); a tail below float32's
+    # range was stored as 0 and is read as the smallest float32 subnormal, so KL stays finite
+    tail = np.maximum(tail_at(rows, temperatures=temperatures, temperature=temperature),
+                      float(np.finfo(np.float32).smallest_subnormal))
     listed = rows.mask.sum(axis=1)
-    rest = np.where(listed < num_classes, np.clip(tail, 0.0, 1.0) / np.maximum(
-        num_classes - listed, 1), 0.0)
+    rest = np.where(listed < num_classes, tail / np.maximum(num_classes - listed, 1), 0.0)
     out = np.repeat(rest[:, None], num_classes, axis=1)
     r = np.broadcast_to(np.arange(len(probs))[:, None], probs.shape)
     out[r[rows.mask], rows.ids[rows.mask]] = probs[rows.mask]
