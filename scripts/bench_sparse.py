@@ -175,9 +175,9 @@ def fashion_teacher(path: str | None, workdir: Path) -> str:
     from softtargets.config import DataConfig, TeacherTrainConfig
     from softtargets.train import train_teacher
     out = str(workdir / "teacher.pt")
-    cfg = TeacherTrainConfig(data=DataConfig(dataset="fashion-mnist", limit=10000), epochs=4)
+    cfg = TeacherTrainConfig(data=DataConfig(dataset="fashion-mnist", limit=20000), epochs=5)
     m = train_teacher(cfg, out=out, progress=False)
-    print(f"  teacher trained here: 4 epochs on 10,000 rows, {m['test_errors']}/10000 test errors",
+    print(f"  teacher trained here: 5 epochs on 20,000 rows, {m['test_errors']}/10000 test errors",
           flush=True)
     return out
 
@@ -246,7 +246,7 @@ def main() -> None:
     ap.add_argument("--student-rows", type=int, default=10000)
     ap.add_argument("--student-epochs", type=int, default=5)
     ap.add_argument("--student-k", type=int, default=3)
-    ap.add_argument("--student-t", type=float, default=20.0)
+    ap.add_argument("--student-t", type=float, default=4.0)
     ap.add_argument("--no-students", action="store_true")
     ap.add_argument("--out", default="runs/bench-sparse", help="results.json goes here")
     args = ap.parse_args()

@@ -157,7 +157,7 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
                       momentum=cfg.momentum, seed=cfg.seed, clip_grad=cfg.clip_grad)
     history = fit(model, data, test, loss_fn, opts, desc=role, progress=progress)
     source = None if store is None else {"store": store.url, "teacher": store.meta.teacher,
-                                         "dataset": store.meta.dataset}
+                                         "dataset": store.meta.dataset, "kind": store.meta.kind}
     metrics = {"role": role, "model": spec.describe(), "train_rows": len(data), **history[-1],
                "seconds": time.perf_counter() - t0, "history": history, "config": to_dict(cfg),
                "source": source}
