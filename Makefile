@@ -12,11 +12,13 @@ ST := $(VENV)/bin/softtargets
 PY := $(VENV)/bin/python
 
 .PHONY: setup data teacher teacher-logits student baseline summary test test-slow clean help \
-	bench-sparse
+	teachers ensemble-logits report report-quick report-setup bench-sparse
 
 help:
 	@echo "make student    set-up, data, teacher, teacher-logits, baseline and distilled student"
 	@echo "make test       the test suite (slow end-to-end tests: make test-slow)"
+	@echo "make teachers ENSEMBLE=5   train ENSEMBLE teachers (seeds 0..ENSEMBLE-1); make ensemble-logits"
+	@echo "make report     the paper's experiments -> reports/ (make report-quick: a few minutes)"
 	@echo "variables: DATASET=$(DATASET) TEACHER_EPOCHS=$(TEACHER_EPOCHS) STUDENT_EPOCHS=$(STUDENT_EPOCHS) T=$(T) ALPHA=$(ALPHA)"
 
 setup: $(VENV)/.installed
@@ -71,3 +73,30 @@ bench-sparse: setup
 
 clean:
 	rm -rf runs
+
+# --- issue 3: ensembles and the paper's experiments ----------------------------------------------
+ENSEMBLE ?= 5
+TEACHER_SEEDS := $(shell seq 0 $$(( $(ENSEMBLE) - 1 )))
+TEACHER_FILES := $(foreach s,$(TEACHER_SEEDS),$(RUN)/teachers/teacher-$(s).pt)
+
+teachers: $(TEACHER_FILES)
+$(RUN)/teachers/teacher-%.pt: | data
+	$(ST) train-teacher --dataset $(DATASET) --epochs $(TEACHER_EPOCHS) --seed $* --out $@ --quiet
+
+ensemble-logits: $(RUN)/ensemble-logits.ok
+$(RUN)/ensemble-logits.ok: $(TEACHER_FILES)
+	$(ST) teacher-logits --dataset $(DATASET) $(foreach f,$^,--teacher $(f)) \
+		--store $(RUN)/ensemble-logits.zarr --overwrite
+	@touch $@
+
+# matplotlib for the figures (optional `report` extra)
+report-setup: setup
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[report]'
+
+# EXPERIMENT_FLAGS e.g. "--teachers 5 --teacher-epochs 30" for longer settings
+EXPERIMENT_FLAGS ?=
+report: report-setup data
+	$(PY) scripts/experiments.py --dataset $(DATASET) $(EXPERIMENT_FLAGS)
+
+report-quick: report-setup data
+	$(PY) scripts/experiments.py --quick --dataset $(DATASET) $(EXPERIMENT_FLAGS)

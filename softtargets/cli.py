@@ -13,7 +13,8 @@ import click
 from softtargets import data as data_mod
 from softtargets import report
 from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig, TeacherTrainConfig
-from softtargets.errors import SofttargetsError
+from softtargets.distributed import ranks_from_env
+from softtargets.errors import ConfigError, SofttargetsError
 
 
 class Group(click.Group):
@@ -24,6 +25,12 @@ class Group(click.Group):
             return super().invoke(ctx)
         except SofttargetsError as e:
             raise click.ClickException(f"{type(e).__name__}: {e}") from e
+        except Exception as e:  # issue 4: a storage back end failing mid-run (s3://, gs://)
+            from softtargets.remote import explain, is_storage_error
+            if not is_storage_error(e):
+                raise
+            message = explain(None, e, action="access")
+            raise click.ClickException(f"RemoteStoreError: {message}") from e
 
 
 @click.group(cls=Group)
@@ -97,35 +104,93 @@ def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
 @click.option("--dropout", type=float, default=TeacherTrainConfig.dropout, show_default=True)
 @click.option("--input-dropout", type=float, default=TeacherTrainConfig.input_dropout,
               show_default=True)
-@click.option("--jitter", type=int, default=TeacherTrainConfig.jitter, show_default=True,
-              help="Random input shifts of up to this many pixels.")
+@click.option("--jitter", type=int, default=None,
+              help="Random input shifts of up to this many pixels [default: 2, the paper's; "
+                   "0 for fashion-mnist, where it was measured to hurt].")
 @click.option("--max-norm", type=float, default=TeacherTrainConfig.max_norm, show_default=True,
               help="Max L2 norm of each unit's incoming weights (0 disables).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", default="runs/fashion-mnist/teacher.pt", show_default=True)
+@click.option("--out", default="runs/{dataset}/teacher.pt", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at --out.")
 @threads_option
 @quiet_option
 def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: str, epochs: int,
                       batch_size: int, lr: float, dropout: float, input_dropout: float,
-                      jitter: int, max_norm: float, seed: int, out: str, threads: int | None,
-                      quiet: bool) -> None:
+                      jitter: int | None, max_norm: float, seed: int, out: str, overwrite: bool,
+                      threads: int | None, quiet: bool) -> None:
     """Train the paper's teacher (MLP 784-1200-1200-10, dropout, jitter, max-norm)."""
     from softtargets.train import train_teacher
+    out = out.replace("{dataset}", dataset)
+    jitter = data_mod.spec(dataset).teacher_jitter if jitter is None else jitter
     cfg = TeacherTrainConfig(
         data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
         hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout, jitter=jitter,
         max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
-    m = train_teacher(cfg, out=out, progress=not quiet)
+    m = train_teacher(cfg, out=out, overwrite=overwrite, progress=not quiet)
     click.echo(f"teacher: {m['model']}, {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
+
+
+# --- issue 3: ensembles, MC dropout and user teachers in stage 1 ---------------------------
+def ensemble_options(fn: Callable) -> Callable:
+    for option in reversed([
+        click.option("--ensemble", "ensemble_spec", default=None,
+                     help="JSON spec {\"teachers\": [...], \"factory\", \"transform\", "
+                          "\"mc_dropout\", \"mc_seed\"} (teacher paths relative to it)."),
+        click.option("--factory", default=None,
+                     help="module:function building the teacher module; --teacher is then a "
+                          "state dict."),
+        click.option("--transform", default=None,
+                     help="module:function applied to each input batch (B, H*W) float32 in "
+                          "[0, 1] before the teacher."),
+        click.option("--mc-dropout", type=int, default=0, show_default=True,
+                     help="Run each teacher K times with train-mode dropout (seeded masks)."),
+        click.option("--mc-seed", type=int, default=0, show_default=True),
+        click.option("--combine", default=None,
+                     help="arithmetic|geometric: rule recorded as the store's default, or the "
+                          "one written with --store-combined-only."),
+        click.option("--store-combined-only", "combined_only", is_flag=True,
+                     help="Keep only the combined target (no member logits)."),
+        click.option("--temperature", "-T", type=float, default=None,
+                     help="T of an arithmetic --store-combined-only target."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[str, Any], *,
+                    ensemble_spec: str | None, factory: str | None, transform: str | None,
+                    mc_dropout: int, mc_seed: int, combine: str | None, combined_only: bool,
+                    temperature: float | None) -> Any:
+    """An EnsembleLogitsConfig, or None for the plain one-checkpoint path of stage 1."""
+    from softtargets.config import EnsembleLogitsConfig
+    from softtargets.teachers import detect_kind
+    spec: dict[str, Any] = {}
+    if ensemble_spec:
+        from softtargets.members import load_ensemble_spec
+        spec = load_ensemble_spec(ensemble_spec)
+    names = tuple(spec.pop("teachers", ())) + teachers or (f"runs/{data.dataset}/teacher.pt",)
+    plain = (len(names) == 1 and not (factory or transform or mc_dropout or combine
+                                      or combined_only or spec)
+             and (not Path(names[0]).is_file() or detect_kind(names[0], None) == "softtargets"))
+    if plain:
+        return None
+    opts = {"factory": factory, "transform": transform, "mc_dropout": mc_dropout,
+            "mc_seed": mc_seed}
+    opts.update({k: v for k, v in spec.items() if opts.get(k) in (None, 0)})
+    return EnsembleLogitsConfig(data=data, teachers=names, combine=combine,
+                                combined_only=combined_only, temperature=temperature,
+                                **opts, **common)
 
 
 @cli.command("teacher-logits")
 @data_options
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
-@click.option("--teacher", default="runs/fashion-mnist/teacher.pt", show_default=True,
-              help="Teacher checkpoint written by train-teacher.")
-@click.option("--store", default="runs/fashion-mnist/teacher-logits.zarr", show_default=True,
+@click.option("--teacher", "teachers", multiple=True,
+              help="Teacher file; repeat for an ensemble. A softtargets checkpoint (default "
+                   "runs/{dataset}/teacher.pt), TorchScript file, torch.export .pt2 archive, "
+                   "or a state dict with --factory.")
+@click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True,
               help="Where to write the Zarr v3 logit store.")
 @click.option("--batch-size", type=int, default=LogitsConfig.batch_size, show_default=True)
 @click.option("--chunk-rows", type=int, default=None,
@@ -134,6 +199,15 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: st
               type=click.Choice(["zstd", "blosc", "none"]))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --store.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run: keep the chunks already written and verified.")
+@click.option("--break-lock", is_flag=True,
+              help="Take over the store's write lease even if its holder looks alive "
+                   "(only when you know that writer is dead).")
+@click.option("--shard-rows", type=int, default=None,
+              help="Rows per shard object (a multiple of --chunk-rows; 0: no sharding; "
+                   "default: automatic above 256 chunks).")
+@ensemble_options
 @click.option("--topk", type=int, default=None,
               help="Sparse store: keep the K largest logits per row, their lse and tail mass.")
 @click.option("--sample", type=int, default=None,
@@ -143,30 +217,57 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: st
 @click.option("--sample-seed", type=int, default=0, show_default=True,
               help="--sample: seed of the per-row draws.")
 @click.option("--sample-temperature", type=float, default=1.0, show_default=True,
-              help="--sample: draw from softmax(logits / this).")
+              help="--sample: draw from softmax(logits / this); use the student's T.")
 @threads_option
 @quiet_option
-def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str, teacher: str,
-                       store: str, batch_size: int, chunk_rows: int | None, compressor: str,
-                       device: str, overwrite: bool, topk: int | None, sample: int | None,
-                       temperatures: str, sample_seed: int, sample_temperature: float,
-                       threads: int | None, quiet: bool) -> None:
-    """Stage 1: run the teacher over a split and write its raw logits to a store."""
+def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str,
+                       teachers: tuple[str, ...], store: str, batch_size: int,
+                       chunk_rows: int | None, compressor: str, device: str, overwrite: bool,
+                       resume: bool, break_lock: bool, shard_rows: int | None,
+                       topk: int | None, sample: int | None, temperatures: str,
+                       sample_seed: int, sample_temperature: float,
+                       threads: int | None, quiet: bool, **ens: Any) -> None:
+    """Stage 1: run the teacher(s) over a split and write their raw logits to a store.
+
+    Under `torchrun --nproc_per_node N -m softtargets teacher-logits ...` the N processes
+    write disjoint whole chunks/shards of one store (single-teacher stores).
+    """
     from softtargets import teacher as teacher_mod
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
-    cfg = LogitsConfig(data=DataConfig(dataset=dataset, split=split, data_dir=data_dir,
-                                       limit=limit),
-                       teacher=teacher, store=store, batch_size=batch_size, chunk_rows=chunk_rows,
-                       compressor=compressor, overwrite=overwrite, device=device,
-                       topk=topk, sample=sample, temperatures=parse_floats(temperatures),
-                       sample_seed=sample_seed, sample_temperature=sample_temperature)
-    meta, seconds = teacher_mod.run(cfg, progress=not quiet)
+    store = store.replace("{dataset}", dataset)
+    teachers = tuple(t.replace("{dataset}", dataset) for t in teachers)
+    data = DataConfig(dataset=dataset, split=split, data_dir=data_dir, limit=limit)
+    common = dict(store=store, batch_size=batch_size, chunk_rows=chunk_rows,
+                  compressor=compressor, overwrite=overwrite, device=device)
+    ens_cfg = ensemble_config(data, teachers, common, **ens)
+    sparse = dict(topk=topk, sample=sample, temperatures=parse_floats(temperatures),
+                  sample_seed=sample_seed, sample_temperature=sample_temperature)
+    if ens_cfg is not None and (topk is not None or sample is not None):
+        raise ConfigError("--topk/--sample work with one softtargets teacher checkpoint; for an "
+                          "ensemble, convert its combined log-probs with softtargets.sparse "
+                          "(README, 'Sparse stores')")
+    if ens_cfg is None:
+        cfg = LogitsConfig(data=data, teacher=teachers[0] if teachers else
+                           f"runs/{dataset}/teacher.pt", resume=resume, break_lock=break_lock,
+                           shard_rows=shard_rows, **common, **sparse)
+        meta, seconds = teacher_mod.run(cfg, progress=not quiet)
+    else:
+        if resume or break_lock or shard_rows is not None:
+            raise ConfigError("--resume, --break-lock and --shard-rows work with one "
+                              "softtargets teacher checkpoint only, not with ensembles, "
+                              "MC dropout or user teachers; drop them or run one teacher")
+        from softtargets import members
+        meta, seconds = members.run(ens_cfg, progress=not quiet)
+    if not ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
+        return
     size = report.store_size(store)
+    what = f" from {meta.teacher['members']} members" if "members" in meta.teacher else ""
     form = "float16 logits" if meta.kind == "dense" else f"{meta.kind} (K={topk or sample})"
-    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} {form} in {seconds:.1f} s "
-               f"({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk -> {store}")
+    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} {form}{what} in "
+               f"{seconds:.1f} s ({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk "
+               f"-> {store}" + (" (resumed: verified chunks kept)" if resume else ""))
 
 
 def student_options(fn: Callable) -> Callable:
@@ -187,25 +288,29 @@ def student_options(fn: Callable) -> Callable:
 
 @cli.command("student")
 @student_options
-@click.option("--store", default="runs/fashion-mnist/teacher-logits.zarr", show_default=True)
+@click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True)
 @click.option("--temperature", "-T", type=float, default=StudentTrainConfig.temperature,
               show_default=True, help="Softmax temperature of the soft-target term.")
 @click.option("--alpha", type=float, default=StudentTrainConfig.alpha, show_default=True,
               help="Weight of the soft-target term; 1 - alpha weighs the hard-label term.")
+@click.option("--out", default="runs/{dataset}/student", show_default=True)
+@click.option("--combine", default=None,
+              help="Ensemble stores: arithmetic|geometric mean of the members at T "
+                   "(default: the store's recorded rule).")
 @click.option("--tail", default="rest", show_default=True,
               type=click.Choice(["rest", "renormalise"]),
               help="Top-k stores: keep the unlisted mass as one 'rest' bucket (needs its tail at "
                    "T stored) or renormalise over the kept classes (any T, ignores the tail).")
-@click.option("--out", default="runs/fashion-mnist/student", show_default=True)
-def student_cmd(store: str, temperature: float, alpha: float, tail: str, out: str,
-                **kw: Any) -> None:
+def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
+                tail: str, **kw: Any) -> None:
     """Stage 2: train the student (784-800-800-10) from a logit store (dense or sparse)."""
-    _train_student(out, store=store, temperature=temperature, alpha=alpha, tail=tail, **kw)
+    _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
+                   tail=tail, **kw)
 
 
 @cli.command("baseline")
 @student_options
-@click.option("--out", default="runs/fashion-mnist/baseline", show_default=True)
+@click.option("--out", default="runs/{dataset}/baseline", show_default=True)
 def baseline_cmd(out: str, **kw: Any) -> None:
     """Train the same student on hard labels only (no teacher)."""
     _train_student(out, store=None, **kw)
@@ -213,9 +318,10 @@ def baseline_cmd(out: str, **kw: Any) -> None:
 
 def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, hidden: str,
                    epochs: int, batch_size: int, lr: float, clip_grad: float, seed: int,
-                   threads: int | None, quiet: bool, store: str | None,
-                   **loss: float | str) -> None:
+                   threads: int | None, quiet: bool, store: str | None, **loss: Any) -> None:
     from softtargets.train import train_student
+    out = out.replace("{dataset}", dataset)
+    store = None if store is None else store.replace("{dataset}", dataset)
     cfg = StudentTrainConfig(data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
                              store=store, hidden=parse_hidden(hidden), epochs=epochs,
                              batch_size=batch_size, lr=lr, clip_grad=clip_grad, seed=seed,
@@ -235,15 +341,47 @@ def summary_cmd(run_dir: str) -> None:
 
 @cli.command("inspect")
 @click.argument("store")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw metadata as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the metadata plus a `storage` section as JSON.")
 def inspect_cmd(store: str, as_json: bool) -> None:
-    """Print a store's provenance and layout."""
+    """Print a store's provenance and layout (metadata and listings only, no chunk data)."""
+    from softtargets import provenance
+    info = provenance.store_info(store)
+    click.echo(json.dumps(info, indent=2) if as_json else provenance.describe(info))
+
+
+@cli.command("verify")
+@click.argument("store")
+@click.option("--dataset", default=None, type=click.Choice(sorted(data_mod.DATASETS)),
+              help="Also check that the store was computed on this dataset (fingerprint "
+                   "recomputed from the files).")
+@click.option("--data-dir", default="data", show_default=True)
+@click.option("--split", default=None, type=click.Choice(["train", "test"]),
+              help="Split of --dataset (default: the store's).")
+@click.option("--limit", type=int, default=None,
+              help="Leading rows of --dataset (default: the store's limit).")
+@click.option("--allow-subset", is_flag=True,
+              help="Accept a store that holds only some of the dataset's rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(store: str, dataset: str | None, data_dir: str, split: str | None,
+               limit: int | None, allow_subset: bool, as_json: bool) -> None:
+    """Decode every chunk (crc32c), check ids cover the dataset once and values are finite.
+
+    Exits 1 with the chunk and rows of every problem.
+    """
+    from softtargets import verify
+    from softtargets.errors import VerifyError
     from softtargets.store import read_meta
-    meta, _ = read_meta(store)
-    if as_json:
-        click.echo(json.dumps(meta.to_json(), indent=2))
-    else:
-        click.echo(report.describe_store(meta, store))
+    identity = names = None
+    if dataset is not None:
+        meta, _ = read_meta(store)
+        identity, names = verify.dataset_identity(meta, dataset=dataset, data_dir=data_dir,
+                                                  split=split, limit=limit)
+    rep = verify.verify_store(store, identity=identity, class_names=names,
+                              allow_subset=allow_subset)
+    click.echo(json.dumps(rep.to_json(), indent=2) if as_json else rep.text())
+    if not rep.ok:
+        raise VerifyError(rep.summary())
 
 
 def main() -> None:

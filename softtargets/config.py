@@ -91,11 +91,15 @@ class StudentTrainConfig:
     momentum: float = 0.9
     seed: int = 0
     threads: int | None = None
+    combine: str | None = None  # ensemble stores: arithmetic|geometric (None: the store's default)
 
     def __post_init__(self) -> None:
         _check_common(self.epochs, self.batch_size, self.lr)
         check_temperature(self.temperature)
         check_alpha(self.alpha)
+        if self.combine is not None and self.combine not in COMBINE_RULES:
+            raise ConfigError(f"unknown combination rule {self.combine!r}; allowed: "
+                              f"{list(COMBINE_RULES)}")
         if self.clip_grad < 0:
             raise ConfigError(f"clip_grad must be >= 0 (0 disables), got {self.clip_grad}")
         if self.tail not in ("rest", "renormalise"):
@@ -114,7 +118,11 @@ class LogitsConfig:
     compressor: str = "zstd"
     overwrite: bool = False
     device: str = "auto"
-    # sparse stores (docs/FORMAT.md "Sparse stores"): at most one of topk / sample
+    # issue 4: resume an interrupted run, break a dead writer's lease, shard rows (None: auto)
+    resume: bool = False
+    break_lock: bool = False
+    shard_rows: int | None = None
+    # issue 6: sparse stores (docs/FORMAT.md "Sparse stores"): at most one of topk / sample
     topk: int | None = None
     sample: int | None = None
     temperatures: tuple[float, ...] = (1.0,)
@@ -126,6 +134,11 @@ class LogitsConfig:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.chunk_rows is not None and self.chunk_rows <= 0:
             raise ConfigError(f"chunk_rows must be positive, got {self.chunk_rows}")
+        if self.shard_rows is not None and self.shard_rows < 0:
+            raise ConfigError(f"shard_rows must be >= 0 (0: no sharding), got {self.shard_rows}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues an existing store and --overwrite deletes it: "
+                              "pass only one of them")
         if self.topk is not None and self.sample is not None:
             raise ConfigError(f"pass --topk or --sample, not both (got topk={self.topk}, "
                               f"sample={self.sample})")
@@ -167,3 +180,53 @@ def nested_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     if isinstance(data.get("data"), dict):
         data["data"] = from_dict(DataConfig, data["data"])
     return from_dict(cls, data)
+
+
+# --- issue 3: ensembles, MC dropout and user teachers in stage 1 -------------------------------
+COMBINE_RULES = ("arithmetic", "geometric")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleLogitsConfig:
+    """Stage 1 for several teachers (an ensemble), MC-dropout passes or a user's teacher.
+
+    teachers: files (softtargets checkpoints, TorchScript, .pt2, or state dicts with `factory`).
+    mc_dropout: K > 0 runs each teacher K times with train-mode dropout (seeded masks).
+    combine + combined_only: write only the combined target (rule, and T for arithmetic).
+    """
+
+    data: DataConfig = DataConfig()
+    teachers: tuple[str, ...] = ("runs/fashion-mnist/teacher.pt",)
+    store: str = "runs/fashion-mnist/teacher-logits.zarr"
+    factory: str | None = None
+    transform: str | None = None
+    mc_dropout: int = 0
+    mc_seed: int = 0
+    combine: str | None = None
+    combined_only: bool = False
+    temperature: float | None = None
+    batch_size: int = 1024
+    chunk_rows: int | None = None
+    compressor: str = "zstd"
+    overwrite: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.teachers:
+            raise ConfigError("at least one --teacher is needed")
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+        if self.chunk_rows is not None and self.chunk_rows <= 0:
+            raise ConfigError(f"chunk_rows must be positive, got {self.chunk_rows}")
+        if self.mc_dropout < 0:
+            raise ConfigError(f"mc_dropout must be >= 0 passes (0 = off), got {self.mc_dropout}")
+        if self.combine is not None and self.combine not in COMBINE_RULES:
+            raise ConfigError(f"unknown combination rule {self.combine!r}; allowed: "
+                              f"{list(COMBINE_RULES)}")
+        if self.combined_only and self.combine is None:
+            raise ConfigError("--store-combined-only needs --combine arithmetic|geometric")
+        if self.combined_only and self.combine == "arithmetic" and self.temperature is None:
+            raise ConfigError("--store-combined-only --combine arithmetic needs -T: the "
+                              "arithmetic mean of softmax(z/T) depends on T (geometric does not)")
+        if self.temperature is not None:
+            check_temperature(self.temperature)

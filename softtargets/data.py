@@ -33,6 +33,7 @@ class DatasetSpec:
     urls: tuple[str, ...]  # mirrors, tried in order
     md5: dict[str, str]  # of the canonical .gz files, checked on download
     system_dirs: tuple[str, ...] = ()  # read-only places a package manager puts the files
+    teacher_jitter: int = 2  # the paper's MNIST teacher: random shifts of up to 2 pixels
 
 
 FILES = {
@@ -53,6 +54,9 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
         },
         system_dirs=("/usr/share/datasets/fashion-mnist",),
+        # Measured (README): on Fashion-MNIST jitter costs more than it gives within a 30-epoch
+        # budget (2 px: 1303 test errors after 30 epochs; none: 1328 after only 5).
+        teacher_jitter=0,
     ),
     "mnist": DatasetSpec(
         name="mnist",

@@ -54,3 +54,22 @@ class LogitValueError(StoreError, ValueError):
 
 class TrainingDivergedError(SofttargetsError):
     """The training loss became NaN or infinite."""
+
+
+# --- issue 4: verify, resume, locks, object storage ---
+
+
+class VerifyError(StoreError):
+    """`softtargets verify` found damage or a mismatch; the report names chunks and rows."""
+
+
+class ResumeMismatchError(StoreError):
+    """--resume was asked for a store written with another teacher, dataset or settings."""
+
+
+class StoreLockedError(StoreError):
+    """Another live process holds the write lease of the store."""
+
+
+class RemoteStoreError(StoreError):
+    """An fsspec URL cannot be reached: missing credentials, access denied, no such bucket."""

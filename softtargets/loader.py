@@ -74,7 +74,8 @@ def aligned_logits(split: Split, store: LogitStore) -> np.ndarray:
         raise StoreMismatchError(f"store {store.url!r} has classes {list(store.meta.class_names)} "
                                  f"but {split.name} has {list(split.class_names)}")
     ids, logits = store.read_all()
-    out = np.full((len(split), store.meta.num_classes), np.nan, dtype=np.float16)
+    # float16 logits; float32 log-probs from an ensemble view (issue 3, ensemble.EnsembleTargets)
+    out = np.full((len(split), store.meta.num_classes), np.nan, dtype=logits.dtype)
     out[ids] = logits
     return out
 

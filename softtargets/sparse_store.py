@@ -25,8 +25,8 @@ from softtargets import sparse as sp
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
 from softtargets.store import (FORMAT_NAME, FORMAT_VERSION, SAMPLE_ID, TARGET_CHUNK_BYTES,
                                StoreMeta, _prepare_destination, add_row_array, check_dataset,
-                               chunk_slice, compressor_codecs, create_group, read_meta,
-                               software_versions)
+                               chunk_slice, codec_chain, compressor_codecs, create_group,
+                               read_meta, software_versions)
 
 KINDS = ("topk", "sampled")
 POSITION = "position"
@@ -152,6 +152,7 @@ class SparseWriter:
         meta = StoreMeta(format=FORMAT_NAME, version=FORMAT_VERSION, kind=spec.kind, n=n,
                          num_classes=len(class_names), class_names=tuple(class_names),
                          dtype="float16", chunk_rows=rows, compressor=compressor,
+                         codecs=codec_chain(compressor_codecs(spec.value_compressor)),
                          dataset=dataset, teacher=teacher, config=config,
                          created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          created_by=software_versions(), complete=False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import math
 import platform
 import shutil
@@ -23,9 +24,13 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from softtargets.errors import (IncompleteStoreError, LogitValueError, SparseStoreError,
                                 StoreError, StoreExistsError, StoreMismatchError)
+from softtargets.remote import open_group, remove_remote_store
 
 FORMAT_NAME = "softtargets.logits"
 FORMAT_VERSION = 1
+# Issue 3: version 2 marks a store whose `logits` are valid at one temperature only (an ensemble's
+# arithmetic mean written with --store-combined-only); v1 readers refuse it, this reader reads it.
+MAX_READ_VERSION = 2
 ATTR_KEY = "softtargets"
 LOGITS = "logits"
 SAMPLE_ID = "sample_id"
@@ -47,6 +52,7 @@ class StoreMeta:
     dtype: str
     chunk_rows: int
     compressor: str
+    codecs: list[dict[str, Any]]
     dataset: dict[str, Any]
     teacher: dict[str, Any]
     config: dict[str, Any]
@@ -98,6 +104,12 @@ def compressor_codecs(name: str) -> list[Any]:
     raise StoreError(f"unknown compressor {name!r}; allowed: {list(COMPRESSORS)}")
 
 
+def codec_chain(compressors: list[Any]) -> list[dict[str, Any]]:
+    """The Zarr v3 codec list (as JSON) of an array with these compressors."""
+    return [{"name": "bytes", "configuration": {"endian": "little"}},
+            *(c.to_dict() for c in compressors)]
+
+
 def to_float16(logits: np.ndarray, *, first_row: int = 0) -> np.ndarray:
     """Cast logits to float16, refusing non-finite values and values beyond float16's range."""
     x = np.asarray(logits)
@@ -126,6 +138,7 @@ def _local_path(url: str) -> Path:
 def _prepare_destination(url: str, overwrite: bool) -> None:
     """Refuse an existing path unless overwrite; never delete something that is not a Zarr store."""
     if not _is_local(url):
+        remove_remote_store(url, overwrite=overwrite)  # issue 4: s3:// etc.
         return
     path = _local_path(url)
     if not path.exists():
@@ -142,10 +155,12 @@ def _prepare_destination(url: str, overwrite: bool) -> None:
         path.unlink()
 
 
+# --- issue 6: building blocks of other array layouts (sparse_store.py) ---
+
 def create_group(url: str, meta: StoreMeta) -> zarr.Group:
     """A new group at `url` whose attributes hold `meta` (incomplete); the caller adds arrays."""
     try:
-        return zarr.open_group(url, mode="w-", attributes={ATTR_KEY: meta.to_json()})
+        return open_group(url, mode="w-", attributes={ATTR_KEY: meta.to_json()})
     except (FileExistsError, zarr.errors.ContainsGroupError,
             zarr.errors.ContainsArrayError) as e:
         raise StoreExistsError(f"store {url!r} already exists; pass --overwrite") from e
@@ -179,29 +194,46 @@ class StoreWriter:
     def create(cls, url: str, *, n: int, class_names: tuple[str, ...] | list[str],
                dataset: dict[str, Any], teacher: dict[str, Any], config: dict[str, Any],
                chunk_rows: int | None = None, compressor: str = "zstd",
-               overwrite: bool = False) -> StoreWriter:
-        """Create an empty, incomplete store at `url` (a path or file:// URL)."""
+               overwrite: bool = False, shard_rows: int | None = None) -> StoreWriter:
+        """Create an empty, incomplete store at `url` (a path, file:// or fsspec URL).
+
+        shard_rows: when set, both arrays use the sharding codec with shards of that many rows
+        (a multiple of chunk_rows); writers then write whole shards only (`write_unit`).
+        """
         num_classes = len(class_names)
         if n <= 0 or num_classes <= 0:
             raise StoreError(f"a store needs n > 0 rows and C > 0 classes, got n={n}, C={num_classes}")
         rows = chunk_rows or default_chunk_rows(n, num_classes)
         codecs = compressor_codecs(compressor)
+        check_shard_rows(shard_rows, rows)
         _prepare_destination(url, overwrite)
         meta = StoreMeta(format=FORMAT_NAME, version=FORMAT_VERSION, kind="dense", n=n,
                          num_classes=num_classes, class_names=tuple(class_names),
                          dtype="float16", chunk_rows=rows, compressor=compressor,
-                         dataset=dataset, teacher=teacher, config=config,
+                         codecs=codec_chain(codecs), dataset=dataset, teacher=teacher, config=config,
                          created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         created_by=software_versions(), complete=False)
-        group = create_group(url, meta)
+                         created_by=software_versions(), complete=False,
+                         extra={"shard_rows": shard_rows} if shard_rows else {})
+        try:
+            group = open_group(url, mode="w-", attributes={ATTR_KEY: meta.to_json()})
+        except (FileExistsError, zarr.errors.ContainsGroupError,
+                zarr.errors.ContainsArrayError) as e:
+            raise StoreExistsError(f"store {url!r} already exists; pass --overwrite") from e
         # write_empty_chunks: every chunk exists on disk, so a deleted one is detectable; the NaN / -1
         # fill values make a chunk that was never written fail the reader's checks.
-        add_row_array(group, LOGITS, n=n, row_shape=(num_classes,), chunk_rows=rows,
-                      dtype="float16", codecs=codecs, fill_value=float("nan"),
-                      dimension_names=("row", "class"))
-        add_row_array(group, SAMPLE_ID, n=n, row_shape=(), chunk_rows=rows, dtype="int64",
-                      codecs=compressor_codecs(compressor), fill_value=-1,
-                      dimension_names=("row",))
+        array_config = {"write_empty_chunks": True}
+        group.create_array(LOGITS, shape=(n, num_classes), chunks=(rows, num_classes),
+                           shards=(shard_rows, num_classes) if shard_rows else None,
+                           dtype="float16", compressors=codecs, fill_value=float("nan"),
+                           dimension_names=["row", "class"], config=array_config)
+        group.create_array(SAMPLE_ID, shape=(n,), chunks=(rows,),
+                           shards=(shard_rows,) if shard_rows else None, dtype="int64",
+                           compressors=compressor_codecs(compressor), fill_value=-1,
+                           dimension_names=["row"], config=array_config)
+        if shard_rows:  # issue 4: record the real chain, the sharding codec wrapping the v1 one
+            chain = json.loads(json.dumps(group[LOGITS].metadata.to_dict()["codecs"]))
+            meta = dataclasses.replace(meta, codecs=chain)
+            group.attrs.update({ATTR_KEY: meta.to_json()})
         return cls(group, meta)
 
     @property
@@ -213,18 +245,63 @@ class StoreWriter:
 
     def write_chunk(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
         """Write whole chunk `index`: sample_ids (rows,) and logits (rows, C), validated first."""
-        sl = self.chunk_slice(index)
+        self._write_rows(self.chunk_slice(index), f"chunk {index}", sample_ids=sample_ids,
+                         logits=logits)
+        self.written.add(index)
+
+    def _write_rows(self, sl: slice, what: str, *, sample_ids: np.ndarray,
+                    logits: np.ndarray) -> None:
         rows = sl.stop - sl.start
         sample_ids = np.asarray(sample_ids)
         if logits.shape != (rows, self.meta.num_classes) or sample_ids.shape != (rows,):
-            raise StoreError(f"chunk {index} needs logits ({rows}, {self.meta.num_classes}) and "
+            raise StoreError(f"{what} needs logits ({rows}, {self.meta.num_classes}) and "
                              f"sample_ids ({rows},), got {logits.shape} and {sample_ids.shape}")
         if (sample_ids < 0).any() or (sample_ids >= self.meta.dataset["n"]).any():
-            raise StoreError(f"chunk {index}: sample ids must be in [0, {self.meta.dataset['n']})")
+            raise StoreError(f"{what}: sample ids must be in [0, {self.meta.dataset['n']})")
         half = to_float16(logits, first_row=sl.start)
         self.logits[sl] = half
         self.sample_id[sl] = sample_ids.astype(np.int64)
-        self.written.add(index)
+
+    # --- issue 4: write units (whole shards, or chunks when unsharded) and reopening ---
+
+    @classmethod
+    def open(cls, url: str) -> StoreWriter:
+        """Reopen an incomplete store to add chunks (resume, or a parallel writer's rank > 0)."""
+        meta, _ = read_meta(url)
+        if meta.complete:
+            raise StoreError(f"store {url!r} is already complete; nothing to write")
+        return cls(open_group(url, mode="r+"), meta)
+
+    @property
+    def unit_rows(self) -> int:
+        """Rows one writer writes at once: a shard when sharded, else a chunk."""
+        return unit_rows(self.meta)
+
+    @property
+    def num_units(self) -> int:
+        return math.ceil(self.meta.n / self.unit_rows)
+
+    def unit_slice(self, index: int) -> slice:
+        if not 0 <= index < self.num_units:
+            raise StoreError(f"write unit {index} out of range [0, {self.num_units})")
+        start = index * self.unit_rows
+        return slice(start, min(self.meta.n, start + self.unit_rows))
+
+    def unit_chunks(self, index: int) -> range:
+        """Chunk indices inside write unit `index`."""
+        sl = self.unit_slice(index)
+        return range(sl.start // self.meta.chunk_rows,
+                     math.ceil(sl.stop / self.meta.chunk_rows))
+
+    def write_unit(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
+        """Write whole unit `index` (one shard object, or one chunk when unsharded)."""
+        self._write_rows(self.unit_slice(index), f"write unit {index}", sample_ids=sample_ids,
+                         logits=logits)
+        self.mark_written(index)
+
+    def mark_written(self, index: int) -> None:
+        """Record unit `index` as present (written here, or verified on disk)."""
+        self.written.update(self.unit_chunks(index))
 
     def finalize(self) -> StoreMeta:
         """Mark the store complete; refuses while any chunk is unwritten."""
@@ -235,6 +312,18 @@ class StoreWriter:
         self.meta = dataclasses.replace(self.meta, complete=True)
         self.group.attrs.update({ATTR_KEY: self.meta.to_json()})
         return self.meta
+
+
+def check_shard_rows(shard_rows: int | None, chunk_rows: int) -> None:
+    """Shards must hold a whole number of chunks."""
+    if shard_rows is not None and (shard_rows <= 0 or shard_rows % chunk_rows):
+        raise StoreError(f"shard_rows must be a positive multiple of chunk_rows ({chunk_rows}), "
+                         f"got {shard_rows}; pick e.g. {chunk_rows * 32}")
+
+
+def unit_rows(meta: StoreMeta) -> int:
+    """Rows of one storage object: the shard when sharded (attribute shard_rows), else a chunk."""
+    return int(meta.extra.get("shard_rows") or meta.chunk_rows)
 
 
 def chunk_slice(meta: StoreMeta, index: int) -> slice:
@@ -260,7 +349,7 @@ class LogitStore:
     def open(cls, url: str, *, allow_incomplete: bool = False) -> LogitStore:
         """Open the store at `url`; refuses other formats, newer versions and incomplete stores."""
         meta, group = read_meta(url)
-        if meta.kind != "dense":
+        if meta.kind != "dense":  # issue 6: sparse stores have no dense `logits` array
             raise SparseStoreError(
                 f"store {url!r} is a sparse {meta.kind!r} store (kind {meta.kind!r}, no dense "
                 "'logits' array); this reader reads only kind 'dense'. Open it with "
@@ -331,14 +420,14 @@ def read_meta(url: str) -> tuple[StoreMeta, zarr.Group]:
     if _is_local(url) and not _local_path(url).exists():
         raise StoreError(f"no store at {url!r}; run stage 1 (softtargets teacher-logits) first")
     try:
-        group = zarr.open_group(url, mode="r")
+        group = open_group(url, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"{url!r} is not a Zarr v3 group: {e}") from e
     raw = group.attrs.get(ATTR_KEY)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise StoreError(f"{url!r} is a Zarr group but not a softtargets logit store "
                          f"(attributes[{ATTR_KEY!r}].format != {FORMAT_NAME!r})")
-    if not isinstance(raw.get("version"), int) or raw["version"] > FORMAT_VERSION:
+    if not isinstance(raw.get("version"), int) or raw["version"] > MAX_READ_VERSION:
         raise StoreError(f"store {url!r} has format version {raw.get('version')!r}; this reader "
-                         f"supports up to {FORMAT_VERSION}: upgrade softtargets")
+                         f"supports up to {MAX_READ_VERSION}: upgrade softtargets")
     return StoreMeta.from_json(raw), group

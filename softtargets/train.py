@@ -14,16 +14,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from softtargets.augment import random_shift
 from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
 from softtargets.data import Split, load_split
-from softtargets.distill import SparseTargets, distillation_loss, sparse_distillation_loss
-from softtargets.errors import TrainingDivergedError
+from softtargets import ensemble
+from softtargets.distill import (SparseTargets, distillation_loss,
+                                 distillation_loss_from_log_probs, sparse_distillation_loss)
+from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from softtargets.loader import DistillData
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
 from softtargets.sparse_store import open_any
+from softtargets.store import LogitStore
+from softtargets.progress import bar as progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -66,7 +69,8 @@ def fit(model: nn.Module, data: DistillData, test: Split, loss_fn: LossFn, opts:
     steps_per_epoch = math.ceil(len(data) / opts.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=opts.epochs * steps_per_epoch)
     history = []
-    bar = tqdm(total=opts.epochs * steps_per_epoch, desc=desc, unit="step", disable=not progress)
+    bar = progress_bar(total=opts.epochs * steps_per_epoch, desc=desc, unit="step",
+                       enabled=progress)
     for epoch in range(opts.epochs):
         model.train()
         t0, total, count = time.perf_counter(), 0.0, 0
@@ -103,8 +107,12 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def train_teacher(cfg: TeacherTrainConfig, *, out: str, progress: bool = True) -> dict[str, Any]:
+def train_teacher(cfg: TeacherTrainConfig, *, out: str, overwrite: bool = False,
+                  progress: bool = True) -> dict[str, Any]:
     """Train the paper's teacher (dropout, jitter, max-norm); save checkpoint and metrics JSON."""
+    if Path(out).exists() and not overwrite:
+        raise CheckpointError(f"teacher checkpoint {out!r} already exists; pass --overwrite to "
+                              "replace it or choose another --out")
     _threads(cfg.threads)
     t0 = time.perf_counter()
     split = load_split(cfg.data)
@@ -136,8 +144,10 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     t0 = time.perf_counter()
     split = load_split(cfg.data)
     test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
-    store = open_any(cfg.store) if cfg.store else None
-    data = DistillData(split, store, rows=rows, temperature=cfg.temperature, tail=cfg.tail)
+    store = open_any(cfg.store) if cfg.store else None  # dense, or sparse (issue 6)
+    targets = ensemble_targets(store, cfg)  # issue 3: combined log-probs of an ensemble, or None
+    data = DistillData(split, targets or store, rows=rows, temperature=cfg.temperature,
+                       tail=cfg.tail)
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
                      classes=len(split.class_names))
@@ -146,9 +156,14 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
         def loss_fn(s: torch.Tensor, y: torch.Tensor, _t: torch.Tensor | None) -> torch.Tensor:
             return F.cross_entropy(s, y)
         role = "baseline"
+    elif targets is not None:  # teacher batches hold the combined target's log-probs at T
+        def loss_fn(s: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+            return distillation_loss_from_log_probs(s, t, y, temperature=cfg.temperature,
+                                                    alpha=cfg.alpha)
+        role = "distilled"
     else:
         def loss_fn(s: torch.Tensor, y: torch.Tensor, t: Any) -> torch.Tensor:
-            if isinstance(t, SparseTargets):  # top-k or sampled store: loss chosen by its kind
+            if isinstance(t, SparseTargets):  # issue 6: top-k or sampled store, loss by its kind
                 return sparse_distillation_loss(s, t, y, temperature=cfg.temperature,
                                                 alpha=cfg.alpha)
             return distillation_loss(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)
@@ -158,6 +173,8 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     history = fit(model, data, test, loss_fn, opts, desc=role, progress=progress)
     source = None if store is None else {"store": store.url, "teacher": store.meta.teacher,
                                          "dataset": store.meta.dataset, "kind": store.meta.kind}
+    if targets is not None:
+        source["combine"] = {"rule": targets.rule, "members": len(ensemble.members_of(store))}
     metrics = {"role": role, "model": spec.describe(), "train_rows": len(data), **history[-1],
                "seconds": time.perf_counter() - t0, "history": history, "config": to_dict(cfg),
                "source": source}
@@ -166,6 +183,17 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
                     dataset=split.identity(), class_names=split.class_names, metrics=metrics)
     _write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def ensemble_targets(store: LogitStore | None,
+                     cfg: StudentTrainConfig) -> ensemble.EnsembleTargets | None:
+    """The combined-target view of an ensemble store (issue 3); None for a one-teacher store."""
+    if store is None or not ensemble.is_ensemble(store):
+        if store is not None and cfg.combine is not None:
+            raise ConfigError(f"--combine {cfg.combine} applies to ensemble stores, but store "
+                              f"{store.url!r} holds one teacher's logits; drop --combine")
+        return None
+    return ensemble.open_targets(store, rule=cfg.combine, temperature=cfg.temperature)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -190,3 +190,17 @@ def test_full_pipeline_on_fashion_mnist(fashion, tmp_path):
     run("student", "--epochs", 3, "--store", r / "t.zarr", "--out", r / "student", "--quiet")
     m = json.loads((r / "student" / "metrics.json").read_text())
     assert m["test_accuracy"] > 0.80, m["test_accuracy"]
+
+
+def test_existing_teacher_checkpoint_is_kept(pipeline):
+    d, r = pipeline
+    before = (r / "teacher.pt").read_bytes()
+    res = run("train-teacher", *d, "--epochs", 1, "--out", r / "teacher.pt", ok=False)
+    assert "CheckpointError" in res.output and "already exists; pass --overwrite" in res.output
+    assert (r / "teacher.pt").read_bytes() == before
+
+
+def test_default_paths_follow_the_dataset(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run("train-teacher", *data_args(tiny_data), "--hidden", "8", "--epochs", 1, "--quiet")
+    assert (tmp_path / "runs" / "mnist" / "teacher.pt").is_file()

@@ -65,8 +65,10 @@ def test_metadata_keys_are_the_documented_ones(tmp_path):
     attrs = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["attributes"]["softtargets"]
     assert sorted(attrs) == sorted([
         "format", "version", "kind", "n", "num_classes", "class_names", "dtype", "chunk_rows",
-        "compressor", "dataset", "teacher", "config", "created_at", "created_by", "complete"])
+        "compressor", "codecs", "dataset", "teacher", "config", "created_at", "created_by", "complete"])
     assert attrs["class_names"] == ["a", "b", "c"] and attrs["dataset"] == DATASET
+    assert attrs["codecs"] == json.loads((tmp_path / "s.zarr" / "logits" / "zarr.json")
+                                         .read_text())["codecs"]
     assert set(attrs["created_by"]) >= {"softtargets", "zarr", "numcodecs", "numpy", "python"}
 
 
@@ -153,7 +155,7 @@ def test_not_a_store_and_newer_version(tmp_path):
     write_store(tmp_path / "s.zarr")
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
     g.attrs["softtargets"] = {**g.attrs["softtargets"], "version": 99}
-    with pytest.raises(StoreError, match="format version 99; this reader supports up to 1"):
+    with pytest.raises(StoreError, match="format version 99; this reader supports up to 2"):
         st.LogitStore.open(str(tmp_path / "s.zarr"))
 
 

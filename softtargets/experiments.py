@@ -1,0 +1,291 @@
+"""The paper's experiments (Hinton, Vinyals, Dean 2015, section 3) on an ensemble of teachers.
+
+1. Table: teacher and ensemble errors, baseline students, distilled students at several T, for a
+   784-800-800-10 and a 784-30-30-10 student.
+2. Omitted class: distil with every example of one class removed from the transfer set; errors
+   overall and on that class before and after raising the omitted class's output bias.
+3. Less data: distil on 3% of the transfer set vs. hard labels on the same 3%.
+
+Every step writes its metrics JSON under `out` and is skipped when that file exists, so an
+interrupted run resumes. `softtargets.plots` turns `out/results.json` into reports/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from softtargets import ensemble, members
+from softtargets.config import (DataConfig, EnsembleLogitsConfig, StudentTrainConfig,
+                                TeacherTrainConfig, to_dict)
+from softtargets.data import load_split, spec
+from softtargets.errors import ConfigError
+from softtargets.models import load_checkpoint
+from softtargets.store import LogitStore
+from softtargets.train import evaluate, train_student, train_teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Sizes of the experiments. `quick()` gives a few-minute version that proves the pipeline."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str = "data"
+    out: str = "runs/fashion-mnist/paper"
+    limit: int | None = None  # transfer-set rows (the first `limit` rows of the train split)
+    teachers: int = 3
+    teacher_hidden: tuple[int, ...] = (1200, 1200)
+    teacher_epochs: int = 20
+    teacher_dropout: float = 0.5  # the paper's teacher: dropout 0.5
+    teacher_jitter: int | None = None  # None: the dataset's default (data.DatasetSpec)
+    students: tuple[tuple[int, ...], ...] = ((800, 800), (30, 30))
+    student_epochs: int = 20
+    temperatures: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0)
+    alpha: float = 0.9
+    combine: str = "arithmetic"
+    omit_class: int = 3
+    omit_temperature: float = 20.0
+    validation_rows: int = 5000  # last train rows, kept out of the omitted-class transfer set
+    less_data_fraction: float = 0.03
+    less_data_temperature: float = 20.0
+    less_data_epochs: int | None = None  # None: 10 x student_epochs (a 3% set needs more passes)
+    threads: int | None = None
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if self.teachers < 1:
+            raise ConfigError(f"teachers must be >= 1, got {self.teachers}")
+        if not 0 < self.less_data_fraction <= 1:
+            raise ConfigError(f"less_data_fraction must be in (0, 1], got "
+                              f"{self.less_data_fraction}")
+        ensemble.check_rule(self.combine)
+        if self.validation_rows <= 0:
+            raise ConfigError(f"validation_rows must be positive, got {self.validation_rows}")
+
+    @classmethod
+    def quick_preset(cls, **overrides: Any) -> ExperimentConfig:
+        """10000 transfer rows, 2 lightly regularised teachers, 5-6 epochs: minutes on 2 cores.
+
+        The paper's teacher (dropout 0.5, jitter) needs many epochs; in a few it underfits.
+        """
+        base = dict(limit=10000, teachers=2, teacher_epochs=6, teacher_dropout=0.2,
+                    teacher_jitter=0, student_epochs=5, quick=True)
+        return cls(**{**base, **overrides})
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _data(cfg: ExperimentConfig) -> DataConfig:
+    return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit)
+
+
+def _name(hidden: tuple[int, ...]) -> str:
+    return "mlp-" + "-".join(map(str, hidden))
+
+
+def _cached(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_teachers(cfg: ExperimentConfig, out: Path) -> list[str]:
+    """Train cfg.teachers teachers with seeds 0..E-1; returns their checkpoint paths."""
+    paths = []
+    jitter = cfg.teacher_jitter
+    if jitter is None:
+        jitter = spec(cfg.dataset).teacher_jitter
+    for seed in range(cfg.teachers):
+        path = out / "teachers" / f"teacher-{seed}.pt"
+        if not path.with_suffix(".json").is_file():
+            tcfg = TeacherTrainConfig(data=_data(cfg), hidden=cfg.teacher_hidden,
+                                      dropout=cfg.teacher_dropout, jitter=jitter,
+                                      epochs=cfg.teacher_epochs, seed=seed, threads=cfg.threads)
+            m = train_teacher(tcfg, out=str(path), overwrite=True, progress=False)
+            _log(f"teacher {seed}: {m['test_errors']} test errors ({m['seconds']:.0f} s)")
+        paths.append(str(path))
+    return paths
+
+
+def ensemble_stores(cfg: ExperimentConfig, out: Path, teachers: list[str]) -> tuple[str, dict]:
+    """Stage 1 on the train split (the transfer set) and on the test split (ensemble errors)."""
+    stores = {}
+    for split, limit in (("train", cfg.limit), ("test", None)):
+        url = out / f"ensemble-{split}.zarr"
+        if not _complete(str(url)):
+            ecfg = EnsembleLogitsConfig(
+                data=DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, split=split,
+                                limit=limit),
+                teachers=tuple(teachers), store=str(url), overwrite=True, device="cpu",
+                combine=cfg.combine)
+            _, seconds = members.run(ecfg, progress=False)
+            _log(f"stage 1 on {split}: {len(teachers)} members in {seconds:.0f} s -> {url}")
+        stores[split] = str(url)
+    metrics = ensemble_test_metrics(cfg, stores["test"], out / "ensemble.json")
+    return stores["train"], metrics
+
+
+def _complete(url: str) -> bool:
+    """True when a complete store is at url (a rerun then reuses it)."""
+    try:
+        LogitStore.open(url)
+        return True
+    except Exception:
+        return False
+
+
+def ensemble_test_metrics(cfg: ExperimentConfig, test_store: str, path: Path) -> dict[str, Any]:
+    """Test errors of the ensemble (combined at T=1) and of each member, from the test store."""
+    test = load_split(DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, split="test"))
+    store = LogitStore.open(test_store)
+    ids, logp = ensemble.open_targets(store, rule=cfg.combine, temperature=1.0).read_all()
+    z = np.asarray(store.group[ensemble.MEMBER_LOGITS][:]) if len(ensemble.members_of(store)) > 1 \
+        else store.read_all()[1][None]
+    labels = test.labels[ids]  # member_logits[m, r] and sample_id[r] describe the same row
+    metrics = {"role": "ensemble", "rule": cfg.combine, "members": len(z),
+               **_errors(logp.argmax(1), labels, len(test.class_names)),
+               "member_test_errors": [int((zm.argmax(1) != labels).sum()) for zm in z]}
+    _write(path, metrics)
+    return metrics
+
+
+def _errors(pred: np.ndarray, labels: np.ndarray, classes: int) -> dict[str, Any]:
+    wrong = pred != labels
+    return {"test_errors": int(wrong.sum()), "test_n": int(len(labels)),
+            "test_accuracy": float(1 - wrong.mean()),
+            "per_class_errors": np.bincount(labels[wrong], minlength=classes).tolist()}
+
+
+def student(cfg: ExperimentConfig, out: Path, *, hidden: tuple[int, ...], store: str | None,
+            temperature: float = 1.0, rows: np.ndarray | None = None,
+            epochs: int | None = None) -> dict[str, Any]:
+    """Train one student (or reuse its metrics.json); store None = hard labels."""
+    done = _cached(out / "metrics.json")
+    if done is not None:
+        return done
+    scfg = StudentTrainConfig(data=_data(cfg), store=store, hidden=hidden,
+                              temperature=temperature, alpha=cfg.alpha,
+                              epochs=epochs or cfg.student_epochs, threads=cfg.threads,
+                              combine=cfg.combine if store else None)
+    m = train_student(scfg, out_dir=str(out), rows=rows, progress=False)
+    how = f"T={temperature:g}" if store else "hard labels"
+    _log(f"{m['model']} {how} on {m['train_rows']} rows: {m['test_errors']} test errors "
+         f"({m['seconds']:.0f} s)")
+    return m
+
+
+def temperature_table(cfg: ExperimentConfig, out: Path, store: str) -> dict[str, Any]:
+    """Baseline and distilled students at every T, for each student size."""
+    table = {}
+    for hidden in cfg.students:
+        d = out / "students" / _name(hidden)
+        table[_name(hidden)] = {
+            "hidden": list(hidden),
+            "baseline": str(d / "baseline" / "metrics.json"),
+            "distilled": {f"{t:g}": str(d / f"T{t:g}" / "metrics.json") for t in cfg.temperatures}}
+        student(cfg, d / "baseline", hidden=hidden, store=None)
+        for t in cfg.temperatures:
+            student(cfg, d / f"T{t:g}", hidden=hidden, store=store, temperature=t)
+    return table
+
+
+def omitted_class(cfg: ExperimentConfig, out: Path, store: str) -> dict[str, Any]:
+    """Distil without class k, then raise the output bias of k (chosen on held-out train rows)."""
+    d = out / "omitted"
+    split = load_split(_data(cfg))
+    full = load_split(DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir))
+    val_start = len(full) - cfg.validation_rows
+    k = cfg.omit_class
+    rows = np.flatnonzero((split.labels != k) & (np.arange(len(split)) < val_start))
+    hidden = cfg.students[0]
+    distilled = student(cfg, d / "distilled", hidden=hidden, store=store,
+                        temperature=cfg.omit_temperature, rows=rows)
+    baseline = student(cfg, d / "baseline", hidden=hidden, store=None, rows=rows)
+    result = _cached(d / "bias.json")
+    if result is None:
+        result = bias_shift(cfg, d / "distilled" / "student.pt", full, val_start, k)
+        result.update({"class": k, "class_name": split.class_names[k],
+                       "transfer_rows": int(len(rows)), "distilled": str(d / "distilled" /
+                                                                         "metrics.json"),
+                       "baseline": str(d / "baseline" / "metrics.json")})
+        _write(d / "bias.json", result)
+        _log(f"omitted class {k}: {result['before']['test_errors']} errors "
+             f"({result['before']['class_errors']} on class {k}) -> bias +{result['shift']:g}: "
+             f"{result['after']['test_errors']} ({result['after']['class_errors']})")
+    del distilled, baseline
+    return result
+
+
+def bias_shift(cfg: ExperimentConfig, checkpoint: Path, full: Any, val_start: int,
+               k: int) -> dict[str, Any]:
+    """Pick the bias increase of class k minimising validation errors; test before and after."""
+    model = load_checkpoint(checkpoint).model
+    out_layer = model.net[-1]  # Linear(hidden, C)
+    val = dataclasses.replace(full, images=full.images[val_start:], labels=full.labels[val_start:])
+    test = load_split(DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, split="test"))
+    base = out_layer.bias.detach().clone()
+
+    def scored(shift: float, split: Any) -> dict[str, Any]:
+        with torch.no_grad():
+            out_layer.bias.copy_(base)
+            out_layer.bias[k] += shift
+        m = evaluate(model, split)
+        return {**m, "class_errors": m["per_class_errors"][k]}
+
+    grid = [float(s) for s in np.arange(0.0, 10.01, 0.5)]
+    val_errors = [scored(s, val)["test_errors"] for s in grid]
+    best = grid[int(np.argmin(val_errors))]
+    return {"shift": best, "grid": grid, "validation_errors": val_errors,
+            "validation_rows": len(val), "before": scored(0.0, test), "after": scored(best, test)}
+
+
+def less_data(cfg: ExperimentConfig, out: Path, store: str) -> dict[str, Any]:
+    """Distilled vs. hard labels on the same seeded random fraction of the transfer set."""
+    d = out / "less-data"
+    n = len(load_split(_data(cfg)))
+    rows = np.sort(np.random.default_rng(0).choice(n, size=max(1, round(
+        cfg.less_data_fraction * n)), replace=False))
+    hidden = cfg.students[0]
+    epochs = cfg.less_data_epochs or 10 * cfg.student_epochs
+    student(cfg, d / "distilled", hidden=hidden, store=store,
+            temperature=cfg.less_data_temperature, rows=rows, epochs=epochs)
+    student(cfg, d / "baseline", hidden=hidden, store=None, rows=rows, epochs=epochs)
+    return {"fraction": cfg.less_data_fraction, "rows": int(len(rows)), "epochs": epochs,
+            "distilled": str(d / "distilled" / "metrics.json"),
+            "baseline": str(d / "baseline" / "metrics.json")}
+
+
+def run(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Every experiment in order; returns (and writes) out/results.json."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    t0 = time.perf_counter()
+    teachers = run_teachers(cfg, out)
+    store, ens = ensemble_stores(cfg, out, teachers)
+    results = {
+        "config": to_dict(cfg),
+        "teachers": [str(Path(p).with_suffix(".json")) for p in teachers],
+        "ensemble": str(out / "ensemble.json"),
+        "students": temperature_table(cfg, out, store),
+        "omitted": omitted_class(cfg, out, store),
+        "less_data": less_data(cfg, out, store),
+    }
+    results["seconds"] = time.perf_counter() - t0
+    _write(out / "results.json", results)
+    _log(f"experiments done in {results['seconds']:.0f} s; ensemble {ens['test_errors']} errors "
+         f"-> {out / 'results.json'}")
+    return results
+
+
+def _write(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,260 @@
+"""One stage-1 write: lease, create or resume, this rank's units, heartbeat, finalize last.
+
+Used by teacher.write_teacher_logits:
+
+    with WriteSession(cfg, n=..., class_names=..., dataset=..., teacher=..., ranks=...) as s:
+        for index in s.todo:                       # units this rank still has to write
+            sl = s.writer.unit_slice(index)
+            s.write(index, sample_ids=..., logits=...)
+    meta = s.meta                                  # complete, written by rank 0 after a barrier
+
+An exception on any rank finalizes nothing and releases the lease; SIGKILL leaves the lease and
+an incomplete store, which `--resume` takes over (see lock.py) and completes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from softtargets.config import LogitsConfig, to_dict
+from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_status
+from softtargets.errors import (
+    IncompleteStoreError,
+    ResumeMismatchError,
+    StoreExistsError,
+)
+from softtargets.lock import StoreLock
+from softtargets.remote import filesystem, is_remote, local_path, sweep_partial_files
+from softtargets.store import (
+    LOGITS,
+    SAMPLE_ID,
+    StoreMeta,
+    StoreWriter,
+    default_chunk_rows,
+    read_meta,
+)
+
+# Test-only hook: seconds to sleep after each written unit, so a test can kill a run mid-way.
+DELAY_ENV = "SOFTTARGETS_TEST_UNIT_DELAY"
+AUTO_SHARD_MIN_CHUNKS = 256  # above this many chunks a store is sharded automatically
+SHARD_BYTES = 64 * 1024 * 1024  # target size of one shard object
+# Config keys that may differ between a run and its resumption (they do not change the bytes).
+RESUME_IGNORED = ("overwrite", "resume", "break_lock", "store", "teacher")
+
+
+def store_exists(url: str) -> bool:
+    """Whether a Zarr group (zarr.json) is at `url`."""
+    if not is_remote(url):
+        return os.path.exists(os.path.join(local_path(url), "zarr.json"))
+    fs, path = filesystem(url)
+    fs.invalidate_cache()
+    return bool(fs.exists(path.rstrip("/") + "/zarr.json"))
+
+
+def effective_shard_rows(cfg: LogitsConfig, *, n: int, num_classes: int) -> int | None:
+    """cfg.shard_rows, or automatic shards of ~SHARD_BYTES when a store has many chunks."""
+    chunk_rows = cfg.chunk_rows or default_chunk_rows(n, num_classes)
+    if cfg.shard_rows is not None:
+        return cfg.shard_rows or None  # 0 turns sharding off
+    if math.ceil(n / chunk_rows) <= AUTO_SHARD_MIN_CHUNKS:
+        return None
+    per_shard = max(1, SHARD_BYTES // (chunk_rows * num_classes * 2))
+    return chunk_rows * per_shard
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """Settings that change the bytes; keys added to LogitsConfig later take their defaults."""
+    defaults = to_dict(LogitsConfig())
+    out = {k: v for k, v in {**defaults, **config}.items() if k not in RESUME_IGNORED}
+    if isinstance(out.get("data"), dict):
+        data = {**defaults["data"], **out["data"]}
+        out["data"] = {k: v for k, v in data.items() if k != "data_dir"}
+    return out
+
+
+def check_resumable(meta: StoreMeta, url: str, *, config: dict[str, Any],
+                    dataset: dict[str, Any], teacher: dict[str, Any]) -> None:
+    """Refuse to resume a store written with another teacher, dataset or settings."""
+    def refuse(what: str, stored: Any, now: Any) -> None:
+        raise ResumeMismatchError(
+            f"cannot resume store {url!r}: its {what} is {stored!r} but this run's is {now!r}; "
+            "rerun with the original teacher, dataset and settings, or pass --overwrite "
+            "to start again")
+    for key in ("checkpoint_sha256", "arch", "precision"):
+        if meta.teacher.get(key) != teacher.get(key):
+            refuse(f"teacher {key}", meta.teacher.get(key), teacher.get(key))
+    for key in ("name", "split", "n", "limit", "fingerprint"):
+        if meta.dataset.get(key) != dataset.get(key):
+            refuse(f"dataset {key}", meta.dataset.get(key), dataset.get(key))
+    stored, now = _comparable(meta.config), _comparable(config)
+    for key in sorted(set(stored) | set(now)):
+        if stored.get(key) != now.get(key):
+            refuse(f"setting {key}", stored.get(key), now.get(key))
+
+
+def unit_ok(writer: StoreWriter, index: int) -> bool:
+    """Unit `index` decodes (crc32c), holds ids start..stop-1 in order and finite logits."""
+    sl = writer.unit_slice(index)
+    try:
+        ids = np.asarray(writer.sample_id[sl])
+        logits = np.asarray(writer.logits[sl])
+    except Exception:  # a damaged object fails its checksum: rewrite it
+        return False
+    return bool(np.array_equal(ids, np.arange(sl.start, sl.stop)) and np.isfinite(logits).all())
+
+
+class WriteSession:
+    """The lease, the writer and this rank's share of units of one stage-1 run."""
+
+    def __init__(self, cfg: LogitsConfig, *, n: int, class_names: tuple[str, ...],
+                 dataset: dict[str, Any], teacher: dict[str, Any], ranks: Ranks = Ranks(),
+                 device_type: str = "cpu") -> None:
+        self.cfg = cfg
+        self.spec = {"n": n, "class_names": tuple(class_names), "dataset": dataset,
+                     "teacher": teacher}
+        self.ranks = ranks
+        self.comm = Comm(ranks, device_type=device_type)
+        self.lock: StoreLock | None = None
+        self.writer: StoreWriter | None = None
+        self.meta: StoreMeta | None = None
+        self.todo: list[int] = []
+        self.skipped = 0  # units found written and verified (resume)
+        self.delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+
+    # -- setup --------------------------------------------------------------------------------
+
+    def __enter__(self) -> WriteSession:
+        try:
+            failure: Exception | None = None
+            if self.ranks.is_main:
+                try:
+                    self._open_main()
+                except Exception as e:
+                    failure = e
+                    self._release()
+            status, complete = self.comm.broadcast((error_status(failure), self.meta is not None
+                                                    and self.meta.complete))
+            if failure is not None:
+                raise failure
+            if status is not None:
+                raise_status(status, rank=0)
+            if complete:
+                self.meta = self.meta or read_meta(self.cfg.store)[0]
+                return self
+            if not self.ranks.is_main:
+                self.writer = StoreWriter.open(self.cfg.store)
+            self._plan()
+        except BaseException:
+            self.comm.close()
+            raise
+        return self
+
+    def _open_main(self) -> None:
+        cfg = self.cfg
+        self.lock = StoreLock(cfg.store, break_lock=cfg.break_lock)
+        self.lock.acquire()
+        config = to_dict(cfg)
+        if cfg.resume and store_exists(cfg.store):
+            meta, group = read_meta(cfg.store)
+            check_resumable(meta, cfg.store, config=config, dataset=self.spec["dataset"],
+                            teacher=self.spec["teacher"])
+            if meta.complete:
+                self.meta = meta
+                self._release()
+                return
+            if LOGITS in group and SAMPLE_ID in group:
+                sweep_partial_files(cfg.store)  # we hold the lease: no live writer owns them
+                self.writer = StoreWriter.open(cfg.store)
+                return
+            # killed while creating the arrays: nothing was written yet, start it again
+            cfg = dataclasses.replace(cfg, overwrite=True, resume=False)
+        n, names = self.spec["n"], self.spec["class_names"]
+        try:
+            self.writer = StoreWriter.create(
+                cfg.store, n=n, class_names=names, dataset=self.spec["dataset"],
+                teacher=self.spec["teacher"], config=config, chunk_rows=cfg.chunk_rows,
+                compressor=cfg.compressor, overwrite=cfg.overwrite,
+                shard_rows=effective_shard_rows(cfg, n=n, num_classes=len(names)))
+        except StoreExistsError as e:
+            raise StoreExistsError(f"{e} (or --resume to continue an interrupted run)") from None
+
+    def _plan(self) -> None:
+        """This rank's units; on resume, skip those already written and verified."""
+        assert self.writer is not None
+        resuming = self.cfg.resume
+        for index in my_units(self.writer.num_units, self.ranks):
+            if resuming and unit_ok(self.writer, index):
+                self.writer.mark_written(index)
+                self.skipped += 1
+            else:
+                self.todo.append(index)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
+        """Write whole unit `index` (sample_ids (rows,), logits (rows, C)); refresh the lease."""
+        assert self.writer is not None
+        self.writer.write_unit(index, sample_ids=sample_ids, logits=logits)
+        if self.lock is not None:
+            self.lock.heartbeat()
+        if self.delay:
+            time.sleep(self.delay)
+
+    # -- finalize -----------------------------------------------------------------------------
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            if self.writer is None:  # already complete: nothing was written
+                return False
+            statuses = self.comm.gather(error_status(exc))
+            if exc is not None:
+                return False
+            for rank, status in enumerate(statuses):
+                if status is not None:
+                    raise_status(status, rank=rank)
+            failure: Exception | None = None
+            if self.ranks.is_main:
+                try:
+                    self.meta = self._finalize()
+                except Exception as e:
+                    failure = e
+            status = self.comm.broadcast(error_status(failure))
+            if failure is not None:
+                raise failure
+            if status is not None:
+                raise_status(status, rank=0)
+            if not self.ranks.is_main:
+                self.meta = read_meta(self.cfg.store)[0]
+            return False
+        finally:
+            self._release()
+            self.comm.close()
+
+    def _finalize(self) -> StoreMeta:
+        """Check units written by other ranks, then mark the store complete (rank 0 only)."""
+        assert self.writer is not None
+        writer = self.writer
+        for index in range(writer.num_units):
+            if set(writer.unit_chunks(index)) <= writer.written:
+                continue
+            if not unit_ok(writer, index):
+                sl = writer.unit_slice(index)
+                raise IncompleteStoreError(f"cannot finalize {self.cfg.store!r}: unit {index} "
+                                           f"(rows {sl.start}..{sl.stop - 1}) is missing or "
+                                           "damaged after every rank finished")
+            writer.mark_written(index)
+        if self.lock is not None:
+            self.lock.heartbeat()  # a writer whose lease was taken over must not finalize
+        return writer.finalize()
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+

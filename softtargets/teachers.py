@@ -1,0 +1,183 @@
+"""Any user's teacher for stage 1: softtargets checkpoints, TorchScript, torch.export, factories.
+
+A teacher source is a file plus an optional `module:factory` (then the file is a state dict) and
+an optional `module:function` input transform. Kinds:
+
+* `softtargets`  a checkpoint written by `softtargets train-teacher`
+* `torchscript`  a file written by `torch.jit.save`
+* `export`       a `.pt2` archive written by `torch.export.save`
+* `factory`      `module:function` returning an nn.Module, plus a state-dict checkpoint
+
+Every teacher receives the flattened inputs (B, H*W) float32 in [0, 1], or whatever the transform
+makes of them (e.g. `x.view(-1, 1, 28, 28)` for a CNN), and must return logits (B, C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from softtargets.errors import CheckpointError, ConfigError, LogitValueError
+from softtargets.models import file_sha256, load_checkpoint
+
+KINDS = ("softtargets", "torchscript", "export", "factory")
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedTeacher:
+    """A teacher ready to run: the module (eval mode), its transform and what identifies it."""
+
+    name: str
+    model: nn.Module | Callable[..., Any]
+    transform: Transform | None
+    class_names: tuple[str, ...] | None  # None when the file does not record them
+    identity: dict[str, Any]
+
+
+def import_object(ref: str, *, what: str) -> Any:
+    """The object `module:attr` (e.g. `mypkg.nets:make_cnn`), with a clear error."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{what} must be 'module:name' (e.g. 'mypkg.nets:make_cnn'), got {ref!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{what} {ref!r}: cannot import module {module_name!r}: {e}; is it on "
+                          "PYTHONPATH?") from e
+    try:
+        return getattr(module, attr)
+    except AttributeError as e:
+        raise ConfigError(f"{what} {ref!r}: module {module_name!r} has no {attr!r}") from e
+
+
+def detect_kind(path: str, factory: str | None) -> str:
+    """Which loader a teacher file needs (see KINDS)."""
+    if factory:
+        return "factory"
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"teacher {path!r} not found; pass a softtargets checkpoint, a "
+                              "TorchScript file, a torch.export .pt2 archive or a state dict "
+                              "with --factory module:function")
+    if p.suffix == ".pt2":
+        return "export"
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("/archive_format") for n in names) and \
+                any("/models/" in n for n in names):
+            return "export"
+    return "softtargets"
+
+
+def load_teacher(path: str, *, factory: str | None = None, transform: str | None = None,
+                 expect_classes: int | None = None, name: str | None = None) -> LoadedTeacher:
+    """Load a teacher of any kind on the CPU in eval mode, with its identity for the store."""
+    kind = detect_kind(path, factory)
+    label = name or path
+    class_names = None
+    if kind == "softtargets":
+        ckpt = load_checkpoint(path, expect_classes=expect_classes)
+        model: Any = ckpt.model
+        class_names = ckpt.class_names or None
+        identity = {"arch": ckpt.spec.describe(), "model": ckpt.spec.to_json(),
+                    "trained_on": ckpt.dataset}
+    elif kind == "torchscript":
+        model = _guard(lambda: torch.jit.load(path, map_location="cpu"), path, kind)
+        identity = {"arch": f"torchscript {getattr(model, 'original_name', type(model).__name__)}"}
+    elif kind == "export":
+        program = _guard(lambda: torch.export.load(path), path, kind)
+        model = program.module()
+        identity = {"arch": "torch.export program"}
+    else:
+        model = _from_factory(path, factory or "")
+        identity = {"arch": f"{factory} {type(model).__name__}", "factory": factory}
+    if isinstance(model, nn.Module) and kind != "export":
+        model.eval()  # export programs are traced in eval mode; .eval() is not supported on them
+    hook = import_object(transform, what="--transform") if transform else None
+    if hook is not None and not callable(hook):
+        raise ConfigError(f"--transform {transform!r} is not callable")
+    identity = {"kind": kind, **identity, "checkpoint": path, "checkpoint_sha256": file_sha256(path),
+                "transform": transform, "torch": str(torch.__version__)}
+    return LoadedTeacher(name=label, model=model, transform=hook, class_names=class_names,
+                         identity=identity)
+
+
+def _guard(load: Callable[[], Any], path: str, kind: str) -> Any:
+    try:
+        return load()
+    except Exception as e:
+        raise CheckpointError(f"cannot load {kind} teacher {path!r}: {e}") from e
+
+
+def _from_factory(path: str, factory: str) -> nn.Module:
+    """Build the module with `factory()` and load the state dict in `path` into it."""
+    make = import_object(factory, what="--factory")
+    model = make()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--factory {factory!r} returned {type(model).__name__}, not an "
+                          "nn.Module")
+    state = _guard(lambda: torch.load(path, map_location="cpu", weights_only=True), path, "factory")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # softtargets checkpoints and Lightning-style files
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"state dict {path!r} does not fit the module built by "
+                              f"{factory!r}: {e}") from e
+    return model
+
+
+def enable_mc_dropout(model: Any) -> int:
+    """Put only the dropout layers in train mode (BatchNorm etc. stay in eval); count them."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError("--mc-dropout needs an nn.Module teacher (softtargets or --factory); "
+                          "TorchScript and torch.export programs have fixed eval-mode graphs")
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for m in layers:
+        m.train()
+    return len(layers)
+
+
+@torch.inference_mode()
+def run_teacher(teacher: LoadedTeacher, inputs: np.ndarray, *, batch_size: int,
+                device: torch.device, num_classes: int, first_row: int = 0) -> np.ndarray:
+    """Logits (R, C) float32 of inputs (R, D); checks shape (batch, C) and finiteness per batch.
+
+    first_row: dataset row of inputs[0], for error messages.
+    """
+    autocast = (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(inputs[start:start + batch_size]).to(device)
+        if teacher.transform is not None:
+            x = teacher.transform(x)
+        with autocast:
+            logits = teacher.model(x)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or \
+                logits.shape[0] != len(x) or logits.shape[1] != num_classes:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise CheckpointError(f"teacher {teacher.name!r} returned {got} for a batch of "
+                                  f"{len(x)}; expected logits of shape (batch, C) = ({len(x)}, "
+                                  f"{num_classes}) for the dataset's {num_classes} classes")
+        logits = logits.float()
+        if not torch.isfinite(logits).all():
+            row = first_row + start + int((~torch.isfinite(logits)).any(dim=1).nonzero()[0, 0])
+            raise LogitValueError(f"teacher {teacher.name!r} produced NaN/Inf logits (first at "
+                                  f"input row {row}); refusing it. Check the model and its "
+                                  "preprocessing (--transform)")
+        out.append(logits.cpu().numpy())
+    return np.concatenate(out)

@@ -1,0 +1,54 @@
+"""Helpers shared by the issue-4 stage-1 tests: a tiny teacher checkpoint and CLI arguments."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from softtargets.data import load_split
+from softtargets.models import ModelSpec, build, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_teacher(path: Path, data_cfg, *, seed: int = 0, hidden=(32,)) -> Path:
+    """An untrained, seeded MLP checkpoint: enough for stage 1 (its logits are what they are)."""
+    split = load_split(data_cfg)
+    torch.manual_seed(seed)
+    spec = ModelSpec(inputs=784, hidden=tuple(hidden), classes=10)
+    save_checkpoint(path, model=build(spec), spec=spec, config={}, dataset=split.identity(),
+                    class_names=split.class_names, metrics={})
+    return path
+
+
+def stage1_args(data_cfg, teacher: Path, store, *extra) -> list[str]:
+    return ["teacher-logits", "--dataset", data_cfg.dataset, "--data-dir", data_cfg.data_dir,
+            "--teacher", str(teacher), "--store", str(store), "--chunk-rows", "8",
+            "--device", "cpu", "--threads", "1", "--quiet", *[str(e) for e in extra]]
+
+
+def start_stage1(args: list[str], *, delay: float, env: dict | None = None) -> subprocess.Popen:
+    """`python -m softtargets ...` in a subprocess that sleeps `delay` s after each unit."""
+    full_env = {**os.environ, **(env or {}), "SOFTTARGETS_TEST_UNIT_DELAY": str(delay)}
+    return subprocess.Popen([sys.executable, "-m", "softtargets", *args], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, *, timeout: float = 60.0, what: str = "condition") -> None:
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def chunk_files(store: Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every chunk/shard object of a store."""
+    files = (p for p in sorted(store.rglob("*")) if p.is_file() and p.name != "zarr.json")
+    return {str(p.relative_to(store)): p.read_bytes() for p in files
+            if str(p.relative_to(store)).split("/")[1:2] == ["c"]}

@@ -1,0 +1,70 @@
+"""The paper's experiments end to end on tiny synthetic data, and the report drawn from metrics."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from softtargets.errors import ConfigError
+from softtargets.experiments import ExperimentConfig, run
+from softtargets.plots import collect, gap_closed, markdown, write_report
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    from conftest import make_dataset
+    root = tmp_path_factory.mktemp("paper")
+    make_dataset(root / "data", n_train=400, n_test=60)
+    cfg = ExperimentConfig(dataset="mnist", data_dir=str(root / "data"), out=str(root / "run"),
+                           limit=300, teachers=2, teacher_hidden=(32,), teacher_epochs=3,
+                           students=((16,), (8,)), student_epochs=2, temperatures=(1.0, 4.0),
+                           validation_rows=100, less_data_fraction=0.1, quick=True)
+    run(cfg)
+    return root / "run"
+
+
+def test_every_step_writes_its_metrics(results):
+    r = json.loads((results / "results.json").read_text())
+    ens = json.loads(Path(r["ensemble"]).read_text())
+    assert ens["members"] == 2 and ens["test_n"] == 60 and len(ens["member_test_errors"]) == 2
+    assert set(r["students"]) == {"mlp-16", "mlp-8"}
+    m = json.loads(Path(r["students"]["mlp-16"]["distilled"]["4"]).read_text())
+    assert m["role"] == "distilled" and m["config"]["temperature"] == 4.0
+    assert m["source"]["combine"] == {"rule": "arithmetic", "members": 2}
+    assert len(m["history"]) == 2 and len(m["per_class_errors"]) == 10
+    o = r["omitted"]
+    assert o["class"] == 3 and o["validation_rows"] == 100
+    omitted_rows = json.loads(Path(o["distilled"]).read_text())["train_rows"]
+    assert omitted_rows == o["transfer_rows"] < 300
+    assert o["shift"] in o["grid"] and o["before"]["class_errors"] >= 0
+    assert r["less_data"]["rows"] == 30 and r["less_data"]["epochs"] == 20
+
+
+def test_rerun_reuses_saved_metrics(results):
+    before = (results / "students" / "mlp-8" / "T1" / "metrics.json").stat().st_mtime_ns
+    cfg = json.loads((results / "results.json").read_text())["config"]
+    cfg = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
+           if isinstance(v, list) else v for k, v in cfg.items()}
+    run(ExperimentConfig(**cfg))
+    assert (results / "students" / "mlp-8" / "T1" / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_report_table_from_metrics(results, tmp_path):
+    d = collect(results / "results.json")
+    text = markdown(d)
+    assert "| student | baseline (hard labels) | T=1 | T=4 | best distilled |" in text
+    assert "ensemble of 2 (arithmetic mean)" in text and "## Omitted class" in text
+    assert "## Less data: 10% of the transfer set (30 rows, 20 epochs)" in text
+    assert gap_closed(200, 150, 100) == 0.5 and gap_closed(100, 90, 100) is None
+    assert gap_closed(90, 80, 100) is None  # the ensemble is worse: no gap to close
+    table = write_report(results / "results.json", tmp_path / "reports")
+    for png in ("errors_vs_T.png", "training_curves.png", "per_class_errors.png"):
+        assert (tmp_path / "reports" / png).read_bytes()[:4] == b"\x89PNG"
+    assert table.read_text().startswith("# softtargets: the paper's experiments on mnist")
+
+
+def test_bad_experiment_config():
+    with pytest.raises(ConfigError, match="unknown combination rule 'mode'"):
+        ExperimentConfig(combine="mode")
+    with pytest.raises(ConfigError, match="less_data_fraction must be in"):
+        ExperimentConfig(less_data_fraction=0)
