@@ -132,6 +132,12 @@ def test_sparse_stores_from_the_cli(pipeline):
     res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", r / "x.zarr",
               "--topk", 3, "--sample", 3, ok=False)
     assert "ConfigError" in res.output and "not both" in res.output
+    res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", r / "x.zarr",
+              "--topk", 3, "--resume", ok=False)
+    assert "ConfigError" in res.output and "without --resume" in res.output
+    res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--teacher", r / "teacher.pt",
+              "--store", r / "x.zarr", "--topk", 3, ok=False)
+    assert "ConfigError" in res.output and "convert its combined log-probs" in res.output
     info = run("inspect", r / "top.zarr").output
     assert "sparse:     topk K=3 draws=None tail at T=[1.0, 4.0] from logits" in info
 
