@@ -92,6 +92,9 @@ def test_dense_reader_refuses_a_sparse_store_clearly(tmp_path):
     with pytest.raises(SparseStoreError, match=r"is a sparse 'topk' store .*sparse_store.SparseStore"):
         st.LogitStore.open(str(tmp_path / "s.zarr"))
     assert st.read_meta(str(tmp_path / "s.zarr"))[0].kind == "topk"  # metadata stays readable
+    from softtargets.verify import verify_store
+    with pytest.raises(SparseStoreError, match="sparse 'topk' store; verify checks dense"):
+        verify_store(str(tmp_path / "s.zarr"))
 
 
 def test_sparse_reader_refuses_a_dense_store(tmp_path):
