@@ -164,3 +164,27 @@ def test_readable_with_plain_zarr_as_documented(tmp_path):
     p4 = p4 / p4.sum(1, keepdims=True) * (1 - g["tail_mass"][:, t][:, None])
     np.testing.assert_allclose(p4, np.take_along_axis(sp.dense_probs(z, temperature=4.0),
                                                       top_ids, 1), rtol=1e-5)
+
+
+def test_topk_of_an_ensembles_combined_distribution_is_recorded_as_such(tmp_path):
+    """Composition with ensembles: any (rows, C) log-prob matrix converts; attributes say what."""
+    members = np.stack([values(seed=s) for s in (1, 2, 3)])  # (M, N, C) member logits
+    p = np.exp(members - members.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    log_mix = np.log(p.mean(0))  # arithmetic mean at T = 1: (N, C) log-probs
+    spec = ss.make_spec(kind="topk", k=16, num_classes=300, temperatures=TEMPS,
+                        computed_from="log_probs", source="arithmetic mean of 3 members at T=1")
+    w = ss.SparseWriter.create(str(tmp_path / "e.zarr"), spec=spec, n=30,
+                               class_names=[str(c) for c in range(300)], dataset=DATASET,
+                               teacher={"members": 3}, config={})
+    w.write_chunk(0, sample_ids=np.arange(30), logits=log_mix)
+    w.finalize()
+    s = ss.SparseStore.open(str(tmp_path / "e.zarr"))
+    assert s.spec.computed_from == "log_probs" and s.spec.source.startswith("arithmetic mean")
+    _, _, rows = s.read_all()
+    kept = np.exp(rows.logits.astype(np.float64) - rows.lse[:, None])
+    exact = np.take_along_axis(sp.dense_probs(log_mix, temperature=1.0), rows.ids, 1)
+    np.testing.assert_allclose(kept, exact, rtol=2e-6)  # exact view of the fp16-rounded values
+    # float16 rounding of log-probs in [-8, 0) moves p by at most e^(2^-9) - 1 = 0.2%
+    np.testing.assert_allclose(kept, np.take_along_axis(p.mean(0), rows.ids, 1), rtol=5e-3)
+    np.testing.assert_allclose(rows.lse, 0.0, atol=2e-3)  # log-probs already normalised
