@@ -186,7 +186,8 @@ class WriteSession:
 
     def _plan(self) -> None:
         """This rank's units; on resume, skip those already written and verified."""
-        assert self.writer is not None
+        if self.writer is None:  # internal invariant, not user input
+            raise RuntimeError("write session used before its store was opened")
         resuming = self.cfg.resume
         for index in my_units(self.writer.num_units, self.ranks):
             if resuming and unit_ok(self.writer, index):
@@ -199,7 +200,8 @@ class WriteSession:
 
     def write(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
         """Write whole unit `index` (sample_ids (rows,), logits (rows, C)); refresh the lease."""
-        assert self.writer is not None
+        if self.writer is None:  # internal invariant, not user input
+            raise RuntimeError("write session used before its store was opened")
         self.writer.write_unit(index, sample_ids=sample_ids, logits=logits)
         if self.lock is not None:
             self.lock.heartbeat()
@@ -238,7 +240,8 @@ class WriteSession:
 
     def _finalize(self) -> StoreMeta:
         """Check units written by other ranks, then mark the store complete (rank 0 only)."""
-        assert self.writer is not None
+        if self.writer is None:  # internal invariant, not user input
+            raise RuntimeError("write session used before its store was opened")
         writer = self.writer
         for index in range(writer.num_units):
             if set(writer.unit_chunks(index)) <= writer.written:
