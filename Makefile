@@ -12,7 +12,7 @@ ST := $(VENV)/bin/softtargets
 PY := $(VENV)/bin/python
 
 .PHONY: setup data teacher teacher-logits student baseline summary test test-slow clean help \
-	teachers ensemble-logits report report-quick report-setup
+	teachers ensemble-logits report report-quick report-setup bench-sparse
 
 help:
 	@echo "make student    set-up, data, teacher, teacher-logits, baseline and distilled student"
@@ -64,6 +64,12 @@ test: setup
 
 test-slow: setup
 	$(VENV)/bin/pytest -q -m slow
+
+# Sparse top-k / sampled stores vs dense fp16 (C = 32,000 synthetic and Fashion-MNIST) and
+# students from each; uses $(RUN)/teacher.pt when it exists, else trains a small teacher.
+bench-sparse: setup
+	$(PY) scripts/bench_sparse.py --out runs/bench-sparse \
+		$$(test -f $(RUN)/teacher.pt && echo --teacher $(RUN)/teacher.pt)
 
 clean:
 	rm -rf runs

@@ -65,6 +65,13 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     return widths
 
 
+def parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers (e.g. 1,4,20), got {text!r}")
+
+
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 threads_option = click.option("--threads", type=int, default=None,
                               help="torch intra-op threads (default: torch's choice).")
@@ -201,12 +208,24 @@ def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[st
               help="Rows per shard object (a multiple of --chunk-rows; 0: no sharding; "
                    "default: automatic above 256 chunks).")
 @ensemble_options
+@click.option("--topk", type=int, default=None,
+              help="Sparse store: keep the K largest logits per row, their lse and tail mass.")
+@click.option("--sample", type=int, default=None,
+              help="Sparse store: K class ids drawn from the teacher per row, with counts.")
+@click.option("--temperatures", default="1", show_default=True,
+              help="Sparse stores: temperatures whose tail mass is stored, comma separated.")
+@click.option("--sample-seed", type=int, default=0, show_default=True,
+              help="--sample: seed of the per-row draws.")
+@click.option("--sample-temperature", type=float, default=1.0, show_default=True,
+              help="--sample: draw from softmax(logits / this); use the student's T.")
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str,
                        teachers: tuple[str, ...], store: str, batch_size: int,
                        chunk_rows: int | None, compressor: str, device: str, overwrite: bool,
                        resume: bool, break_lock: bool, shard_rows: int | None,
+                       topk: int | None, sample: int | None, temperatures: str,
+                       sample_seed: int, sample_temperature: float,
                        threads: int | None, quiet: bool, **ens: Any) -> None:
     """Stage 1: run the teacher(s) over a split and write their raw logits to a store.
 
@@ -223,10 +242,16 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
     common = dict(store=store, batch_size=batch_size, chunk_rows=chunk_rows,
                   compressor=compressor, overwrite=overwrite, device=device)
     ens_cfg = ensemble_config(data, teachers, common, **ens)
+    sparse = dict(topk=topk, sample=sample, temperatures=parse_floats(temperatures),
+                  sample_seed=sample_seed, sample_temperature=sample_temperature)
+    if ens_cfg is not None and (topk is not None or sample is not None):
+        raise ConfigError("--topk/--sample work with one softtargets teacher checkpoint; for an "
+                          "ensemble, convert its combined log-probs with softtargets.sparse "
+                          "(README, 'Sparse stores')")
     if ens_cfg is None:
         cfg = LogitsConfig(data=data, teacher=teachers[0] if teachers else
                            f"runs/{dataset}/teacher.pt", resume=resume, break_lock=break_lock,
-                           shard_rows=shard_rows, **common)
+                           shard_rows=shard_rows, **common, **sparse)
         meta, seconds = teacher_mod.run(cfg, progress=not quiet)
     else:
         if resume or break_lock or shard_rows is not None:
@@ -239,7 +264,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
         return
     size = report.store_size(store)
     what = f" from {meta.teacher['members']} members" if "members" in meta.teacher else ""
-    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} float16 logits{what} in "
+    form = "float16 logits" if meta.kind == "dense" else f"{meta.kind} (K={topk or sample})"
+    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} {form}{what} in "
                f"{seconds:.1f} s ({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk "
                f"-> {store}" + (" (resumed: verified chunks kept)" if resume else ""))
 
@@ -271,10 +297,15 @@ def student_options(fn: Callable) -> Callable:
 @click.option("--combine", default=None,
               help="Ensemble stores: arithmetic|geometric mean of the members at T "
                    "(default: the store's recorded rule).")
+@click.option("--tail", default="rest", show_default=True,
+              type=click.Choice(["rest", "renormalise"]),
+              help="Top-k stores: keep the unlisted mass as one 'rest' bucket (needs its tail at "
+                   "T stored) or renormalise over the kept classes (any T, ignores the tail).")
 def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
-                **kw: Any) -> None:
-    """Stage 2: train the student (784-800-800-10) from a logit store."""
-    _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine, **kw)
+                tail: str, **kw: Any) -> None:
+    """Stage 2: train the student (784-800-800-10) from a logit store (dense or sparse)."""
+    _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
+                   tail=tail, **kw)
 
 
 @cli.command("baseline")

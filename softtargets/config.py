@@ -84,6 +84,7 @@ class StudentTrainConfig:
     temperature: float = 20.0
     alpha: float = 0.9
     clip_grad: float = 5.0
+    tail: str = "rest"  # sparse top-k stores only: "rest" bucket or "renormalise" (sparse.py)
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.1
@@ -101,6 +102,8 @@ class StudentTrainConfig:
                               f"{list(COMBINE_RULES)}")
         if self.clip_grad < 0:
             raise ConfigError(f"clip_grad must be >= 0 (0 disables), got {self.clip_grad}")
+        if self.tail not in ("rest", "renormalise"):
+            raise ConfigError(f"tail must be 'rest' or 'renormalise', got {self.tail!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +122,12 @@ class LogitsConfig:
     resume: bool = False
     break_lock: bool = False
     shard_rows: int | None = None
+    # issue 6: sparse stores (docs/FORMAT.md "Sparse stores"): at most one of topk / sample
+    topk: int | None = None
+    sample: int | None = None
+    temperatures: tuple[float, ...] = (1.0,)
+    sample_seed: int = 0
+    sample_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -130,6 +139,15 @@ class LogitsConfig:
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues an existing store and --overwrite deletes it: "
                               "pass only one of them")
+        if self.topk is not None and self.sample is not None:
+            raise ConfigError(f"pass --topk or --sample, not both (got topk={self.topk}, "
+                              f"sample={self.sample})")
+        for name in ("topk", "sample"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name} must be a positive number of classes, got {value}")
+        for t in (*self.temperatures, self.sample_temperature):
+            check_temperature(t)
 
 
 def check_temperature(temperature: float) -> None:

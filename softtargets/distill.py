@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from softtargets import sparse
 from softtargets.config import check_alpha, check_temperature
 from softtargets.errors import ConfigError
 
@@ -69,3 +73,111 @@ def distillation_loss_from_log_probs(student_logits: torch.Tensor, target_log_pr
     if alpha < 1:
         loss = loss + (1 - alpha) * F.cross_entropy(student_logits.float(), labels)
     return loss
+
+
+# ---- sparse targets (top-k / sampled stores; numpy side in softtargets/sparse.py) ----
+
+@dataclasses.dataclass(frozen=True)
+class SparseTargets:
+    """Teacher targets of a batch from a sparse store, already at the student's temperature T.
+
+    ids (B, K) int64 listed classes; log_probs (B, K) float32 teacher log p_T on them (exact, or
+    renormalised over the listed classes when tail is None in top-k); tail (B,) float32 mass of
+    the unlisted classes ("rest" bucket) or None; weights (B, K) float32 unbiased estimates of
+    p_T (sampled stores) or None. Padding entries have weight 0 and log_prob 0.
+    """
+
+    kind: str
+    ids: torch.Tensor
+    log_probs: torch.Tensor
+    tail: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def __getitem__(self, idx: torch.Tensor) -> SparseTargets:
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[idx]
+        return SparseTargets(self.kind, self.ids[idx], self.log_probs[idx], pick(self.tail),
+                             pick(self.weights))
+
+
+def topk_soft_target_loss(student_logits: torch.Tensor, targets: SparseTargets, *,
+                          temperature: float) -> torch.Tensor:
+    """T^2 * KL over the listed classes, mean over the batch. (B, C) -> scalar.
+
+    tail given ("rest"): KL between the teacher and student distributions coarse-grained to K + 1
+    buckets (the listed classes and one bucket for everything else), exact teacher probabilities.
+    tail None ("renormalise"): KL between teacher and student both renormalised over the K listed
+    classes; needs no tail mass, so works at any T, but ignores the tail (biased).
+    """
+    check_temperature(temperature)
+    s = student_logits.float() / temperature  # (B, C)
+    p_log = targets.log_probs  # (B, K)
+    if targets.tail is None:
+        q_log = F.log_softmax(s.gather(1, targets.ids), dim=1)  # (B, K) renormalised student
+        kl = (p_log.exp() * (p_log - q_log)).sum(dim=1)
+    else:
+        lse = torch.logsumexp(s, dim=1)  # (B,)
+        q_log = s.gather(1, targets.ids) - lse[:, None]  # (B, K)
+        # finite fill, not -inf: with K = C the rest bucket is empty and tail = 0 must give 0, not NaN
+        rest = s.scatter(1, targets.ids, torch.finfo(s.dtype).min / 2)
+        q_rest = torch.logsumexp(rest, dim=1) - lse  # (B,)
+        tail = targets.tail
+        kl = ((p_log.exp() * (p_log - q_log)).sum(dim=1)
+              + torch.xlogy(tail, tail) - tail * q_rest)
+    return kl.mean() * temperature**2
+
+
+def sampled_soft_target_loss(student_logits: torch.Tensor, targets: SparseTargets, *,
+                             temperature: float) -> torch.Tensor:
+    """T^2 * sum_i w_i (log p_T(i) - log q_T(i)), mean over the batch. (B, C) -> scalar.
+
+    w_i are unbiased estimates of p_T(i) from sampled ids (Anshumann et al. 2025, "Sparse Logit
+    Sampling"), so both the loss value (an estimate of T^2 KL) and its gradient with respect to
+    the student logits are unbiased; top-k targets are not.
+    """
+    check_temperature(temperature)
+    if targets.weights is None:
+        raise ConfigError("sampled_soft_target_loss needs targets with weights (a sampled store)")
+    q_log = F.log_softmax(student_logits.float() / temperature, dim=1).gather(1, targets.ids)
+    kl = (targets.weights * (targets.log_probs - q_log)).sum(dim=1)
+    return kl.mean() * temperature**2
+
+
+def sparse_distillation_loss(student_logits: torch.Tensor, targets: SparseTargets,
+                             labels: torch.Tensor, *, temperature: float,
+                             alpha: float) -> torch.Tensor:
+    """distillation_loss with sparse teacher targets: the top-k or sampled soft term by kind."""
+    check_alpha(alpha)
+    soft = topk_soft_target_loss if targets.kind == "topk" else sampled_soft_target_loss
+    loss = student_logits.new_zeros(())
+    if alpha > 0:
+        loss = loss + alpha * soft(student_logits, targets, temperature=temperature)
+    if alpha < 1:
+        loss = loss + (1 - alpha) * F.cross_entropy(student_logits.float(), labels)
+    return loss
+
+
+def sparse_targets(rows: sparse.SparseRows, *, kind: str, temperatures: tuple[float, ...],
+                   temperature: float, tail: str = "rest",
+                   sample_temperature: float | None = None) -> SparseTargets:
+    """SparseTargets at T from stored sparse rows (numpy), refusing what the store cannot give.
+
+    tail "rest" needs the tail mass at T (SparseTemperatureError otherwise); "renormalise" is the
+    documented approximation for top-k at any T. Sampled rows need T among the stored temperatures.
+    """
+    if tail not in sparse.TAIL_MODES:
+        raise ConfigError(f"tail must be one of {list(sparse.TAIL_MODES)}, got {tail!r}")
+    ids = torch.from_numpy(rows.ids.astype(np.int64))
+    if kind == "topk" and tail == "renormalise":
+        log_p = sparse.renormalised_log_probs(rows, temperature=temperature)
+        return SparseTargets(kind, ids, torch.from_numpy(log_p.astype(np.float32)))
+    log_p = sparse.listed_log_probs(rows, temperatures=temperatures, temperature=temperature)
+    if kind == "topk":
+        rest = sparse.tail_at(rows, temperatures=temperatures, temperature=temperature)
+        return SparseTargets(kind, ids, torch.from_numpy(log_p.astype(np.float32)),
+                             tail=torch.from_numpy(rest.astype(np.float32)))
+    weights = sparse.sampled_weights(rows, temperatures=temperatures, temperature=temperature,
+                                     sample_temperature=sample_temperature)
+    log_p = np.where(rows.mask, log_p, 0.0)  # padding: weight 0, finite log p
+    return SparseTargets(kind, ids, torch.from_numpy(log_p.astype(np.float32)),
+                         weights=torch.from_numpy(weights.astype(np.float32)))

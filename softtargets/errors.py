@@ -40,6 +40,14 @@ class StoreMismatchError(StoreError):
     """The store was computed on other data than the data it is used with."""
 
 
+class SparseStoreError(StoreError):
+    """A sparse (top-k / sampled) store was given to a dense reader, or is used wrongly."""
+
+
+class SparseTemperatureError(SparseStoreError, ValueError):
+    """A sparse store is read at a temperature whose tail mass it does not hold."""
+
+
 class LogitValueError(StoreError, ValueError):
     """Logits are non-finite or overflow float16."""
 

@@ -95,6 +95,11 @@ def describe(info: dict[str, Any]) -> str:
         f"fingerprint {(t.get('trained_on') or {}).get('fingerprint')}",
     ]
     lines += ensemble_lines(info)
+    sparse = info.get("sparse")
+    if isinstance(sparse, dict):  # issue 6: top-k / sampled stores (docs/FORMAT.md)
+        lines.append(f"sparse:     {info['kind']} K={sparse['k']} draws={sparse.get('draws')} "
+                     f"tail at T={sparse['temperatures']} from {sparse['computed_from']} "
+                     f"({sparse['source']})")
     for key in MEMBER_KEYS:
         members = info.get(key)
         if isinstance(members, list):

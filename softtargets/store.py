@@ -22,8 +22,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from softtargets.errors import (IncompleteStoreError, LogitValueError, StoreError,
-                                StoreExistsError, StoreMismatchError)
+from softtargets.errors import (IncompleteStoreError, LogitValueError, SparseStoreError,
+                                StoreError, StoreExistsError, StoreMismatchError)
 from softtargets.remote import open_group, remove_remote_store
 
 FORMAT_NAME = "softtargets.logits"
@@ -153,6 +153,27 @@ def _prepare_destination(url: str, overwrite: bool) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+# --- issue 6: building blocks of other array layouts (sparse_store.py) ---
+
+def create_group(url: str, meta: StoreMeta) -> zarr.Group:
+    """A new group at `url` whose attributes hold `meta` (incomplete); the caller adds arrays."""
+    try:
+        return open_group(url, mode="w-", attributes={ATTR_KEY: meta.to_json()})
+    except (FileExistsError, zarr.errors.ContainsGroupError,
+            zarr.errors.ContainsArrayError) as e:
+        raise StoreExistsError(f"store {url!r} already exists; pass --overwrite") from e
+
+
+def add_row_array(group: zarr.Group, name: str, *, n: int, row_shape: tuple[int, ...],
+                  chunk_rows: int, dtype: str, codecs: list[Any], fill_value: Any,
+                  dimension_names: tuple[str, ...]) -> zarr.Array:
+    """An (n, *row_shape) array chunked by `chunk_rows` rows, every chunk written explicitly."""
+    return group.create_array(name, shape=(n, *row_shape), chunks=(chunk_rows, *row_shape),
+                              dtype=dtype, compressors=codecs, fill_value=fill_value,
+                              dimension_names=list(dimension_names),
+                              config={"write_empty_chunks": True})
 
 
 class StoreWriter:
@@ -328,6 +349,11 @@ class LogitStore:
     def open(cls, url: str, *, allow_incomplete: bool = False) -> LogitStore:
         """Open the store at `url`; refuses other formats, newer versions and incomplete stores."""
         meta, group = read_meta(url)
+        if meta.kind != "dense":  # issue 6: sparse stores have no dense `logits` array
+            raise SparseStoreError(
+                f"store {url!r} is a sparse {meta.kind!r} store (kind {meta.kind!r}, no dense "
+                "'logits' array); this reader reads only kind 'dense'. Open it with "
+                "softtargets.sparse_store.SparseStore (the student command accepts it)")
         if not meta.complete and not allow_incomplete:
             raise IncompleteStoreError(
                 f"store {url!r} is incomplete (complete: false): its writer crashed or is still "
@@ -373,15 +399,20 @@ class LogitStore:
 
     def check_dataset(self, identity: dict[str, Any]) -> None:
         """Refuse to pair this store with data other than the data it was computed on."""
-        mine = self.meta.dataset
-        for key in ("name", "split", "n", "fingerprint"):
-            if mine.get(key) != identity.get(key):
-                raise StoreMismatchError(
-                    f"store {self.url!r} was computed on {mine.get('name')}/{mine.get('split')} "
-                    f"(n={mine.get('n')}, fingerprint {mine.get('fingerprint')}) but is used with "
-                    f"{identity.get('name')}/{identity.get('split')} (n={identity.get('n')}, "
-                    f"fingerprint {identity.get('fingerprint')}): {key} differs; "
-                    "recompute the store on this data or pass the data it was made from")
+        check_dataset(self.meta, self.url, identity)
+
+
+def check_dataset(meta: StoreMeta, url: str, identity: dict[str, Any]) -> None:
+    """Refuse to pair a store (dense or sparse) with data other than the data it was computed on."""
+    mine = meta.dataset
+    for key in ("name", "split", "n", "fingerprint"):
+        if mine.get(key) != identity.get(key):
+            raise StoreMismatchError(
+                f"store {url!r} was computed on {mine.get('name')}/{mine.get('split')} "
+                f"(n={mine.get('n')}, fingerprint {mine.get('fingerprint')}) but is used with "
+                f"{identity.get('name')}/{identity.get('split')} (n={identity.get('n')}, "
+                f"fingerprint {identity.get('fingerprint')}): {key} differs; "
+                "recompute the store on this data or pass the data it was made from")
 
 
 def read_meta(url: str) -> tuple[StoreMeta, zarr.Group]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
-from softtargets.config import LogitsConfig
-from softtargets.data import load_split
-from softtargets.distributed import ranks_from_env
+from softtargets.config import LogitsConfig, to_dict
+from softtargets.data import Split, load_split
+from softtargets.distributed import Ranks, ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import Checkpoint, load_checkpoint
 from softtargets.session import WriteSession
+from softtargets.sparse_store import SparseSpec, SparseWriter, make_spec
 from softtargets.store import StoreMeta
 from softtargets.progress import bar as progress_bar
 
@@ -66,6 +68,11 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
     if ranks.world > 1 and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
     model = ckpt.model.to(device).eval()
+    sparse = sparse_spec(cfg, num_classes=len(split.class_names))
+    if sparse is not None:  # issue 6: top-k / sampled store, one writer
+        return write_sparse(cfg, sparse, split=split, model=model, ranks=ranks,
+                            teacher=teacher_identity(ckpt, device), device=device,
+                            progress=progress)
     session = WriteSession(cfg, n=len(split), class_names=split.class_names,
                            dataset=split.identity(), teacher=teacher_identity(ckpt, device),
                            ranks=ranks, device_type=device.type)
@@ -81,6 +88,43 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
             bar.update(sl.stop - sl.start)
         bar.close()
     return session.meta
+
+
+# --- issue 6: sparse stores ------------------------------------------------------------------
+
+def sparse_spec(cfg: LogitsConfig, *, num_classes: int) -> SparseSpec | None:
+    """The sparse form asked for by --topk / --sample, or None for a dense store."""
+    if cfg.topk is None and cfg.sample is None:
+        return None
+    kind, k = ("topk", cfg.topk) if cfg.topk is not None else ("sampled", cfg.sample)
+    return make_spec(kind=kind, k=k, num_classes=num_classes, temperatures=cfg.temperatures,
+                     seed=cfg.sample_seed, sample_temperature=cfg.sample_temperature)
+
+
+def write_sparse(cfg: LogitsConfig, spec: SparseSpec, *, split: Split, model: torch.nn.Module,
+                 ranks: Ranks, teacher: dict[str, Any], device: torch.device,
+                 progress: bool) -> StoreMeta:
+    """Stage 1 into a sparse store: each dense chunk is converted, then written; finalize last.
+
+    Not yet available for sparse stores: --resume, sharding and several ranks (refused).
+    """
+    if cfg.resume or (cfg.shard_rows or 0) > 0 or ranks.world > 1:
+        raise ConfigError("--topk/--sample stores are written by one process without --resume "
+                          f"or --shard-rows (got resume={cfg.resume}, shard_rows={cfg.shard_rows}"
+                          f", world size {ranks.world}); drop those options")
+    writer = SparseWriter.create(
+        cfg.store, spec=spec, n=len(split), class_names=split.class_names,
+        dataset=split.identity(), teacher=teacher, config=to_dict(cfg),
+        chunk_rows=cfg.chunk_rows, compressor=cfg.compressor, overwrite=cfg.overwrite)
+    bar = progress_bar(total=len(split), desc="teacher-logits", unit="row", enabled=progress)
+    for index in range(writer.num_chunks):
+        sl = writer.chunk_slice(index)
+        logits = infer(model, split.inputs(sl), batch_size=cfg.batch_size,
+                       device=device)  # (rows, C)
+        writer.write_chunk(index, sample_ids=np.arange(sl.start, sl.stop), logits=logits)
+        bar.update(sl.stop - sl.start)
+    bar.close()
+    return writer.finalize()
 
 
 def run(cfg: LogitsConfig, *, progress: bool = True) -> tuple[StoreMeta, float]:

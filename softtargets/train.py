@@ -19,10 +19,12 @@ from softtargets.augment import random_shift
 from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
 from softtargets.data import Split, load_split
 from softtargets import ensemble
-from softtargets.distill import distillation_loss, distillation_loss_from_log_probs
+from softtargets.distill import (SparseTargets, distillation_loss,
+                                 distillation_loss_from_log_probs, sparse_distillation_loss)
 from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from softtargets.loader import DistillData
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
+from softtargets.sparse_store import open_any
 from softtargets.store import LogitStore
 from softtargets.progress import bar as progress_bar
 
@@ -142,9 +144,10 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     t0 = time.perf_counter()
     split = load_split(cfg.data)
     test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
-    store = LogitStore.open(cfg.store) if cfg.store else None
+    store = open_any(cfg.store) if cfg.store else None  # dense, or sparse (issue 6)
     targets = ensemble_targets(store, cfg)  # issue 3: combined log-probs of an ensemble, or None
-    data = DistillData(split, targets or store, rows=rows)
+    data = DistillData(split, targets or store, rows=rows, temperature=cfg.temperature,
+                       tail=cfg.tail)
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
                      classes=len(split.class_names))
@@ -159,14 +162,17 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
                                                     alpha=cfg.alpha)
         role = "distilled"
     else:
-        def loss_fn(s: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        def loss_fn(s: torch.Tensor, y: torch.Tensor, t: Any) -> torch.Tensor:
+            if isinstance(t, SparseTargets):  # issue 6: top-k or sampled store, loss by its kind
+                return sparse_distillation_loss(s, t, y, temperature=cfg.temperature,
+                                                alpha=cfg.alpha)
             return distillation_loss(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)
         role = "distilled"
     opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                       momentum=cfg.momentum, seed=cfg.seed, clip_grad=cfg.clip_grad)
     history = fit(model, data, test, loss_fn, opts, desc=role, progress=progress)
     source = None if store is None else {"store": store.url, "teacher": store.meta.teacher,
-                                         "dataset": store.meta.dataset}
+                                         "dataset": store.meta.dataset, "kind": store.meta.kind}
     if targets is not None:
         source["combine"] = {"rule": targets.rule, "members": len(ensemble.members_of(store))}
     metrics = {"role": role, "model": spec.describe(), "train_rows": len(data), **history[-1],

@@ -17,6 +17,7 @@ from zarr.core.sync import sync
 
 from softtargets.config import DataConfig
 from softtargets.data import load_split
+from softtargets.errors import SparseStoreError
 from softtargets.store import LOGITS, SAMPLE_ID, StoreMeta, chunk_slice, read_meta, unit_rows
 
 MAX_LISTED = 10  # ids/rows listed per problem; the count is always given
@@ -224,6 +225,10 @@ def verify_store(url: str, *, identity: dict[str, Any] | None = None,
                  allow_subset: bool = False) -> VerifyReport:
     """Check every chunk of the store at `url`; never raises for damage, reports it."""
     meta, group = read_meta(url)
+    if meta.kind != "dense":  # issue 6: not damage, another layout
+        raise SparseStoreError(f"store {url!r} is a sparse {meta.kind!r} store; verify checks "
+                               "dense stores only. SparseStore.open(url).read_all() checks every "
+                               "chunk of a sparse store (checksums, ids, counts, finiteness)")
     report = VerifyReport(url=url, n=meta.n, num_classes=meta.num_classes, dataset=meta.dataset)
     if not meta.complete:
         report.add("incomplete", "complete is not true: the writer crashed or is still running; "

@@ -107,6 +107,41 @@ def test_checkpoint_of_wrong_class_count(pipeline, tmp_path):
     assert not (tmp_path / "x.zarr").exists()
 
 
+def test_sparse_stores_from_the_cli(pipeline):
+    """--topk / --sample stores, students from them, and the refusals."""
+    d, r = pipeline
+    student = ["student", *d, "--hidden", "32,32", "--epochs", 10, "--batch-size", 16,
+               "--alpha", 0.7, "--quiet"]
+    res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", r / "top.zarr",
+              "--topk", 3, "--temperatures", "1,4", "--quiet")
+    assert "96 x 10 topk (K=3)" in res.output
+    run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", r / "smp.zarr",
+        "--sample", 8, "--sample-temperature", 4, "--sample-seed", 5, "--quiet")
+    g = zarr.open_group(str(r / "smp.zarr"), mode="r")
+    spec = g.attrs["softtargets"]["sparse"]
+    assert spec["seed"] == 5 and spec["temperatures"] == [1.0, 4.0] and spec["draws"] == 8
+    assert g["sampled_ids"].shape == (96, 8)
+    for name in ("top", "smp"):
+        run(*student, "-T", 4, "--store", r / f"{name}.zarr", "--out", r / name)
+        m = json.loads((r / name / "metrics.json").read_text())
+        assert m["role"] == "distilled" and m["test_errors"] < 48 * 0.5
+    res = run(*student, "-T", 20, "--store", r / "top.zarr", "--out", r / "t20", ok=False)
+    assert res.exit_code == 1 and "SparseTemperatureError" in res.output
+    assert "only at T in [1.0, 4.0]" in res.output and not (r / "t20").exists()
+    run(*student, "-T", 20, "--tail", "renormalise", "--store", r / "top.zarr", "--out", r / "t20")
+    res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", r / "x.zarr",
+              "--topk", 3, "--sample", 3, ok=False)
+    assert "ConfigError" in res.output and "not both" in res.output
+    res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", r / "x.zarr",
+              "--topk", 3, "--resume", ok=False)
+    assert "ConfigError" in res.output and "without --resume" in res.output
+    res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--teacher", r / "teacher.pt",
+              "--store", r / "x.zarr", "--topk", 3, ok=False)
+    assert "ConfigError" in res.output and "convert its combined log-probs" in res.output
+    info = run("inspect", r / "top.zarr").output
+    assert "sparse:     topk K=3 draws=None tail at T=[1.0, 4.0] from logits" in info
+
+
 @pytest.mark.parametrize("flag, value, match", [
     ("-T", 0, "temperature T must be > 0, got 0.0"),
     ("-T", -2, "temperature T must be > 0, got -2.0"),

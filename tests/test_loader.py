@@ -72,3 +72,35 @@ def test_transfer_subset(tiny_data, tmp_path):
                        logits=np.zeros((96, 10), np.float32))
     data = DistillData(split, store, rows=np.array([5, 1, 9]))
     assert len(data) == 3 and data.teacher.shape == (3, 10)
+
+
+def make_sparse_store(url, split, *, perm, logits, kind="topk", k=3, temperatures=(1.0, 4.0)):
+    from softtargets.sparse_store import SparseStore, SparseWriter, make_spec
+    spec = make_spec(kind=kind, k=k, num_classes=10, temperatures=temperatures)
+    w = SparseWriter.create(str(url), spec=spec, n=len(perm), class_names=split.class_names,
+                            dataset=split.identity(), teacher={}, config={}, chunk_rows=32)
+    for i in range(w.num_chunks):
+        sl = w.chunk_slice(i)
+        w.write_chunk(i, sample_ids=perm[sl], logits=logits[sl])
+    w.finalize()
+    return SparseStore.open(str(url))
+
+
+@pytest.mark.parametrize("kind", ["topk", "sampled"])
+def test_sparse_store_joins_through_sample_id(tiny_data, tmp_path, kind):
+    from softtargets.distill import SparseTargets
+    split = load_split(tiny_data)
+    n = len(split)
+    perm = np.random.default_rng(0).permutation(n)[:80]  # a subset, in shuffled order
+    logits = np.zeros((80, 10), np.float32)
+    logits[np.arange(80), split.labels[perm]] = 8.0  # the teacher's top class is the label
+    store = make_sparse_store(tmp_path / "s.zarr", split, perm=perm, logits=logits, kind=kind)
+    data = DistillData(split, store, temperature=4.0)
+    assert len(data) == 80 and sorted(data.index.tolist()) == sorted(perm.tolist())
+    for _, labels, teacher in data.batches(batch_size=16, epoch=0, seed=0):
+        assert isinstance(teacher, SparseTargets) and teacher.kind == kind
+        weight = teacher.log_probs.exp() if kind == "topk" else teacher.weights
+        top = teacher.ids.gather(1, weight.argmax(1, keepdim=True))[:, 0]
+        assert torch.equal(top, labels)
+    with pytest.raises(StoreMismatchError, match=r"no targets for sample ids \["):
+        DistillData(split, store, rows=np.setdiff1d(np.arange(n), perm)[:3], temperature=4.0)

@@ -1,0 +1,336 @@
+"""Sparse logit stores (kind "topk" / "sampled"): the v1 group format with sparse arrays.
+
+numpy and zarr only, never torch. docs/FORMAT.md ("Sparse stores") is the normative description:
+    sample_id (N,) int64            dataset row of each store row (as in dense stores)
+    position  (N,) int64            optional: position of the row in its sequence (per-token rows)
+    topk_ids / sampled_ids (N, K)   class ids, smallest unsigned type holding C - 1
+    topk_logits / sampled_logits    (N, K) float16 values of those classes
+    sampled_counts (N, K)           sampled only: draws of each id (0 = padding), sum = draws
+    lse (N,) float32                logsumexp of all C values at T = 1
+    tail_mass (N, M) float32        mass of the unlisted classes at each of the M temperatures
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from softtargets import sparse as sp
+from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
+from softtargets.store import (FORMAT_NAME, FORMAT_VERSION, SAMPLE_ID, TARGET_CHUNK_BYTES,
+                               StoreMeta, _prepare_destination, add_row_array, check_dataset,
+                               chunk_slice, codec_chain, compressor_codecs, create_group,
+                               read_meta, software_versions)
+
+KINDS = ("topk", "sampled")
+POSITION = "position"
+LSE = "lse"
+TAIL = "tail_mass"
+ID_COMPRESSORS = ("bitshuffle", "zstd", "none")
+# Defaults measured by scripts/bench_sparse.py (C = 32,000, K = 32, README "Sparse stores"):
+# ids: zstd; bitshuffle is no smaller for top-k ids (41.0 vs 40.9 B/row) and 30% larger for the
+# sorted sampled ids (30.5 vs 23.4). Values: byte-shuffled blosc packs the rank-sorted top-k logits
+# 17% smaller than zstd (43.6 vs 52.4 B/row); for sampled logits zstd is as small (27.1 vs 28.3).
+DEFAULT_CODECS = {"topk": ("zstd", "blosc"), "sampled": ("zstd", "zstd")}  # (ids, values)
+
+
+def id_codecs(name: str, itemsize: int) -> list[Any]:
+    """Codecs of integer arrays (ids, counts): blosc-zstd bitshuffle by default, or as floats."""
+    if name == "bitshuffle":
+        return [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle", typesize=itemsize),
+                Crc32cCodec()]
+    if name in ("zstd", "none"):
+        return compressor_codecs(name)
+    raise StoreError(f"unknown id compressor {name!r}; allowed: {list(ID_COMPRESSORS)}")
+
+
+def array_names(kind: str) -> tuple[str, str, str | None]:
+    """(ids, logits, counts or None) array names of a kind."""
+    if kind == "topk":
+        return "topk_ids", "topk_logits", None
+    if kind == "sampled":
+        return "sampled_ids", "sampled_logits", "sampled_counts"
+    raise ConfigError(f"sparse kind must be one of {list(KINDS)}, got {kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseSpec:
+    """What a sparse store holds; written to attributes["softtargets"]["sparse"]."""
+
+    kind: str
+    k: int  # row width: top-k K, or min(draws, C) for sampled
+    temperatures: tuple[float, ...]
+    computed_from: str = "logits"
+    source: str = "teacher"
+    draws: int | None = None
+    seed: int | None = None
+    sample_temperature: float | None = None
+    position: bool = False
+    id_dtype: str = "uint16"
+    count_dtype: str | None = None
+    id_compressor: str = "zstd"
+    value_compressor: str = "zstd"
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["temperatures"] = list(self.temperatures)
+        d["rng"] = ("numpy.random.default_rng([seed, sample_id, position]).random(draws), "
+                    "inverse CDF") if self.kind == "sampled" else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SparseSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in d.items() if k in names}
+        known["temperatures"] = tuple(float(t) for t in known["temperatures"])
+        return cls(**known)
+
+
+def make_spec(*, kind: str, k: int, num_classes: int, temperatures: tuple[float, ...],
+              computed_from: str = "logits", source: str = "teacher", seed: int = 0,
+              sample_temperature: float = 1.0, position: bool = False,
+              id_compressor: str | None = None,
+              value_compressor: str | None = None) -> SparseSpec:
+    """Validate options and build the spec; top-k K is capped at C (K >= C keeps every class)."""
+    array_names(kind)
+    if k <= 0:
+        raise ConfigError(f"--topk/--sample K must be a positive number of classes, got {k}")
+    if computed_from not in sp.SOURCES:
+        raise ConfigError(f"computed_from must be one of {list(sp.SOURCES)}, got {computed_from!r}")
+    temps = sp.check_temperatures(temperatures)
+    sampled = kind == "sampled"
+    if sampled:
+        temps = sp.check_temperatures((*temps, sample_temperature))
+    return SparseSpec(kind=kind, k=min(k, num_classes), temperatures=temps,
+                      computed_from=computed_from, source=source,
+                      draws=k if sampled else None, seed=seed if sampled else None,
+                      sample_temperature=float(sample_temperature) if sampled else None,
+                      position=position, id_dtype=sp.smallest_uint(num_classes - 1),
+                      count_dtype=sp.smallest_uint(k) if sampled else None,
+                      id_compressor=id_compressor or DEFAULT_CODECS[kind][0],
+                      value_compressor=value_compressor or DEFAULT_CODECS[kind][1])
+
+
+DENSE_CHUNK_BYTES = 256 * 1024 * 1024  # stage 1 holds a dense float32 (rows, C) chunk in memory
+
+
+def default_chunk_rows(n: int, k: int, num_classes: int) -> int:
+    """Rows per chunk: a float16 (rows, K) chunk of about TARGET_CHUNK_BYTES, capped so the dense
+    float32 (rows, C) chunk stage 1 converts stays under DENSE_CHUNK_BYTES."""
+    rows = min(TARGET_CHUNK_BYTES // (2 * k), DENSE_CHUNK_BYTES // (4 * num_classes))
+    return max(1, min(n, rows))
+
+
+class SparseWriter:
+    """Writes a sparse store chunk by chunk; same protocol as store.StoreWriter.
+
+    `write_chunk` takes dense (rows, C) values and converts them; `write_rows` takes rows
+    already converted (e.g. top-k of an ensemble's combined distribution).
+    """
+
+    def __init__(self, group: zarr.Group, meta: StoreMeta, spec: SparseSpec) -> None:
+        self.group, self.meta, self.spec = group, meta, spec
+        self.written: set[int] = set()
+
+    @classmethod
+    def create(cls, url: str, *, spec: SparseSpec, n: int,
+               class_names: tuple[str, ...] | list[str], dataset: dict[str, Any],
+               teacher: dict[str, Any], config: dict[str, Any], chunk_rows: int | None = None,
+               compressor: str = "zstd", overwrite: bool = False) -> SparseWriter:
+        """Create an empty, incomplete sparse store at `url`."""
+        if n <= 0:
+            raise StoreError(f"a store needs n > 0 rows, got n={n}")
+        rows = chunk_rows or default_chunk_rows(n, spec.k, len(class_names))
+        floats = compressor_codecs(compressor)
+        _prepare_destination(url, overwrite)
+        meta = StoreMeta(format=FORMAT_NAME, version=FORMAT_VERSION, kind=spec.kind, n=n,
+                         num_classes=len(class_names), class_names=tuple(class_names),
+                         dtype="float16", chunk_rows=rows, compressor=compressor,
+                         codecs=codec_chain(compressor_codecs(spec.value_compressor)),
+                         dataset=dataset, teacher=teacher, config=config,
+                         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         created_by=software_versions(), complete=False,
+                         extra={"sparse": spec.to_json()})
+        group = create_group(url, meta)
+        ids_name, logits_name, counts_name = array_names(spec.kind)
+
+        def add(name: str, row_shape: tuple[int, ...], dtype: str, codecs: list[Any],
+                fill: Any, dims: tuple[str, ...]) -> None:
+            add_row_array(group, name, n=n, row_shape=row_shape, chunk_rows=rows, dtype=dtype,
+                          codecs=codecs, fill_value=fill, dimension_names=dims)
+
+        itemsize = np.dtype(spec.id_dtype).itemsize
+        add(SAMPLE_ID, (), "int64", floats, -1, ("row",))
+        if spec.position:
+            add(POSITION, (), "int64", floats, -1, ("row",))
+        add(ids_name, (spec.k,), spec.id_dtype, id_codecs(spec.id_compressor, itemsize), 0,
+            ("row", "rank"))
+        add(logits_name, (spec.k,), "float16", compressor_codecs(spec.value_compressor),
+            float("nan"), ("row", "rank"))
+        if counts_name:
+            add(counts_name, (spec.k,), spec.count_dtype,
+                id_codecs(spec.id_compressor, np.dtype(spec.count_dtype).itemsize), 0,
+                ("row", "rank"))
+        add(LSE, (), "float32", floats, float("nan"), ("row",))
+        add(TAIL, (len(spec.temperatures),), "float32", floats, float("nan"),
+            ("row", "temperature"))
+        return cls(group, meta, spec)
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.meta.n / self.meta.chunk_rows)
+
+    def chunk_slice(self, index: int) -> slice:
+        return chunk_slice(self.meta, index)
+
+    def write_chunk(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray,
+                    positions: np.ndarray | None = None) -> None:
+        """Convert dense values (rows, C) of chunk `index` to the store's kind and write them."""
+        sl = self.chunk_slice(index)
+        if logits.shape != (sl.stop - sl.start, self.meta.num_classes):
+            raise StoreError(f"chunk {index} needs values ({sl.stop - sl.start}, "
+                             f"{self.meta.num_classes}), got {logits.shape}")
+        if self.spec.kind == "topk":
+            rows = sp.to_topk(logits, k=self.spec.k, temperatures=self.spec.temperatures,
+                              first_row=sl.start)
+        else:
+            rows = sp.to_sampled(logits, draws=self.spec.draws, temperatures=self.spec.temperatures,
+                                 seed=self.spec.seed, sample_ids=np.asarray(sample_ids),
+                                 positions=positions,
+                                 sample_temperature=self.spec.sample_temperature,
+                                 first_row=sl.start)
+        self.write_rows(index, sample_ids=sample_ids, rows=rows, positions=positions)
+
+    def write_rows(self, index: int, *, sample_ids: np.ndarray, rows: sp.SparseRows,
+                   positions: np.ndarray | None = None) -> None:
+        """Write converted rows of chunk `index` (validated first)."""
+        sl = self.chunk_slice(index)
+        count = sl.stop - sl.start
+        sample_ids = np.asarray(sample_ids)
+        if sample_ids.shape != (count,) or rows.ids.shape != (count, self.spec.k):
+            raise StoreError(f"chunk {index} needs sample_ids ({count},) and rows ({count}, "
+                             f"{self.spec.k}), got {sample_ids.shape} and {rows.ids.shape}")
+        if (sample_ids < 0).any() or (sample_ids >= self.meta.dataset["n"]).any():
+            raise StoreError(f"chunk {index}: sample ids must be in [0, {self.meta.dataset['n']})")
+        if self.spec.position != (positions is not None):
+            raise StoreError(f"store was created with position={self.spec.position}: pass "
+                             f"positions {'for' if self.spec.position else 'only with'} every chunk")
+        if (rows.counts is None) != (self.spec.kind == "topk"):
+            raise StoreError(f"rows of the wrong kind for a {self.spec.kind!r} store")
+        ids_name, logits_name, counts_name = array_names(self.spec.kind)
+        self.group[SAMPLE_ID][sl] = sample_ids.astype(np.int64)
+        if positions is not None:
+            self.group[POSITION][sl] = np.asarray(positions, dtype=np.int64)
+        self.group[ids_name][sl] = rows.ids.astype(self.spec.id_dtype)
+        self.group[logits_name][sl] = rows.logits.astype(np.float16)
+        if counts_name:
+            self.group[counts_name][sl] = rows.counts.astype(self.spec.count_dtype)
+        self.group[LSE][sl] = rows.lse.astype(np.float32)
+        self.group[TAIL][sl] = rows.tail.astype(np.float32)
+        self.written.add(index)
+
+    def finalize(self) -> StoreMeta:
+        """Mark the store complete; refuses while any chunk is unwritten."""
+        missing = sorted(set(range(self.num_chunks)) - self.written)
+        if missing:
+            raise IncompleteStoreError(f"cannot finalize: chunks {missing[:10]} of "
+                                       f"{self.num_chunks} were not written")
+        self.meta = dataclasses.replace(self.meta, complete=True)
+        self.group.attrs.update({"softtargets": self.meta.to_json()})
+        return self.meta
+
+
+class SparseStore:
+    """A complete sparse store opened for reading; every read checks ids, counts, finiteness."""
+
+    def __init__(self, group: zarr.Group, meta: StoreMeta, spec: SparseSpec, url: str) -> None:
+        self.group, self.meta, self.spec, self.url = group, meta, spec, url
+
+    @classmethod
+    def open(cls, url: str) -> SparseStore:
+        """Open a sparse store; refuses dense stores, incomplete stores and wrong shapes."""
+        meta, group = read_meta(url)
+        if meta.kind not in KINDS:
+            raise SparseStoreError(f"store {url!r} is of kind {meta.kind!r}, not a sparse store "
+                                   f"({list(KINDS)}); open it with softtargets.store.LogitStore")
+        if not meta.complete:
+            raise IncompleteStoreError(
+                f"store {url!r} is incomplete (complete: false): its writer crashed or is still "
+                "running; rerun stage 1 (teacher-logits) to produce it")
+        spec = SparseSpec.from_json(meta.extra["sparse"])
+        ids_name, logits_name, counts_name = array_names(meta.kind)
+        shapes = {SAMPLE_ID: (meta.n,), ids_name: (meta.n, spec.k), logits_name: (meta.n, spec.k),
+                  LSE: (meta.n,), TAIL: (meta.n, len(spec.temperatures))}
+        if counts_name:
+            shapes[counts_name] = (meta.n, spec.k)
+        if spec.position:
+            shapes[POSITION] = (meta.n,)
+        for name, shape in shapes.items():
+            if name not in group or tuple(group[name].shape) != shape:
+                raise StoreError(f"store {url!r}: array {name!r} is missing or not of shape "
+                                 f"{shape}; the store is truncated or damaged")
+        return cls(group, meta, spec, url)
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.meta.n / self.meta.chunk_rows)
+
+    def read_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray | None, sp.SparseRows]:
+        """(sample ids (rows,), positions (rows,) or None, rows) of chunk `index`, checked."""
+        sl = chunk_slice(self.meta, index)
+        ids_name, logits_name, counts_name = array_names(self.meta.kind)
+        try:
+            sample_ids = np.asarray(self.group[SAMPLE_ID][sl])
+            positions = np.asarray(self.group[POSITION][sl]) if self.spec.position else None
+            rows = sp.SparseRows(
+                ids=np.asarray(self.group[ids_name][sl]).astype(np.int64),
+                logits=np.asarray(self.group[logits_name][sl]),
+                lse=np.asarray(self.group[LSE][sl]), tail=np.asarray(self.group[TAIL][sl]),
+                counts=(np.asarray(self.group[counts_name][sl]).astype(np.int64)
+                        if counts_name else None))
+        except Exception as e:  # zarr raises codec-specific errors on a bad checksum
+            raise StoreError(f"store {self.url!r}: chunk {index} (rows {sl.start}..{sl.stop - 1}) "
+                             f"cannot be decoded: {e}") from e
+        bad = ((sample_ids < 0) | (sample_ids >= self.meta.dataset["n"])
+               | ~np.isfinite(rows.logits).all(axis=1) | ~np.isfinite(rows.lse)
+               | ~np.isfinite(rows.tail).all(axis=1) | (rows.ids >= self.meta.num_classes).any(1))
+        if positions is not None:
+            bad |= positions < 0
+        if rows.counts is not None:
+            bad |= rows.counts.sum(axis=1) != self.spec.draws
+        if bad.any():
+            where = (np.flatnonzero(bad)[:5] + sl.start).tolist()
+            raise StoreError(f"store {self.url!r}: chunk {index} has missing or invalid rows "
+                             f"{where} (sample_id/position out of range, class id >= C, counts "
+                             "not summing to draws, or non-finite values); the chunk was never "
+                             "written or is damaged")
+        return sample_ids, positions, rows
+
+    def read_all(self) -> tuple[np.ndarray, np.ndarray | None, sp.SparseRows]:
+        """Every row; refuses duplicate (sample_id, position) pairs."""
+        parts = [self.read_chunk(i) for i in range(self.num_chunks)]
+        sample_ids = np.concatenate([p[0] for p in parts])
+        positions = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        rows = sp.concat_rows([p[2] for p in parts])
+        keys = sample_ids if positions is None else np.stack([sample_ids, positions], axis=1)
+        if len(np.unique(keys, axis=0)) != len(keys):
+            raise StoreError(f"store {self.url!r}: duplicate (sample_id, position) rows; the "
+                             "store is damaged")
+        return sample_ids, positions, rows
+
+    def check_dataset(self, identity: dict[str, Any]) -> None:
+        """Refuse to pair this store with data other than the data it was computed on."""
+        check_dataset(self.meta, self.url, identity)
+
+
+def open_any(url: str) -> Any:
+    """LogitStore for a dense store, SparseStore for a sparse one."""
+    from softtargets.store import LogitStore
+    meta, _ = read_meta(url)
+    return SparseStore.open(url) if meta.kind in KINDS else LogitStore.open(url)
