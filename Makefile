@@ -24,10 +24,12 @@ help:
 setup: $(VENV)/.installed
 
 # Pinned: torch==2.13.0 (a looser pin pulls a multi-GB CUDA build), zarr 3.1.x, numcodecs 0.16.x.
+# torch goes in first, alone: resolved together with the extras, pip picked PyPI's CUDA build of
+# 2.13.0 over the machine's local CPU wheel; once installed, 2.13.0+cpu satisfies the pin.
 $(VENV)/.installed: pyproject.toml
 	@t0=$$(date +%s); \
 	$(PYTHON) -m venv $(VENV) && \
-	$(VENV)/bin/pip install --quiet --upgrade pip && \
+	$(VENV)/bin/pip install --quiet 'torch==2.13.0' && \
 	$(VENV)/bin/pip install --quiet -e '.[test]' && \
 	touch $@ && \
 	echo "setup: $(VENV) with $$($(PY) -c 'import torch, zarr, numcodecs; print(f"torch {torch.__version__}, zarr {zarr.__version__}, numcodecs {numcodecs.__version__}")') ($$(( $$(date +%s) - t0 )) s)"
