@@ -13,6 +13,16 @@ from softtargets.config import check_alpha, check_temperature
 from softtargets.errors import ConfigError
 
 
+def teacher_log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+                      temperature: float) -> torch.Tensor:
+    """log softmax(t/T) in float32, (B, C), after checking T and that shapes match."""
+    check_temperature(temperature)
+    if student_logits.shape != teacher_logits.shape:
+        raise ConfigError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                          f"{tuple(teacher_logits.shape)} must have the same (batch, classes) shape")
+    return F.log_softmax(teacher_logits.float() / temperature, dim=1)
+
+
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                      temperature: float) -> torch.Tensor:
     """T^2 * KL(softmax(t/T) || softmax(s/T)), mean over the batch.
@@ -20,27 +30,16 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     Gradients of the soft term scale as 1/T^2, so multiplying by T^2 keeps its weight relative to
     the hard term roughly unchanged when T changes. Shapes: (B, C) and (B, C) -> scalar.
     """
-    check_temperature(temperature)
-    if student_logits.shape != teacher_logits.shape:
-        raise ConfigError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must have the same (batch, classes) shape")
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-    return kl * temperature**2
+    log_p_t = teacher_log_probs(student_logits, teacher_logits, temperature=temperature)
+    return soft_target_loss_from_log_probs(student_logits, log_p_t, temperature=temperature)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                       labels: torch.Tensor, *, temperature: float, alpha: float) -> torch.Tensor:
     """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(y, s)."""
-    check_alpha(alpha)
-    loss = student_logits.new_zeros(())
-    if alpha > 0:
-        loss = loss + alpha * soft_target_loss(student_logits, teacher_logits,
-                                               temperature=temperature)
-    if alpha < 1:
-        loss = loss + (1 - alpha) * F.cross_entropy(student_logits.float(), labels)
-    return loss
+    log_p_t = teacher_log_probs(student_logits, teacher_logits, temperature=temperature)
+    return distillation_loss_from_log_probs(student_logits, log_p_t, labels,
+                                            temperature=temperature, alpha=alpha)
 
 
 # --- issue 3: soft targets given as a distribution (ensembles, combined-only stores) -----------

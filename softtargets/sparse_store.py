@@ -25,7 +25,7 @@ from softtargets import sparse as sp
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
 from softtargets.store import (FORMAT_NAME, FORMAT_VERSION, SAMPLE_ID, TARGET_CHUNK_BYTES,
                                StoreMeta, _prepare_destination, add_row_array, check_dataset,
-                               chunk_slice, codec_chain, compressor_codecs, create_group,
+                               chunk_slice, codec_chain, compressor_codecs, create_group, mark_complete,
                                read_meta, software_versions)
 
 KINDS = ("topk", "sampled")
@@ -237,12 +237,8 @@ class SparseWriter:
 
     def finalize(self) -> StoreMeta:
         """Mark the store complete; refuses while any chunk is unwritten."""
-        missing = sorted(set(range(self.num_chunks)) - self.written)
-        if missing:
-            raise IncompleteStoreError(f"cannot finalize: chunks {missing[:10]} of "
-                                       f"{self.num_chunks} were not written")
-        self.meta = dataclasses.replace(self.meta, complete=True)
-        self.group.attrs.update({"softtargets": self.meta.to_json()})
+        self.meta = mark_complete(self.group, self.meta, written=self.written,
+                                  num_chunks=self.num_chunks)
         return self.meta
 
 

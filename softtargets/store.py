@@ -305,13 +305,21 @@ class StoreWriter:
 
     def finalize(self) -> StoreMeta:
         """Mark the store complete; refuses while any chunk is unwritten."""
-        missing = sorted(set(range(self.num_chunks)) - self.written)
-        if missing:
-            raise IncompleteStoreError(f"cannot finalize: chunks {missing[:10]} of "
-                                       f"{self.num_chunks} were not written")
-        self.meta = dataclasses.replace(self.meta, complete=True)
-        self.group.attrs.update({ATTR_KEY: self.meta.to_json()})
+        self.meta = mark_complete(self.group, self.meta, written=self.written,
+                                  num_chunks=self.num_chunks)
         return self.meta
+
+
+def mark_complete(group: zarr.Group, meta: StoreMeta, *, written: set[int],
+                  num_chunks: int) -> StoreMeta:
+    """Write `complete: true` last, after checking every chunk was written; the new metadata."""
+    missing = sorted(set(range(num_chunks)) - written)
+    if missing:
+        raise IncompleteStoreError(f"cannot finalize: chunks {missing[:10]} of "
+                                   f"{num_chunks} were not written")
+    meta = dataclasses.replace(meta, complete=True)
+    group.attrs.update({ATTR_KEY: meta.to_json()})
+    return meta
 
 
 def check_shard_rows(shard_rows: int | None, chunk_rows: int) -> None:
