@@ -128,8 +128,15 @@ class LogitsConfig:
     temperatures: tuple[float, ...] = (1.0,)
     sample_seed: int = 0
     sample_temperature: float = 1.0
+    # issue 7: V augmented views per sample (docs/FORMAT.md "Augmented views"); None: no views
+    views: int | None = None
+    augment: str = "shift=2"
+    view_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.views is not None and self.views <= 0:
+            raise ConfigError(f"--views must be a positive number of views per sample, "
+                              f"got {self.views}")
         if self.batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.chunk_rows is not None and self.chunk_rows <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
@@ -68,6 +69,9 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
     if ranks.world > 1 and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
     model = ckpt.model.to(device).eval()
+    if cfg.views is not None:  # issue 7: augmented views, one writer
+        return write_views(cfg, split=split, model=model, ranks=ranks,
+                           teacher=teacher_identity(ckpt, device), device=device)
     sparse = sparse_spec(cfg, num_classes=len(split.class_names))
     if sparse is not None:  # issue 6: top-k / sampled store, one writer
         return write_sparse(cfg, sparse, split=split, model=model, ranks=ranks,
@@ -124,6 +128,50 @@ def write_sparse(cfg: LogitsConfig, spec: SparseSpec, *, split: Split, model: to
         writer.write_chunk(index, sample_ids=np.arange(sl.start, sl.stop), logits=logits)
         bar.update(sl.stop - sl.start)
     bar.close()
+    return writer.finalize()
+
+
+# --- issue 7: augmented views ------------------------------------------------------------------
+
+def write_views(cfg: LogitsConfig, *, split: Split, model: torch.nn.Module, ranks: Ranks,
+                teacher: dict[str, Any], device: torch.device) -> StoreMeta:
+    """Dense store plus view_logits (N, V, C) float16 and view_params (N, V, P) float32; `logits`
+    holds view 0. Not yet available with --resume, sharding, several ranks or sparse forms."""
+    from softtargets import views as vw
+    from softtargets.store import StoreWriter, add_row_array, compressor_codecs, to_float16
+    if (cfg.resume or (cfg.shard_rows or 0) > 0 or ranks.world > 1 or cfg.topk is not None
+            or cfg.sample is not None):
+        raise ConfigError("--views stores are dense and written by one process without --resume"
+                          f", --shard-rows, --topk or --sample (got resume={cfg.resume}, "
+                          f"shard_rows={cfg.shard_rows}, world size {ranks.world}); drop those")
+    spec = vw.parse_spec(cfg.augment)
+    v = int(cfg.views or 0)
+    writer = StoreWriter.create(cfg.store, n=len(split), class_names=split.class_names,
+                                dataset=split.identity(), teacher=teacher, config=to_dict(cfg),
+                                chunk_rows=cfg.chunk_rows, compressor=cfg.compressor,
+                                overwrite=cfg.overwrite)
+    rows, c = writer.meta.chunk_rows, writer.meta.num_classes
+    codecs = compressor_codecs(cfg.compressor)
+    vl = add_row_array(writer.group, "view_logits", n=len(split), row_shape=(v, c),
+                       chunk_rows=rows, dtype="float16", codecs=codecs, fill_value=float("nan"),
+                       dimension_names=("row", "view", "class"))
+    vp = add_row_array(writer.group, "view_params", n=len(split),
+                       row_shape=(v, len(vw.PARAM_NAMES)), chunk_rows=rows, dtype="float32",
+                       codecs=compressor_codecs(cfg.compressor), fill_value=float("nan"),
+                       dimension_names=("row", "view", "param"))
+    for index in range(writer.num_chunks):
+        sl = writer.chunk_slice(index)
+        ids = np.arange(sl.start, sl.stop)
+        params = vw.draw_params(spec, seed=cfg.view_seed, sample_ids=ids, views=v)  # (R, V, P)
+        images = np.repeat(split.images[sl], v, axis=0)  # (R*V, H, W)
+        x = vw.apply_views(images, params.reshape(-1, params.shape[-1])).numpy()
+        logits = infer(model, x, batch_size=cfg.batch_size, device=device).reshape(-1, v, c)
+        vl[sl] = to_float16(logits.reshape(-1, c), first_row=sl.start).reshape(-1, v, c)
+        vp[sl] = params
+        writer.write_chunk(index, sample_ids=ids, logits=logits[:, 0])  # v1 logits: view 0
+    writer.meta = dataclasses.replace(writer.meta, extra={**writer.meta.extra, "views": {
+        "views": v, "seed": cfg.view_seed, "augment": spec.to_json(),
+        "param_names": list(vw.PARAM_NAMES), "logits_is_view": 0}})
     return writer.finalize()
 
 

@@ -1,0 +1,114 @@
+"""Issue 7: augmented views: deterministic parameters, exact replay, the store, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from softtargets.config import LogitsConfig
+from softtargets.data import load_split
+from softtargets.errors import ConfigError
+from softtargets.models import load_checkpoint
+from softtargets.store import LogitStore, read_meta
+from softtargets.teacher import write_teacher_logits
+from softtargets.views import (AugmentSpec, ViewData, apply_views, draw_params, parse_spec)
+
+SPEC = AugmentSpec(shift=2, rotate=10.0, scale=1.2, flip=1)
+
+
+def test_params_depend_only_on_seed_sample_view() -> None:
+    ids = np.arange(40)
+    whole = draw_params(SPEC, seed=3, sample_ids=ids, views=4)  # (40, 4, 5)
+    parts = np.concatenate([draw_params(SPEC, seed=3, sample_ids=ids[s:s + 7], views=4)
+                            for s in range(0, 40, 7)])
+    np.testing.assert_array_equal(whole, parts)
+    reversed_ = draw_params(SPEC, seed=3, sample_ids=ids[::-1], views=4)[::-1]
+    np.testing.assert_array_equal(whole, reversed_)
+    assert (whole[:, 0] == [0, 0, 0, 1, 0]).all()  # view 0 is clean
+    assert not np.array_equal(whole, draw_params(SPEC, seed=4, sample_ids=ids, views=4))
+    assert np.abs(whole[:, 1:, :2]).max() == 2 and np.abs(whole[:, :, 2]).max() <= 10
+    assert set(np.unique(whole[:, :, 4])) == {0.0, 1.0}
+
+
+def test_apply_is_exact_and_shift_is_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 28, 28)).astype(np.uint8)
+    params = draw_params(SPEC, seed=1, sample_ids=np.arange(6), views=3)[:, 2]
+    a, b = apply_views(images, params), apply_views(images.copy(), params.copy())
+    assert torch.equal(a, b)
+    clean = apply_views(images, np.array([[0, 0, 0, 1, 0]] * 6, dtype=np.float32))
+    np.testing.assert_array_equal(clean.numpy(), images.reshape(6, -1) / np.float32(255))
+    shifted = apply_views(images[:1], np.array([[1, -2, 0, 1, 0]], dtype=np.float32))
+    out = shifted.reshape(28, 28).numpy()
+    np.testing.assert_array_equal(out[1:, :26], images[0, :27, 2:] / np.float32(255))
+    assert (out[0] == 0).all() and (out[:, 26:] == 0).all()
+
+
+def test_spec_round_trip_and_refusals(tmp_path: Path) -> None:
+    spec = parse_spec("shift=3,rotate=5,scale=1.1,flip=1")
+    assert spec == AugmentSpec(shift=3, rotate=5.0, scale=1.1, flip=1)
+    assert AugmentSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    path = tmp_path / "aug.json"
+    path.write_text(json.dumps(spec.to_json()))
+    assert parse_spec(str(path)) == spec
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        parse_spec("wobble=3")
+    with pytest.raises(ConfigError, match="rotate must be in"):
+        parse_spec("rotate=90")
+    with pytest.raises(ConfigError, match="not a number"):
+        parse_spec("shift=x")
+    with pytest.raises(ConfigError, match="--views must be a positive"):
+        LogitsConfig(views=0)
+    with pytest.raises(ConfigError, match="unknown keys"):
+        AugmentSpec.from_json({"shift": 1, "zoom": 2})
+
+
+def _teacher(tmp_path: Path, data) -> str:
+    """A tiny seeded teacher checkpoint (untrained weights are fine for replay)."""
+    from stage1_helpers import make_teacher
+    return str(make_teacher(tmp_path / "teacher.pt", data))
+
+
+def test_loader_replay_reproduces_stored_logits(tmp_path: Path, tiny_data) -> None:
+    teacher = _teacher(tmp_path, tiny_data)
+    cfg = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "v.zarr"),
+                       chunk_rows=32, device="cpu", views=4,
+                       augment="shift=2,rotate=10,scale=1.2,flip=1", view_seed=5)
+    meta = write_teacher_logits(cfg, progress=False)
+    assert meta.complete and meta.extra["views"]["views"] == 4
+    assert meta.extra["views"]["augment"]["rotate"] == 10.0
+    _, group = read_meta(cfg.store)
+    assert group["view_logits"].shape == (96, 4, 10) and group["view_params"].shape == (96, 4, 5)
+    # v1 readers still work: logits is view 0 (clean)
+    ids, logits = LogitStore.open(cfg.store).read_all()
+    np.testing.assert_array_equal(logits, group["view_logits"][:][:, 0])
+    # params independent of chunking: a second store with another chunk size has the same ones
+    cfg2 = dataclasses.replace(cfg, store=str(tmp_path / "v2.zarr"), chunk_rows=50)
+    write_teacher_logits(cfg2, progress=False)
+    np.testing.assert_array_equal(group["view_params"][:], read_meta(cfg2.store)[1]["view_params"][:])
+    # the key check: the teacher re-run on every rebuilt input gives the stored logits back
+    model = load_checkpoint(teacher).model.eval()
+    data = ViewData(load_split(tiny_data), cfg.store)
+    seen = set()
+    for epoch in range(6):
+        chosen = data.draw_views(epoch=epoch, seed=1)
+        seen.update(zip(range(96), chosen.tolist()))
+        for x, y, t in data.batches(batch_size=40, epoch=epoch, seed=1):
+            with torch.no_grad():
+                again = model(x).numpy().astype(np.float16)
+            np.testing.assert_array_equal(again, t.numpy().astype(np.float16))
+    assert len({v for _, v in seen}) == 4  # every view was drawn
+    assert not np.array_equal(data.draw_views(epoch=0, seed=1), data.draw_views(epoch=1, seed=1))
+
+
+def test_views_refuse_resume_and_sparse(tmp_path: Path, tiny_data) -> None:
+    teacher = _teacher(tmp_path, tiny_data)
+    cfg = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "v.zarr"),
+                       device="cpu", views=2, topk=3)
+    with pytest.raises(ConfigError, match="--views stores are dense"):
+        write_teacher_logits(cfg, progress=False)
