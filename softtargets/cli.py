@@ -218,6 +218,13 @@ def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[st
               help="--sample: seed of the per-row draws.")
 @click.option("--sample-temperature", type=float, default=1.0, show_default=True,
               help="--sample: draw from softmax(logits / this); use the student's T.")
+@click.option("--views", type=int, default=None,
+              help="Store V augmented views per sample (view_logits, view_params); "
+                   "docs/FORMAT.md 'Augmented views'.")
+@click.option("--augment", default="shift=2", show_default=True,
+              help="--views: augmentation spec 'shift=2,rotate=10,scale=1.1,flip=0' or a JSON file.")
+@click.option("--view-seed", type=int, default=0, show_default=True,
+              help="--views: seed of the per-(sample, view) augmentation parameters.")
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str,
@@ -226,6 +233,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
                        resume: bool, break_lock: bool, shard_rows: int | None,
                        topk: int | None, sample: int | None, temperatures: str,
                        sample_seed: int, sample_temperature: float,
+                       views: int | None, augment: str, view_seed: int,
                        threads: int | None, quiet: bool, **ens: Any) -> None:
     """Stage 1: run the teacher(s) over a split and write their raw logits to a store.
 
@@ -248,6 +256,11 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
         raise ConfigError("--topk/--sample work with one softtargets teacher checkpoint; for an "
                           "ensemble, convert its combined log-probs with softtargets.sparse "
                           "(README, 'Sparse stores')")
+    if ens_cfg is not None and views is not None:
+        raise ConfigError("--views works with one softtargets teacher checkpoint, not with "
+                          "ensembles, MC dropout or user teachers; drop --views or the ensemble")
+    if views is not None:
+        sparse.update(views=views, augment=augment, view_seed=view_seed)
     if ens_cfg is None:
         cfg = LogitsConfig(data=data, teacher=teachers[0] if teachers else
                            f"runs/{dataset}/teacher.pt", resume=resume, break_lock=break_lock,

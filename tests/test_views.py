@@ -112,3 +112,24 @@ def test_views_refuse_resume_and_sparse(tmp_path: Path, tiny_data) -> None:
                        device="cpu", views=2, topk=3)
     with pytest.raises(ConfigError, match="--views stores are dense"):
         write_teacher_logits(cfg, progress=False)
+
+
+def test_cli_writes_views_and_refuses_zero(tmp_path: Path, tiny_data) -> None:
+    from click.testing import CliRunner
+
+    from softtargets.cli import cli
+    from stage1_helpers import stage1_args
+    teacher = _teacher(tmp_path, tiny_data)
+    store = tmp_path / "c.zarr"
+    res = CliRunner().invoke(cli, stage1_args(tiny_data, Path(teacher), store, "--views", "3",
+                                               "--augment", "shift=1,flip=1"))
+    assert res.exit_code == 0, res.output
+    meta, group = read_meta(str(store))
+    assert meta.extra["views"]["augment"] == AugmentSpec(shift=1, flip=1).to_json()
+    assert group["view_logits"].shape == (96, 3, 10)
+    res = CliRunner().invoke(cli, stage1_args(tiny_data, Path(teacher), tmp_path / "d.zarr",
+                                               "--views", "0"))
+    assert res.exit_code == 1 and "--views must be a positive" in res.output
+    res = CliRunner().invoke(cli, stage1_args(tiny_data, Path(teacher), tmp_path / "e.zarr",
+                                               "--views", "2", "--augment", "rotate=x"))
+    assert res.exit_code == 1 and "not a number" in res.output
