@@ -12,7 +12,7 @@ ST := $(VENV)/bin/softtargets
 PY := $(VENV)/bin/python
 
 .PHONY: setup data teacher teacher-logits student baseline summary test test-slow clean help \
-	teachers ensemble-logits report report-quick report-setup bench-sparse
+	teachers ensemble-logits report report-quick report-setup bench-sparse views-experiment
 
 help:
 	@echo "make student    set-up, data, teacher, teacher-logits, baseline and distilled student"
@@ -102,3 +102,7 @@ report: report-setup data
 
 report-quick: report-setup data
 	$(PY) scripts/experiments.py --quick --dataset $(DATASET) $(EXPERIMENT_FLAGS)
+
+# issue 7: augmentation-consistent soft targets, (a)-(d) side by side; QUICK=1 for a small run
+views-experiment: $(RUN)/teacher.pt
+	$(PY) scripts/views_experiment.py --teacher $(RUN)/teacher.pt $(if $(QUICK),--quick)

@@ -76,8 +76,11 @@ def fit(model: nn.Module, data: DistillData, test: Split, loss_fn: LossFn, opts:
         t0, total, count = time.perf_counter(), 0.0, 0
         for images, labels, teacher in data.batches(batch_size=opts.batch_size, epoch=epoch,
                                                     seed=opts.seed):
-            images = random_shift(images, max_shift=opts.jitter, generator=g)
-            x = images.flatten(1).float().div_(255.0)  # same scaling as data.to_inputs
+            if images.dtype == torch.uint8:
+                images = random_shift(images, max_shift=opts.jitter, generator=g)
+                x = images.flatten(1).float().div_(255.0)  # same scaling as data.to_inputs
+            else:  # issue 7: ViewData yields the rebuilt augmented inputs (B, D) already
+                x = images
             loss = loss_fn(model(x), labels, teacher)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
@@ -100,6 +103,20 @@ def fit(model: nn.Module, data: DistillData, test: Split, loss_fn: LossFn, opts:
         bar.set_postfix(loss=f"{row['train_loss']:.4f}", test_errors=row["test_errors"])
     bar.close()
     return history
+
+
+def has_views(store: Any) -> bool:
+    """Issue 7: a dense store written with --views (docs/FORMAT.md 'Augmented views')."""
+    return isinstance(store, LogitStore) and "views" in store.meta.extra
+
+
+def view_data(split: Split, url: str, *, rows: np.ndarray | None) -> Any:
+    """Stage 2 over a views store: one stored view per sample per epoch, replayed exactly."""
+    from softtargets.views import ViewData
+    if rows is not None:
+        raise ConfigError("a transfer subset (rows) is not yet supported with a --views store; "
+                          "train on the whole store or write a store without --views")
+    return ViewData(split, url)
 
 
 def _threads(n: int | None) -> None:
@@ -146,8 +163,9 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
     store = open_any(cfg.store) if cfg.store else None  # dense, or sparse (issue 6)
     targets = ensemble_targets(store, cfg)  # issue 3: combined log-probs of an ensemble, or None
-    data = DistillData(split, targets or store, rows=rows, temperature=cfg.temperature,
-                       tail=cfg.tail)
+    data = (view_data(split, cfg.store, rows=rows) if targets is None and has_views(store)
+            else DistillData(split, targets or store, rows=rows, temperature=cfg.temperature,
+                             tail=cfg.tail))
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
                      classes=len(split.class_names))

@@ -133,3 +133,20 @@ def test_cli_writes_views_and_refuses_zero(tmp_path: Path, tiny_data) -> None:
     res = CliRunner().invoke(cli, stage1_args(tiny_data, Path(teacher), tmp_path / "e.zarr",
                                                "--views", "2", "--augment", "rotate=x"))
     assert res.exit_code == 1 and "not a number" in res.output
+
+
+def test_student_trains_from_views_store(tmp_path: Path, tiny_data) -> None:
+    from softtargets.config import StudentTrainConfig
+    from softtargets.train import train_student
+    teacher = _teacher(tmp_path, tiny_data)
+    cfg = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "v.zarr"),
+                       device="cpu", views=3, augment="shift=1,rotate=5")
+    write_teacher_logits(cfg, progress=False)
+    m = train_student(StudentTrainConfig(data=tiny_data, store=cfg.store, hidden=(16,), epochs=2,
+                                         batch_size=32), out_dir=str(tmp_path / "s"),
+                      progress=False)
+    assert len(m["history"]) == 2 and np.isfinite(m["history"][-1]["train_loss"])
+    with pytest.raises(ConfigError, match="not yet supported with a --views store"):
+        train_student(StudentTrainConfig(data=tiny_data, store=cfg.store, hidden=(16,),
+                                         epochs=1), out_dir=str(tmp_path / "s2"),
+                      rows=np.arange(10), progress=False)
