@@ -174,9 +174,17 @@ def student_options(fn: Callable) -> Callable:
 @click.option("--alpha", type=float, default=StudentTrainConfig.alpha, show_default=True,
               help="Weight of the soft-target term; 1 - alpha weighs the hard-label term.")
 @click.option("--out", default="runs/{dataset}/student", show_default=True)
-def student_cmd(store: str, temperature: float, alpha: float, out: str, **kw: Any) -> None:
+@click.option("--loader", default="auto", show_default=True,
+              type=click.Choice(["auto", "memory", "stream"]),
+              help="Load the store into memory, or stream it chunk by chunk (auto: stream above "
+                   "1 GiB of logits).")
+@click.option("--loader-workers", type=int, default=0, show_default=True,
+              help="DataLoader worker processes of the streaming loader (0: threads in-process).")
+def student_cmd(store: str, temperature: float, alpha: float, out: str, loader: str,
+                loader_workers: int, **kw: Any) -> None:
     """Stage 2: train the student (784-800-800-10) from a logit store."""
-    _train_student(out, store=store, temperature=temperature, alpha=alpha, **kw)
+    _train_student(out, store=store, temperature=temperature, alpha=alpha, loader=loader,
+                   loader_workers=loader_workers, **kw)
 
 
 @cli.command("baseline")
@@ -189,7 +197,7 @@ def baseline_cmd(out: str, **kw: Any) -> None:
 
 def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, hidden: str,
                    epochs: int, batch_size: int, lr: float, clip_grad: float, seed: int,
-                   threads: int | None, quiet: bool, store: str | None, **loss: float) -> None:
+                   threads: int | None, quiet: bool, store: str | None, **loss: Any) -> None:
     from softtargets.train import train_student
     out = out.replace("{dataset}", dataset)
     store = None if store is None else store.replace("{dataset}", dataset)

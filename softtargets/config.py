@@ -90,9 +90,15 @@ class StudentTrainConfig:
     momentum: float = 0.9
     seed: int = 0
     threads: int | None = None
+    loader: str = "auto"  # auto: stream the store when its logits exceed 1 GiB, else load it
+    loader_workers: int = 0  # DataLoader worker processes of the streaming loader
 
     def __post_init__(self) -> None:
         _check_common(self.epochs, self.batch_size, self.lr)
+        if self.loader not in ("auto", "memory", "stream"):
+            raise ConfigError(f"loader must be 'auto', 'memory' or 'stream', got {self.loader!r}")
+        if self.loader_workers < 0:
+            raise ConfigError(f"loader_workers must be >= 0, got {self.loader_workers}")
         check_temperature(self.temperature)
         check_alpha(self.alpha)
         if self.clip_grad < 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
 from softtargets.data import Split, load_split
 from softtargets.distill import distillation_loss
 from softtargets.errors import CheckpointError, TrainingDivergedError
-from softtargets.loader import DistillData
+from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
 from softtargets.store import LogitStore
 
@@ -57,13 +56,13 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 2000) -> dict[
             "test_accuracy": float(1.0 - wrong.mean()), "per_class_errors": per_class.tolist()}
 
 
-def fit(model: nn.Module, data: DistillData, test: Split, loss_fn: LossFn, opts: FitOptions, *,
+def fit(model: nn.Module, data: DistillData | StreamingDistillData, test: Split, loss_fn: LossFn, opts: FitOptions, *,
         desc: str, progress: bool = True) -> list[dict[str, Any]]:
     """SGD with momentum and a cosine learning rate; evaluates on `test` after every epoch."""
     torch.manual_seed(opts.seed)  # dropout masks
     g = torch.Generator().manual_seed(opts.seed + 1)  # jitter
     optim = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum)
-    steps_per_epoch = math.ceil(len(data) / opts.batch_size)
+    steps_per_epoch = data.num_batches(opts.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=opts.epochs * steps_per_epoch)
     history = []
     bar = tqdm(total=opts.epochs * steps_per_epoch, desc=desc, unit="step", disable=not progress)
@@ -141,7 +140,8 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     split = load_split(cfg.data)
     test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
     store = LogitStore.open(cfg.store) if cfg.store else None
-    data = DistillData(split, store, rows=rows)
+    data = distill_data(split, store, rows=rows,
+                        options=StreamOptions(loader=cfg.loader, workers=cfg.loader_workers))
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
                      classes=len(split.class_names))
