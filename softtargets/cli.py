@@ -129,11 +129,14 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: st
               type=click.Choice(["zstd", "blosc", "none"]))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --store.")
+@click.option("--channels-last", is_flag=True, help="channels_last layout (convolutional teachers).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the teacher.")
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str, teacher: str,
                        store: str, batch_size: int, chunk_rows: int | None, compressor: str,
-                       device: str, overwrite: bool, threads: int | None, quiet: bool) -> None:
+                       device: str, overwrite: bool, channels_last: bool, compile_: bool,
+                       threads: int | None, quiet: bool) -> None:
     """Stage 1: run the teacher over a split and write its raw logits to a store."""
     from softtargets import teacher as teacher_mod
     if threads is not None:
@@ -143,7 +146,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
     cfg = LogitsConfig(data=DataConfig(dataset=dataset, split=split, data_dir=data_dir,
                                        limit=limit),
                        teacher=teacher, store=store, batch_size=batch_size, chunk_rows=chunk_rows,
-                       compressor=compressor, overwrite=overwrite, device=device)
+                       compressor=compressor, overwrite=overwrite, device=device,
+                       channels_last=channels_last, compile=compile_)
     meta, seconds = teacher_mod.run(cfg, progress=not quiet)
     size = report.store_size(store)
     click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} float16 logits in {seconds:.1f} s "

@@ -117,6 +117,8 @@ class LogitsConfig:
     compressor: str = "zstd"
     overwrite: bool = False
     device: str = "auto"
+    channels_last: bool = False  # teacher weights and 4-D inputs in channels_last layout
+    compile: bool = False  # torch.compile the teacher (worth it for long runs on a GPU)
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
