@@ -11,11 +11,12 @@ ALPHA ?= 0.9
 ST := $(VENV)/bin/softtargets
 PY := $(VENV)/bin/python
 
-.PHONY: setup data teacher teacher-logits student baseline summary test test-slow clean help
+.PHONY: setup data teacher teacher-logits student baseline summary test test-slow bench clean help
 
 help:
 	@echo "make student    set-up, data, teacher, teacher-logits, baseline and distilled student"
 	@echo "make test       the test suite (slow end-to-end tests: make test-slow)"
+	@echo "make bench      stage 1 and stage 2 speed benchmarks, one table (BENCH_ARGS=...)"
 	@echo "variables: DATASET=$(DATASET) TEACHER_EPOCHS=$(TEACHER_EPOCHS) STUDENT_EPOCHS=$(STUDENT_EPOCHS) T=$(T) ALPHA=$(ALPHA)"
 
 setup: $(VENV)/.installed
@@ -61,6 +62,11 @@ test: setup
 
 test-slow: setup
 	$(VENV)/bin/pytest -q -m slow
+
+# Speed goals of issue 5: ratios measured side by side in one run (a few minutes on 2 cores).
+# Full size: make bench BENCH_ARGS="--n 1000000 --student-rows 60000 --cnn-rows 10000"
+bench: setup
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs
