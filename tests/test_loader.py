@@ -156,7 +156,6 @@ def test_stream_resumes_mid_epoch_with_the_exact_rest(tiny_data, tmp_path, worke
         assert streamed(second, epoch=2, seed=4) == full[k:]
 
 
-@pytest.mark.slow
 def test_stream_workers_under_spawn_give_the_same_batches(tiny_data, tmp_path):
     split = load_split(tiny_data)
     store = id_store(tmp_path, split)
