@@ -12,13 +12,15 @@ ST := $(VENV)/bin/softtargets
 PY := $(VENV)/bin/python
 
 .PHONY: setup data teacher teacher-logits student baseline summary test test-slow clean help \
-	teachers ensemble-logits report report-quick report-setup bench-sparse views-experiment
+	teachers ensemble-logits report report-quick report-setup bench bench-sparse views-experiment
 
 help:
 	@echo "make student    set-up, data, teacher, teacher-logits, baseline and distilled student"
 	@echo "make test       the test suite (slow end-to-end tests: make test-slow)"
 	@echo "make teachers ENSEMBLE=5   train ENSEMBLE teachers (seeds 0..ENSEMBLE-1); make ensemble-logits"
 	@echo "make report     the paper's experiments -> reports/ (make report-quick: a few minutes)"
+
+	@echo "make bench      stage 1 and stage 2 speed benchmarks, one table (BENCH_ARGS=...)"
 	@echo "variables: DATASET=$(DATASET) TEACHER_EPOCHS=$(TEACHER_EPOCHS) STUDENT_EPOCHS=$(STUDENT_EPOCHS) T=$(T) ALPHA=$(ALPHA)"
 
 setup: $(VENV)/.installed
@@ -72,6 +74,11 @@ test-slow: setup
 bench-sparse: setup
 	$(PY) scripts/bench_sparse.py --out runs/bench-sparse \
 		$$(test -f $(RUN)/teacher.pt && echo --teacher $(RUN)/teacher.pt)
+
+# Speed goals of issue 5: ratios measured side by side in one run (a few minutes on 2 cores).
+# Full size: make bench BENCH_ARGS="--n 1000000 --student-rows 60000 --cnn-rows 10000"
+bench: setup bench-sparse
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs

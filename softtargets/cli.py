@@ -225,6 +225,9 @@ def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[st
               help="--views: augmentation spec 'shift=2,rotate=10,scale=1.1,flip=0' or a JSON file.")
 @click.option("--view-seed", type=int, default=0, show_default=True,
               help="--views: seed of the per-(sample, view) augmentation parameters.")
+@click.option("--channels-last", is_flag=True,
+              help="channels_last layout (convolutional teachers).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the teacher.")
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str,
@@ -232,8 +235,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
                        chunk_rows: int | None, compressor: str, device: str, overwrite: bool,
                        resume: bool, break_lock: bool, shard_rows: int | None,
                        topk: int | None, sample: int | None, temperatures: str,
-                       sample_seed: int, sample_temperature: float,
-                       views: int | None, augment: str, view_seed: int,
+                       sample_seed: int, sample_temperature: float, channels_last: bool,
+                       compile_: bool, views: int | None, augment: str, view_seed: int,
                        threads: int | None, quiet: bool, **ens: Any) -> None:
     """Stage 1: run the teacher(s) over a split and write their raw logits to a store.
 
@@ -264,7 +267,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
     if ens_cfg is None:
         cfg = LogitsConfig(data=data, teacher=teachers[0] if teachers else
                            f"runs/{dataset}/teacher.pt", resume=resume, break_lock=break_lock,
-                           shard_rows=shard_rows, **common, **sparse)
+                           shard_rows=shard_rows, channels_last=channels_last,
+                           compile=compile_, **common, **sparse)
         meta, seconds = teacher_mod.run(cfg, progress=not quiet)
     else:
         if resume or break_lock or shard_rows is not None:
@@ -314,11 +318,17 @@ def student_options(fn: Callable) -> Callable:
               type=click.Choice(["rest", "renormalise"]),
               help="Top-k stores: keep the unlisted mass as one 'rest' bucket (needs its tail at "
                    "T stored) or renormalise over the kept classes (any T, ignores the tail).")
+@click.option("--loader", default="auto", show_default=True,
+              type=click.Choice(["auto", "memory", "stream"]),
+              help="Dense stores: load into memory, or stream chunk by chunk (auto: stream above "
+                   "1 GiB of logits).")
+@click.option("--loader-workers", type=int, default=0, show_default=True,
+              help="DataLoader worker processes of the streaming loader (0: threads in-process).")
 def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
-                tail: str, **kw: Any) -> None:
+                tail: str, loader: str, loader_workers: int, **kw: Any) -> None:
     """Stage 2: train the student (784-800-800-10) from a logit store (dense or sparse)."""
     _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
-                   tail=tail, **kw)
+                   tail=tail, loader=loader, loader_workers=loader_workers, **kw)
 
 
 @cli.command("baseline")

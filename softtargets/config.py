@@ -92,9 +92,15 @@ class StudentTrainConfig:
     seed: int = 0
     threads: int | None = None
     combine: str | None = None  # ensemble stores: arithmetic|geometric (None: the store's default)
+    loader: str = "auto"  # auto: stream the store when its logits exceed 1 GiB, else load it
+    loader_workers: int = 0  # DataLoader worker processes of the streaming loader
 
     def __post_init__(self) -> None:
         _check_common(self.epochs, self.batch_size, self.lr)
+        if self.loader not in ("auto", "memory", "stream"):
+            raise ConfigError(f"loader must be 'auto', 'memory' or 'stream', got {self.loader!r}")
+        if self.loader_workers < 0:
+            raise ConfigError(f"loader_workers must be >= 0, got {self.loader_workers}")
         check_temperature(self.temperature)
         check_alpha(self.alpha)
         if self.combine is not None and self.combine not in COMBINE_RULES:
@@ -128,6 +134,8 @@ class LogitsConfig:
     temperatures: tuple[float, ...] = (1.0,)
     sample_seed: int = 0
     sample_temperature: float = 1.0
+    channels_last: bool = False  # teacher weights and 4-D inputs in channels_last layout
+    compile: bool = False  # torch.compile the teacher (worth it for long runs on a GPU)
     # issue 7: V augmented views per sample (docs/FORMAT.md "Augmented views"); None: no views
     views: int | None = None
     augment: str = "shift=2"

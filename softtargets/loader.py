@@ -1,20 +1,28 @@
 """Stage 2 data: join a dataset split with a logit store through sample_id.
 
-The teacher is never in memory here: only its stored logits are.
+The teacher is never in memory here: only its stored logits are. Small stores are loaded whole
+(DistillData); stores above `StreamOptions.memory_limit_bytes` are streamed chunk by chunk
+(StreamingDistillData, see stream.py for the order). `distill_data` chooses.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from softtargets.data import Split
 from softtargets.distill import SparseTargets, sparse_targets
-from softtargets.errors import StoreMismatchError
+from softtargets.errors import ConfigError, StoreError, StoreMismatchError
+from softtargets.pipeline import prefetch
 from softtargets.sparse_store import SparseStore
 from softtargets.store import LogitStore
+from softtargets.stream import StreamPlan, resume_point, worker_batches
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | SparseTargets | None]
 
@@ -53,6 +61,9 @@ class DistillData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def num_batches(self, batch_size: int, epoch: int = 0) -> int:
+        return math.ceil(len(self) / batch_size)
+
     def batches(self, *, batch_size: int, epoch: int, seed: int) -> Iterator[Batch]:
         """Shuffled batches; the order depends only on (seed, epoch)."""
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -69,10 +80,7 @@ def aligned_logits(split: Split, store: LogitStore) -> np.ndarray:
 
     Refuses a store of another dataset, split, size or class set.
     """
-    store.check_dataset(split.identity())
-    if tuple(store.meta.class_names) != tuple(split.class_names):
-        raise StoreMismatchError(f"store {store.url!r} has classes {list(store.meta.class_names)} "
-                                 f"but {split.name} has {list(split.class_names)}")
+    check_aligned(split, store)
     ids, logits = store.read_all()
     # float16 logits; float32 log-probs from an ensemble view (issue 3, ensemble.EnsembleTargets)
     out = np.full((len(split), store.meta.num_classes), np.nan, dtype=logits.dtype)
@@ -80,13 +88,18 @@ def aligned_logits(split: Split, store: LogitStore) -> np.ndarray:
     return out
 
 
-def sparse_aligned(split: Split, store: SparseStore, *, rows: np.ndarray | None,
-                   temperature: float, tail: str) -> tuple[np.ndarray, SparseTargets]:
-    """Dataset rows (R,) and their sparse targets at T, joined through sample_id."""
+def check_aligned(split: Split, store: LogitStore | SparseStore) -> None:
+    """Refuse a store of another dataset, split, size, fingerprint or class set."""
     store.check_dataset(split.identity())
     if tuple(store.meta.class_names) != tuple(split.class_names):
         raise StoreMismatchError(f"store {store.url!r} has classes {list(store.meta.class_names)} "
                                  f"but {split.name} has {list(split.class_names)}")
+
+
+def sparse_aligned(split: Split, store: SparseStore, *, rows: np.ndarray | None,
+                   temperature: float, tail: str) -> tuple[np.ndarray, SparseTargets]:
+    """Dataset rows (R,) and their sparse targets at T, joined through sample_id."""
+    check_aligned(split, store)
     if store.spec.position:
         raise StoreMismatchError(f"store {store.url!r} has per-position rows (sequences); an "
                                  "image student needs one row per sample")
@@ -102,3 +115,171 @@ def sparse_aligned(split: Split, store: SparseStore, *, rows: np.ndarray | None,
         raise StoreMismatchError(f"store {store.url!r} has no targets for sample ids {missing}; "
                                  "the transfer set must be inside the store")
     return index, targets[torch.from_numpy(where[index])]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+    """How stage 2 reads a store: whole into memory, or streamed (options of the stream)."""
+
+    loader: str = "auto"  # auto: stream when the logits exceed memory_limit_bytes
+    memory_limit_bytes: int = 1 << 30
+    workers: int = 0  # DataLoader worker processes; 0 streams in this process (threads)
+    buffer_chunks: int = 8  # rows are shuffled inside groups of this many chunks
+    decode_threads: int = 2  # per process that decodes
+    prefetch_batches: int = 8
+    context: str | None = None  # multiprocessing start method of the workers (None: default)
+
+    def __post_init__(self) -> None:
+        if self.loader not in ("auto", "memory", "stream"):
+            raise ConfigError(f"loader must be 'auto', 'memory' or 'stream', got {self.loader!r}")
+        for name in ("buffer_chunks", "decode_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0 or self.prefetch_batches < 0:
+            raise ConfigError(f"workers and prefetch_batches must be >= 0, got {self.workers} "
+                              f"and {self.prefetch_batches}")
+
+
+def distill_data(split: Split, store: LogitStore | None, *, rows: np.ndarray | None = None,
+                 options: StreamOptions = StreamOptions()) -> DistillData | StreamingDistillData:
+    """In-memory DistillData for small stores, StreamingDistillData for large ones."""
+    if store is None or options.loader == "memory":
+        return DistillData(split, store, rows=rows)
+    size = store.meta.n * store.meta.num_classes * 2  # float16 bytes
+    if options.loader == "auto" and size <= options.memory_limit_bytes:
+        return DistillData(split, store, rows=rows)
+    return StreamingDistillData(split, store, rows=rows, options=options)
+
+
+class StreamDataset(IterableDataset):
+    """One epoch of one rank's batches; each DataLoader worker produces its logical share.
+
+    Holds numpy arrays and a URL only: the store is opened inside each worker by
+    `worker_batches`, so it is safe with fork, spawn and forkserver. `rotate` and `skip` come
+    from `resume_point`: physical worker p plays logical worker (p + rotate) % num_workers.
+    """
+
+    def __init__(self, plan: StreamPlan, images: np.ndarray, labels: np.ndarray, *, epoch: int,
+                 rotate: int = 0, skip: list[int] | None = None, prefetch_batches: int = 0) -> None:
+        self.plan, self.images, self.labels = plan, images, labels
+        self.epoch, self.rotate = epoch, rotate
+        self.skip = skip or [0] * plan.num_workers
+        self.prefetch_batches = prefetch_batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        info = get_worker_info()
+        physical, count = (0, 1) if info is None else (info.id, info.num_workers)
+        if count != self.plan.num_workers:
+            raise ConfigError(f"stream planned for {self.plan.num_workers} workers, "
+                              f"the DataLoader runs {count}")
+        worker = (physical + self.rotate) % count
+        source = worker_batches(self.plan, epoch=self.epoch, worker=worker,
+                                skip_batches=self.skip[worker])
+        for ids, logits in prefetch(source, depth=self.prefetch_batches, name="stream"):
+            images = torch.from_numpy(self.images[ids])  # (B, H, W) uint8
+            labels = torch.from_numpy(self.labels[ids].astype(np.int64))  # (B,)
+            yield torch.from_numpy(ids), images, labels, torch.from_numpy(logits)  # (B, C) f16
+
+
+class StreamingDistillData:
+    """Rows of a split with their teacher logits, streamed from the store in seeded batches.
+
+    Same interface as DistillData (`len`, `num_batches`, `batches`), plus `state_dict` /
+    `load_state_dict` to resume in the middle of an epoch. Teacher logits come as float16
+    (the losses cast). The sample ids are read once up front to check the join: no duplicates,
+    every id inside the split, and every row of `rows` covered (8 bytes per row of memory).
+    """
+
+    def __init__(self, split: Split, store: LogitStore, *, rows: np.ndarray | None = None,
+                 options: StreamOptions = StreamOptions(), rank: int | None = None,
+                 world_size: int | None = None) -> None:
+        check_aligned(split, store)
+        self.options = options
+        self.images, self.labels = split.images, split.labels
+        ids = np.asarray(store.sample_id[:])  # (N,) int64
+        if ids.min(initial=0) < 0 or ids.max(initial=0) >= len(split):
+            raise StoreError(f"store {store.url!r}: sample ids outside [0, {len(split)})")
+        if np.unique(ids).size != ids.size:
+            raise StoreError(f"store {store.url!r}: sample_id has duplicates; the store is damaged")
+        keep = None
+        if rows is not None:
+            keep = np.zeros(len(split), dtype=bool)
+            keep[np.asarray(rows, dtype=np.int64)] = True
+            covered = np.zeros(len(split), dtype=bool)
+            covered[ids] = True
+            if not covered[keep].all():
+                missing = np.flatnonzero(keep & ~covered)[:5].tolist()
+                raise StoreMismatchError(f"store {store.url!r} has no logits for sample ids "
+                                         f"{missing}; the transfer set must be inside the store")
+        per_row = np.ones(len(ids), dtype=np.int64) if keep is None else keep[ids].astype(np.int64)
+        starts = np.arange(0, len(ids), store.meta.chunk_rows)
+        self.kept = np.add.reduceat(per_row, starts)  # (num_chunks,) rows kept per chunk
+        self.keep = keep
+        self.url = store.url
+        if world_size is None:
+            dist = torch.distributed
+            ready = dist.is_available() and dist.is_initialized()
+            rank, world_size = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
+        self.rank, self.world_size = rank or 0, world_size
+        self._position: dict[str, Any] = {}
+        self._resume: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        """Rows in the transfer set (all ranks together)."""
+        return int(self.kept.sum())
+
+    def plan(self, *, batch_size: int, seed: int) -> StreamPlan:
+        return StreamPlan(url=self.url, kept=self.kept, keep=self.keep, seed=seed,
+                          batch_size=batch_size, buffer_chunks=self.options.buffer_chunks,
+                          rank=self.rank, world_size=self.world_size,
+                          num_workers=max(1, self.options.workers),
+                          decode_threads=self.options.decode_threads)
+
+    def num_batches(self, batch_size: int, epoch: int = 0, seed: int = 0) -> int:
+        """Batches this rank yields in `epoch` (each worker's last batch may be short)."""
+        return sum(self.plan(batch_size=batch_size, seed=seed).batch_counts(epoch))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the last `batches` iteration stands: epoch, seed, batch size, batches delivered."""
+        return dict(self._position)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next `batches` call of the same epoch, seed and batch size continues from `state`."""
+        need = {"epoch", "seed", "batch_size", "delivered", "workers", "world_size", "rank"}
+        if not need <= set(state):
+            raise ConfigError(f"loader state lacks {sorted(need - set(state))}")
+        here = {"workers": self.options.workers, "world_size": self.world_size, "rank": self.rank}
+        for key, value in here.items():
+            if state[key] != value:
+                raise ConfigError(f"loader state was saved with {key}={state[key]}, this loader "
+                                  f"has {key}={value}; resume with the same layout")
+        self._resume = dict(state)
+
+    def batches(self, *, batch_size: int, epoch: int, seed: int,
+                with_ids: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Batches (images, labels, teacher float16), or (ids, ...) too when with_ids."""
+        plan = self.plan(batch_size=batch_size, seed=seed)
+        delivered, rotate, skip = 0, 0, None
+        resume, self._resume = self._resume, None
+        if resume is not None and (resume["epoch"], resume["seed"], resume["batch_size"]) == (
+                epoch, seed, batch_size):
+            delivered = int(resume["delivered"])
+            rotate, skip = resume_point(plan.batch_counts(epoch), delivered)
+        self._position = {"epoch": epoch, "seed": seed, "batch_size": batch_size,
+                          "delivered": delivered, "workers": self.options.workers,
+                          "world_size": self.world_size, "rank": self.rank}
+        dataset = StreamDataset(plan, self.images, self.labels, epoch=epoch, rotate=rotate,
+                                skip=skip, prefetch_batches=self.options.prefetch_batches)
+        for batch in self._iterate(dataset):
+            self._position["delivered"] += 1
+            yield batch if with_ids else batch[1:]
+
+    def _iterate(self, dataset: StreamDataset) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self.options.workers == 0:
+            yield from dataset
+            return
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.options.workers,
+                            multiprocessing_context=self.options.context,
+                            prefetch_factor=max(1, self.options.prefetch_batches // 2),
+                            pin_memory=torch.cuda.is_available())
+        yield from loader

@@ -1,10 +1,16 @@
-"""Stage 1: run a teacher over a dataset split and write its logits to a store."""
+"""Stage 1: run a teacher over a dataset split and write its logits to a store.
+
+The forward pass is the only thing on the critical path: input batches are prepared ahead of it
+in a thread (pinned, copied non_blocking on CUDA) and finished chunks are cast, compressed and
+written behind it by a background writer with a bounded queue (`write_chunks`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,10 +21,13 @@ from softtargets.data import Split, load_split
 from softtargets.distributed import Ranks, ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import Checkpoint, load_checkpoint
+from softtargets.pipeline import BackgroundWorker, prefetch
+from softtargets.progress import bar as progress_bar
 from softtargets.session import WriteSession
 from softtargets.sparse_store import SparseSpec, SparseWriter, make_spec
 from softtargets.store import StoreMeta
-from softtargets.progress import bar as progress_bar
+
+WRITE_QUEUE = 2  # finished chunks waiting for the writer: bounds memory to a few chunks
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,20 +41,106 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """fp16 autocast on CUDA; fp32 on CPU (low precision there is ~400x slower than fp32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def fp32_accumulation(device: torch.device) -> Iterator[None]:
+    """On CUDA, make fp16 matmuls accumulate in fp32 (cuBLAS may reduce in fp16 otherwise)."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_fp16_reduced_precision_reduction
+    matmul.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        matmul.allow_fp16_reduced_precision_reduction = before
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, *, channels_last: bool = False,
+                  compile: bool = False) -> torch.nn.Module:
+    """The model on `device` in eval mode, optionally channels_last and torch.compile'd."""
+    model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model
+
+
+def input_batches(split: Split, chunks: Iterable[tuple[int, slice]], *, batch_size: int,
+                  device: torch.device, channels_last: bool = False,
+                  ) -> Iterator[tuple[int, torch.Tensor, bool]]:
+    """(chunk index, inputs (B, D) float32 on device, last batch of the chunk?) in order."""
+    for index, sl in chunks:
+        for start in range(sl.start, sl.stop, batch_size):
+            stop = min(sl.stop, start + batch_size)
+            x = torch.from_numpy(split.inputs(slice(start, stop)))  # (B, H*W) float32
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if device.type == "cuda":
+                x = x.pin_memory().to(device, non_blocking=True)
+            yield index, x, stop == sl.stop
+
+
 @torch.inference_mode()
+def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Logits (B, C) float32 (fp16 autocast on CUDA, cast up before the store's fp16 cast)."""
+    with autocast(device), fp32_accumulation(device):
+        return model(x).float()
+
+
 def infer(model: torch.nn.Module, inputs: np.ndarray, *, batch_size: int,
           device: torch.device) -> np.ndarray:
-    """Logits (R, C) float32 of inputs (R, D) float32; fp16 autocast on CUDA, fp32 on CPU."""
-    # Low precision on this kind of CPU is ~400x slower than fp32: autocast is a GPU path only.
-    autocast = (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda"
-                else contextlib.nullcontext())
-    out = []
-    for start in range(0, len(inputs), batch_size):
-        x = torch.from_numpy(inputs[start:start + batch_size]).to(device, non_blocking=True)
-        with autocast:
-            logits = model(x)
-        out.append(logits.float().cpu().numpy())  # accumulate in fp32, cast to fp16 on write
-    return np.concatenate(out)
+    """Logits (R, C) float32 of in-memory inputs (R, D) float32, batch by batch (no overlap)."""
+    out = [forward(model, torch.from_numpy(inputs[i:i + batch_size]).to(device), device).cpu()
+           for i in range(0, len(inputs), batch_size)]
+    return torch.cat(out).numpy()
+
+
+WriteUnit = Callable[..., None]  # (index, *, sample_ids (rows,), logits (rows, C)) -> None
+
+
+def write_chunks(slice_of: Callable[[int], slice], write_unit: WriteUnit, model: torch.nn.Module,
+                 split: Split, chunks: Iterable[int], *, batch_size: int, device: torch.device,
+                 channels_last: bool = False, prefetch_batches: int = 2,
+                 on_rows: Callable[[int], object] | None = None) -> None:
+    """Compute and write the units `chunks` (rows `slice_of(i)`, any subset, any order).
+
+    `write_unit` is a store writer's or write session's whole-unit write; nothing is finalized.
+    Inputs are prepared `prefetch_batches` ahead in a thread; each finished unit goes to one
+    background writer thread (cast to fp16 with range checks, compression, write). An error in
+    either thread is raised here, and then the caller must not finalize the store.
+    """
+    spans = ((i, slice_of(i)) for i in chunks)
+    batches = prefetch(input_batches(split, spans, batch_size=batch_size, device=device,
+                                     channels_last=channels_last),
+                       depth=prefetch_batches, name="teacher-inputs")
+
+    def write(item: tuple[int, list[torch.Tensor]]) -> None:
+        index, parts = item
+        sl = slice_of(index)
+        logits = torch.cat(parts).cpu().numpy()  # (rows, C) float32; waits for the GPU here
+        write_unit(index, sample_ids=np.arange(sl.start, sl.stop), logits=logits)
+        if on_rows is not None:
+            on_rows(sl.stop - sl.start)
+
+    background: BackgroundWorker = BackgroundWorker(write, depth=WRITE_QUEUE, name="writer")
+    parts: list[torch.Tensor] = []
+    try:
+        for index, x, last in batches:
+            parts.append(forward(model, x, device))  # (B, C) float32
+            if last:
+                background.submit((index, parts))
+                parts = []
+    except BaseException:
+        background.abort()
+        raise
+    background.close()
 
 
 def teacher_identity(ckpt: Checkpoint, device: torch.device) -> dict:
@@ -68,7 +163,8 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
     device = resolve_device(cfg.device)
     if ranks.world > 1 and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
-    model = ckpt.model.to(device).eval()
+    model = prepare_model(ckpt.model, device, channels_last=cfg.channels_last,
+                          compile=cfg.compile)
     if cfg.views is not None:  # issue 7: augmented views, one writer
         return write_views(cfg, split=split, model=model, ranks=ranks,
                            teacher=teacher_identity(ckpt, device), device=device)
@@ -84,12 +180,11 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
         rows_todo = sum(session.writer.unit_slice(i).stop - session.writer.unit_slice(i).start
                         for i in session.todo)
         bar = progress_bar(total=rows_todo, desc="teacher-logits", unit="row", enabled=progress)
-        for index in session.todo:  # whole chunks, or whole shards when sharded
-            sl = session.writer.unit_slice(index)
-            logits = infer(model, split.inputs(sl), batch_size=cfg.batch_size,
-                           device=device)  # (rows, C)
-            session.write(index, sample_ids=np.arange(sl.start, sl.stop), logits=logits)
-            bar.update(sl.stop - sl.start)
+        # whole chunks, or whole shards when sharded; forward pass overlapped with I/O
+        if session.todo:  # nothing to do (and no writer) when resuming a complete store
+            write_chunks(session.writer.unit_slice, session.write, model, split, session.todo,
+                         batch_size=cfg.batch_size, device=device,
+                         channels_last=cfg.channels_last, on_rows=bar.update)
         bar.close()
     return session.meta
 
@@ -121,12 +216,8 @@ def write_sparse(cfg: LogitsConfig, spec: SparseSpec, *, split: Split, model: to
         dataset=split.identity(), teacher=teacher, config=to_dict(cfg),
         chunk_rows=cfg.chunk_rows, compressor=cfg.compressor, overwrite=cfg.overwrite)
     bar = progress_bar(total=len(split), desc="teacher-logits", unit="row", enabled=progress)
-    for index in range(writer.num_chunks):
-        sl = writer.chunk_slice(index)
-        logits = infer(model, split.inputs(sl), batch_size=cfg.batch_size,
-                       device=device)  # (rows, C)
-        writer.write_chunk(index, sample_ids=np.arange(sl.start, sl.stop), logits=logits)
-        bar.update(sl.stop - sl.start)
+    write_chunks(writer.chunk_slice, writer.write_chunk, model, split, range(writer.num_chunks),
+                 batch_size=cfg.batch_size, device=device, on_rows=bar.update)
     bar.close()
     return writer.finalize()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from softtargets import ensemble
 from softtargets.distill import (SparseTargets, distillation_loss,
                                  distillation_loss_from_log_probs, sparse_distillation_loss)
 from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
-from softtargets.loader import DistillData
+from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
 from softtargets.sparse_store import open_any
 from softtargets.store import LogitStore
@@ -60,13 +59,14 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 2000) -> dict[
             "test_accuracy": float(1.0 - wrong.mean()), "per_class_errors": per_class.tolist()}
 
 
-def fit(model: nn.Module, data: DistillData, test: Split, loss_fn: LossFn, opts: FitOptions, *,
+def fit(model: nn.Module, data: DistillData | StreamingDistillData, test: Split, loss_fn: LossFn,
+        opts: FitOptions, *,
         desc: str, progress: bool = True) -> list[dict[str, Any]]:
     """SGD with momentum and a cosine learning rate; evaluates on `test` after every epoch."""
     torch.manual_seed(opts.seed)  # dropout masks
     g = torch.Generator().manual_seed(opts.seed + 1)  # jitter
     optim = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum)
-    steps_per_epoch = math.ceil(len(data) / opts.batch_size)
+    steps_per_epoch = data.num_batches(opts.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=opts.epochs * steps_per_epoch)
     history = []
     bar = progress_bar(total=opts.epochs * steps_per_epoch, desc=desc, unit="step",
@@ -163,9 +163,14 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
     store = open_any(cfg.store) if cfg.store else None  # dense, or sparse (issue 6)
     targets = ensemble_targets(store, cfg)  # issue 3: combined log-probs of an ensemble, or None
-    data = (view_data(split, cfg.store, rows=rows) if targets is None and has_views(store)
-            else DistillData(split, targets or store, rows=rows, temperature=cfg.temperature,
-                             tail=cfg.tail))
+    if targets is None and has_views(store):  # issue 7: replay stored augmented views
+        data = view_data(split, cfg.store, rows=rows)
+    elif isinstance(store, LogitStore) and targets is None:  # dense: in memory or streamed
+        data = distill_data(split, store, rows=rows,
+                            options=StreamOptions(loader=cfg.loader, workers=cfg.loader_workers))
+    else:
+        data = DistillData(split, targets or store, rows=rows, temperature=cfg.temperature,
+                           tail=cfg.tail)
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
                      classes=len(split.class_names))

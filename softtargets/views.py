@@ -162,6 +162,9 @@ class ViewData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
     def draw_views(self, *, epoch: int, seed: int) -> np.ndarray:
         """View index (N,) per sample for this epoch; depends only on (seed, epoch, sample_id)."""
         v = self.view_logits.shape[1]

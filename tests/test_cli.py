@@ -56,6 +56,19 @@ def test_pipeline_on_synthetic_data(pipeline):
     assert meta["dataset"]["name"] == "mnist" and meta["complete"] is True
 
 
+def test_streamed_student_matches_in_memory_rows(pipeline):
+    d, r = pipeline
+    common = [*d, "--hidden", "32,32", "--epochs", 2, "--batch-size", 16, "--quiet",
+              "--store", r / "teacher-logits.zarr"]
+    res = run("student", *common, "--loader", "stream", "--out", r / "streamed")
+    assert "distilled: mlp 784-32-32-10 (T=20, alpha=0.9), 2 epochs on 96 rows" in res.output
+    m = json.loads((r / "streamed" / "metrics.json").read_text())
+    assert m["config"]["loader"] == "stream" and len(m["history"]) == 2
+    assert np.isfinite(m["train_loss"])
+    res = run("student", *common, "--loader", "disk", "--out", r / "x", ok=False)
+    assert res.exit_code == 2 and "'disk' is not one of" in res.output
+
+
 def test_existing_store_is_refused_then_overwritten(pipeline):
     d, r = pipeline
     store = r / "teacher-logits.zarr"

@@ -4,8 +4,8 @@ import torch
 
 from softtargets.config import DataConfig
 from softtargets.data import load_split
-from softtargets.errors import StoreMismatchError
-from softtargets.loader import DistillData
+from softtargets.errors import ConfigError, StoreMismatchError
+from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
 from softtargets.store import LogitStore, StoreWriter
 
 
@@ -104,3 +104,131 @@ def test_sparse_store_joins_through_sample_id(tiny_data, tmp_path, kind):
         assert torch.equal(top, labels)
     with pytest.raises(StoreMismatchError, match=r"no targets for sample ids \["):
         DistillData(split, store, rows=np.setdiff1d(np.arange(n), perm)[:3], temperature=4.0)
+
+
+# --- streaming (StreamingDistillData) ---
+
+def id_store(tmp_path, split, *, chunk_rows=7, seed=0):
+    """A store whose rows are in shuffled id order and whose logit 0 is the row's sample id."""
+    n = len(split)
+    perm = np.random.default_rng(seed).permutation(n)
+    logits = np.zeros((n, 10), np.float32)
+    logits[:, 0] = perm
+    return make_store(tmp_path / f"ids-{chunk_rows}.zarr", split, perm=perm, logits=logits,
+                      chunk_rows=chunk_rows)
+
+
+def streamed(data, *, epoch=0, seed=0, batch_size=5):
+    return [b[0].tolist() for b in data.batches(batch_size=batch_size, epoch=epoch, seed=seed,
+                                                with_ids=True)]
+
+
+def test_stream_joins_every_row_once(tiny_data, tmp_path):
+    split = load_split(tiny_data)
+    data = StreamingDistillData(split, id_store(tmp_path, split),
+                                options=StreamOptions(loader="stream", buffer_chunks=3))
+    seen = []
+    for ids, images, labels, teacher in data.batches(batch_size=10, epoch=0, seed=0,
+                                                     with_ids=True):
+        assert teacher.dtype == torch.float16 and teacher.shape == (len(ids), 10)
+        assert torch.equal(teacher[:, 0].long(), ids)  # logits joined to their own sample id
+        assert torch.equal(images, torch.from_numpy(split.images[ids.numpy()]))
+        assert torch.equal(labels, torch.from_numpy(split.labels[ids.numpy()].astype(np.int64)))
+        seen += ids.tolist()
+    assert sorted(seen) == list(range(len(split))) and len(data) == len(split)
+
+
+def test_stream_shuffle_is_deterministic_and_changes_per_epoch(tiny_data, tmp_path):
+    split = load_split(tiny_data)
+    store = id_store(tmp_path, split)
+    data = StreamingDistillData(split, store, options=StreamOptions(buffer_chunks=2))
+    again = StreamingDistillData(split, store, options=StreamOptions(buffer_chunks=2))
+    assert streamed(data) == streamed(again)
+    assert streamed(data) != streamed(data, epoch=1)
+    assert streamed(data) != streamed(data, seed=1)
+    assert sorted(sum(streamed(data, epoch=1), [])) == list(range(96))
+    # rows move between chunks of a group, not only chunks between themselves
+    first = streamed(data, batch_size=96)[0]
+    assert sorted(first[:14]) != sorted(np.asarray(store.sample_id[:14]).tolist())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_splits_across_ranks_and_workers_without_overlap_or_loss(tiny_data, tmp_path,
+                                                                       workers):
+    split = load_split(tiny_data)
+    store = id_store(tmp_path, split)
+    options = StreamOptions(workers=workers, buffer_chunks=2)
+    per_rank = []
+    for rank in range(3):
+        data = StreamingDistillData(split, store, options=options, rank=rank, world_size=3)
+        ids = sum(streamed(data, epoch=1), [])
+        assert len(ids) == len(set(ids))
+        assert sum(streamed(data, epoch=1), []) == ids  # deterministic with workers too
+        assert data.num_batches(5, epoch=1) == len(streamed(data, epoch=1))
+        per_rank.append(set(ids))
+    assert set.union(*per_rank) == set(range(96)) and sum(map(len, per_rank)) == 96
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers", [0, 3])
+def test_stream_resumes_mid_epoch_with_the_exact_rest(tiny_data, tmp_path, workers):
+    split = load_split(tiny_data)
+    store = id_store(tmp_path, split)
+    options = StreamOptions(workers=workers, buffer_chunks=2)
+    full = streamed(StreamingDistillData(split, store, options=options), epoch=2, seed=4)
+    for k in (1, 4, 7, len(full) - 1):
+        first = StreamingDistillData(split, store, options=options)
+        it = first.batches(batch_size=5, epoch=2, seed=4, with_ids=True)
+        head = [next(it)[0].tolist() for _ in range(k)]
+        state = first.state_dict()
+        it.close()
+        assert head == full[:k] and state["delivered"] == k
+        second = StreamingDistillData(split, store, options=options)
+        second.load_state_dict(state)
+        assert streamed(second, epoch=2, seed=4) == full[k:]
+
+
+def test_stream_workers_under_spawn_give_the_same_batches(tiny_data, tmp_path):
+    split = load_split(tiny_data)
+    store = id_store(tmp_path, split)
+    fork = StreamingDistillData(split, store, options=StreamOptions(workers=2, context="fork"))
+    spawn = StreamingDistillData(split, store, options=StreamOptions(workers=2, context="spawn"))
+    assert streamed(spawn) == streamed(fork)
+
+
+def test_stream_resume_refuses_another_layout(tiny_data, tmp_path):
+    split = load_split(tiny_data)
+    store = id_store(tmp_path, split)
+    data = StreamingDistillData(split, store, options=StreamOptions(workers=0))
+    list(data.batches(batch_size=5, epoch=0, seed=0))
+    state = data.state_dict()
+    other = StreamingDistillData(split, store, options=StreamOptions(workers=2))
+    with pytest.raises(ConfigError, match="saved with workers=0, this loader has workers=2"):
+        other.load_state_dict(state)
+
+
+def test_stream_transfer_subset_and_checks(tiny_data, tmp_path):
+    split = load_split(tiny_data)
+    store = id_store(tmp_path, split)
+    data = StreamingDistillData(split, store, rows=np.array([5, 1, 9, 60]))
+    assert len(data) == 4 and sorted(sum(streamed(data), [])) == [1, 5, 9, 60]
+    half = make_store(tmp_path / "half.zarr", split, perm=np.arange(48),
+                      logits=np.zeros((48, 10), np.float32))
+    with pytest.raises(StoreMismatchError, match=r"no logits for sample ids \[48, 49"):
+        StreamingDistillData(split, half, rows=np.arange(96))
+    fewer = load_split(DataConfig(dataset="mnist", data_dir=tiny_data.data_dir, limit=50))
+    with pytest.raises(StoreMismatchError, match=r"n differs"):
+        StreamingDistillData(fewer, store)
+
+
+def test_distill_data_streams_large_stores_automatically(tiny_data, tmp_path):
+    split = load_split(tiny_data)
+    store = id_store(tmp_path, split)
+    assert isinstance(distill_data(split, store), DistillData)
+    small_limit = StreamOptions(memory_limit_bytes=96 * 10 * 2 - 1)
+    assert isinstance(distill_data(split, store, options=small_limit), StreamingDistillData)
+    assert isinstance(distill_data(split, store, options=StreamOptions(loader="memory",
+                                                                       memory_limit_bytes=0)),
+                      DistillData)
+    with pytest.raises(ConfigError, match="loader must be 'auto', 'memory' or 'stream'"):
+        StreamOptions(loader="disk")

@@ -1,0 +1,50 @@
+"""`make bench`: both benchmarks with quick defaults, one table of side-by-side ratios.
+
+    python scripts/bench.py                       # a few minutes on 2 cores
+    python scripts/bench.py --n 1000000 --student-rows 60000 --cnn-rows 10000   # full size
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_loader  # noqa: E402
+import bench_teacher_logits  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=200_000, help="rows of the synthetic logit store")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--student-rows", type=int, default=20_000)
+    p.add_argument("--rows", type=int, default=60_000, help="stage-1 rows, MLP teacher")
+    p.add_argument("--cnn-rows", type=int, default=5_000, help="stage-1 rows, CNN teacher")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--dir", default="runs/bench")
+    args = p.parse_args()
+    t0 = time.perf_counter()
+    loader_args = bench_loader.parser().parse_args(
+        ["--n", str(args.n), "--classes", str(args.classes), "--student-rows",
+         str(args.student_rows), "--repeat", str(args.repeat), "--threads", str(args.threads),
+         "--dir", args.dir])
+    teacher_args = bench_teacher_logits.parser().parse_args(
+        ["--rows", str(args.rows), "--cnn-rows", str(args.cnn_rows), "--repeat",
+         str(args.repeat), "--threads", str(args.threads), "--dir", args.dir])
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    rows = bench_teacher_logits.measure(teacher_args) + bench_loader.measure(loader_args)
+    load = os.getloadavg()
+    print(f"# {platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+          f", torch threads {args.threads}; load average at the end {load[0]:.1f}, "
+          f"{time.perf_counter() - t0:.0f} s")
+    print(bench_loader.table(rows))
+
+
+if __name__ == "__main__":
+    main()
