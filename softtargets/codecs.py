@@ -1,0 +1,57 @@
+"""Encoding of store arrays: spec codec chains, chunk sizing, the checked float16 cast.
+
+numpy and zarr only (store.py re-exports these names for existing callers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+from softtargets.errors import LogitValueError, StoreError
+
+FP16_MAX = 65504.0
+TARGET_CHUNK_BYTES = 2 * 1024 * 1024  # 1-4 MiB chunks read near raw codec speed
+COMPRESSORS = ("zstd", "blosc", "none")
+
+
+def default_chunk_rows(n: int, num_classes: int) -> int:
+    """Rows per chunk so that a chunk of float16 logits is about TARGET_CHUNK_BYTES."""
+    rows = max(1, TARGET_CHUNK_BYTES // (2 * num_classes))
+    return max(1, min(n, rows))
+
+
+def compressor_codecs(name: str) -> list[Any]:
+    """Spec codecs only (portable to tensorstore/zarrs); crc32c last so every chunk is checksummed."""
+    if name == "zstd":
+        return [ZstdCodec(level=3), Crc32cCodec()]
+    if name == "blosc":
+        return [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2), Crc32cCodec()]
+    if name == "none":
+        return [Crc32cCodec()]
+    raise StoreError(f"unknown compressor {name!r}; allowed: {list(COMPRESSORS)}")
+
+
+def codec_chain(compressors: list[Any]) -> list[dict[str, Any]]:
+    """The Zarr v3 codec list (as JSON) of an array with these compressors."""
+    return [{"name": "bytes", "configuration": {"endian": "little"}},
+            *(c.to_dict() for c in compressors)]
+
+
+def to_float16(logits: np.ndarray, *, first_row: int = 0) -> np.ndarray:
+    """Cast logits to float16, refusing non-finite values and values beyond float16's range."""
+    x = np.asarray(logits)
+    bad = ~np.isfinite(x).all(axis=-1)
+    if bad.any():
+        rows = (np.flatnonzero(bad)[:5] + first_row).tolist()
+        raise LogitValueError(f"teacher produced non-finite logits (NaN/Inf) at rows {rows}; "
+                              "check the teacher checkpoint and its input preprocessing")
+    big = np.abs(x).max(initial=0.0)
+    if big > FP16_MAX:
+        row = int(np.unravel_index(np.abs(x).argmax(), x.shape)[0]) + first_row
+        raise LogitValueError(f"logit magnitude {float(big):.4g} at row {row} overflows float16 "
+                              f"(max {FP16_MAX}); the teacher's logits are out of range for the "
+                              "store (subtract the per-row max or rescale the teacher)")
+    return x.astype(np.float16)
