@@ -158,31 +158,6 @@ def ensemble_options(fn: Callable) -> Callable:
     return fn
 
 
-def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[str, Any], *,
-                    ensemble_spec: str | None, factory: str | None, transform: str | None,
-                    mc_dropout: int, mc_seed: int, combine: str | None, combined_only: bool,
-                    temperature: float | None) -> Any:
-    """An EnsembleLogitsConfig, or None for the plain one-checkpoint path of stage 1."""
-    from softtargets.config import EnsembleLogitsConfig
-    from softtargets.teachers import detect_kind
-    spec: dict[str, Any] = {}
-    if ensemble_spec:
-        from softtargets.members import load_ensemble_spec
-        spec = load_ensemble_spec(ensemble_spec)
-    names = tuple(spec.pop("teachers", ())) + teachers or (f"runs/{data.dataset}/teacher.pt",)
-    plain = (len(names) == 1 and not (factory or transform or mc_dropout or combine
-                                      or combined_only or spec)
-             and (not Path(names[0]).is_file() or detect_kind(names[0], None) == "softtargets"))
-    if plain:
-        return None
-    opts = {"factory": factory, "transform": transform, "mc_dropout": mc_dropout,
-            "mc_seed": mc_seed}
-    opts.update({k: v for k, v in spec.items() if opts.get(k) in (None, 0)})
-    return EnsembleLogitsConfig(data=data, teachers=names, combine=combine,
-                                combined_only=combined_only, temperature=temperature,
-                                **opts, **common)
-
-
 @cli.command("teacher-logits")
 @data_options
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
@@ -252,6 +227,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
     data = DataConfig(dataset=dataset, split=split, data_dir=data_dir, limit=limit)
     common = dict(store=store, batch_size=batch_size, chunk_rows=chunk_rows,
                   compressor=compressor, overwrite=overwrite, device=device)
+    from softtargets.members import ensemble_config
     ens_cfg = ensemble_config(data, teachers, common, **ens)
     sparse = dict(topk=topk, sample=sample, temperatures=parse_floats(temperatures),
                   sample_seed=sample_seed, sample_temperature=sample_temperature)

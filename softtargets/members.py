@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from softtargets import ensemble
-from softtargets.config import EnsembleLogitsConfig, to_dict
+from softtargets.config import DataConfig, EnsembleLogitsConfig, to_dict
 from softtargets.data import Split, load_split
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
@@ -256,3 +256,26 @@ def run(cfg: EnsembleLogitsConfig, *, progress: bool = True) -> tuple[StoreMeta,
     t0 = time.perf_counter()
     meta = write_ensemble_logits(cfg, progress=progress)
     return meta, time.perf_counter() - t0
+
+
+def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[str, Any], *,
+                    ensemble_spec: str | None, factory: str | None, transform: str | None,
+                    mc_dropout: int, mc_seed: int, combine: str | None, combined_only: bool,
+                    temperature: float | None) -> EnsembleLogitsConfig | None:
+    """The stage-1 flags as an EnsembleLogitsConfig, or None for the plain one-checkpoint path."""
+    from softtargets.teachers import detect_kind
+    spec: dict[str, Any] = {}
+    if ensemble_spec:
+        spec = load_ensemble_spec(ensemble_spec)
+    names = tuple(spec.pop("teachers", ())) + teachers or (f"runs/{data.dataset}/teacher.pt",)
+    plain = (len(names) == 1 and not (factory or transform or mc_dropout or combine
+                                      or combined_only or spec)
+             and (not Path(names[0]).is_file() or detect_kind(names[0], None) == "softtargets"))
+    if plain:
+        return None
+    opts = {"factory": factory, "transform": transform, "mc_dropout": mc_dropout,
+            "mc_seed": mc_seed}
+    opts.update({k: v for k, v in spec.items() if opts.get(k) in (None, 0)})
+    return EnsembleLogitsConfig(data=data, teachers=names, combine=combine,
+                                combined_only=combined_only, temperature=temperature,
+                                **opts, **common)
