@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from softtargets.cli import cli
 from softtargets.config import DataConfig
 from softtargets.data import FILES, find_file
 
@@ -64,3 +66,12 @@ def fashion() -> DataConfig:
         pytest.fail("Fashion-MNIST not found: `apt-get install dataset-fashion-mnist` "
                     "(or `make data`)")
     return DataConfig(dataset="fashion-mnist", split="train")
+
+
+def run_cli(*args, ok=True):
+    """Invoke the CLI through CliRunner; with ok=True, fail with its output on a non-zero exit."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok and result.exit_code != 0:
+        raise AssertionError(f"{args} failed ({result.exit_code}):\n{result.output}\n"
+                             f"{result.exception!r}")
+    return result

@@ -6,16 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
 
-from softtargets.cli import cli
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok and result.exit_code != 0:
-        raise AssertionError(f"{args} failed ({result.exit_code}):\n{result.output}\n{result.exception!r}")
-    return result
+from conftest import run_cli as run
 
 
 def data_args(cfg, limit=None):

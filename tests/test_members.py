@@ -5,22 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from softtargets.cli import cli
 from softtargets.config import DataConfig
 from softtargets.data import load_split
 from softtargets.members import mc_seed
 from softtargets.models import MLP, ModelSpec, save_checkpoint
 from softtargets.store import LogitStore
 
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok and result.exit_code != 0:
-        raise AssertionError(f"{args} failed ({result.exit_code}):\n{result.output}\n"
-                             f"{result.exception!r}")
-    return result
+from conftest import run_cli as run
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from click.testing import CliRunner
 
-from softtargets.cli import cli
 from softtargets.data import load_split
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.store import LogitStore
 from softtargets.teachers import detect_kind, import_object, load_teacher
+
+from conftest import run_cli as run
 
 # torch 2.13 deprecates TorchScript but still loads it; users still have such files
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
@@ -53,14 +53,6 @@ def nets(tmp_path, monkeypatch):
 def mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok and result.exit_code != 0:
-        raise AssertionError(f"{args} failed ({result.exit_code}):\n{result.output}\n"
-                             f"{result.exception!r}")
-    return result
 
 
 def stage1(tiny_data, tmp_path, *teacher_args, ok=True):
