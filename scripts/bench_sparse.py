@@ -30,7 +30,7 @@ import numpy as np
 from softtargets import sparse as sp
 from softtargets import sparse_store as ss
 from softtargets import store as st
-from softtargets.report import store_size
+from softtargets.remote import store_size
 
 TEMPS = (1.0, 4.0, 20.0)
 KS = (8, 32, 128)

@@ -255,7 +255,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
         meta, seconds = members.run(ens_cfg, progress=not quiet)
     if not ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
         return
-    size = report.store_size(store)
+    from softtargets.remote import store_size
+    size = store_size(store)
     what = f" from {meta.teacher['members']} members" if "members" in meta.teacher else ""
     form = "float16 logits" if meta.kind == "dense" else f"{meta.kind} (K={topk or sample})"
     click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} {form}{what} in "

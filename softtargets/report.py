@@ -7,17 +7,10 @@ from pathlib import Path
 from typing import Any
 
 
-
 def errors_text(m: dict[str, Any]) -> str:
     """'812/10000 test errors (91.88% accuracy)'."""
     return (f"{m['test_errors']}/{m['test_n']} test errors "
             f"({100 * m['test_accuracy']:.2f}% accuracy)")
-
-
-def store_size(url: str) -> int:
-    """Bytes of a store on disk or object storage."""
-    from softtargets.remote import store_size as _size
-    return _size(url)
 
 
 def summary_table(run_dir: Path) -> str:

@@ -25,7 +25,7 @@ from softtargets.codecs import (COMPRESSORS, FP16_MAX, TARGET_CHUNK_BYTES,  # no
                                 codec_chain, compressor_codecs, default_chunk_rows, to_float16)
 from softtargets.errors import (IncompleteStoreError, SparseStoreError, StoreError,
                                 StoreExistsError, StoreMismatchError)
-from softtargets.remote import open_group, remove_remote_store
+from softtargets.remote import is_remote, local_path, open_group, remove_remote_store
 
 FORMAT_NAME = "softtargets.logits"
 FORMAT_VERSION = 1
@@ -85,20 +85,12 @@ def software_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def _local_path(url: str) -> Path:
-    return Path(url[len("file://"):] if url.startswith("file://") else url)
-
-
 def _prepare_destination(url: str, overwrite: bool) -> None:
     """Refuse an existing path unless overwrite; never delete something that is not a Zarr store."""
-    if not _is_local(url):
+    if is_remote(url):
         remove_remote_store(url, overwrite=overwrite)  # issue 4: s3:// etc.
         return
-    path = _local_path(url)
+    path = Path(local_path(url))
     if not path.exists():
         return
     if not overwrite:
@@ -383,7 +375,7 @@ def check_dataset(meta: StoreMeta, url: str, identity: dict[str, Any]) -> None:
 
 def read_meta(url: str) -> tuple[StoreMeta, zarr.Group]:
     """The metadata and group of a store, complete or not."""
-    if _is_local(url) and not _local_path(url).exists():
+    if not is_remote(url) and not Path(local_path(url)).exists():
         raise StoreError(f"no store at {url!r}; run stage 1 (softtargets teacher-logits) first")
     try:
         group = open_group(url, mode="r")
