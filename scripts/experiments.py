@@ -28,6 +28,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="transfer-set rows")
     p.add_argument("--teachers", type=int, default=None, help="ensemble size")
     p.add_argument("--teacher-epochs", type=int, default=None)
+    p.add_argument("--teacher-dropout", type=float, default=None)
+    p.add_argument("--alpha", type=float, default=None, help="weight of the soft-target term")
     p.add_argument("--student-epochs", type=int, default=None)
     p.add_argument("--temperatures", default=None, help="comma separated, e.g. 1,2,5,10,20")
     p.add_argument("--threads", type=int, default=None)
@@ -38,7 +40,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def config(a: argparse.Namespace) -> ExperimentConfig:
     over = {k: v for k, v in {
         "dataset": a.dataset, "data_dir": a.data_dir, "limit": a.limit, "teachers": a.teachers,
-        "teacher_epochs": a.teacher_epochs, "student_epochs": a.student_epochs,
+        "teacher_epochs": a.teacher_epochs,
+        "teacher_dropout": a.teacher_dropout, "alpha": a.alpha, "student_epochs": a.student_epochs,
         "threads": a.threads,
         "temperatures": tuple(float(t) for t in a.temperatures.split(",")) if a.temperatures
         else None}.items() if v is not None}

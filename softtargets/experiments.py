@@ -42,7 +42,8 @@ class ExperimentConfig:
     teachers: int = 3
     teacher_hidden: tuple[int, ...] = (1200, 1200)
     teacher_epochs: int = 20
-    teacher_dropout: float = 0.5  # the paper's teacher: dropout 0.5
+    # the paper used 0.5; on Fashion-MNIST 0.5 underfits in 30 epochs (1075 errors vs 970 at 0.3)
+    teacher_dropout: float = 0.3
     teacher_jitter: int | None = None  # None: the dataset's default (data.DatasetSpec)
     students: tuple[tuple[int, ...], ...] = ((800, 800), (30, 30))
     student_epochs: int = 20
