@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -97,6 +98,8 @@ def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
 
 @cli.command("train-teacher")
 @data_options
+@click.option("--arch", default="mlp", show_default=True, type=click.Choice(["mlp", "cnn"]),
+              help="mlp, or cnn: --hidden C1,C2,FC (two 5x5 conv blocks and a fc layer).")
 @hidden_option("1200,1200")
 @click.option("--epochs", type=int, default=TeacherTrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=TeacherTrainConfig.batch_size, show_default=True)
@@ -114,7 +117,8 @@ def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at --out.")
 @threads_option
 @quiet_option
-def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: str, epochs: int,
+def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, arch: str, hidden: str,
+                      epochs: int,
                       batch_size: int, lr: float, dropout: float, input_dropout: float,
                       jitter: int | None, max_norm: float, seed: int, out: str, overwrite: bool,
                       threads: int | None, quiet: bool) -> None:
@@ -124,7 +128,7 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, hidden: st
     jitter = data_mod.spec(dataset).teacher_jitter if jitter is None else jitter
     cfg = TeacherTrainConfig(
         data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
-        hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout, jitter=jitter,
+        arch=arch, hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout, jitter=jitter,
         max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     m = train_teacher(cfg, out=out, overwrite=overwrite, progress=not quiet)
     click.echo(f"teacher: {m['model']}, {epochs} epochs on {m['train_rows']} rows in "
@@ -235,10 +239,9 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
         raise ConfigError("--topk/--sample work with one softtargets teacher checkpoint; for an "
                           "ensemble, convert its combined log-probs with softtargets.sparse "
                           "(README, 'Sparse stores')")
-    if ens_cfg is not None and views is not None:
-        raise ConfigError("--views works with one softtargets teacher checkpoint, not with "
-                          "ensembles, MC dropout or user teachers; drop --views or the ensemble")
-    if views is not None:
+    if views is not None and ens_cfg is not None:  # every member's views (members.ViewWriter)
+        ens_cfg = dataclasses.replace(ens_cfg, views=views, augment=augment, view_seed=view_seed)
+    elif views is not None:
         sparse.update(views=views, augment=augment, view_seed=view_seed)
     if ens_cfg is None:
         cfg = LogitsConfig(data=data, teacher=teachers[0] if teachers else
@@ -301,11 +304,14 @@ def student_options(fn: Callable) -> Callable:
                    "1 GiB of logits).")
 @click.option("--loader-workers", type=int, default=0, show_default=True,
               help="DataLoader worker processes of the streaming loader (0: threads in-process).")
+@click.option("--mixup", type=float, default=0.0, show_default=True,
+              help="Mixup with Beta(a, a) coefficients; the stored targets are mixed with the "
+                   "same coefficient (0: off; e.g. 0.2).")
 def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
-                tail: str, loader: str, loader_workers: int, **kw: Any) -> None:
+                tail: str, loader: str, loader_workers: int, mixup: float, **kw: Any) -> None:
     """Stage 2: train the student (784-800-800-10) from a logit store (dense or sparse)."""
     _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
-                   tail=tail, loader=loader, loader_workers=loader_workers, **kw)
+                   tail=tail, loader=loader, loader_workers=loader_workers, mixup=mixup, **kw)
 
 
 @cli.command("baseline")

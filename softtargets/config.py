@@ -50,6 +50,7 @@ class TeacherTrainConfig:
     """Training of the paper's teacher: dropout, input jitter, max-norm constraint."""
 
     data: DataConfig = DataConfig()
+    arch: str = "mlp"  # or "cnn" (hidden = (c1, c2, fc)); models.ModelSpec
     hidden: tuple[int, ...] = (1200, 1200)
     dropout: float = 0.3
     input_dropout: float = 0.0
@@ -72,6 +73,8 @@ class TeacherTrainConfig:
             raise ConfigError(f"jitter must be >= 0 pixels, got {self.jitter}")
         if self.max_norm < 0:
             raise ConfigError(f"max_norm must be >= 0 (0 disables it), got {self.max_norm}")
+        if self.arch not in ("mlp", "cnn"):
+            raise ConfigError(f"arch must be 'mlp' or 'cnn', got {self.arch!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,7 @@ class StudentTrainConfig:
     combine: str | None = None  # ensemble stores: arithmetic|geometric (None: the store's default)
     loader: str = "auto"  # auto: stream the store when its logits exceed 1 GiB, else load it
     loader_workers: int = 0  # DataLoader worker processes of the streaming loader
+    mixup: float = 0.0  # Beta(a, a) mixup of inputs and stored targets (issue 7); 0: off
 
     def __post_init__(self) -> None:
         _check_common(self.epochs, self.batch_size, self.lr)
@@ -101,6 +105,8 @@ class StudentTrainConfig:
             raise ConfigError(f"loader must be 'auto', 'memory' or 'stream', got {self.loader!r}")
         if self.loader_workers < 0:
             raise ConfigError(f"loader_workers must be >= 0, got {self.loader_workers}")
+        if self.mixup < 0:
+            raise ConfigError(f"mixup must be >= 0 (0 disables; e.g. 0.2), got {self.mixup}")
         check_temperature(self.temperature)
         check_alpha(self.alpha)
         if self.combine is not None and self.combine not in COMBINE_RULES:
@@ -225,8 +231,18 @@ class EnsembleLogitsConfig:
     compressor: str = "zstd"
     overwrite: bool = False
     device: str = "auto"
+    # issue 7: V augmented views per sample for every member (member_view_logits); None: no views
+    views: int | None = None
+    augment: str = "shift=2"
+    view_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.views is not None and self.views <= 0:
+            raise ConfigError(f"--views must be a positive number of views per sample, "
+                              f"got {self.views}")
+        if self.views is not None and self.combined_only:
+            raise ConfigError("--views keeps every member's view logits; it cannot be combined "
+                              "with --store-combined-only: drop one of them")
         if not self.teachers:
             raise ConfigError("at least one --teacher is needed")
         if self.batch_size <= 0:

@@ -21,8 +21,10 @@ from softtargets.distill import SparseTargets, sparse_targets
 from softtargets.errors import ConfigError, StoreError, StoreMismatchError
 from softtargets.pipeline import prefetch
 from softtargets.sparse_store import SparseStore
-from softtargets.store import LogitStore
+from softtargets.store import LOGITS, LogitStore
 from softtargets.stream import StreamPlan, resume_point, worker_batches
+from softtargets.view_loader import ViewReplay
+from softtargets.views import VIEW_LOGITS, VIEW_PARAMS
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | SparseTargets | None]
 
@@ -160,11 +162,13 @@ class StreamDataset(IterableDataset):
     """
 
     def __init__(self, plan: StreamPlan, images: np.ndarray, labels: np.ndarray, *, epoch: int,
-                 rotate: int = 0, skip: list[int] | None = None, prefetch_batches: int = 0) -> None:
+                 rotate: int = 0, skip: list[int] | None = None, prefetch_batches: int = 0,
+                 replay: ViewReplay | None = None) -> None:
         self.plan, self.images, self.labels = plan, images, labels
         self.epoch, self.rotate = epoch, rotate
         self.skip = skip or [0] * plan.num_workers
         self.prefetch_batches = prefetch_batches
+        self.replay = replay  # issue 7: rebuild each row's chosen stored view
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         info = get_worker_info()
@@ -175,10 +179,15 @@ class StreamDataset(IterableDataset):
         worker = (physical + self.rotate) % count
         source = worker_batches(self.plan, epoch=self.epoch, worker=worker,
                                 skip_batches=self.skip[worker])
-        for ids, logits in prefetch(source, depth=self.prefetch_batches, name="stream"):
-            images = torch.from_numpy(self.images[ids])  # (B, H, W) uint8
+        for ids, *values in prefetch(source, depth=self.prefetch_batches, name="stream"):
             labels = torch.from_numpy(self.labels[ids].astype(np.int64))  # (B,)
-            yield torch.from_numpy(ids), images, labels, torch.from_numpy(logits)  # (B, C) f16
+            if self.replay is not None:  # values: view_logits (B, V, C), view_params (B, V, P)
+                x, logits = self.replay(ids, self.images, *values, seed=self.plan.seed,
+                                        epoch=self.epoch)  # (B, D) float32, (B, C) float16
+                yield torch.from_numpy(ids), x, labels, logits
+                continue
+            images = torch.from_numpy(self.images[ids])  # (B, H, W) uint8
+            yield torch.from_numpy(ids), images, labels, torch.from_numpy(values[0])  # (B, C)
 
 
 class StreamingDistillData:
@@ -192,9 +201,10 @@ class StreamingDistillData:
 
     def __init__(self, split: Split, store: LogitStore, *, rows: np.ndarray | None = None,
                  options: StreamOptions = StreamOptions(), rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, replay: ViewReplay | None = None) -> None:
         check_aligned(split, store)
         self.options = options
+        self.replay = replay  # issue 7: stream view_logits/view_params and replay the views
         self.images, self.labels = split.images, split.labels
         ids = np.asarray(store.sample_id[:])  # (N,) int64
         if ids.min(initial=0) < 0 or ids.max(initial=0) >= len(split):
@@ -233,7 +243,8 @@ class StreamingDistillData:
                           batch_size=batch_size, buffer_chunks=self.options.buffer_chunks,
                           rank=self.rank, world_size=self.world_size,
                           num_workers=max(1, self.options.workers),
-                          decode_threads=self.options.decode_threads)
+                          decode_threads=self.options.decode_threads,
+                          arrays=(VIEW_LOGITS, VIEW_PARAMS) if self.replay else (LOGITS,))
 
     def num_batches(self, batch_size: int, epoch: int = 0, seed: int = 0) -> int:
         """Batches this rank yields in `epoch` (each worker's last batch may be short)."""
@@ -269,7 +280,8 @@ class StreamingDistillData:
                           "delivered": delivered, "workers": self.options.workers,
                           "world_size": self.world_size, "rank": self.rank}
         dataset = StreamDataset(plan, self.images, self.labels, epoch=epoch, rotate=rotate,
-                                skip=skip, prefetch_batches=self.options.prefetch_batches)
+                                skip=skip, prefetch_batches=self.options.prefetch_batches,
+                                replay=self.replay)
         for batch in self._iterate(dataset):
             self._position["delivered"] += 1
             yield batch if with_ids else batch[1:]

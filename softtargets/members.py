@@ -27,7 +27,9 @@ from softtargets.config import DataConfig, EnsembleLogitsConfig, to_dict
 from softtargets.data import Split, load_split
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
-from softtargets.store import ATTR_KEY, StoreMeta, StoreWriter, compressor_codecs, to_float16
+from softtargets import views as vw
+from softtargets.store import (ATTR_KEY, StoreMeta, StoreWriter, add_row_array, compressor_codecs,
+                               to_float16)
 from softtargets.teacher import resolve_device
 from softtargets.teachers import LoadedTeacher, enable_mc_dropout, load_teacher, run_teacher
 
@@ -164,7 +166,8 @@ def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -
     device = resolve_device(cfg.device)
     plan = plan_members(cfg)
     n, c = len(split), len(split.class_names)
-    single = len(plan) == 1 and not cfg.mc_dropout  # one plain teacher: a v1 store
+    # one plain teacher: a v1 store (with views: an ensemble of one, keeping member_view_logits)
+    single = len(plan) == 1 and not cfg.mc_dropout and cfg.views is None
     writer = StoreWriter.create(cfg.store, n=n, class_names=split.class_names,
                                 dataset=split.identity(), teacher={}, config=to_dict(cfg),
                                 chunk_rows=cfg.chunk_rows, compressor=cfg.compressor,
@@ -189,8 +192,11 @@ def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -
         ensemble.MEMBER_LOGITS, shape=(len(plan), n, c), chunks=(1, rows, c), dtype="float16",
         compressors=compressor_codecs(cfg.compressor), fill_value=float("nan"),
         dimension_names=["member", "row", "class"], config={"write_empty_chunks": True})
-    identities = _run_members(cfg, plan, split, writer, members_arr, device, bar)
+    views = ViewWriter.create(cfg, writer, members=len(plan)) if cfg.views else None
+    identities = _run_members(cfg, plan, split, writer, members_arr, device, bar, views)
     extra = _extra(cfg, identities, n=n, c=c, rows=rows)
+    if views is not None:
+        extra["views"] = views.info
     _set_meta(writer, teacher=_summary_identity(identities, device), extra=extra,
               version=COMBINED_ONLY_VERSION if cfg.combined_only and cfg.combine == "arithmetic"
               else None)
@@ -212,8 +218,8 @@ def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -
 
 def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
                  writer: StoreWriter, members_arr: Any, device: torch.device,
-                 bar: tqdm) -> list[dict[str, Any]]:
-    """Write member_logits[m] for every member; one teacher is loaded at a time."""
+                 bar: tqdm, views: ViewWriter | None = None) -> list[dict[str, Any]]:
+    """Write member_logits[m] for every member (and its views); one teacher at a time."""
     identities: list[dict[str, Any]] = []
     for t in range(len(cfg.teachers)):
         teacher = _load(cfg, t)
@@ -230,9 +236,12 @@ def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
                 sl = writer.chunk_slice(i)
                 if member.mc_pass is not None:
                     torch.manual_seed(mc_seed(cfg.mc_seed, member.mc_pass, i))
-                z = run_teacher(run, split.inputs(sl), batch_size=cfg.batch_size, device=device,
+                x = split.inputs(sl) if views is None else views.inputs(split, sl)  # (R[*V], D)
+                z = run_teacher(run, x, batch_size=cfg.batch_size, device=device,
                                 num_classes=len(split.class_names), first_row=sl.start)
                 m = member.index
+                if views is not None:  # (R*V, C) -> member_view_logits; member_logits: view 0
+                    z = views.write(m, sl, z)
                 members_arr[m:m + 1, sl] = to_float16(z, first_row=sl.start)[None]  # (1, rows, C)
                 bar.update(sl.stop - sl.start)
             identities.append({"member": member.index, **teacher.identity,
@@ -241,6 +250,50 @@ def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
         del teacher, run
         gc.collect()  # free this teacher before the next is loaded: peak memory is one teacher
     return identities
+
+
+class ViewWriter:
+    """Issue 7 for ensembles: every member's logits of V augmented views of each row, in
+    member_view_logits (M, N, V, C) with chunks (1, R, V, C) (one member writes whole chunks), and
+    the views' parameters in view_params (N, V, P), shared by all members."""
+
+    def __init__(self, spec: Any, *, views: int, seed: int, arrays: tuple[Any, Any]) -> None:
+        self.spec, self.views, self.seed = spec, views, seed
+        self.member_views, self.params = arrays
+        self.info = vw.views_info(spec, views=views, seed=seed)
+
+    @classmethod
+    def create(cls, cfg: EnsembleLogitsConfig, writer: StoreWriter, *, members: int) -> ViewWriter:
+        spec, v = vw.parse_spec(cfg.augment), int(cfg.views or 0)
+        n, c, rows = writer.meta.n, writer.meta.num_classes, writer.meta.chunk_rows
+        codecs = compressor_codecs(cfg.compressor)
+        member_views = writer.group.create_array(
+            vw.MEMBER_VIEW_LOGITS, shape=(members, n, v, c), chunks=(1, rows, v, c),
+            dtype="float16", compressors=codecs, fill_value=float("nan"),
+            dimension_names=["member", "row", "view", "class"],
+            config={"write_empty_chunks": True})
+        params = add_row_array(writer.group, vw.VIEW_PARAMS, n=n,
+                               row_shape=(v, len(spec.param_names)), chunk_rows=rows,
+                               dtype="float32", codecs=compressor_codecs(cfg.compressor),
+                               fill_value=float("nan"), dimension_names=("row", "view", "param"))
+        return cls(spec, views=v, seed=cfg.view_seed, arrays=(member_views, params))
+
+    def inputs(self, split: Split, sl: slice) -> np.ndarray:
+        """The V views of rows `sl`, (R*V, D) float32, from parameters of (seed, id, view)."""
+        params = vw.draw_params(self.spec, seed=self.seed, sample_ids=np.arange(sl.start, sl.stop),
+                                views=self.views)  # (R, V, P)
+        self._params = params
+        images = np.repeat(split.images[sl], self.views, axis=0)  # (R*V, H, W)
+        return vw.apply_views(images, params.reshape(-1, params.shape[-1]), spec=self.spec).numpy()
+
+    def write(self, member: int, sl: slice, logits: np.ndarray) -> np.ndarray:
+        """Store member `member`'s view logits (R*V, C) of rows `sl`; returns view 0's (R, C)."""
+        z = logits.reshape(sl.stop - sl.start, self.views, -1)  # (R, V, C)
+        self.member_views[member:member + 1, sl] = to_float16(
+            z.reshape(len(logits), -1), first_row=sl.start).reshape(z.shape)[None]
+        if member == 0:
+            self.params[sl] = self._params
+        return z[:, 0]
 
 
 def _set_meta(writer: StoreWriter, *, teacher: dict[str, Any], extra: dict[str, Any],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ CHECKPOINT_VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """An MLP: inputs -> hidden... -> classes, ReLU, dropout on inputs and hidden layers."""
+    """arch "mlp": inputs -> hidden... -> classes, ReLU, dropout on inputs and hidden layers.
+    arch "cnn": square images of `inputs` pixels; hidden = (c1, c2, fc): two 5x5 conv + 2x2
+    max-pool blocks of c1 and c2 channels, then a dropout fc layer (a teacher for issue 3)."""
 
     arch: str = "mlp"
     inputs: int = 784
@@ -48,13 +51,14 @@ class ModelSpec:
             raise CheckpointError(f"checkpoint model spec {d!r} is not an MLP spec: {e}") from e
 
 
+ARCHS = ("mlp", "cnn")
+
+
 class MLP(nn.Module):
     """Fully connected ReLU network. forward: (B, inputs) -> (B, classes) logits."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        if spec.arch != "mlp":
-            raise CheckpointError(f"unknown architecture {spec.arch!r}; allowed: ['mlp']")
         self.spec = spec
         layers: list[nn.Module] = []
         if spec.input_dropout > 0:
@@ -72,9 +76,35 @@ class MLP(nn.Module):
         return self.net(x.flatten(1))
 
 
+class CNN(nn.Module):
+    """Small convolutional net. forward: (B, inputs) or (B, 1, H, W) -> (B, classes) logits."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        side = math.isqrt(spec.inputs)
+        if side * side != spec.inputs or side % 4 or len(spec.hidden) != 3:
+            raise CheckpointError(f"cnn needs square images with a side divisible by 4 and "
+                                  f"hidden=(c1, c2, fc); got inputs={spec.inputs}, "
+                                  f"hidden={spec.hidden}")
+        self.spec, self.side = spec, side
+        c1, c2, fc = spec.hidden
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.net = nn.Sequential(  # `net[-1]` is the output layer, as in MLP
+            nn.Flatten(), nn.Dropout(spec.dropout), nn.Linear(c2 * (side // 4) ** 2, fc),
+            nn.ReLU(), nn.Dropout(spec.dropout), nn.Linear(fc, spec.classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(len(x), 1, self.side, self.side)  # (B, 1, H, W)
+        return self.net(self.features(x))
+
+
 def build(spec: ModelSpec) -> nn.Module:
     """Instantiate the model a spec describes."""
-    return MLP(spec)
+    if spec.arch not in ARCHS:
+        raise CheckpointError(f"unknown architecture {spec.arch!r}; allowed: {list(ARCHS)}")
+    return CNN(spec) if spec.arch == "cnn" else MLP(spec)
 
 
 @torch.no_grad()

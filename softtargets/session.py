@@ -27,6 +27,7 @@ from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_s
 from softtargets.errors import (
     IncompleteStoreError,
     ResumeMismatchError,
+    StoreError,
     StoreExistsError,
 )
 from softtargets.lock import StoreLock
@@ -36,8 +37,11 @@ from softtargets.store import (
     SAMPLE_ID,
     StoreMeta,
     StoreWriter,
+    add_row_array,
+    compressor_codecs,
     default_chunk_rows,
     read_meta,
+    to_float16,
 )
 
 # Test-only hook: seconds to sleep after each written unit, so a test can kill a run mid-way.
@@ -98,15 +102,36 @@ def check_resumable(meta: StoreMeta, url: str, *, config: dict[str, Any],
             refuse(f"setting {key}", stored.get(key), now.get(key))
 
 
-def unit_ok(writer: StoreWriter, index: int) -> bool:
-    """Unit `index` decodes (crc32c), holds ids start..stop-1 in order and finite logits."""
+@dataclasses.dataclass(frozen=True)
+class RowArray:
+    """An extra float array (n, *row_shape) written unit by unit beside `logits`, with the same
+    chunk and shard grid along rows (issue 7: view_logits, view_params). float16 arrays get the
+    checked cast of `logits`; never-written rows read as NaN."""
+
+    name: str
+    row_shape: tuple[int, ...]
+    dtype: str  # "float16" or "float32"
+    dimension_names: tuple[str, ...]
+    all_finite: bool = True  # False: only each row's first value must be finite (NaN = unused)
+
+    def written(self, values: np.ndarray) -> bool:
+        """Whether `values` (rows, *row_shape) read back is fully written (not the NaN fill)."""
+        flat = values.reshape(len(values), -1)
+        return bool(np.isfinite(flat if self.all_finite else flat[:, 0]).all())
+
+
+def unit_ok(writer: StoreWriter, index: int, arrays: tuple[RowArray, ...] = ()) -> bool:
+    """Unit `index` decodes (crc32c), holds ids start..stop-1 in order and finite logits (and
+    finite values in every extra array)."""
     sl = writer.unit_slice(index)
     try:
         ids = np.asarray(writer.sample_id[sl])
         logits = np.asarray(writer.logits[sl])
+        extras = [a.written(np.asarray(writer.group[a.name][sl])) for a in arrays]
     except Exception:  # a damaged object fails its checksum: rewrite it
         return False
-    return bool(np.array_equal(ids, np.arange(sl.start, sl.stop)) and np.isfinite(logits).all())
+    return bool(np.array_equal(ids, np.arange(sl.start, sl.stop)) and np.isfinite(logits).all()
+                and all(extras))
 
 
 class WriteSession:
@@ -114,8 +139,11 @@ class WriteSession:
 
     def __init__(self, cfg: LogitsConfig, *, n: int, class_names: tuple[str, ...],
                  dataset: dict[str, Any], teacher: dict[str, Any], ranks: Ranks = Ranks(),
-                 device_type: str = "cpu") -> None:
+                 device_type: str = "cpu", arrays: tuple[RowArray, ...] = (),
+                 extra: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
+        self.arrays = arrays  # extra row arrays beside logits (issue 7)
+        self.extra = extra or {}  # recorded in the store's attributes at creation
         self.spec = {"n": n, "class_names": tuple(class_names), "dataset": dataset,
                      "teacher": teacher}
         self.ranks = ranks
@@ -168,21 +196,27 @@ class WriteSession:
                 self.meta = meta
                 self._release()
                 return
-            if LOGITS in group and SAMPLE_ID in group:
+            if all(name in group for name in (LOGITS, SAMPLE_ID, *(a.name for a in self.arrays))):
                 sweep_partial_files(cfg.store)  # we hold the lease: no live writer owns them
                 self.writer = StoreWriter.open(cfg.store)
                 return
             # killed while creating the arrays: nothing was written yet, start it again
             cfg = dataclasses.replace(cfg, overwrite=True, resume=False)
         n, names = self.spec["n"], self.spec["class_names"]
+        shard_rows = effective_shard_rows(cfg, n=n, num_classes=len(names))
         try:
             self.writer = StoreWriter.create(
                 cfg.store, n=n, class_names=names, dataset=self.spec["dataset"],
                 teacher=self.spec["teacher"], config=config, chunk_rows=cfg.chunk_rows,
-                compressor=cfg.compressor, overwrite=cfg.overwrite,
-                shard_rows=effective_shard_rows(cfg, n=n, num_classes=len(names)))
+                compressor=cfg.compressor, overwrite=cfg.overwrite, shard_rows=shard_rows,
+                extra=self.extra)
         except StoreExistsError as e:
             raise StoreExistsError(f"{e} (or --resume to continue an interrupted run)") from None
+        for a in self.arrays:
+            add_row_array(self.writer.group, a.name, n=n, row_shape=a.row_shape,
+                          chunk_rows=self.writer.meta.chunk_rows, dtype=a.dtype,
+                          codecs=compressor_codecs(cfg.compressor), fill_value=float("nan"),
+                          dimension_names=a.dimension_names, shard_rows=shard_rows)
 
     def _plan(self) -> None:
         """This rank's units; on resume, skip those already written and verified."""
@@ -190,7 +224,7 @@ class WriteSession:
             raise RuntimeError("write session used before its store was opened")
         resuming = self.cfg.resume
         for index in my_units(self.writer.num_units, self.ranks):
-            if resuming and unit_ok(self.writer, index):
+            if resuming and unit_ok(self.writer, index, self.arrays):
                 self.writer.mark_written(index)
                 self.skipped += 1
             else:
@@ -198,10 +232,23 @@ class WriteSession:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def write(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
-        """Write whole unit `index` (sample_ids (rows,), logits (rows, C)); refresh the lease."""
+    def write(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray,
+              rows: dict[str, np.ndarray] | None = None) -> None:
+        """Write whole unit `index` (sample_ids (rows,), logits (rows, C), and `rows[name]`
+        (rows, *row_shape) for every extra array); refresh the lease."""
         if self.writer is None:  # internal invariant, not user input
             raise RuntimeError("write session used before its store was opened")
+        sl = self.writer.unit_slice(index)
+        given = rows or {}
+        for a in self.arrays:  # extras first: sample_id, written last, marks the unit done
+            values = np.asarray(given[a.name])
+            if values.shape != (sl.stop - sl.start, *a.row_shape):
+                raise StoreError(f"unit {index} of {a.name!r} needs shape "
+                                 f"{(sl.stop - sl.start, *a.row_shape)}, got {values.shape}")
+            if a.dtype == "float16":
+                flat = to_float16(values.reshape(len(values), -1), first_row=sl.start)
+                values = flat.reshape(values.shape)
+            self.writer.group[a.name][sl] = values.astype(a.dtype)
         self.writer.write_unit(index, sample_ids=sample_ids, logits=logits)
         if self.lock is not None:
             self.lock.heartbeat()
@@ -246,7 +293,7 @@ class WriteSession:
         for index in range(writer.num_units):
             if set(writer.unit_chunks(index)) <= writer.written:
                 continue
-            if not unit_ok(writer, index):
+            if not unit_ok(writer, index, self.arrays):
                 sl = writer.unit_slice(index)
                 raise IncompleteStoreError(f"cannot finalize {self.cfg.store!r}: unit {index} "
                                            f"(rows {sl.start}..{sl.stop - 1}) is missing or "

@@ -118,9 +118,11 @@ def create_group(url: str, meta: StoreMeta) -> zarr.Group:
 
 def add_row_array(group: zarr.Group, name: str, *, n: int, row_shape: tuple[int, ...],
                   chunk_rows: int, dtype: str, codecs: list[Any], fill_value: Any,
-                  dimension_names: tuple[str, ...]) -> zarr.Array:
-    """An (n, *row_shape) array chunked by `chunk_rows` rows, every chunk written explicitly."""
+                  dimension_names: tuple[str, ...], shard_rows: int | None = None) -> zarr.Array:
+    """An (n, *row_shape) array chunked by `chunk_rows` rows (sharded by `shard_rows` rows when
+    set, like `logits`), every chunk written explicitly."""
     return group.create_array(name, shape=(n, *row_shape), chunks=(chunk_rows, *row_shape),
+                              shards=(shard_rows, *row_shape) if shard_rows else None,
                               dtype=dtype, compressors=codecs, fill_value=fill_value,
                               dimension_names=list(dimension_names),
                               config={"write_empty_chunks": True})
@@ -144,7 +146,8 @@ class StoreWriter:
     def create(cls, url: str, *, n: int, class_names: tuple[str, ...] | list[str],
                dataset: dict[str, Any], teacher: dict[str, Any], config: dict[str, Any],
                chunk_rows: int | None = None, compressor: str = "zstd",
-               overwrite: bool = False, shard_rows: int | None = None) -> StoreWriter:
+               overwrite: bool = False, shard_rows: int | None = None,
+               extra: dict[str, Any] | None = None) -> StoreWriter:
         """Create an empty, incomplete store at `url` (a path, file:// or fsspec URL).
 
         shard_rows: when set, both arrays use the sharding codec with shards of that many rows
@@ -163,7 +166,8 @@ class StoreWriter:
                          codecs=codec_chain(codecs), dataset=dataset, teacher=teacher, config=config,
                          created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          created_by=software_versions(), complete=False,
-                         extra={"shard_rows": shard_rows} if shard_rows else {})
+                         extra={**(extra or {}), **({"shard_rows": shard_rows} if shard_rows
+                                                    else {})})
         try:
             group = open_group(url, mode="w-", attributes={ATTR_KEY: meta.to_json()})
         except (FileExistsError, zarr.errors.ContainsGroupError,

@@ -51,6 +51,7 @@ class StreamPlan:
     world_size: int = 1
     num_workers: int = 1
     decode_threads: int = 1
+    arrays: tuple[str, ...] = (LOGITS,)  # row arrays read beside sample_id (issue 7: views)
 
     @property
     def num_chunks(self) -> int:
@@ -109,14 +110,21 @@ class ChunkReader:
     else goes through zarr. Both paths verify the crc32c checksum, the sample ids and finiteness.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, arrays: tuple[str, ...] = (LOGITS,)) -> None:
         self.store = LogitStore.open(url)
         self.meta = self.store.meta
         self.url = url
+        self.names = arrays
         # group[name] reads metadata from the store every time: look the arrays up once
-        self._arrays = {LOGITS: self.store.logits, SAMPLE_ID: self.store.sample_id}
+        self._arrays = {SAMPLE_ID: self.store.sample_id,
+                        **{name: self.store.group[name] for name in arrays}}
         self._fast = {name: _numcodecs_chain(a) for name, a in self._arrays.items()}
         self._root = _local_root(self.store.logits)
+
+    def row_layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """(row shape, dtype) of row array `name`, e.g. ((C,), float16) for logits."""
+        a = self._arrays[name]
+        return tuple(a.shape[1:]), np.dtype(a.dtype)  # type: ignore[attr-defined]
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ids (rows,) int64 and logits (rows, C) float16 of chunk `index`, checked."""
@@ -125,20 +133,28 @@ class ChunkReader:
         rows = self.read_into(index, ids, logits)
         return ids[:rows], logits[:rows]
 
-    def read_into(self, index: int, ids: np.ndarray, logits: np.ndarray) -> int:
-        """Decode chunk `index` into ids (chunk_rows,) and logits (chunk_rows, C); returns its rows.
+    def read_into(self, index: int, ids: np.ndarray, *outs: np.ndarray) -> int:
+        """Decode chunk `index` into ids (chunk_rows,) and one buffer (chunk_rows, *row_shape)
+        per array of `self.names` (logits: (chunk_rows, C)); returns the chunk's rows.
 
-        The fast path decompresses straight into `logits` (no copy after decoding).
+        The fast path decompresses straight into the buffers (no copy after decoding).
         """
         sl = chunk_slice(self.meta, index)
         rows = sl.stop - sl.start
         if self._root is None or None in self._fast.values():
-            got_ids, got_logits = self.store.read_chunk(index)  # zarr; checks included
-            ids[:rows], logits[:rows] = got_ids, got_logits
-            return rows
-        self._decode_into(SAMPLE_ID, (index,), ids)
-        self._decode_into(LOGITS, (index, 0), logits)
-        check_chunk(self.url, self.meta.dataset["n"], sl, ids[:rows], logits[:rows])
+            if self.names == (LOGITS,):
+                got_ids, got_logits = self.store.read_chunk(index)  # zarr; checks included
+                ids[:rows], outs[0][:rows] = got_ids, got_logits
+                return rows
+            ids[:rows] = self._arrays[SAMPLE_ID][sl]
+            for name, out in zip(self.names, outs):
+                out[:rows] = self._arrays[name][sl]
+        else:
+            self._decode_into(SAMPLE_ID, (index,), ids)
+            for name, out in zip(self.names, outs):
+                self._decode_into(name, (index,) + (0,) * (out.ndim - 1), out)
+        for name, out in zip(self.names, outs):
+            check_chunk(self.url, self.meta.dataset["n"], sl, ids[:rows], out[:rows], name=name)
         return rows
 
     def _decode_into(self, name: str, coords: tuple[int, ...], out: np.ndarray) -> None:
@@ -194,9 +210,18 @@ def _numcodecs_chain(array: object) -> list[numcodecs.abc.Codec] | None:
     return chain
 
 
-def check_chunk(url: str, dataset_n: int, sl: slice, ids: np.ndarray, logits: np.ndarray) -> None:
-    """The reader's row checks: sample ids in range and finite float16 logits."""
-    bits = logits.view(np.uint16)  # (R, C)
+def check_chunk(url: str, dataset_n: int, sl: slice, ids: np.ndarray, logits: np.ndarray, *,
+                name: str = LOGITS) -> None:
+    """The reader's row checks: sample ids in range and finite float16 logits (R, ...); for a
+    float32 array (view_params, where NaN marks an unused parameter) each row's first value."""
+    if logits.dtype != np.float16:
+        first = logits.reshape(len(logits), -1)[:, 0]
+        if not np.isfinite(first).all():
+            rows = (np.flatnonzero(~np.isfinite(first))[:5] + sl.start).tolist()
+            raise StoreError(f"store {url!r}: rows {rows} of {name!r} were never written; the "
+                             "chunk is damaged or the store incomplete")
+        return
+    bits = logits.reshape(len(logits), -1).view(np.uint16)  # (R, C)
     # exponent bits all ones <=> Inf or NaN; the max of the masked exponents is one fast pass
     # (np.isfinite on float16 is ~15x slower); rows are located only when something is wrong
     if ids.min(initial=0) >= 0 and ids.max(initial=0) < dataset_n and (
@@ -211,7 +236,7 @@ def check_chunk(url: str, dataset_n: int, sl: slice, ids: np.ndarray, logits: np
                          "damaged")
 
 
-Rows = tuple[np.ndarray, np.ndarray]  # sample ids (R,) int64, logits (R, C) float16
+Rows = tuple[np.ndarray, ...]  # sample ids (R,) int64, then each plan array's rows, e.g. (R, C)
 
 
 def worker_batches(plan: StreamPlan, *, epoch: int, worker: int,
@@ -230,17 +255,18 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int,
         first += 1
     if first == len(groups):
         return
-    reader = ChunkReader(plan.url)
-    size, classes = reader.meta.chunk_rows, reader.meta.num_classes
+    reader = ChunkReader(plan.url, plan.arrays)
+    size, rows = reader.meta.chunk_rows, plan.buffer_chunks * reader.meta.chunk_rows
+    layouts = [reader.row_layout(name) for name in plan.arrays]
     # two group buffers: one being emitted, one being decoded into (memory: 2 groups)
-    buffers = [(np.empty(plan.buffer_chunks * size, dtype=np.int64),  # (K*R,)
-                np.empty((plan.buffer_chunks * size, classes), dtype=np.float16))  # (K*R, C)
+    buffers = [(np.empty(rows, dtype=np.int64),  # (K*R,)
+                *(np.empty((rows, *shape), dtype=dtype) for shape, dtype in layouts))  # (K*R, C)
                for _ in range(2)]
 
     def submit(g: int) -> list[Future]:
-        ids, logits = buffers[g % 2]
-        return [pool.submit(reader.read_into, int(c), ids[j * size:(j + 1) * size],
-                            logits[j * size:(j + 1) * size]) for j, c in enumerate(groups[g])]
+        return [pool.submit(reader.read_into, int(c),
+                            *(b[j * size:(j + 1) * size] for b in buffers[g % 2]))
+                for j, c in enumerate(groups[g])]
 
     with ThreadPoolExecutor(max(1, plan.decode_threads), thread_name_prefix="decode") as pool:
         ahead = submit(first)
@@ -249,33 +275,34 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int,
             counts = [f.result() for f in ahead]
             if g + 1 < len(groups):
                 ahead = submit(g + 1)
-            ids, logits = buffers[g % 2]
+            arrays = buffers[g % 2]
             valid = np.concatenate([np.arange(j * size, j * size + n)
                                     for j, n in enumerate(counts)])  # buffer rows of the group
             if plan.keep is not None:
-                valid = valid[plan.keep[ids[valid]]]
+                valid = valid[plan.keep[arrays[0][valid]]]
             order = plan.row_order(len(valid), epoch=epoch, worker=worker, group=g)[skip:]
             skip = 0
-            carry = yield from _emit(ids, logits, valid[order], carry, plan.batch_size)
+            carry = yield from _emit(arrays, valid[order], carry, plan.batch_size)
         if carry is not None and len(carry[0]):
             yield carry
 
 
-def _emit(ids: np.ndarray, logits: np.ndarray, order: np.ndarray, carry: Rows | None,
+def _emit(arrays: tuple[np.ndarray, ...], order: np.ndarray, carry: Rows | None,
           batch_size: int) -> Iterator[Rows]:
-    """Yield full batches of rows `order` (after `carry`); return the short remainder."""
+    """Yield full batches of rows `order` of every array (after `carry`); return the short
+    remainder."""
     start = 0
     if carry is not None and len(carry[0]):
         need = batch_size - len(carry[0])
         take = order[:need]
-        carry = (np.concatenate([carry[0], ids[take]]), np.concatenate([carry[1], logits[take]]))
+        carry = tuple(np.concatenate([c, a[take]]) for c, a in zip(carry, arrays))
         start = len(take)
         if len(carry[0]) < batch_size:
             return carry
         yield carry
     while start + batch_size <= len(order):
         take = order[start:start + batch_size]
-        yield ids[take], logits[take]  # one gather copy per batch
+        yield tuple(a[take] for a in arrays)  # one gather copy per batch and array
         start += batch_size
     take = order[start:]
-    return ids[take], logits[take]
+    return tuple(a[take] for a in arrays)

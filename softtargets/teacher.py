@@ -23,7 +23,7 @@ from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import Checkpoint, load_checkpoint
 from softtargets.pipeline import BackgroundWorker, prefetch
 from softtargets.progress import bar as progress_bar
-from softtargets.session import WriteSession
+from softtargets.session import RowArray, WriteSession
 from softtargets.sparse_store import SparseSpec, SparseWriter, make_spec
 from softtargets.store import StoreMeta
 
@@ -167,7 +167,8 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
                           compile=cfg.compile)
     if cfg.views is not None:  # issue 7: augmented views, one writer
         return write_views(cfg, split=split, model=model, ranks=ranks,
-                           teacher=teacher_identity(ckpt, device), device=device)
+                           teacher=teacher_identity(ckpt, device), device=device,
+                           progress=progress)
     sparse = sparse_spec(cfg, num_classes=len(split.class_names))
     if sparse is not None:  # issue 6: top-k / sampled store, one writer
         return write_sparse(cfg, sparse, split=split, model=model, ranks=ranks,
@@ -225,45 +226,38 @@ def write_sparse(cfg: LogitsConfig, spec: SparseSpec, *, split: Split, model: to
 # --- issue 7: augmented views ------------------------------------------------------------------
 
 def write_views(cfg: LogitsConfig, *, split: Split, model: torch.nn.Module, ranks: Ranks,
-                teacher: dict[str, Any], device: torch.device) -> StoreMeta:
+                teacher: dict[str, Any], device: torch.device,
+                progress: bool = True) -> StoreMeta:
     """Dense store plus view_logits (N, V, C) float16 and view_params (N, V, P) float32; `logits`
-    holds view 0. Not yet available with --resume, sharding, several ranks or sparse forms."""
+    holds view 0. Written in a WriteSession, so sharding, --resume and torchrun ranks work as for
+    plain stores (each rank writes whole units of all three arrays)."""
     from softtargets import views as vw
-    from softtargets.store import StoreWriter, add_row_array, compressor_codecs, to_float16
-    if (cfg.resume or (cfg.shard_rows or 0) > 0 or ranks.world > 1 or cfg.topk is not None
-            or cfg.sample is not None):
-        raise ConfigError("--views stores are dense and written by one process without --resume"
-                          f", --shard-rows, --topk or --sample (got resume={cfg.resume}, "
-                          f"shard_rows={cfg.shard_rows}, world size {ranks.world}); drop those")
+    if cfg.topk is not None or cfg.sample is not None:
+        raise ConfigError("--views stores are dense: drop --topk/--sample or --views")
     spec = vw.parse_spec(cfg.augment)
-    v = int(cfg.views or 0)
-    writer = StoreWriter.create(cfg.store, n=len(split), class_names=split.class_names,
-                                dataset=split.identity(), teacher=teacher, config=to_dict(cfg),
-                                chunk_rows=cfg.chunk_rows, compressor=cfg.compressor,
-                                overwrite=cfg.overwrite)
-    rows, c = writer.meta.chunk_rows, writer.meta.num_classes
-    codecs = compressor_codecs(cfg.compressor)
-    vl = add_row_array(writer.group, "view_logits", n=len(split), row_shape=(v, c),
-                       chunk_rows=rows, dtype="float16", codecs=codecs, fill_value=float("nan"),
-                       dimension_names=("row", "view", "class"))
-    vp = add_row_array(writer.group, "view_params", n=len(split),
-                       row_shape=(v, len(vw.PARAM_NAMES)), chunk_rows=rows, dtype="float32",
-                       codecs=compressor_codecs(cfg.compressor), fill_value=float("nan"),
-                       dimension_names=("row", "view", "param"))
-    for index in range(writer.num_chunks):
-        sl = writer.chunk_slice(index)
-        ids = np.arange(sl.start, sl.stop)
-        params = vw.draw_params(spec, seed=cfg.view_seed, sample_ids=ids, views=v)  # (R, V, P)
-        images = np.repeat(split.images[sl], v, axis=0)  # (R*V, H, W)
-        x = vw.apply_views(images, params.reshape(-1, params.shape[-1])).numpy()
-        logits = infer(model, x, batch_size=cfg.batch_size, device=device).reshape(-1, v, c)
-        vl[sl] = to_float16(logits.reshape(-1, c), first_row=sl.start).reshape(-1, v, c)
-        vp[sl] = params
-        writer.write_chunk(index, sample_ids=ids, logits=logits[:, 0])  # v1 logits: view 0
-    writer.meta = dataclasses.replace(writer.meta, extra={**writer.meta.extra, "views": {
-        "views": v, "seed": cfg.view_seed, "augment": spec.to_json(),
-        "param_names": list(vw.PARAM_NAMES), "logits_is_view": 0}})
-    return writer.finalize()
+    v, c = int(cfg.views or 0), len(split.class_names)
+    arrays = (RowArray(vw.VIEW_LOGITS, (v, c), "float16", ("row", "view", "class")),
+              RowArray(vw.VIEW_PARAMS, (v, len(spec.param_names)), "float32",
+                       ("row", "view", "param"), all_finite=False))  # NaN: user aug. off
+    session = WriteSession(cfg, n=len(split), class_names=split.class_names,
+                           dataset=split.identity(), teacher=teacher, ranks=ranks,
+                           device_type=device.type, arrays=arrays,
+                           extra={"views": vw.views_info(spec, views=v, seed=cfg.view_seed)})
+    with session:
+        bar = progress_bar(total=len(session.todo), desc="teacher-logits", unit="unit",
+                           enabled=progress)
+        for index in session.todo:
+            sl = session.writer.unit_slice(index)
+            ids = np.arange(sl.start, sl.stop)
+            params = vw.draw_params(spec, seed=cfg.view_seed, sample_ids=ids, views=v)  # (R,V,P)
+            images = np.repeat(split.images[sl], v, axis=0)  # (R*V, H, W)
+            x = vw.apply_views(images, params.reshape(-1, params.shape[-1]), spec=spec).numpy()
+            logits = infer(model, x, batch_size=cfg.batch_size, device=device).reshape(-1, v, c)
+            session.write(index, sample_ids=ids, logits=logits[:, 0],  # v1 logits: view 0
+                          rows={vw.VIEW_LOGITS: logits, vw.VIEW_PARAMS: params})
+            bar.update()
+        bar.close()
+    return session.meta
 
 
 def run(cfg: LogitsConfig, *, progress: bool = True) -> tuple[StoreMeta, float]:

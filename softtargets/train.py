@@ -22,10 +22,12 @@ from softtargets.distill import (SparseTargets, distillation_loss,
                                  distillation_loss_from_log_probs, sparse_distillation_loss)
 from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
+from softtargets.mixup import MixupData
 from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
 from softtargets.sparse_store import open_any
 from softtargets.store import LogitStore
 from softtargets.progress import bar as progress_bar
+from softtargets.view_loader import ViewData, ViewReplay
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -110,13 +112,33 @@ def has_views(store: Any) -> bool:
     return isinstance(store, LogitStore) and "views" in store.meta.extra
 
 
-def view_data(split: Split, url: str, *, rows: np.ndarray | None) -> Any:
-    """Stage 2 over a views store: one stored view per sample per epoch, replayed exactly."""
-    from softtargets.views import ViewData
-    if rows is not None:
-        raise ConfigError("a transfer subset (rows) is not yet supported with a --views store; "
-                          "train on the whole store or write a store without --views")
-    return ViewData(split, url)
+def student_data(split: Split, store: Any, cfg: StudentTrainConfig, *,
+                 rows: np.ndarray | None) -> tuple[Any, bool, str | None]:
+    """Stage-2 data for `store` (None: hard labels): (data, whether its targets are log-probs at
+    T rather than raw logits, the ensemble combination rule or None)."""
+    if has_views(store):  # issue 7: replay stored augmented views
+        members = ensemble.is_ensemble(store)
+        if cfg.combine is not None and not members:
+            raise ConfigError(f"--combine {cfg.combine} applies to ensemble stores, but store "
+                              f"{store.url!r} holds one teacher's views; drop --combine")
+        size = store.meta.n * store.meta.extra["views"]["views"] * store.meta.num_classes * 2
+        options = StreamOptions(loader=cfg.loader, workers=cfg.loader_workers)
+        if not members and (cfg.loader == "stream" or (
+                cfg.loader == "auto" and size > options.memory_limit_bytes)):
+            return StreamingDistillData(split, store, rows=rows, options=options,
+                                        replay=ViewReplay.of_store(store.url, split)), False, None
+        data = ViewData(split, store.url, rows=rows, temperature=cfg.temperature,
+                        rule=cfg.combine)
+        return data, data.log_probs, data.rule if data.log_probs else None
+    targets = ensemble_targets(store, cfg)  # issue 3: combined log-probs of an ensemble, or None
+    if targets is not None:
+        return DistillData(split, targets, rows=rows, temperature=cfg.temperature), True, \
+            targets.rule
+    if isinstance(store, LogitStore):  # dense: in memory or streamed
+        return distill_data(split, store, rows=rows, options=StreamOptions(
+            loader=cfg.loader, workers=cfg.loader_workers)), False, None
+    return DistillData(split, store, rows=rows, temperature=cfg.temperature,
+                       tail=cfg.tail), False, None
 
 
 def _threads(n: int | None) -> None:
@@ -135,8 +157,8 @@ def train_teacher(cfg: TeacherTrainConfig, *, out: str, overwrite: bool = False,
     split = load_split(cfg.data)
     test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
     torch.manual_seed(cfg.seed)
-    spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
-                     classes=len(split.class_names), dropout=cfg.dropout,
+    spec = ModelSpec(arch=cfg.arch, inputs=int(np.prod(split.images.shape[1:])),
+                     hidden=cfg.hidden, classes=len(split.class_names), dropout=cfg.dropout,
                      input_dropout=cfg.input_dropout)
     model = build(spec)
     opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -162,15 +184,11 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     split = load_split(cfg.data)
     test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
     store = open_any(cfg.store) if cfg.store else None  # dense, or sparse (issue 6)
-    targets = ensemble_targets(store, cfg)  # issue 3: combined log-probs of an ensemble, or None
-    if targets is None and has_views(store):  # issue 7: replay stored augmented views
-        data = view_data(split, cfg.store, rows=rows)
-    elif isinstance(store, LogitStore) and targets is None:  # dense: in memory or streamed
-        data = distill_data(split, store, rows=rows,
-                            options=StreamOptions(loader=cfg.loader, workers=cfg.loader_workers))
-    else:
-        data = DistillData(split, targets or store, rows=rows, temperature=cfg.temperature,
-                           tail=cfg.tail)
+    data, log_probs, rule = student_data(split, store, cfg, rows=rows)
+    if cfg.mixup > 0:  # issue 7: targets mixed like the inputs, as log-probs at T
+        data = MixupData(data, alpha=cfg.mixup, temperature=cfg.temperature,
+                         log_probs=log_probs, classes=len(split.class_names))
+        log_probs = store is not None
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
                      classes=len(split.class_names))
@@ -179,7 +197,7 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
         def loss_fn(s: torch.Tensor, y: torch.Tensor, _t: torch.Tensor | None) -> torch.Tensor:
             return F.cross_entropy(s, y)
         role = "baseline"
-    elif targets is not None:  # teacher batches hold the combined target's log-probs at T
+    elif log_probs:  # teacher batches hold the target's log-probs at T (ensembles, mixup)
         def loss_fn(s: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
             return distillation_loss_from_log_probs(s, t, y, temperature=cfg.temperature,
                                                     alpha=cfg.alpha)
@@ -196,8 +214,8 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     history = fit(model, data, test, loss_fn, opts, desc=role, progress=progress)
     source = None if store is None else {"store": store.url, "teacher": store.meta.teacher,
                                          "dataset": store.meta.dataset, "kind": store.meta.kind}
-    if targets is not None:
-        source["combine"] = {"rule": targets.rule, "members": len(ensemble.members_of(store))}
+    if rule is not None:
+        source["combine"] = {"rule": rule, "members": len(ensemble.members_of(store))}
     metrics = {"role": role, "model": spec.describe(), "train_rows": len(data), **history[-1],
                "seconds": time.perf_counter() - t0, "history": history, "config": to_dict(cfg),
                "source": source}

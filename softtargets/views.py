@@ -3,13 +3,19 @@
 Parameters of view v of sample i are drawn from numpy's generator seeded by (seed, i, v) only, so
 they do not depend on chunking, order or process. `apply_views` rebuilds the exact input from
 those plain numbers (float32 on CPU: same parameters -> bit-identical input).
+
+User augmentations: `AugmentSpec(user=("mypkg.augs:cutout",))` (or `--augment user=mypkg.augs:
+cutout`) imports `cutout`, an `Augmentation` whose parameters are plain numbers; they are drawn
+from their own generator (seed, i, v, 1 + k) and stored after the built-in columns. Stage 2
+imports the same name from the store's attributes, so the replayed input is the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +23,40 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from softtargets.errors import ConfigError, StoreMismatchError
+from softtargets.errors import ConfigError
 
-# Columns of view_params (N, V, P): the built-in augmentations, in this order.
+# Columns of view_params (N, V, P): the built-in augmentations, in this order, then user ones.
 PARAM_NAMES = ("dy", "dx", "angle", "scale", "flip")
+VIEW_LOGITS, VIEW_PARAMS = "view_logits", "view_params"  # (N, V, C) float16, (N, V, P) float32
+MEMBER_VIEW_LOGITS = "member_view_logits"  # ensembles: (M, N, V, C) float16, chunks (1, R, V, C)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """A user augmentation. `draw(rng)` returns one view's parameters (len(param_names) plain
+    numbers); `apply(x, p)` maps float32 images x (B, H, W) in [0, 1] and p (B, K) to (B, H, W).
+    apply must be deterministic: stage 2 rebuilds the teacher's input from the stored p."""
+
+    param_names: tuple[str, ...]
+    draw: Callable[[np.random.Generator], Sequence[float]]
+    apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def load_augmentation(name: str) -> Augmentation:
+    """Import 'module:attribute', an Augmentation (the extension point for user augmentations)."""
+    module, sep, attr = name.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(f"user augmentation {name!r} is not 'module:attribute', e.g. "
+                          "'mypkg.augs:cutout'")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"user augmentation {name!r} cannot be imported ({e}); put its module "
+                          "on PYTHONPATH in both stages") from e
+    if not isinstance(obj, Augmentation):
+        raise ConfigError(f"user augmentation {name!r} is a {type(obj).__name__}, not a "
+                          "softtargets.views.Augmentation")
+    return obj
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +70,7 @@ class AugmentSpec:
     scale: float = 1.0
     flip: int = 0
     clean_view0: bool = True
+    user: tuple[str, ...] = ()  # 'module:attribute' Augmentations, applied after the built-ins
 
     def __post_init__(self) -> None:
         if self.shift < 0 or self.shift > 8:
@@ -44,9 +81,23 @@ class AugmentSpec:
             raise ConfigError(f"augment scale must be in [1, 2] (1: no crop), got {self.scale}")
         if self.flip not in (0, 1):
             raise ConfigError(f"augment flip must be 0 or 1, got {self.flip}")
+        object.__setattr__(self, "user", tuple(self.user))
+        for name in self.user:
+            load_augmentation(name)
+
+    @property
+    def augmentations(self) -> list[Augmentation]:
+        return [load_augmentation(name) for name in self.user]
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Columns of view_params: the built-ins, then each user augmentation's, prefixed."""
+        return PARAM_NAMES + tuple(f"{name}.{p}" for name, aug in zip(self.user,
+                                                                     self.augmentations)
+                                   for p in aug.param_names)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "user": list(self.user)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> AugmentSpec:
@@ -61,11 +112,14 @@ def parse_spec(text: str) -> AugmentSpec:
     """'shift=2,rotate=10,flip=0' or the path of a JSON file holding such an object."""
     if text.endswith(".json") and Path(text).is_file():
         return AugmentSpec.from_json(json.loads(Path(text).read_text()))
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"user": []}
     types = {"shift": int, "rotate": float, "scale": float, "flip": int,
-             "clean_view0": lambda s: bool(int(s))}
+             "clean_view0": lambda s: bool(int(s)), "user": str}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
+        if sep and key == "user":  # repeatable: user=mod:a,user=mod:b
+            out["user"].append(value)
+            continue
         if not sep or key not in types:
             raise ConfigError(f"--augment item {part!r} is not KEY=VALUE with KEY in "
                               f"{sorted(types)}; e.g. 'shift=2,rotate=10,flip=0'")
@@ -86,16 +140,28 @@ def draw_params(spec: AugmentSpec, *, seed: int, sample_ids: np.ndarray,
     """Parameters (R, V, P) float32 of every view of `sample_ids`; row i depends only on
     (seed, sample_ids[i], v)."""
     check_views(views)
-    out = np.zeros((len(sample_ids), views, len(PARAM_NAMES)), dtype=np.float32)
+    augs = spec.augmentations
+    out = np.zeros((len(sample_ids), views, len(spec.param_names)), dtype=np.float32)
     out[:, :, 3] = 1.0  # scale 1: no crop
     for r, sid in enumerate(np.asarray(sample_ids, dtype=np.int64)):
         for v in range(views):
             if v == 0 and spec.clean_view0:
+                out[r, v, len(PARAM_NAMES):] = np.nan  # user augmentations off: NaN = skip
                 continue
             rng = np.random.default_rng([seed, int(sid), v])
             d = rng.integers(-spec.shift, spec.shift + 1, size=2)
-            out[r, v] = (d[0], d[1], rng.uniform(-spec.rotate, spec.rotate),
-                         rng.uniform(1.0, spec.scale), float(spec.flip and rng.random() < 0.5))
+            out[r, v, :len(PARAM_NAMES)] = (
+                d[0], d[1], rng.uniform(-spec.rotate, spec.rotate), rng.uniform(1.0, spec.scale),
+                float(spec.flip and rng.random() < 0.5))
+            col = len(PARAM_NAMES)
+            for k, aug in enumerate(augs):  # own generator each: built-in columns never change
+                values = np.asarray(aug.draw(np.random.default_rng([seed, int(sid), v, 1 + k])),
+                                    dtype=np.float32)
+                if values.shape != (len(aug.param_names),) or not np.isfinite(values).all():
+                    raise ConfigError(f"user augmentation {spec.user[k]!r} drew {values!r}; it "
+                                      f"must return {len(aug.param_names)} finite numbers")
+                out[r, v, col:col + len(values)] = values
+                col += len(values)
     return out
 
 
@@ -108,13 +174,19 @@ def _shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, s: int) -> 
     return padded[torch.arange(b)[:, None, None], rows, cols]
 
 
-def apply_views(images: np.ndarray | torch.Tensor, params: np.ndarray) -> torch.Tensor:
+def apply_views(images: np.ndarray | torch.Tensor, params: np.ndarray, *,
+                spec: AugmentSpec | None = None) -> torch.Tensor:
     """Augmented float32 inputs (B, H*W) in [0, 1] of uint8 images (B, H, W) and params (B, P).
 
-    Order: flip, rotate+zoom (bilinear grid_sample, float32 CPU), then integer shift.
+    Order: flip, rotate+zoom (bilinear grid_sample, float32 CPU), integer shift, then the spec's
+    user augmentations (rows whose user parameters are NaN, clean views, skip them).
     """
     x = torch.as_tensor(np.asarray(images)).float() / 255.0  # (B, H, W)
     p = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32))  # (B, P)
+    want = len(spec.param_names) if spec is not None else len(PARAM_NAMES)
+    if p.shape[-1] != want:
+        raise ConfigError(f"view parameters have {p.shape[-1]} columns, the augment spec "
+                          f"expects {want}; pass the store's spec (views_spec(meta))")
     flip = p[:, 4] > 0.5
     x = torch.where(flip[:, None, None], x.flip(-1), x)
     affine = (p[:, 2] != 0) | (p[:, 3] != 1)
@@ -134,51 +206,51 @@ def apply_views(images: np.ndarray | torch.Tensor, params: np.ndarray) -> torch.
     s = int(p[:, :2].abs().max().item()) if len(p) else 0
     if s:
         x = _shift(x, p[:, 0].long(), p[:, 1].long(), s)
+    if spec is not None and spec.user:
+        x = _apply_user(x, p[:, len(PARAM_NAMES):], spec)
     return x.reshape(x.shape[0], -1).contiguous()
 
 
-class ViewData:
-    """Stage 2 over a views store: per epoch, each sample draws one view (seeded by
-    (seed, epoch, sample_id)); yields (rebuilt inputs (B, D) float32, labels (B,), logits (B, C))."""
+def _apply_user(x: torch.Tensor, p: torch.Tensor, spec: AugmentSpec) -> torch.Tensor:
+    """x (B, H, W), p (B, K_total): each user augmentation on the rows whose params are set."""
+    col = 0
+    for name, aug in zip(spec.user, spec.augmentations):
+        cols = p[:, col:col + len(aug.param_names)]
+        col += len(aug.param_names)
+        on = torch.nonzero(~torch.isnan(cols).any(1)).flatten()
+        if len(on):
+            out = aug.apply(x[on], cols[on])
+            if out.shape != x[on].shape:
+                raise ConfigError(f"user augmentation {name!r} returned {tuple(out.shape)}, "
+                                  f"expected {tuple(x[on].shape)}")
+            x = x.clone()
+            x[on] = out.float()
+    return x
 
-    def __init__(self, split: Any, store_url: str) -> None:
-        from softtargets.store import read_meta
-        meta, group = read_meta(store_url)
-        if "views" not in meta.extra or not meta.complete:
-            raise StoreMismatchError(f"store {store_url!r} is not a complete views store "
-                                     "(written by teacher-logits --views V)")
-        if meta.dataset.get("fingerprint") != split.identity()["fingerprint"]:
-            raise StoreMismatchError(f"store {store_url!r} was computed on other data than "
-                                     f"{split.name}/{split.split}")
-        ids = group["sample_id"][:]  # (N,)
-        if (ids != np.arange(len(ids))).any():
-            raise StoreMismatchError(f"store {store_url!r}: sample_id is not 0..N-1")
-        self.info = meta.extra["views"]
-        self.view_logits = np.asarray(group["view_logits"][:])  # (N, V, C) float16
-        self.view_params = np.asarray(group["view_params"][:])  # (N, V, P) float32
-        self.images = split.images
-        self.labels = torch.from_numpy(split.labels.astype(np.int64))
 
-    def __len__(self) -> int:
-        return len(self.labels)
+def views_info(spec: AugmentSpec, *, views: int, seed: int) -> dict[str, Any]:
+    """The store attribute `views` (docs/FORMAT.md "Augmented views")."""
+    return {"views": views, "seed": seed, "augment": spec.to_json(),
+            "param_names": list(spec.param_names), "logits_is_view": 0}
 
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
 
-    def draw_views(self, *, epoch: int, seed: int) -> np.ndarray:
-        """View index (N,) per sample for this epoch; depends only on (seed, epoch, sample_id)."""
-        v = self.view_logits.shape[1]
-        return np.array([np.random.default_rng([seed, epoch, i]).integers(v)
-                         for i in range(len(self))], dtype=np.int64)
+def views_spec(info: dict[str, Any]) -> AugmentSpec:
+    """The AugmentSpec recorded in a store's `views` attribute (imports user augmentations)."""
+    return AugmentSpec.from_json(info["augment"])
 
-    def batches(self, *, batch_size: int, epoch: int,
-                seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self), generator=g).numpy()
-        chosen = self.draw_views(epoch=epoch, seed=seed)
-        for start in range(0, len(self), batch_size):
-            idx = order[start:start + batch_size]
-            v = chosen[idx]
-            x = apply_views(self.images[idx], self.view_params[idx, v])
-            t = torch.from_numpy(self.view_logits[idx, v].astype(np.float32))
-            yield x, self.labels[idx], t
+
+def choose_views(sample_ids: np.ndarray, *, views: int, seed: int, epoch: int) -> np.ndarray:
+    """The view (R,) int64 each sample replays in `epoch`: a function of (seed, epoch, sample id)
+    only, so in-memory and streamed loaders, workers and ranks agree. Vectorised hash (splitmix64
+    finaliser), not a generator per row: it runs on every streamed batch."""
+    x = (np.asarray(sample_ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+         + np.uint64((seed * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF))
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x % np.uint64(views)).astype(np.int64)
+
+

@@ -16,7 +16,8 @@ from softtargets.errors import ConfigError
 from softtargets.models import load_checkpoint
 from softtargets.store import LogitStore, read_meta
 from softtargets.teacher import write_teacher_logits
-from softtargets.views import (AugmentSpec, ViewData, apply_views, draw_params, parse_spec)
+from softtargets.view_loader import ViewData
+from softtargets.views import AugmentSpec, apply_views, draw_params, parse_spec
 
 SPEC = AugmentSpec(shift=2, rotate=10.0, scale=1.2, flip=1)
 
@@ -106,7 +107,7 @@ def test_loader_replay_reproduces_stored_logits(tmp_path: Path, tiny_data) -> No
     assert not np.array_equal(data.draw_views(epoch=0, seed=1), data.draw_views(epoch=1, seed=1))
 
 
-def test_views_refuse_resume_and_sparse(tmp_path: Path, tiny_data) -> None:
+def test_views_refuse_sparse(tmp_path: Path, tiny_data) -> None:
     teacher = _teacher(tmp_path, tiny_data)
     cfg = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "v.zarr"),
                        device="cpu", views=2, topk=3)
@@ -146,7 +147,96 @@ def test_student_trains_from_views_store(tmp_path: Path, tiny_data) -> None:
                                          batch_size=32), out_dir=str(tmp_path / "s"),
                       progress=False)
     assert len(m["history"]) == 2 and np.isfinite(m["history"][-1]["train_loss"])
-    with pytest.raises(ConfigError, match="not yet supported with a --views store"):
-        train_student(StudentTrainConfig(data=tiny_data, store=cfg.store, hidden=(16,),
+    m = train_student(StudentTrainConfig(data=tiny_data, store=cfg.store, hidden=(16,),
                                          epochs=1), out_dir=str(tmp_path / "s2"),
                       rows=np.arange(10), progress=False)
+    assert m["train_rows"] == 10
+    m = train_student(StudentTrainConfig(data=tiny_data, store=cfg.store, hidden=(16,), epochs=1,
+                                         loader="stream", mixup=0.4),
+                      out_dir=str(tmp_path / "s3"), progress=False)  # streamed views + mixup
+    assert m["train_rows"] == 96 and np.isfinite(m["train_loss"])
+    with pytest.raises(ConfigError, match="applies to ensemble stores"):
+        train_student(StudentTrainConfig(data=tiny_data, store=cfg.store, hidden=(16,),
+                                         epochs=1, combine="geometric"),
+                      out_dir=str(tmp_path / "s4"), progress=False)
+
+
+# --- user augmentations ----------------------------------------------------------------------
+
+def test_user_augmentation_is_drawn_stored_and_replayed(tmp_path: Path, tiny_data) -> None:
+    teacher = _teacher(tmp_path, tiny_data)
+    cfg = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "u.zarr"),
+                       chunk_rows=32, device="cpu", views=3, augment="shift=1,user=user_augs:dim")
+    meta = write_teacher_logits(cfg, progress=False)
+    info = meta.extra["views"]
+    assert info["param_names"][-1] == "user_augs:dim.factor"
+    params = read_meta(cfg.store)[1]["view_params"][:]  # (96, 3, 6)
+    assert params.shape == (96, 3, 6) and np.isnan(params[:, 0, 5]).all()  # clean view 0
+    assert ((params[:, 1:, 5] >= 0.5) & (params[:, 1:, 5] <= 1.0)).all()
+    # the built-in columns do not move when a user augmentation is added
+    plain = draw_params(AugmentSpec(shift=1), seed=0, sample_ids=np.arange(96), views=3)
+    np.testing.assert_array_equal(params[..., :5], plain)
+    model = load_checkpoint(teacher).model.eval()
+    data = ViewData(load_split(tiny_data), cfg.store)
+    for x, _, t in data.batches(batch_size=50, epoch=2, seed=0):
+        with torch.no_grad():
+            np.testing.assert_array_equal(model(x).numpy().astype(np.float16),
+                                          t.numpy().astype(np.float16))
+
+
+def test_user_augmentation_errors_name_the_fix() -> None:
+    with pytest.raises(ConfigError, match="is not 'module:attribute'"):
+        parse_spec("user=nocolon")
+    with pytest.raises(ConfigError, match="cannot be imported .* PYTHONPATH"):
+        parse_spec("user=no_such_module_xyz:aug")
+    with pytest.raises(ConfigError, match="is a int, not a softtargets.views.Augmentation"):
+        parse_spec("user=user_augs:not_an_augmentation")
+    spec = parse_spec("shift=1,user=user_augs:dim")
+    with pytest.raises(ConfigError, match="view parameters have 5 columns, the augment spec "
+                                          "expects 6"):
+        apply_views(np.zeros((1, 28, 28), np.uint8), np.zeros((1, 5), np.float32), spec=spec)
+
+
+# --- sharding and --resume (issue 4's write session) ------------------------------------------
+
+def test_views_store_sharded_equals_unsharded(tmp_path: Path, tiny_data) -> None:
+    teacher = _teacher(tmp_path, tiny_data)
+    base = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "a.zarr"),
+                        chunk_rows=8, device="cpu", views=2, augment="shift=2,flip=1")
+    write_teacher_logits(base, progress=False)
+    sharded = dataclasses.replace(base, store=str(tmp_path / "b.zarr"), shard_rows=32)
+    meta = write_teacher_logits(sharded, progress=False)
+    assert meta.extra["shard_rows"] == 32 and meta.extra["views"]["views"] == 2
+    a, b = read_meta(base.store)[1], read_meta(sharded.store)[1]
+    for name in ("logits", "view_logits", "view_params"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert len(list((tmp_path / "b.zarr" / "view_logits" / "c").iterdir())) == 3  # 96 / 32
+    data = ViewData(load_split(tiny_data), sharded.store)  # the loader reads sharded views
+    assert sum(len(y) for _, y, _ in data.batches(batch_size=40, epoch=0, seed=0)) == 96
+
+
+def test_views_resume_after_sigkill_is_bit_identical(tmp_path: Path, tiny_data) -> None:
+    import signal
+
+    from stage1_helpers import chunk_files, stage1_args, start_stage1, wait_for
+
+    from conftest import run_cli
+    teacher = Path(_teacher(tmp_path, tiny_data))
+    views = ("--views", "3", "--augment", "shift=2,rotate=5")
+    ref, store = tmp_path / "ref.zarr", tmp_path / "s.zarr"
+    run_cli(*stage1_args(tiny_data, teacher, ref, *views))
+
+    def written() -> int:
+        d = store / "sample_id" / "c"
+        return len(list(d.iterdir())) if d.exists() else 0
+
+    proc = start_stage1(stage1_args(tiny_data, teacher, store, *views), delay=0.4)
+    try:
+        wait_for(lambda: written() >= 3, what="3 units written")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert 3 <= written() < 12
+    run_cli(*stage1_args(tiny_data, teacher, store, *views, "--resume"))
+    assert chunk_files(store) == chunk_files(ref)  # logits, view_logits, view_params, sample_id
+    assert read_meta(str(store))[0].complete

@@ -1,0 +1,126 @@
+"""Issue 7, stage 2: replay stored augmented views (docs/FORMAT.md "Augmented views").
+
+Each epoch every sample draws one of its V stored views (`views.choose_views`: a function of
+(seed, epoch, sample id) only), the loader rebuilds that view's input from the stored parameters
+(`views.apply_views`) and yields it with that view's teacher target. So the student sees the
+exact input the teacher saw for the target it is trained on.
+
+* `ViewData`: the whole views store in memory; one teacher, or an ensemble
+  (`member_view_logits` (M, N, V, C), combined at the student's T by the ensemble rule).
+* `ViewReplay`: the per-batch step used by the streaming loader (loader.StreamingDistillData with
+  `replay=`), for views stores far larger than RAM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from softtargets import ensemble
+from softtargets.errors import StoreMismatchError
+from softtargets.store import SAMPLE_ID, check_dataset, read_meta
+from softtargets.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS, AugmentSpec,
+                               apply_views, choose_views, views_spec)
+
+
+def views_meta(url: str, split: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(meta, group, views attribute) of a complete views store computed on `split`."""
+    meta, group = read_meta(url)
+    info = meta.extra.get("views")
+    if info is None or not meta.complete:
+        raise StoreMismatchError(f"store {url!r} is not a complete views store (written by "
+                                 "teacher-logits --views V); got "
+                                 f"{'an incomplete store' if info else 'a store without views'}")
+    check_dataset(meta, url, split.identity())
+    return meta, group, info
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewReplay:
+    """Rebuild the chosen view of each row of a streamed batch. Picklable (plain fields only)."""
+
+    augment: dict[str, Any]  # AugmentSpec.to_json() from the store
+    views: int
+
+    @classmethod
+    def of_store(cls, url: str, split: Any) -> ViewReplay:
+        _, _, info = views_meta(url, split)
+        views_spec(info)  # imports user augmentations now: a missing one fails before training
+        return cls(augment=info["augment"], views=int(info["views"]))
+
+    def __call__(self, ids: np.ndarray, images: np.ndarray, view_logits: np.ndarray,
+                 view_params: np.ndarray, *, seed: int,
+                 epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs (B, D) float32 and logits (B, C) float16 of the views chosen for rows `ids`;
+        view_logits (B, V, C), view_params (B, V, P) are the rows' stored views."""
+        v = choose_views(ids, views=self.views, seed=seed, epoch=epoch)  # (B,)
+        rows = np.arange(len(ids))
+        x = apply_views(images[ids], view_params[rows, v],
+                        spec=AugmentSpec.from_json(self.augment))
+        return x, torch.from_numpy(np.ascontiguousarray(view_logits[rows, v]))
+
+
+class ViewData:
+    """Stage 2 over a views store, in memory: per epoch each sample replays one stored view.
+
+    Yields (inputs (B, D) float32, labels (B,), target (B, C)): the view's logits (one teacher,
+    `log_probs` False) or, for an ensemble, the members' combination at `temperature` as
+    log-probabilities (`log_probs` True). rows: a transfer subset of sample ids (None: all).
+    """
+
+    def __init__(self, split: Any, url: str, *, rows: np.ndarray | None = None,
+                 temperature: float = 1.0, rule: str | None = None) -> None:
+        meta, group, info = views_meta(url, split)
+        ids = np.asarray(group[SAMPLE_ID][:])  # (N,)
+        if (ids != np.arange(len(ids))).any():
+            raise StoreMismatchError(f"store {url!r}: sample_id is not 0..N-1")
+        self.spec = views_spec(info)
+        self.views = int(info["views"])
+        self.view_params = np.asarray(group[VIEW_PARAMS][:])  # (N, V, P) float32
+        self.log_probs = MEMBER_VIEW_LOGITS in group
+        if self.log_probs:  # ensemble: (M, N, V, C), combined per batch at T
+            self.rule = ensemble.check_rule(
+                rule or meta.extra.get(ensemble.ENSEMBLE_KEY, {}).get("default_rule",
+                                                                      "arithmetic"))
+            self.member_view_logits = np.asarray(group[MEMBER_VIEW_LOGITS][:])
+        else:
+            self.view_logits = np.asarray(group[VIEW_LOGITS][:])  # (N, V, C) float16
+        self.temperature = temperature
+        self.index = np.arange(len(ids)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(self.index) and (self.index.min() < 0 or self.index.max() >= len(ids)):
+            raise StoreMismatchError(f"store {url!r} has rows 0..{len(ids) - 1}; the transfer "
+                                     "set asks for sample ids outside it")
+        self.images = split.images
+        self.labels = torch.from_numpy(split.labels.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def num_batches(self, batch_size: int, epoch: int = 0) -> int:
+        return -(-len(self) // batch_size)
+
+    def draw_views(self, *, epoch: int, seed: int) -> np.ndarray:
+        """View index (R,) of every transfer row this epoch (see views.choose_views)."""
+        return choose_views(self.index, views=self.views, seed=seed, epoch=epoch)
+
+    def batches(self, *, batch_size: int, epoch: int,
+                seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = self.index[torch.randperm(len(self), generator=g).numpy()]
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            v = choose_views(idx, views=self.views, seed=seed, epoch=epoch)
+            x = apply_views(self.images[idx], self.view_params[idx, v], spec=self.spec)
+            yield x, self.labels[idx], self.target(idx, v)
+
+    def target(self, idx: np.ndarray, v: np.ndarray) -> torch.Tensor:
+        """(B, C) float32: logits of view v[i] of row idx[i], or the ensemble's log-probs."""
+        if not self.log_probs:
+            return torch.from_numpy(self.view_logits[idx, v].astype(np.float32))
+        z = self.member_view_logits[:, idx, v]  # (M, B, C)
+        logp = ensemble.combine_log_probs(z, rule=self.rule, temperature=self.temperature)
+        return torch.from_numpy(logp.astype(np.float32))
