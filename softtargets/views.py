@@ -181,7 +181,7 @@ def apply_views(images: np.ndarray | torch.Tensor, params: np.ndarray, *,
     Order: flip, rotate+zoom (bilinear grid_sample, float32 CPU), integer shift, then the spec's
     user augmentations (rows whose user parameters are NaN, clean views, skip them).
     """
-    x = torch.as_tensor(np.asarray(images)).float() / 255.0  # (B, H, W)
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32)) / 255.0  # (B, H, W), a copy
     p = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32))  # (B, P)
     want = len(spec.param_names) if spec is not None else len(PARAM_NAMES)
     if p.shape[-1] != want:

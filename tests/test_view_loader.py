@@ -1,0 +1,182 @@
+"""Issue 7, stage 2: streamed view replay, ensembles of views, and mixup of stored targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stage1_helpers import make_teacher
+
+from softtargets import ensemble
+from softtargets.config import EnsembleLogitsConfig, LogitsConfig, StudentTrainConfig
+from softtargets.data import load_split
+from softtargets.errors import ConfigError, StoreMismatchError
+from softtargets.loader import StreamingDistillData, StreamOptions
+from softtargets.members import write_ensemble_logits
+from softtargets.mixup import MixupData, mix_log_probs
+from softtargets.models import load_checkpoint
+from softtargets.store import LogitStore, read_meta
+from softtargets.teacher import write_teacher_logits
+from softtargets.train import train_student
+from softtargets.view_loader import ViewData, ViewReplay
+from softtargets.views import AugmentSpec, apply_views, choose_views
+
+AUG = "shift=2,rotate=8,flip=1"
+
+
+def _views_store(tmp_path: Path, data, *, views: int = 3) -> tuple[str, str]:
+    teacher = str(make_teacher(tmp_path / "teacher.pt", data))
+    cfg = LogitsConfig(data=data, teacher=teacher, store=str(tmp_path / "v.zarr"), chunk_rows=8,
+                       device="cpu", views=views, augment=AUG, view_seed=2)
+    write_teacher_logits(cfg, progress=False)
+    return teacher, cfg.store
+
+
+def test_choose_views_is_a_function_of_seed_epoch_and_id() -> None:
+    ids = np.arange(1000)
+    v = choose_views(ids, views=4, seed=1, epoch=0)
+    np.testing.assert_array_equal(v[::-1], choose_views(ids[::-1], views=4, seed=1, epoch=0))
+    np.testing.assert_array_equal(v[500:], choose_views(ids[500:], views=4, seed=1, epoch=0))
+    assert np.bincount(v, minlength=4).min() > 200  # roughly uniform over the 4 views
+    assert (v != choose_views(ids, views=4, seed=1, epoch=1)).mean() > 0.6
+    assert (v != choose_views(ids, views=4, seed=2, epoch=0)).mean() > 0.6
+
+
+def test_streamed_replay_gives_the_stored_logits_and_every_row_once(tmp_path, tiny_data):
+    teacher, url = _views_store(tmp_path, tiny_data)
+    split = load_split(tiny_data)
+    model = load_checkpoint(teacher).model.eval()
+    stream = StreamingDistillData(split, LogitStore.open(url), replay=ViewReplay.of_store(url, split),
+                                  options=StreamOptions(loader="stream", buffer_chunks=2))
+    memory = ViewData(split, url)
+    for epoch in range(2):
+        seen = []
+        for ids, x, y, t in stream.batches(batch_size=20, epoch=epoch, seed=4, with_ids=True):
+            with torch.no_grad():  # the teacher on the rebuilt input: the stored logits exactly
+                again = model(x).numpy().astype(np.float16)
+            np.testing.assert_array_equal(again, t.numpy())
+            v = choose_views(ids.numpy(), views=3, seed=4, epoch=epoch)
+            np.testing.assert_array_equal(  # the same view as the in-memory loader replays
+                t.numpy(), memory.view_logits[ids.numpy(), v])
+            np.testing.assert_array_equal(y.numpy(), split.labels[ids.numpy()])
+            seen += ids.tolist()
+        assert sorted(seen) == list(range(96))
+
+
+def test_replay_refuses_a_store_without_views_or_of_other_data(tmp_path, tiny_data):
+    import dataclasses
+    teacher = str(make_teacher(tmp_path / "teacher.pt", tiny_data))
+    plain = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "p.zarr"),
+                         device="cpu")
+    write_teacher_logits(plain, progress=False)
+    split = load_split(tiny_data)
+    with pytest.raises(StoreMismatchError, match="not a complete views store .* without views"):
+        ViewReplay.of_store(plain.store, split)
+    _, url = _views_store(tmp_path, tiny_data)
+    test_split = load_split(dataclasses.replace(tiny_data, split="test"))
+    with pytest.raises(StoreMismatchError, match="test"):
+        ViewData(test_split, url)
+
+
+def test_ensemble_views_store_every_member_and_combine_at_any_t(tmp_path, tiny_data):
+    teachers = [str(make_teacher(tmp_path / f"t{i}.pt", tiny_data, seed=i)) for i in range(2)]
+    cfg = EnsembleLogitsConfig(data=tiny_data, teachers=tuple(teachers),
+                               store=str(tmp_path / "e.zarr"), chunk_rows=16, device="cpu",
+                               views=3, augment=AUG, view_seed=1)
+    meta = write_ensemble_logits(cfg, progress=False)
+    group = read_meta(cfg.store)[1]
+    mv = group["member_view_logits"][:]  # (M, N, V, C)
+    assert mv.shape == (2, 96, 3, 10) and meta.extra["views"]["views"] == 3
+    np.testing.assert_array_equal(group["member_logits"][:], mv[:, :, 0])  # view 0
+    split = load_split(tiny_data)
+    spec = AugmentSpec.from_json(meta.extra["views"]["augment"])
+    params = group["view_params"][:]
+    for m, path in enumerate(teachers):  # each member re-run on each rebuilt view
+        model = load_checkpoint(path).model.eval()
+        for v in range(3):
+            with torch.no_grad():
+                z = model(apply_views(split.images, params[:, v], spec=spec)).numpy()
+            np.testing.assert_array_equal(z.astype(np.float16), mv[m, :, v])
+    for rule, t in (("arithmetic", 4.0), ("geometric", 2.0)):
+        data = ViewData(split, cfg.store, temperature=t, rule=rule)
+        assert data.log_probs and data.rule == rule
+        idx = np.arange(10)
+        v = data.draw_views(epoch=1, seed=0)[:10]
+        want = ensemble.combine_log_probs(mv[:, idx, v].astype(np.float64), rule=rule,
+                                          temperature=t)
+        np.testing.assert_allclose(data.target(idx, v).numpy(), want, rtol=1e-6, atol=1e-6)
+    m = train_student(StudentTrainConfig(data=tiny_data, store=cfg.store, hidden=(16,), epochs=1,
+                                         temperature=4.0, combine="geometric"),
+                      out_dir=str(tmp_path / "s"), progress=False)
+    assert m["source"]["combine"] == {"rule": "geometric", "members": 2}
+    with pytest.raises(ConfigError, match="cannot be combined with --store-combined-only"):
+        EnsembleLogitsConfig(teachers=tuple(teachers), views=2, combine="geometric",
+                             combined_only=True)
+
+
+# --- mixup -------------------------------------------------------------------------------------
+
+def test_mix_log_probs_by_hand() -> None:
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    out = mix_log_probs(p.log(), torch.tensor([1, 0]), 0.25).exp()
+    want = torch.tensor([[0.25 * 0.7 + 0.75 * 0.1, 0.25 * 0.2 + 0.75 * 0.1, 0.25 * 0.1 + 0.75 * 0.8],
+                         [0.25 * 0.1 + 0.75 * 0.7, 0.25 * 0.1 + 0.75 * 0.2, 0.25 * 0.8 + 0.75 * 0.1]])
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(mix_log_probs(p.log(), torch.tensor([1, 0]), 1.0).exp(), p)
+
+
+class _Fixed:
+    """Two batches of given images, labels and teacher logits."""
+
+    def __init__(self, images, labels, logits):
+        self.images, self.labels, self.logits = images, labels, logits
+
+    def __len__(self):
+        return len(self.labels)
+
+    def num_batches(self, batch_size):
+        return 2
+
+    def batches(self, *, batch_size, epoch, seed):
+        for s in (slice(0, 6), slice(6, 12)):
+            yield self.images[s], self.labels[s], self.logits[s]
+
+
+def test_mixup_mixes_inputs_labels_and_targets_with_one_coefficient() -> None:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 4, 4), dtype=torch.uint8, generator=g)
+    labels = torch.arange(12) % 3
+    logits = torch.randn(12, 3, generator=g)
+    data = MixupData(_Fixed(images, labels, logits), alpha=0.4, temperature=2.0, log_probs=False,
+                     classes=3)
+    batches = list(data.batches(batch_size=6, epoch=0, seed=7))
+    again = list(data.batches(batch_size=6, epoch=0, seed=7))
+    for (x, y, t), (x2, _, _) in zip(batches, again):
+        torch.testing.assert_close(x, x2)  # seeded
+    x, y, t = batches[0]
+    clean = images[:6].flatten(1).float() / 255  # (6, 16)
+    # recover lam and the partner from the labels, then check inputs and targets agree
+    onehot = torch.nn.functional.one_hot(labels[:6], 3).float()
+    p = torch.softmax(logits[:6] / 2.0, dim=1)
+    # lam and the partner j of row 0 from its input (least squares over the candidates j)
+    found = None
+    for j in range(6):
+        diff = clean[0] - clean[j]
+        if diff.abs().max() < 1e-6:
+            continue
+        lam = float(((x[0] - clean[j]) @ diff) / (diff @ diff))
+        if torch.allclose(x[0], lam * clean[0] + (1 - lam) * clean[j], atol=1e-5):
+            found = (lam, j)
+            break
+    assert found is not None
+    lam, j = found
+    torch.testing.assert_close(y[0], lam * onehot[0] + (1 - lam) * onehot[j])
+    torch.testing.assert_close(t[0].exp(), lam * p[0] + (1 - lam) * p[j])
+    assert not torch.allclose(batches[0][0], clean)  # it did mix
+    with pytest.raises(ConfigError, match="mixup alpha must be > 0"):
+        MixupData(_Fixed(images, labels, logits), alpha=0, temperature=1, log_probs=False,
+                  classes=3)
+    with pytest.raises(ConfigError, match="mixup must be >= 0"):
+        StudentTrainConfig(mixup=-1)
