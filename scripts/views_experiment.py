@@ -2,7 +2,9 @@
 
 (a) clean inputs + stored targets, (b) augmented inputs + clean-input targets (inconsistent),
 (c) stored views replayed (consistent), (d) online teacher on the augmented inputs (reference).
-Prints a markdown table of test errors and wall times (stage 1 time counted where it is paid).
+All four train through softtargets.train.fit (same SGD, schedule, clipping, batches, seed);
+(a) and (c) are exactly `softtargets student` on a plain and on a views store. Prints a markdown
+table of test errors and wall times (stage 1 time counted where it is paid).
 
     python scripts/views_experiment.py --teacher runs/fashion-mnist/teacher.pt [--quick]
 """
@@ -13,58 +15,62 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from softtargets.config import DataConfig, LogitsConfig
+from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig
 from softtargets.data import load_split
 from softtargets.distill import distillation_loss
 from softtargets.models import ModelSpec, build, load_checkpoint
 from softtargets.teacher import write_teacher_logits
-from softtargets.train import evaluate
-from softtargets.views import ViewData, apply_views, draw_params, parse_spec
+from softtargets.train import FitOptions, fit, train_student
+from softtargets.view_loader import ViewData
+from softtargets.views import apply_views, draw_params, parse_spec
 
 
-def train(data: ViewData, mode: str, *, teacher: torch.nn.Module, spec_text: str, epochs: int,
-          hidden: tuple[int, ...], seed: int, temperature: float, test) -> tuple[int, float]:
-    """One student run in `mode` a/b/c/d; (test errors, seconds)."""
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    model = build(ModelSpec(hidden=hidden))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    spec = parse_spec(spec_text)
-    n = len(data)
-    for epoch in range(epochs):
-        model.train()
+class FreshAugmentData:
+    """(b)/(d): a fresh augmentation per sample per epoch, never seen by the stage-1 teacher;
+    targets are the stored clean-input logits (b) or the teacher run online on the input (d)."""
+
+    def __init__(self, data: ViewData, *, augment: str, teacher: torch.nn.Module | None) -> None:
+        self.data, self.spec, self.teacher = data, parse_spec(augment), teacher
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def num_batches(self, batch_size: int) -> int:
+        return self.data.num_batches(batch_size)
+
+    def batches(self, *, batch_size: int, epoch: int,
+                seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g).numpy()
-        chosen = data.draw_views(epoch=epoch, seed=seed)  # (N,) view per sample, used by (c)
-        for start in range(0, n, 100):
-            idx = order[start:start + 100]
-            y = data.labels[idx]
-            clean_p = np.tile(np.array([0, 0, 0, 1, 0], np.float32), (len(idx), 1))
-            if mode == "a":  # clean inputs, clean (view 0) targets
-                x, t = apply_views(data.images[idx], clean_p), data.view_logits[idx, 0]
-            elif mode == "c":  # a stored view, replayed exactly, with its logits
-                v = chosen[idx]
-                x, t = apply_views(data.images[idx], data.view_params[idx, v]), \
-                    data.view_logits[idx, v]
-            else:  # fresh augmentation (never seen by the stage-1 teacher)
-                p = draw_params(spec, seed=10_000 + epoch, sample_ids=idx, views=2)[:, 1]
-                x = apply_views(data.images[idx], p)
-                if mode == "b":
-                    t = data.view_logits[idx, 0]  # targets of the clean input
-                else:  # d: online teacher on the augmented input
-                    with torch.no_grad():
-                        t = teacher(x)
-            t = torch.as_tensor(np.asarray(t, dtype=np.float32)) if not torch.is_tensor(t) else t
-            loss = distillation_loss(model(x), t, y, temperature=temperature, alpha=0.9)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return evaluate(model, test)["test_errors"], time.perf_counter() - t0
+        order = torch.randperm(len(self), generator=g).numpy()
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            p = draw_params(self.spec, seed=10_000 + epoch, sample_ids=idx, views=2)[:, 1]
+            x = apply_views(self.data.images[idx], p, spec=self.spec)  # (B, D)
+            if self.teacher is None:  # (b): targets of the clean input (view 0)
+                t = torch.from_numpy(self.data.view_logits[idx, 0].astype(np.float32))
+            else:  # (d): the teacher on this very input, every step
+                with torch.no_grad():
+                    t = self.teacher(x)
+            yield x, self.data.labels[idx], t
+
+
+def run_fit(data, cfg: StudentTrainConfig, test) -> tuple[int, float]:
+    """The student loop of train_student on `data`; (test errors, seconds)."""
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = build(ModelSpec(hidden=cfg.hidden))
+    opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                      momentum=cfg.momentum, seed=cfg.seed, clip_grad=cfg.clip_grad)
+    loss = lambda s, y, t: distillation_loss(s, t, y, temperature=cfg.temperature,  # noqa: E731
+                                             alpha=cfg.alpha)
+    history = fit(model, data, test, loss, opts, desc="student", progress=False)
+    return history[-1]["test_errors"], time.perf_counter() - t0
 
 
 def main() -> None:
@@ -74,35 +80,49 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--augment", default="shift=2,rotate=10,scale=1.1,flip=1")
     ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
-    limit, epochs, hidden = (5000, 3, (300, 300)) if args.quick else (60000, 10, (800, 800))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    limit, epochs, hidden = (5000, 3, (300, 300)) if args.quick else (None, 10, (800, 800))
+    epochs = args.epochs or epochs
     data_cfg = DataConfig(dataset="fashion-mnist", split="train", data_dir=args.data_dir,
                           limit=limit)
     test = load_split(dataclasses.replace(data_cfg, split="test", limit=None))
     teacher = load_checkpoint(args.teacher).model.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        store = str(Path(tmp) / "views.zarr")
-        t0 = time.perf_counter()
-        write_teacher_logits(LogitsConfig(data=data_cfg, teacher=args.teacher, store=store,
-                                          device="cpu", views=args.views, augment=args.augment),
-                             progress=False)
-        stage1 = time.perf_counter() - t0
-        data = ViewData(load_split(data_cfg), store)
+        stores, stage1 = {}, {}
+        for name, views in (("plain", None), ("views", args.views)):
+            stores[name] = str(Path(tmp) / f"{name}.zarr")
+            t0 = time.perf_counter()
+            write_teacher_logits(LogitsConfig(data=data_cfg, teacher=args.teacher,
+                                              store=stores[name], device="cpu", views=views,
+                                              augment=args.augment), progress=False)
+            stage1[name] = time.perf_counter() - t0
+        cfg = StudentTrainConfig(data=data_cfg, hidden=hidden, epochs=epochs, temperature=4.0,
+                                 alpha=0.9)
         rows = []
-        for mode, what in (("a", "clean inputs + stored targets"),
-                           ("b", "augmented inputs + clean-input targets (inconsistent)"),
-                           ("c", f"stored views replayed (V={args.views}, consistent)"),
-                           ("d", "online teacher on augmented inputs (reference)")):
-            errors, seconds = train(data, mode, teacher=teacher, spec_text=args.augment,
-                                    epochs=epochs, hidden=hidden, seed=0, temperature=4.0,
-                                    test=test)
-            rows.append((mode, what, errors, seconds))
-    print(f"train rows {limit}, student {hidden}, {epochs} epochs, T=4, alpha=0.9, "
-          f"augment '{args.augment}', stage 1 with {args.views} views: {stage1:.1f} s")
-    print("| run | targets | test errors / 10000 | student wall s |")
-    print("|---|---|---|---|")
-    for mode, what, errors, seconds in rows:
-        print(f"| ({mode}) | {what} | {errors} | {seconds:.1f} |")
+        for mode, store in (("a", "plain"), ("c", "views")):  # the library's own stage 2
+            m = train_student(dataclasses.replace(cfg, store=stores[store]),
+                              out_dir=str(Path(tmp) / mode), progress=False)
+            rows.append((mode, m["test_errors"], m["seconds"], stage1[store]))
+        views = ViewData(load_split(data_cfg), stores["views"])
+        for mode, online in (("b", None), ("d", teacher)):
+            errors, seconds = run_fit(FreshAugmentData(views, augment=args.augment,
+                                                       teacher=online), cfg, test)
+            rows.append((mode, errors, seconds, stage1["plain"] if mode == "b" else 0.0))
+    what = {"a": "clean inputs + stored targets",
+            "b": "augmented inputs + clean-input targets (inconsistent)",
+            "c": f"stored views replayed (V={args.views}, consistent)",
+            "d": "online teacher on augmented inputs (reference)"}
+    print(f"train rows {limit or 60000}, student {hidden}, {epochs} epochs, T=4, alpha=0.9, "
+          f"augment '{args.augment}', torch threads {torch.get_num_threads()}")
+    print("| run | targets | test errors / 10000 | student s | stage 1 s | total s |")
+    print("|---|---|---:|---:|---:|---:|")
+    for mode, errors, seconds, s1 in sorted(rows):
+        print(f"| ({mode}) | {what[mode]} | {errors} | {seconds:.1f} | {s1:.1f} | "
+              f"{seconds + s1:.1f} |")
 
 
 if __name__ == "__main__":
