@@ -13,11 +13,15 @@ import gc
 import os
 import statistics
 import sys
+import warnings
 from collections.abc import Callable
 
-if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
-    raise ImportError("import bench_common before torch (it sets OMP_WAIT_POLICY)")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "OMP_WAIT_POLICY" not in os.environ:
+    if "torch" in sys.modules:  # too late: libgomp has read its environment (the header says '-')
+        warnings.warn("bench_common imported after torch: OMP_WAIT_POLICY left unset",
+                      stacklevel=2)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
 
