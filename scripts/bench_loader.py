@@ -301,7 +301,8 @@ def measure_student(args: argparse.Namespace, root: Path) -> list[Row]:
             "online": lambda: student_epoch(pre, batch_size=args.student_batch,
                                             teachers=teachers)}
     # warm-up, untimed: whole offline epochs; the (slow) online variant for 20 steps
-    runs["preloaded"](), runs["streamed"]()
+    runs["preloaded"]()
+    runs["streamed"]()
     student_epoch(pre, batch_size=args.student_batch, teachers=teachers, limit=20)
 
     def timed(name: str) -> Callable[[], float]:
