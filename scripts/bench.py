@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_teacher_logits  # noqa: E402
 
@@ -25,11 +26,16 @@ def main() -> None:
     p.add_argument("--student-rows", type=int, default=20_000)
     p.add_argument("--rows", type=int, default=60_000, help="stage-1 rows, MLP teacher")
     p.add_argument("--cnn-rows", type=int, default=5_000, help="stage-1 rows, CNN teacher")
-    p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeat", type=int, default=3,
+                   help="stage 2: interleaved rounds, median taken; stage 1: best of")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch intra-op threads of every measurement; stage 2 decode threads")
     p.add_argument("--dir", default="runs/bench")
     args = p.parse_args()
-    t0 = time.perf_counter()
+    if args.repeat < 1 or args.threads < 1:
+        raise SystemExit("--repeat and --threads must be >= 1")
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    bench_common.pin_interop(1)  # before any torch work; stage 2 reports the size
     loader_args = bench_loader.parser().parse_args(
         ["--n", str(args.n), "--classes", str(args.classes), "--student-rows",
          str(args.student_rows), "--repeat", str(args.repeat), "--threads", str(args.threads),
@@ -39,10 +45,11 @@ def main() -> None:
          str(args.repeat), "--threads", str(args.threads), "--dir", args.dir])
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     rows = bench_teacher_logits.measure(teacher_args) + bench_loader.measure(loader_args)
-    load = os.getloadavg()
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
-          f", torch threads {args.threads}; load average at the end {load[0]:.1f}, "
-          f"{time.perf_counter() - t0:.0f} s")
+          f", torch threads {args.threads}; load average {load0:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end, {time.perf_counter() - t0:.0f} s; "
+          f"{bench_common.omp_settings()}")
+    print(bench_loader.header(loader_args))
     print(bench_loader.table(rows))
 
 

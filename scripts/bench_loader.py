@@ -8,6 +8,13 @@ Prints one table of ratios, each measured side by side in this run:
 Stores are synthetic (N x C float16, made once and reused under --dir); the student runs on
 Fashion-MNIST with a store written by stage 1 from a (randomly initialised) teacher.
 
+Fairness: every a/b pair runs under one explicit thread budget (`Threads`, printed in the
+header); torch's inter-op pool is fixed at one thread. The variants of a pair are timed in
+interleaved rounds whose order is reversed every other round (A B, B A, A B, ...), after an
+untimed warm-up; A and B are medians and A/B is the median of the per-round ratios, with their
+min-max range in the table. The student variants run the same model, initialisation, batch
+size, steps and rows; only where the targets come from differs (checked, not assumed).
+
     python scripts/bench_loader.py                      # N = 1,000,000 x 1,000 (about 2 GB)
     python scripts/bench_loader.py --n 100000 --student-rows 10000   # a quick run
 """
@@ -18,26 +25,29 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numcodecs
-import numpy as np
-import torch
-import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (Row, Threads, _paired_row, _row, interleaved,  # noqa: E402,F401
+                          omp_settings, pin_interop, table)  # first: before torch
 
-from softtargets.config import DataConfig, LogitsConfig
-from softtargets.data import Split, load_split
-from softtargets.distill import distillation_loss
-from softtargets.loader import DistillData, StreamingDistillData, StreamOptions
-from softtargets.models import ModelSpec, build, save_checkpoint
-from softtargets.store import LOGITS, SAMPLE_ID, LogitStore, StoreWriter, read_meta
-from softtargets.teacher import write_teacher_logits
+import numcodecs  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-Row = dict[str, object]
+from softtargets.config import DataConfig, LogitsConfig  # noqa: E402
+from softtargets.data import Split, load_split  # noqa: E402
+from softtargets.distill import distillation_loss  # noqa: E402
+from softtargets.loader import DistillData, StreamingDistillData, StreamOptions  # noqa: E402
+from softtargets.models import ModelSpec, build, save_checkpoint  # noqa: E402
+from softtargets.store import LOGITS, SAMPLE_ID, LogitStore, StoreWriter, read_meta  # noqa: E402
+from softtargets.teacher import write_teacher_logits  # noqa: E402
 
 
 def synthetic_split(root: Path, n: int, classes: int) -> Split:
@@ -99,26 +109,27 @@ def raw_decode_rows_per_s(url: str, threads: int) -> float:
     with ThreadPoolExecutor(threads) as ex:
         total = sum(ex.map(decode, files))
     seconds = time.perf_counter() - t0
-    assert total >= store.meta.n * store.meta.num_classes * 2
+    if total < store.meta.n * store.meta.num_classes * 2:
+        raise RuntimeError(f"raw decoding of {url} gave {total} bytes, fewer than the store's")
     return store.meta.n / seconds
 
 
-def loader_rows_per_s(url: str, split: Split, options: StreamOptions, batch_size: int) -> float:
+def loader_rows_per_s(data: StreamingDistillData, batch_size: int) -> float:
     """One full epoch of the streaming loader (ids joined to images and labels); rows/s."""
-    data = StreamingDistillData(split, LogitStore.open(url), options=options)
     t0 = time.perf_counter()
     rows = sum(len(b[1]) for b in data.batches(batch_size=batch_size, epoch=0, seed=0))
     seconds = time.perf_counter() - t0
-    assert rows == len(data)
+    if rows != len(data):
+        raise RuntimeError(f"the loader gave {rows} rows, the store has {len(data)}")
     return rows / seconds
 
 
-def rss_child(url: str, n: int, classes: int, root: str, batch_size: int) -> None:
+def rss_child(url: str, n: int, classes: int, root: str, batch_size: int, threads: int) -> None:
     """(Run in a child) stream one epoch, print baseline and peak RSS in MB as JSON."""
     split = synthetic_split(Path(root), n, classes)
     base = current_rss_mb()
     data = StreamingDistillData(split, LogitStore.open(url), options=StreamOptions(
-        loader="stream", decode_threads=2))
+        loader="stream", decode_threads=threads))
     rows, high = 0, base
     for step, batch in enumerate(data.batches(batch_size=batch_size, epoch=0, seed=0)):
         rows += len(batch[1])
@@ -143,10 +154,10 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_rss(url: str, n: int, classes: int, root: Path, batch_size: int) -> dict:
+def peak_rss(url: str, n: int, classes: int, root: Path, batch_size: int, threads: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--rss-child", url, "--n", str(n),
                           "--classes", str(classes), "--dir", str(root),
-                          "--batch-size", str(batch_size)],
+                          "--batch-size", str(batch_size), "--threads", str(threads)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -166,115 +177,169 @@ def student_setup(root: Path, rows: int) -> tuple[Split, str]:
     return split, url
 
 
-def student_epoch(data: DistillData | StreamingDistillData, *, batch_size: int,
-                  teachers: list[torch.nn.Module] | None = None, limit: int | None = None,
-                  profile: dict[str, float] | None = None) -> float:
-    """Seconds for one epoch of the 784-800-800-10 student (KD loss T=20, alpha=0.9, SGD).
+@dataclasses.dataclass
+class Epoch:
+    """What one timed student epoch did: wall seconds, optimiser steps, rows, teacher seconds."""
 
-    With `teachers`, targets are computed online: the ensemble runs on every batch (the mean
-    of member logits = the geometric-mean ensemble) and the stored targets are ignored.
+    seconds: float
+    steps: int
+    rows: int
+    teacher_seconds: float = 0.0
+
+
+def student_epoch(data: DistillData | StreamingDistillData, *, batch_size: int,
+                  teachers: list[torch.nn.Module] | None = None,
+                  limit: int | None = None) -> Epoch:
+    """One epoch of the 784-800-800-10 student (KD loss T=20, alpha=0.9, SGD), timed.
+
+    The model and its initialisation are the same on every call. With `teachers`, targets are
+    computed online: the ensemble runs on every batch (the mean of member logits = the
+    geometric-mean ensemble) and the stored targets are ignored.
     """
     torch.manual_seed(0)
     model = build(ModelSpec(hidden=(800, 800)))
     optim = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    steps = rows = 0
+    in_teachers = 0.0
     t0 = time.perf_counter()
-    for step, (images, labels, teacher) in enumerate(data.batches(batch_size=batch_size, epoch=0,
-                                                                 seed=0)):
-        if step == limit:
+    for images, labels, teacher in data.batches(batch_size=batch_size, epoch=0, seed=0):
+        if steps == limit:
             break
         x = images.flatten(1).float().div_(255.0)  # (B, 784)
         if teachers is not None:
             t1 = time.perf_counter()
             with torch.inference_mode():
                 teacher = torch.stack([t(x) for t in teachers]).mean(0)  # (B, 10)
-            if profile is not None:
-                profile["teachers"] = profile.get("teachers", 0.0) + time.perf_counter() - t1
+            in_teachers += time.perf_counter() - t1
         loss = distillation_loss(model(x), teacher, labels, temperature=20.0, alpha=0.9)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
-    return time.perf_counter() - t0
+        steps, rows = steps + 1, rows + len(labels)
+    return Epoch(time.perf_counter() - t0, steps, rows, in_teachers)
+
+
+def check_same_rows(pre: DistillData, stream: StreamingDistillData, batch_size: int) -> None:
+    """The streamed epoch covers exactly the preloaded rows (by sample id)."""
+    ids = np.concatenate([b[0].numpy() for b in stream.batches(batch_size=batch_size, epoch=0,
+                                                               seed=0, with_ids=True)])
+    if not np.array_equal(np.sort(ids), np.sort(pre.index)):
+        raise RuntimeError("streamed and preloaded student epochs see different rows")
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
     """All four measurements; returns the table rows."""
-    torch.set_num_threads(args.threads)
+    pin_interop(1)
     root = Path(args.dir)
     url, split = synthetic_store(root, args.n, args.classes)
     quarter_url, _ = synthetic_store(root, args.n // 4, args.classes)
     gb = args.n * args.classes * 2 / 1e9
     rows: list[Row] = []
 
-    # 1. throughput: alternate the two so background load hits both alike; best of `repeat`
-    raw, streamed, workers = [], [], []
-    opts = StreamOptions(loader="stream", decode_threads=args.threads)
-    for _ in range(args.repeat):
-        raw.append(raw_decode_rows_per_s(url, args.threads))
-        streamed.append(loader_rows_per_s(url, split, opts, args.batch_size))
-    rows.append(_row(f"loader / raw decode ({args.n:,} x {args.classes}, {gb:.1f} GB, rows/s)",
-                     max(streamed), max(raw), max(streamed) / max(raw), ">= 0.80",
-                     max(streamed) / max(raw) >= 0.80))
+    # 1. throughput: raw decoding and the loader with the same decode threads, interleaved
+    budget = Threads(intra=args.threads, decode=args.threads)
+    budget.apply()
+    data = StreamingDistillData(split, LogitStore.open(url), options=budget.options())
+    cpu: dict[str, list[float]] = {"loader": [], "raw": []}  # rows per CPU-second
+
+    def with_cpu(name: str, fn: Callable[[], float]) -> Callable[[], float]:
+        def run() -> float:
+            c0 = time.process_time()  # all threads of this process
+            value = fn()
+            cpu[name].append(args.n / (time.process_time() - c0))
+            return value
+        return run
+
+    variants = {"loader": with_cpu("loader", lambda: loader_rows_per_s(data, args.batch_size)),
+                "raw": with_cpu("raw", lambda: raw_decode_rows_per_s(url, budget.decode))}
     if args.workers:
-        wopts = dataclasses.replace(opts, workers=args.workers, decode_threads=1)
-        workers.append(loader_rows_per_s(url, split, wopts, args.batch_size))
-        rows.append(_row(f"  same, {args.workers} DataLoader worker processes (rows/s)",
-                         max(workers), max(raw), max(workers) / max(raw), "(info)", None))
+        wbudget = Threads(intra=args.threads, decode=max(1, args.threads // args.workers),
+                          workers=args.workers)
+        wdata = StreamingDistillData(split, LogitStore.open(url), options=wbudget.options())
+        variants["workers"] = lambda: loader_rows_per_s(wdata, args.batch_size)
+    got = interleaved(variants, repeat=args.repeat)
+    rows.append(_paired_row(f"loader / raw decode ({args.n:,} x {args.classes}, {gb:.1f} GB, "
+                            f"rows/s; {budget.describe()})", got["loader"], got["raw"],
+                            ">= 0.80", lambda r: r >= 0.80))
+    rows.append(_paired_row("  same, rows per CPU-second of this process (work, not waiting)",
+                            cpu["loader"], cpu["raw"], "(info)", None))
+    if args.workers:
+        rows.append(_paired_row(f"  same, {wbudget.describe()} (rows/s)", got["workers"],
+                                got["raw"], "(info)", None))
 
     # 2. peak RSS of a child streaming N/4 and N rows
-    small = peak_rss(quarter_url, args.n // 4, args.classes, root, args.batch_size)
-    big = peak_rss(url, args.n, args.classes, root, args.batch_size)
+    small = peak_rss(quarter_url, args.n // 4, args.classes, root, args.batch_size, args.threads)
+    big = peak_rss(url, args.n, args.classes, root, args.batch_size, args.threads)
+    # below two groups of chunks the N/4 stream never fills its buffers: flatness is untested
+    filled = LogitStore.open(quarter_url).num_chunks >= 2 * StreamOptions().buffer_chunks
     rows.append(_row(f"peak RSS streaming N={args.n:,} / N/4={args.n // 4:,} (MB)",
                      big["peak_mb"], small["peak_mb"], big["peak_mb"] / small["peak_mb"],
-                     "<= 0.5 GB, flat", big["peak_mb"] <= 512 and
-                     big["peak_mb"] / small["peak_mb"] <= 1.10))
+                     "<= 0.5 GB, flat" if filled else "<= 0.5 GB (N/4 < 2 groups: flat untested)",
+                     big["peak_mb"] <= 512 and (not filled or
+                                                big["peak_mb"] / small["peak_mb"] <= 1.10)))
     rows.append(_row("  RSS growth while streaming, over RSS after imports (MB)",
                      big["growth_mb"], small["growth_mb"],
                      big["growth_mb"] / max(small["growth_mb"], 1e-9), "(info)", None))
-
-    # 3 and 4: the student
-    fsplit, furl = student_setup(root, args.student_rows)
-    store = LogitStore.open(furl)
-    pre, stream, online = [], [], []
-    teachers = [build(ModelSpec(hidden=(1200, 1200))).eval() for _ in range(5)]
-    student_epoch(DistillData(fsplit, store), batch_size=args.student_batch, teachers=teachers,
-                  limit=20)  # warm-up: first-touch allocations and kernels are not timed
-    for _ in range(args.repeat):
-        pre.append(student_epoch(DistillData(fsplit, store), batch_size=args.student_batch))
-        stream.append(student_epoch(StreamingDistillData(fsplit, store, options=opts),
-                                    batch_size=args.student_batch))
-    prof: dict[str, float] = {}
-    online.append(student_epoch(DistillData(fsplit, store), batch_size=args.student_batch,
-                                teachers=teachers, profile=prof))
-    rows.append(_row(f"student epoch streamed / preloaded ({args.student_rows:,} rows, s)",
-                     min(stream), min(pre), min(stream) / min(pre), "<= 1.05",
-                     min(stream) / min(pre) <= 1.05))
-    rows.append(_row("student epoch online 5-teacher / offline streamed (s)", min(online),
-                     min(stream), min(online) / min(stream), ">= 3.0",
-                     min(online) / min(stream) >= 3.0))
-    rest = online[0] - prof["teachers"]
-    rows.append(_row("  profile of the online epoch: 5 teacher forwards / the rest (s)",
-                     prof["teachers"], rest, prof["teachers"] / rest, "(info: speedup bound "
-                     f"{1 + prof['teachers'] / rest:.2f})", None))
+    rows += measure_student(args, root)
     return rows
 
 
-def _row(name: str, a: float, b: float, ratio: float, goal: str, met: bool | None) -> Row:
-    return {"measurement": name, "a": a, "b": b, "ratio": ratio, "goal": goal,
-            "met": "-" if met is None else ("yes" if met else "NO")}
+def measure_student(args: argparse.Namespace, root: Path) -> list[Row]:
+    """3 and 4: student epochs, preloaded / streamed / online, in interleaved rounds."""
+    fsplit, furl = student_setup(root, args.student_rows)
+    store = LogitStore.open(furl)
+    budget = Threads(intra=args.threads, decode=args.student_decode_threads)
+    budget.apply()
+    pre = DistillData(fsplit, store)
+    stream = StreamingDistillData(fsplit, store, options=budget.options())
+    check_same_rows(pre, stream, args.student_batch)
+    torch.manual_seed(1)
+    teachers = [build(ModelSpec(hidden=(1200, 1200))).eval() for _ in range(5)]
+    epochs: dict[str, list[Epoch]] = {"preloaded": [], "streamed": [], "online": []}
+    runs = {"preloaded": lambda: student_epoch(pre, batch_size=args.student_batch),
+            "streamed": lambda: student_epoch(stream, batch_size=args.student_batch),
+            "online": lambda: student_epoch(pre, batch_size=args.student_batch,
+                                            teachers=teachers)}
+    # warm-up, untimed: whole offline epochs; the (slow) online variant for 20 steps
+    runs["preloaded"]()
+    runs["streamed"]()
+    student_epoch(pre, batch_size=args.student_batch, teachers=teachers, limit=20)
+
+    def timed(name: str) -> Callable[[], float]:
+        def run() -> float:
+            epochs[name].append(runs[name]())
+            return epochs[name][-1].seconds
+        return run
+
+    got = interleaved({name: timed(name) for name in runs}, repeat=args.repeat, warmup=0)
+    work = {(e.steps, e.rows) for name in epochs for e in epochs[name]}
+    if len(work) != 1:
+        raise RuntimeError(f"student variants did different work (steps, rows): {sorted(work)}")
+    steps, nrows = work.pop()
+    what = f"{nrows:,} rows, {steps} steps of {args.student_batch}; {budget.describe()}"
+    rows = [_paired_row(f"student epoch streamed / preloaded ({what}, s)", got["streamed"],
+                        got["preloaded"], "<= 1.05", lambda r: r <= 1.05),
+            _paired_row("student epoch online 5-teacher / offline streamed (s)", got["online"],
+                        got["streamed"], ">= 3.0", lambda r: r >= 3.0)]
+    teach = statistics.median(e.teacher_seconds for e in epochs["online"])
+    rest = statistics.median(e.seconds - e.teacher_seconds for e in epochs["online"])
+    rows.append(_row("  profile of the online epoch: 5 teacher forwards / the rest (s)",
+                     teach, rest, teach / rest, "(info: speedup bound "
+                     f"{1 + teach / rest:.2f})", None))
+    return rows
 
 
-def table(rows: list[Row]) -> str:
-    """A markdown table of measurement | A | B | A/B | goal | met."""
-    lines = ["| measurement (A / B) | A | B | A/B | goal | met |", "|---|---:|---:|---:|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['measurement']} | {_num(r['a'])} | {_num(r['b'])} | "
-                     f"{r['ratio']:.2f} | {r['goal']} | {r['met']} |")
-    return "\n".join(lines)
-
-
-def _num(x: object) -> str:
-    x = float(x)  # type: ignore[arg-type]
-    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+def header(args: argparse.Namespace) -> str:
+    """Thread settings and method of the stage-2 measurements, as comment lines."""
+    w = args.workers
+    return "\n".join([
+        f"# stage 2 threads: torch intra-op {args.threads}, inter-op "
+        f"{torch.get_num_interop_threads()}; loader/raw decode {args.threads} each"
+        + (f"; workers row {w} processes x {max(1, args.threads // w)} decode" if w else "")
+        + f"; student variants torch {args.threads}, streamed + {args.student_decode_threads} "
+        f"decode and 1 prefetch thread; {omp_settings()}",
+        f"# stage 2 ratios: median of {args.repeat} interleaved rounds (order reversed every "
+        "other round) after an untimed warm-up; A/B range: min-max of the per-round ratios"])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -284,9 +349,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=512, help="loader batch size (1, 2)")
     p.add_argument("--student-rows", type=int, default=60_000)
     p.add_argument("--student-batch", type=int, default=128)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch intra-op threads, and decode threads of loader and raw decoding")
+    p.add_argument("--student-decode-threads", type=int, default=1,
+                   help="decode threads of the streamed student (its 10-class store is small)")
     p.add_argument("--workers", type=int, default=2, help="also time N worker processes (0: no)")
-    p.add_argument("--repeat", type=int, default=2, help="alternating repeats, best taken")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved rounds, median taken")
     p.add_argument("--dir", default="runs/bench", help="where stores are made and reused")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
@@ -296,9 +364,16 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = parser().parse_args()
     if args.rss_child:
-        rss_child(args.rss_child, args.n, args.classes, args.dir, args.batch_size)
+        rss_child(args.rss_child, args.n, args.classes, args.dir, args.batch_size, args.threads)
         return
+    for name in ("threads", "student_decode_threads", "repeat"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    load0 = os.getloadavg()[0]
     rows = measure(args)
+    print(f"# {os.cpu_count()} CPUs; load average {load0:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end")
+    print(header(args))
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

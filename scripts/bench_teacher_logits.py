@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loader import Row, _row, table  # noqa: E402  (shared table format)
+from bench_common import Row, _row, table  # noqa: E402  (first: sets OMP_WAIT_POLICY before torch)
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from softtargets.config import DataConfig  # noqa: E402
 from softtargets.data import Split, load_split  # noqa: E402

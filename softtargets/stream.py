@@ -244,7 +244,9 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int,
     """Batches of logical `worker` in `epoch`, after skipping its first `skip_batches`.
 
     Opens the store itself (call it inside the process that iterates). Groups wholly inside the
-    skipped prefix are not read at all. Reads of the next group overlap the current one.
+    skipped prefix are not read at all. The next group is queued for decoding before the current
+    one is awaited, so the decode threads never idle at a group boundary; its buffer is free by
+    then (every yielded batch is a copy).
     """
     chunks = plan.worker_chunks(epoch, worker)
     groups = [chunks[i:i + plan.buffer_chunks] for i in range(0, len(chunks), plan.buffer_chunks)]
@@ -268,13 +270,15 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int,
                             *(b[j * size:(j + 1) * size] for b in buffers[g % 2]))
                 for j, c in enumerate(groups[g])]
 
-    with ThreadPoolExecutor(max(1, plan.decode_threads), thread_name_prefix="decode") as pool:
+    pool = ThreadPoolExecutor(max(1, plan.decode_threads), thread_name_prefix="decode")
+    try:
         ahead = submit(first)
         carry: Rows | None = None
         for g in range(first, len(groups)):
-            counts = [f.result() for f in ahead]
-            if g + 1 < len(groups):
+            current = ahead
+            if g + 1 < len(groups):  # buffer (g + 1) % 2 held group g - 1, emitted already
                 ahead = submit(g + 1)
+            counts = [f.result() for f in current]
             arrays = buffers[g % 2]
             valid = np.concatenate([np.arange(j * size, j * size + n)
                                     for j, n in enumerate(counts)])  # buffer rows of the group
@@ -285,6 +289,8 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int,
             carry = yield from _emit(arrays, valid[order], carry, plan.batch_size)
         if carry is not None and len(carry[0]):
             yield carry
+    finally:  # an error or an early close: drop the queued group, wait for running reads
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _emit(arrays: tuple[np.ndarray, ...], order: np.ndarray, carry: Rows | None,

@@ -105,3 +105,29 @@ def test_worker_batches_skip_gives_the_exact_rest(tmp_path):
     for k in (1, 3, 8, 9):
         rest = [b[0].tolist() for b in worker_batches(plan, epoch=0, worker=0, skip_batches=k)]
         assert rest == full[k:]
+
+
+def test_batches_stay_intact_while_the_next_groups_decode(tmp_path):
+    # one-chunk groups, two decode threads: the next group is queued into the other buffer
+    # before the current one is awaited; batches kept across groups must not change under it
+    ids, logits = write_store(tmp_path / "s.zarr", n=200, classes=6)
+    by_id = np.empty_like(logits)
+    by_id[ids] = logits
+    kept = np.array([8] * 25)
+    plan = StreamPlan(url=str(tmp_path / "s.zarr"), kept=kept, keep=None, seed=2, batch_size=5,
+                      buffer_chunks=1, decode_threads=2)
+    batches = list(worker_batches(plan, epoch=0, worker=0))
+    assert sorted(np.concatenate([b[0] for b in batches]).tolist()) == list(range(200))
+    for got_ids, got_logits in batches:
+        assert np.array_equal(got_logits, by_id[got_ids])
+
+
+def test_closing_early_stops_the_decode_threads(tmp_path):
+    import threading
+    write_store(tmp_path / "s.zarr", n=200)
+    plan = StreamPlan(url=str(tmp_path / "s.zarr"), kept=np.array([8] * 25), keep=None, seed=0,
+                      batch_size=4, buffer_chunks=2, decode_threads=2)
+    it = worker_batches(plan, epoch=0, worker=0)
+    next(it)
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("decode")]

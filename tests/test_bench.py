@@ -1,0 +1,40 @@
+"""The benchmarks' measurement helpers (scripts/bench_common.py): round order and paired ratios."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+bench_common = pytest.importorskip("bench_common")
+
+
+def test_interleaved_reverses_the_order_every_other_round_after_untimed_warmup():
+    calls = []
+
+    def variant(name, value):
+        def run():
+            calls.append(name)
+            return value + len(calls)
+        return run
+
+    got = bench_common.interleaved({"a": variant("a", 0), "b": variant("b", 100)}, repeat=3,
+                                   warmup=1)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up round, then B A, A B, B A
+    assert got == {"a": [4, 5, 8], "b": [103, 106, 107]}  # warm-up results dropped
+
+
+def test_paired_takes_medians_and_the_median_of_per_round_ratios():
+    a_med, b_med, ratio, spread = bench_common.paired([2.0, 9.0, 3.0], [1.0, 3.0, 3.0])
+    assert (a_med, b_med) == (3.0, 3.0)
+    assert ratio == 2.0 and spread == (1.0, 3.0)  # ratios 2, 3, 1: one slow round moves nothing
+    with pytest.raises(ValueError, match="need rounds of both variants"):
+        bench_common.paired([1.0], [])
+
+
+def test_table_shows_the_ratio_range_or_a_dash():
+    rows = [bench_common._paired_row("x", [2.0, 4.0], [1.0, 1.0], ">= 1", lambda r: r >= 1),
+            bench_common._row("y", 1.0, 2.0, 0.5, "(info)", None)]
+    text = bench_common.table(rows)
+    assert "| x | 3.00 | 1.00 | 3.00 | 2.00-4.00 | >= 1 | yes |" in text
+    assert "| y | 1.00 | 2.00 | 0.50 | - | (info) | - |" in text
