@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 help:
 	@echo "make student    set-up, data, teacher, teacher-logits, baseline and distilled student"
 	@echo "make test       the test suite (slow end-to-end tests: make test-slow)"
-	@echo "make teachers ENSEMBLE=5   train ENSEMBLE teachers (seeds 0..ENSEMBLE-1); make ensemble-logits"
+	@echo "make teachers ENSEMBLE=5   train ENSEMBLE teachers (seeds 0..ENSEMBLE-1; TEACHERS_FLAGS=...); make ensemble-logits"
 	@echo "make report     the paper's experiments -> reports/ (make report-quick: a few minutes)"
 
 	@echo "make bench      stage 1 and stage 2 speed benchmarks, one table (BENCH_ARGS=...)"
@@ -88,9 +88,12 @@ ENSEMBLE ?= 5
 TEACHER_SEEDS := $(shell seq 0 $$(( $(ENSEMBLE) - 1 )))
 TEACHER_FILES := $(foreach s,$(TEACHER_SEEDS),$(RUN)/teachers/teacher-$(s).pt)
 
+# TEACHERS_FLAGS, e.g. a small CNN: "--arch cnn --hidden 16,32,128 --max-norm 0 --dropout 0.2"
+TEACHERS_FLAGS ?=
 teachers: $(TEACHER_FILES)
 $(RUN)/teachers/teacher-%.pt: | data
-	$(ST) train-teacher --dataset $(DATASET) --epochs $(TEACHER_EPOCHS) --seed $* --out $@ --quiet
+	$(ST) train-teacher --dataset $(DATASET) --epochs $(TEACHER_EPOCHS) --seed $* --out $@ --quiet \
+		$(TEACHERS_FLAGS)
 
 ensemble-logits: $(RUN)/ensemble-logits.ok
 $(RUN)/ensemble-logits.ok: $(TEACHER_FILES)

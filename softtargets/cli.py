@@ -269,6 +269,9 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
 
 def student_options(fn: Callable) -> Callable:
     for option in reversed([
+        click.option("--arch", default="mlp", show_default=True,
+                     type=click.Choice(["mlp", "cnn"]), help="Student architecture (cnn: "
+                     "--hidden C1,C2,FC)."),
         hidden_option("800,800"),
         click.option("--epochs", type=int, default=StudentTrainConfig.epochs, show_default=True),
         click.option("--batch-size", type=int, default=StudentTrainConfig.batch_size,
@@ -322,14 +325,15 @@ def baseline_cmd(out: str, **kw: Any) -> None:
     _train_student(out, store=None, **kw)
 
 
-def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, hidden: str,
+def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, arch: str,
+                   hidden: str,
                    epochs: int, batch_size: int, lr: float, clip_grad: float, seed: int,
                    threads: int | None, quiet: bool, store: str | None, **loss: Any) -> None:
     from softtargets.train import train_student
     out = out.replace("{dataset}", dataset)
     store = None if store is None else store.replace("{dataset}", dataset)
     cfg = StudentTrainConfig(data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
-                             store=store, hidden=parse_hidden(hidden), epochs=epochs,
+                             store=store, arch=arch, hidden=parse_hidden(hidden), epochs=epochs,
                              batch_size=batch_size, lr=lr, clip_grad=clip_grad, seed=seed,
                              threads=threads, **loss)
     m = train_student(cfg, out_dir=out, progress=not quiet)

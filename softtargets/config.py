@@ -83,6 +83,7 @@ class StudentTrainConfig:
 
     data: DataConfig = DataConfig()
     store: str | None = None
+    arch: str = "mlp"  # or "cnn" (hidden = (c1, c2, fc)); models.ModelSpec
     hidden: tuple[int, ...] = (800, 800)
     temperature: float = 20.0
     alpha: float = 0.9
@@ -105,6 +106,8 @@ class StudentTrainConfig:
             raise ConfigError(f"loader must be 'auto', 'memory' or 'stream', got {self.loader!r}")
         if self.loader_workers < 0:
             raise ConfigError(f"loader_workers must be >= 0, got {self.loader_workers}")
+        if self.arch not in ("mlp", "cnn"):
+            raise ConfigError(f"arch must be 'mlp' or 'cnn', got {self.arch!r}")
         if self.mixup < 0:
             raise ConfigError(f"mixup must be >= 0 (0 disables; e.g. 0.2), got {self.mixup}")
         check_temperature(self.temperature)

@@ -57,7 +57,8 @@ def markdown(d: dict[str, Any]) -> str:
     mode = "quick mode (not the paper's settings)" if cfg.get("quick") else "full settings"
     lines = [f"# softtargets: the paper's experiments on {cfg['dataset']} ({mode})", "",
              f"Transfer set: {cfg['limit'] or 'all'} training rows; teachers "
-             f"{cfg['teacher_epochs']} epochs (dropout {cfg.get('teacher_dropout', 0.5):g}, "
+             f"({cfg.get('teacher_arch', 'mlp')}) {cfg['teacher_epochs']} epochs (dropout "
+             f"{cfg.get('teacher_dropout', 0.5):g}, "
              f"jitter {_jitter(cfg)}), students {cfg['student_epochs']} "
              "epochs, "
              f"alpha {cfg['alpha']}; test errors out of {n}. Run time (this invocation; saved "
@@ -81,6 +82,17 @@ def markdown(d: dict[str, Any]) -> str:
                      + f" | {best} (T={t}) | "
                      + ("n/a (no gap: ensemble not better)" if closed is None
                         else f"{100 * closed:.0f}%") + " |")
+    lines += ["", "Gap to the ensemble closed at each T, (baseline - distilled) / (baseline - "
+              "ensemble); the best-distilled column above picks T on the test set, this table "
+              "shows every T:", "",
+              "| student | " + " | ".join(f"T={t}" for t in temps) + " |",
+              "|---|" + "---:|" * len(temps)]
+    for name, s in d["students"].items():
+        b = s["baseline"]["test_errors"]
+        cells = [gap_closed(b, s["distilled"][x]["test_errors"], ens["test_errors"])
+                 for x in temps]
+        lines.append(f"| {s['baseline']['model']} | " + " | ".join(
+            "n/a" if c is None else f"{100 * c:.0f}%" for c in cells) + " |")
     lines += ["", *omitted_table(d["omitted"]), "", *less_table(d["less_data"])]
     return "\n".join(lines) + "\n"
 

@@ -190,8 +190,8 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
                          log_probs=log_probs, classes=len(split.class_names))
         log_probs = store is not None
     torch.manual_seed(cfg.seed)
-    spec = ModelSpec(inputs=int(np.prod(split.images.shape[1:])), hidden=cfg.hidden,
-                     classes=len(split.class_names))
+    spec = ModelSpec(arch=cfg.arch, inputs=int(np.prod(split.images.shape[1:])),
+                     hidden=cfg.hidden, classes=len(split.class_names))
     model = build(spec)
     if store is None:
         def loss_fn(s: torch.Tensor, y: torch.Tensor, _t: torch.Tensor | None) -> torch.Tensor:

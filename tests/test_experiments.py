@@ -17,7 +17,8 @@ def results(tmp_path_factory):
     make_dataset(root / "data", n_train=400, n_test=60)
     cfg = ExperimentConfig(dataset="mnist", data_dir=str(root / "data"), out=str(root / "run"),
                            limit=300, teachers=2, teacher_hidden=(32,), teacher_epochs=3,
-                           students=((16,), (8,)), student_epochs=2, temperatures=(1.0, 4.0),
+                           teacher_arch="mlp", students=("mlp:16", "mlp:8"), student_epochs=2,
+                           temperatures=(1.0, 4.0),
                            validation_rows=100, less_data_fraction=0.1, quick=True)
     run(cfg)
     return root / "run"

@@ -66,3 +66,22 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_cnn_teacher_shapes_round_trip_and_bad_specs(tmp_path):
+    from softtargets.models import build
+    spec = ModelSpec(arch="cnn", hidden=(4, 8, 16), dropout=0.2)
+    model = build(spec).eval()
+    assert spec.describe() == "cnn 784-4-8-16-10"
+    x = torch.rand(5, 784)
+    assert model(x).shape == (5, 10)
+    torch.testing.assert_close(model(x), model(x.reshape(5, 1, 28, 28)))  # flat or image input
+    assert model.net[-1].out_features == 10  # the output layer, as for MLPs (bias shift)
+    save_checkpoint(tmp_path / "c.pt", model=model, spec=spec, config={}, dataset={},
+                    class_names=tuple("abcdefghij"), metrics={})
+    again = load_checkpoint(tmp_path / "c.pt").model.eval()
+    torch.testing.assert_close(again(x), model(x))
+    with pytest.raises(CheckpointError, match=r"hidden=\(c1, c2, fc\)"):
+        build(ModelSpec(arch="cnn", hidden=(4, 8)))
+    with pytest.raises(CheckpointError, match=r"unknown architecture 'rnn'; allowed: \['mlp', 'cnn'\]"):
+        build(ModelSpec(arch="rnn"))
