@@ -26,7 +26,9 @@ def test_units_are_disjoint_and_cover_everything():
     assert shares == [[0, 3, 6, 9, 12], [1, 4, 7, 10], [2, 5, 8, 11]]
 
 
-@pytest.mark.parametrize("extra", [[], ["--shard-rows", "16"]], ids=["chunks", "shards"])
+@pytest.mark.parametrize("extra", [[], ["--shard-rows", "16"],
+                                   ["--views", "2", "--augment", "shift=1,flip=1",
+                                    "--shard-rows", "16"]], ids=["chunks", "shards", "views"])
 def test_two_process_torchrun_matches_one_process(tiny_data, tmp_path, extra):
     teacher = make_teacher(tmp_path / "t.pt", tiny_data)
     one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
