@@ -1,7 +1,8 @@
 """`softtargets verify`: prove a store is intact and is what it claims. numpy and zarr only.
 
 Checks, chunk by chunk: the storage object exists, both arrays decode (crc32c), sample ids are in
-range, logits are finite; then that sample_id covers the dataset exactly once, and optionally that
+range, logits are finite (and so are the ensemble and views arrays, where a store has them); then
+that sample_id covers the dataset exactly once, and optionally that
 the store's recorded dataset identity matches a dataset on disk (fingerprint recomputed). Every
 problem names the chunk and the rows.
 """
@@ -172,6 +173,37 @@ def _check_chunk(report: VerifyReport, meta: StoreMeta, group: zarr.Group, index
     return ids
 
 
+# Row arrays beside logits: (name, axis of the rows, whether every value must be finite; False:
+# the first value of each row, as NaN marks an unused view parameter). docs/FORMAT.md.
+ROW_ARRAYS = (("member_logits", 1, True), ("view_logits", 0, True), ("view_params", 0, False),
+              ("member_view_logits", 1, True))
+
+
+def _check_row_arrays(report: VerifyReport, meta: StoreMeta, group: zarr.Group) -> None:
+    """Ensemble and views arrays, chunk by chunk: they decode and hold no never-written rows."""
+    for name, axis, all_finite in ROW_ARRAYS:
+        if name not in group:
+            continue
+        array = group[name]
+        for index in range(report.chunks):
+            sl = chunk_slice(meta, index)
+            where = {"chunk": index, "rows": (sl.start, sl.stop - 1)}
+            label = f"chunk {index} (rows {sl.start}..{sl.stop - 1})"
+            try:
+                data = np.asarray(array[sl] if axis == 0 else array[:, sl])
+            except Exception as e:  # crc32c mismatch or a codec error
+                report.add("decode", f"{label}: {name} cannot be decoded, the stored bytes are "
+                           f"damaged ({type(e).__name__}: {str(e)[:120]})", **where)
+                continue
+            flat = np.moveaxis(data, axis, 0).reshape(sl.stop - sl.start, -1)  # (R, ...)
+            good = np.isfinite(flat).all(axis=1) if all_finite else np.isfinite(flat[:, 0])
+            bad = np.flatnonzero(~good)
+            if bad.size:
+                report.add("non_finite", f"{label}: {name}: {bad.size} row(s) hold NaN/Inf "
+                           f"(never written, deleted or damaged): rows {_listed(bad + sl.start)}",
+                           bad_rows=tuple((bad + sl.start)[:MAX_LISTED].tolist()), **where)
+
+
 def _check_coverage(report: VerifyReport, meta: StoreMeta, ids: np.ndarray, rows: np.ndarray,
                     *, allow_subset: bool) -> None:
     """sample_id must cover [0, dataset.n) exactly once (a subset when allowed)."""
@@ -252,4 +284,5 @@ def verify_store(url: str, *, identity: dict[str, Any] | None = None,
         if chunk_ids is not None:
             ids[chunk_slice(meta, index)] = chunk_ids
     _check_coverage(report, meta, ids, np.arange(meta.n), allow_subset=allow_subset)
+    _check_row_arrays(report, meta, group)
     return report

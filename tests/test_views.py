@@ -240,3 +240,22 @@ def test_views_resume_after_sigkill_is_bit_identical(tmp_path: Path, tiny_data) 
     run_cli(*stage1_args(tiny_data, teacher, store, *views, "--resume"))
     assert chunk_files(store) == chunk_files(ref)  # logits, view_logits, view_params, sample_id
     assert read_meta(str(store))[0].complete
+
+
+def test_verify_checks_the_views_arrays(tmp_path: Path, tiny_data) -> None:
+    from softtargets.verify import verify_store
+    teacher = _teacher(tmp_path, tiny_data)
+    cfg = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "v.zarr"),
+                       chunk_rows=32, device="cpu", views=2, augment="shift=1,user=user_augs:dim")
+    write_teacher_logits(cfg, progress=False)
+    assert verify_store(cfg.store).ok  # NaN user parameters of the clean view are not damage
+    store = tmp_path / "v.zarr"
+    raw = bytearray((store / "view_logits" / "c" / "1" / "0" / "0").read_bytes())
+    raw[5] ^= 0xFF
+    (store / "view_logits" / "c" / "1" / "0" / "0").write_bytes(bytes(raw))
+    (store / "view_params" / "c" / "2" / "0" / "0").unlink()
+    report = verify_store(cfg.store)
+    kinds = {(p.kind, p.chunk) for p in report.problems}
+    assert kinds == {("decode", 1), ("non_finite", 2)}
+    assert "view_logits cannot be decoded" in report.text()
+    assert "view_params: 32 row(s) hold NaN/Inf (never written, deleted or damaged)" in report.text()
