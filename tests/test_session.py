@@ -7,26 +7,18 @@ import signal
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
+from conftest import run_cli
 from stage1_helpers import chunk_files, make_teacher, stage1_args, start_stage1, wait_for
 
-from softtargets.cli import cli
 from softtargets.errors import IncompleteStoreError
 from softtargets.store import LogitStore
-
-
-def run(args, ok=True):
-    res = CliRunner().invoke(cli, args)
-    if ok and res.exit_code != 0:
-        raise AssertionError(f"{args} failed: {res.output}{res.exception!r}")
-    return res
 
 
 @pytest.fixture
 def setup(tiny_data, tmp_path):
     teacher = make_teacher(tmp_path / "teacher.pt", tiny_data)
     ref = tmp_path / "ref.zarr"
-    run(stage1_args(tiny_data, teacher, ref))  # uninterrupted: 12 chunks of 8 rows
+    run_cli(*stage1_args(tiny_data, teacher, ref))  # uninterrupted: 12 chunks of 8 rows
     return tiny_data, teacher, ref
 
 
@@ -56,17 +48,17 @@ def test_sigkill_then_resume_is_bit_identical(setup, tmp_path):
         LogitStore.open(str(store))
     lease = json.loads((tmp_path / "s.zarr.lock").read_text())
     assert lease["pid"] == proc.pid  # the dead writer's lease is left behind
-    info = run(["inspect", str(store)]).output
+    info = run_cli("inspect", store).output
     assert "INCOMPLETE (writer crashed or running)" in info
     assert f"objects:    logits {written}/12, sample_id " in info
 
-    res = run(stage1_args(tiny_data, teacher, store), ok=False)  # no --resume: refused
+    res = run_cli(*stage1_args(tiny_data, teacher, store), ok=False)  # no --resume: refused
     assert res.exit_code == 1 and "StoreExistsError" in res.output
     assert "(or --resume to continue an interrupted run)" in res.output
 
     before = {p: os.stat(store / "logits" / "c" / p / "0").st_mtime_ns
               for p in os.listdir(store / "logits" / "c")}
-    run(stage1_args(tiny_data, teacher, store, "--resume"))
+    run_cli(*stage1_args(tiny_data, teacher, store, "--resume"))
     after = {p: os.stat(store / "logits" / "c" / p / "0").st_mtime_ns
              for p in os.listdir(store / "logits" / "c")}
     # chunks complete before the kill were verified and kept, not recomputed
@@ -86,7 +78,7 @@ def test_resume_rewrites_a_damaged_chunk(setup, tmp_path):
     raw = bytearray((store / "logits" / "c" / "1" / "0").read_bytes())
     raw[10] ^= 0xFF
     (store / "logits" / "c" / "1" / "0").write_bytes(bytes(raw))
-    run(stage1_args(tiny_data, teacher, store, "--resume"))
+    run_cli(*stage1_args(tiny_data, teacher, store, "--resume"))
     assert chunk_files(store) == chunk_files(ref)
 
 
@@ -103,10 +95,10 @@ def test_resume_with_other_teacher_dataset_or_settings_is_refused(setup, tmp_pat
         (other, [], "its teacher checkpoint_sha256 is 'sha256:"),
     ]
     for ckpt, change, message in cases:
-        res = run(stage1_args(tiny_data, ckpt, store, "--resume", *change), ok=False)
+        res = run_cli(*stage1_args(tiny_data, ckpt, store, "--resume", *change), ok=False)
         assert res.exit_code == 1 and "ResumeMismatchError: cannot resume store" in res.output
         assert message in res.output, (change, res.output)
-    run(stage1_args(tiny_data, teacher, store, "--resume"))  # the original settings still resume
+    run_cli(*stage1_args(tiny_data, teacher, store, "--resume"))  # the original settings still resume
     assert chunk_files(store) == chunk_files(ref)
 
 
@@ -114,7 +106,7 @@ def test_resume_of_a_complete_store_changes_nothing(setup):
     tiny_data, teacher, ref = setup
     before = chunk_files(ref)
     meta_before = zarr.open_group(str(ref), mode="r").attrs["softtargets"]
-    run(stage1_args(tiny_data, teacher, ref, "--resume"))
+    run_cli(*stage1_args(tiny_data, teacher, ref, "--resume"))
     assert chunk_files(ref) == before
     assert zarr.open_group(str(ref), mode="r").attrs["softtargets"] == meta_before
 
@@ -126,7 +118,7 @@ def test_second_writer_on_the_same_path_is_refused(setup, tmp_path):
     try:
         wait_for(lambda: n_chunks(store) >= 1, what="the first writer to start")
         for extra in ([], ["--overwrite"], ["--resume"]):
-            res = run(stage1_args(tiny_data, teacher, store, *extra), ok=False)
+            res = run_cli(*stage1_args(tiny_data, teacher, store, *extra), ok=False)
             assert res.exit_code == 1, extra
             assert f"StoreLockedError: store {str(store)!r} is being written by pid {first.pid}" \
                 in res.output
@@ -135,7 +127,7 @@ def test_second_writer_on_the_same_path_is_refused(setup, tmp_path):
         first.send_signal(signal.SIGKILL)
         first.wait()
     # the killed writer's lease is stale (pid dead on this host): --resume takes over
-    run(stage1_args(tiny_data, teacher, store, "--resume"))
+    run_cli(*stage1_args(tiny_data, teacher, store, "--resume"))
     assert chunk_files(store) == chunk_files(ref)
 
 
@@ -143,7 +135,7 @@ def test_exception_mid_run_never_finalizes_and_resume_completes_shards(setup, tm
                                                                        monkeypatch):
     tiny_data, teacher, _ref = setup
     ref, store = tmp_path / "ref-sh.zarr", tmp_path / "sh.zarr"
-    run(stage1_args(tiny_data, teacher, ref, "--shard-rows", 16))
+    run_cli(*stage1_args(tiny_data, teacher, ref, "--shard-rows", 16))
     from softtargets import session as session_mod
     real_write = session_mod.WriteSession.write
     calls = []
@@ -155,13 +147,13 @@ def test_exception_mid_run_never_finalizes_and_resume_completes_shards(setup, tm
         real_write(self, index, **kw)
 
     monkeypatch.setattr(session_mod.WriteSession, "write", failing_write)
-    res = run(stage1_args(tiny_data, teacher, store, "--shard-rows", 16), ok=False)
+    res = run_cli(*stage1_args(tiny_data, teacher, store, "--shard-rows", 16), ok=False)
     assert res.exit_code == 1 and isinstance(res.exception, OSError)
     monkeypatch.setattr(session_mod.WriteSession, "write", real_write)
     assert zarr.open_group(str(store), mode="r").attrs["softtargets"]["complete"] is False
     assert not (tmp_path / "sh.zarr.lock").exists()  # an exception releases the lease
     assert len(list((store / "logits" / "c").iterdir())) == 2  # 2 of 6 shards written
-    run(stage1_args(tiny_data, teacher, store, "--shard-rows", 16, "--resume"))
+    run_cli(*stage1_args(tiny_data, teacher, store, "--shard-rows", 16, "--resume"))
     assert chunk_files(store) == chunk_files(ref)
     assert LogitStore.open(str(store)).meta.complete
 
@@ -173,7 +165,7 @@ def test_resume_after_a_kill_before_the_arrays_existed(setup, tmp_path):
     doc = json.loads((ref / "zarr.json").read_text())
     doc["attributes"]["softtargets"]["complete"] = False
     (store / "zarr.json").write_text(json.dumps(doc))
-    run(stage1_args(tiny_data, teacher, store, "--resume"))
+    run_cli(*stage1_args(tiny_data, teacher, store, "--resume"))
     assert chunk_files(store) == chunk_files(ref)
     assert LogitStore.open(str(store)).meta.complete
 
@@ -187,8 +179,8 @@ def test_resume_sweeps_temp_files_of_a_killed_write(setup, tmp_path):
     doc["attributes"]["softtargets"]["complete"] = False
     (store / "zarr.json").write_text(json.dumps(doc))
     (store / "logits" / "c" / "5" / "0").rename(store / "logits" / "c" / "5" / "0.ab12.partial")
-    info = run(["inspect", str(store)]).output
+    info = run_cli("inspect", store).output
     assert "objects:    logits 11/12, sample_id 12/12 present" in info
-    run(stage1_args(tiny_data, teacher, store, "--resume"))
+    run_cli(*stage1_args(tiny_data, teacher, store, "--resume"))
     assert not list(store.rglob("*.partial"))
     assert chunk_files(store) == chunk_files(ref)

@@ -6,27 +6,19 @@ import math
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
+from conftest import run_cli
 from stage1_helpers import make_teacher, stage1_args
 
-from softtargets.cli import cli
 from softtargets.config import LogitsConfig
 from softtargets.session import effective_shard_rows
 from softtargets.store import LogitStore
 from softtargets.verify import verify_store
 
 
-def run(args, ok=True):
-    res = CliRunner().invoke(cli, args)
-    if ok and res.exit_code != 0:
-        raise AssertionError(f"{args} failed: {res.output}{res.exception!r}")
-    return res
-
-
 def test_sharded_store_matches_unsharded_and_has_few_objects(tiny_data, tmp_path):
     teacher = make_teacher(tmp_path / "t.pt", tiny_data)
-    run(stage1_args(tiny_data, teacher, tmp_path / "plain.zarr"))
-    run(stage1_args(tiny_data, teacher, tmp_path / "sh.zarr", "--shard-rows", 32))
+    run_cli(*stage1_args(tiny_data, teacher, tmp_path / "plain.zarr"))
+    run_cli(*stage1_args(tiny_data, teacher, tmp_path / "sh.zarr", "--shard-rows", 32))
     arr = zarr.open_array(str(tmp_path / "sh.zarr" / "logits"), mode="r")
     codecs = arr.metadata.to_dict()["codecs"]
     assert [c["name"] for c in codecs] == ["sharding_indexed"]
@@ -44,7 +36,7 @@ def test_sharded_store_matches_unsharded_and_has_few_objects(tiny_data, tmp_path
 
 def test_shard_rows_must_hold_whole_chunks(tiny_data, tmp_path):
     teacher = make_teacher(tmp_path / "t.pt", tiny_data)
-    res = run(stage1_args(tiny_data, teacher, tmp_path / "s.zarr", "--shard-rows", 12), ok=False)
+    res = run_cli(*stage1_args(tiny_data, teacher, tmp_path / "s.zarr", "--shard-rows", 12), ok=False)
     assert res.exit_code == 1
     assert ("StoreError: shard_rows must be a positive multiple of chunk_rows (8), got 12; "
             "pick e.g. 256") in res.output
@@ -66,7 +58,7 @@ def test_large_stores_are_sharded_automatically(n, classes, objects):
 
 def test_metadata_codecs_of_a_sharded_store_are_its_real_chain(tiny_data, tmp_path):
     teacher = make_teacher(tmp_path / "t.pt", tiny_data)
-    run(stage1_args(tiny_data, teacher, tmp_path / "sh.zarr", "--shard-rows", 16))
+    run_cli(*stage1_args(tiny_data, teacher, tmp_path / "sh.zarr", "--shard-rows", 16))
     g = zarr.open_group(str(tmp_path / "sh.zarr"), mode="r")
     chain = g.attrs["softtargets"]["codecs"]
     assert chain == json.loads(json.dumps(g["logits"].metadata.to_dict()["codecs"]))
