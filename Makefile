@@ -114,5 +114,8 @@ report-quick: report-setup data
 	$(PY) scripts/experiments.py --quick --dataset $(DATASET) $(EXPERIMENT_FLAGS)
 
 # issue 7: augmentation-consistent soft targets, (a)-(d) side by side; QUICK=1 for a small run
-views-experiment: $(RUN)/teacher.pt
-	$(PY) scripts/views_experiment.py --teacher $(RUN)/teacher.pt $(if $(QUICK),--quick)
+# VIEWS_TEACHER: any softtargets checkpoint, e.g. a CNN of `make report`:
+#   make views-experiment VIEWS_TEACHER=runs/fashion-mnist/paper/teachers/teacher-0.pt
+VIEWS_TEACHER ?= $(RUN)/teacher.pt
+views-experiment: $(VIEWS_TEACHER)
+	$(PY) scripts/views_experiment.py --teacher $(VIEWS_TEACHER) $(if $(QUICK),--quick)

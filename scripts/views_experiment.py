@@ -82,6 +82,9 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("-T", "--temperature", type=float, default=4.0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,8 +103,8 @@ def main() -> None:
                                               store=stores[name], device="cpu", views=views,
                                               augment=args.augment), progress=False)
             stage1[name] = time.perf_counter() - t0
-        cfg = StudentTrainConfig(data=data_cfg, hidden=hidden, epochs=epochs, temperature=4.0,
-                                 alpha=0.9)
+        cfg = StudentTrainConfig(data=data_cfg, hidden=hidden, epochs=epochs, lr=args.lr,
+                                 temperature=args.temperature, alpha=args.alpha)
         rows = []
         for mode, store in (("a", "plain"), ("c", "views")):  # the library's own stage 2
             m = train_student(dataclasses.replace(cfg, store=stores[store]),
@@ -116,8 +119,9 @@ def main() -> None:
             "b": "augmented inputs + clean-input targets (inconsistent)",
             "c": f"stored views replayed (V={args.views}, consistent)",
             "d": "online teacher on augmented inputs (reference)"}
-    print(f"train rows {limit or 60000}, student {hidden}, {epochs} epochs, T=4, alpha=0.9, "
-          f"augment '{args.augment}', torch threads {torch.get_num_threads()}")
+    print(f"teacher {args.teacher}; train rows {limit or 60000}, student {hidden}, {epochs} "
+          f"epochs, lr {args.lr}, T={args.temperature:g}, alpha={args.alpha}, augment "
+          f"'{args.augment}', torch threads {torch.get_num_threads()}")
     print("| run | targets | test errors / 10000 | student s | stage 1 s | total s |")
     print("|---|---|---:|---:|---:|---:|")
     for mode, errors, seconds, s1 in sorted(rows):

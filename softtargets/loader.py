@@ -206,24 +206,29 @@ class StreamingDistillData:
         self.options = options
         self.replay = replay  # issue 7: stream view_logits/view_params and replay the views
         self.images, self.labels = split.images, split.labels
+        # Memory: 9 bytes per row here (ids, then a seen-mask), freed after the checks; the
+        # stream itself holds two groups of chunks whatever N is.
         ids = np.asarray(store.sample_id[:])  # (N,) int64
         if ids.min(initial=0) < 0 or ids.max(initial=0) >= len(split):
             raise StoreError(f"store {store.url!r}: sample ids outside [0, {len(split)})")
-        if np.unique(ids).size != ids.size:
+        covered = np.zeros(len(split), dtype=bool)
+        covered[ids] = True
+        if int(covered.sum()) != ids.size:
             raise StoreError(f"store {store.url!r}: sample_id has duplicates; the store is damaged")
         keep = None
         if rows is not None:
             keep = np.zeros(len(split), dtype=bool)
             keep[np.asarray(rows, dtype=np.int64)] = True
-            covered = np.zeros(len(split), dtype=bool)
-            covered[ids] = True
             if not covered[keep].all():
                 missing = np.flatnonzero(keep & ~covered)[:5].tolist()
                 raise StoreMismatchError(f"store {store.url!r} has no logits for sample ids "
                                          f"{missing}; the transfer set must be inside the store")
-        per_row = np.ones(len(ids), dtype=np.int64) if keep is None else keep[ids].astype(np.int64)
         starts = np.arange(0, len(ids), store.meta.chunk_rows)
-        self.kept = np.add.reduceat(per_row, starts)  # (num_chunks,) rows kept per chunk
+        if keep is None:  # (num_chunks,) rows kept per chunk
+            self.kept = np.diff(np.append(starts, len(ids))).astype(np.int64)
+        else:
+            self.kept = np.add.reduceat(keep[ids].astype(np.int64), starts)
+        del ids, covered
         self.keep = keep
         self.url = store.url
         if world_size is None:
