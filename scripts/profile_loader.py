@@ -6,7 +6,10 @@ crc32c, zstd) into its group buffer, check the rows (sample ids in range, float1
 all ones), and gather the rows of each shuffled batch into a new array. Each step is timed on its
 own (CPU seconds of this one thread), which bounds loader / raw decode at raw / (sum of steps).
 
-    python scripts/profile_loader.py runs/bench/logits-1000000x1000.zarr
+    python scripts/profile_loader.py runs/bench/logits-1000000x1000.zarr [--threaded]
+
+--threaded also times, side by side on 2 decode threads, raw decoding and full loader epochs
+with and without the prefetch thread (rows/s and CPU microseconds per row).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("store")
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--threaded", action="store_true")
     args = p.parse_args()
     reader = ChunkReader(args.store)
     meta, store = reader.meta, reader.store
@@ -70,6 +74,35 @@ def main() -> None:
         print(f"| {name} | {s:.2f} | {s / rows * 1e6:.2f} | {share} |")
     print(f"| loader total | {total:.2f} | {total / rows * 1e6:.2f} | 100% |")
     print(f"\nbound on loader / raw decode at equal cores: {raw / total:.2f}")
+    if args.threaded:
+        threaded(args.store, args.batch_size)
+
+
+def threaded(url: str, batch_size: int, rounds: int = 2) -> None:
+    """Raw decoding vs loader epochs (prefetch thread on / off), 2 decode threads, interleaved."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_loader import loader_rows_per_s, raw_decode_rows_per_s, synthetic_store
+
+    from softtargets.loader import StreamingDistillData, StreamOptions
+    from softtargets.store import LogitStore
+    store = LogitStore.open(url)
+    n = store.meta.n
+    # the benchmark's synthetic store and split (made by scripts/bench_loader.py in that folder)
+    _, split = synthetic_store(Path(url).parent, n, store.meta.num_classes)
+    print("\n| round | variant | rows/s | CPU us per row |\n|---:|---|---:|---:|")
+    for r in range(rounds):
+        for name, prefetch in (("raw decode", None), ("loader, prefetch 8", 8),
+                               ("loader, prefetch 0", 0)):
+            c0 = time.process_time()
+            if prefetch is None:
+                rate = raw_decode_rows_per_s(url, 2)
+            else:
+                data = StreamingDistillData(split, store, options=StreamOptions(
+                    loader="stream", decode_threads=2, prefetch_batches=prefetch))
+                rate = loader_rows_per_s(data, batch_size)
+            us = (time.process_time() - c0) / n * 1e6
+            print(f"| {r + 1} | {name} | {rate:,.0f} | {us:.2f} |")
 
 
 if __name__ == "__main__":

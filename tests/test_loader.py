@@ -4,7 +4,7 @@ import torch
 
 from softtargets.config import DataConfig
 from softtargets.data import load_split
-from softtargets.errors import ConfigError, StoreMismatchError
+from softtargets.errors import ConfigError, StoreError, StoreMismatchError
 from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
 from softtargets.store import LogitStore, StoreWriter
 
@@ -219,6 +219,13 @@ def test_stream_transfer_subset_and_checks(tiny_data, tmp_path):
     fewer = load_split(DataConfig(dataset="mnist", data_dir=tiny_data.data_dir, limit=50))
     with pytest.raises(StoreMismatchError, match=r"n differs"):
         StreamingDistillData(fewer, store)
+    twice = np.arange(96)
+    twice[7] = 3  # sample 3 stored twice, 7 never: misaligned targets must not train
+    dup = make_store(tmp_path / "dup.zarr", split, perm=twice, logits=np.zeros((96, 10), np.float32))
+    with pytest.raises(StoreError, match="sample_id has duplicates; the store is damaged"):
+        StreamingDistillData(split, dup)
+    part = StreamingDistillData(split, half)  # a store of a subset: its own rows, counted per chunk
+    assert len(part) == 48 and part.kept.tolist() == [32, 16]
 
 
 def test_distill_data_streams_large_stores_automatically(tiny_data, tmp_path):
