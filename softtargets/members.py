@@ -261,6 +261,7 @@ class ViewWriter:
         self.spec, self.views, self.seed = spec, views, seed
         self.member_views, self.params = arrays
         self.info = vw.views_info(spec, views=views, seed=seed)
+        self._params: np.ndarray | None = None  # (R, V, P) of the rows `inputs` last built
 
     @classmethod
     def create(cls, cfg: EnsembleLogitsConfig, writer: StoreWriter, *, members: int) -> ViewWriter:
@@ -291,7 +292,7 @@ class ViewWriter:
         z = logits.reshape(sl.stop - sl.start, self.views, -1)  # (R, V, C)
         self.member_views[member:member + 1, sl] = to_float16(
             z.reshape(len(logits), -1), first_row=sl.start).reshape(z.shape)[None]
-        if member == 0:
+        if member == 0 and self._params is not None:  # the parameters are the members' same
             self.params[sl] = self._params
         return z[:, 0]
 

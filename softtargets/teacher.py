@@ -8,7 +8,6 @@ written behind it by a background writer with a bounded queue (`write_chunks`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any

@@ -61,10 +61,14 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 2000) -> dict[
             "test_accuracy": float(1.0 - wrong.mean()), "per_class_errors": per_class.tolist()}
 
 
-def fit(model: nn.Module, data: DistillData | StreamingDistillData, test: Split, loss_fn: LossFn,
+def fit(model: nn.Module, data: Any, test: Split, loss_fn: LossFn,
         opts: FitOptions, *,
         desc: str, progress: bool = True) -> list[dict[str, Any]]:
-    """SGD with momentum and a cosine learning rate; evaluates on `test` after every epoch."""
+    """SGD with momentum and a cosine learning rate; evaluates on `test` after every epoch.
+
+    data: anything with `num_batches(batch_size)` and `batches(batch_size=, epoch=, seed=)`
+    (loader.DistillData / StreamingDistillData, view_loader.ViewData, mixup.MixupData).
+    """
     torch.manual_seed(opts.seed)  # dropout masks
     g = torch.Generator().manual_seed(opts.seed + 1)  # jitter
     optim = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum)
