@@ -151,9 +151,8 @@ class LogitsConfig:
     view_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.views is not None and self.views <= 0:
-            raise ConfigError(f"--views must be a positive number of views per sample, "
-                              f"got {self.views}")
+        if self.views is not None:
+            check_views(self.views)
         if self.batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.chunk_rows is not None and self.chunk_rows <= 0:
@@ -172,6 +171,12 @@ class LogitsConfig:
                 raise ConfigError(f"--{name} must be a positive number of classes, got {value}")
         for t in (*self.temperatures, self.sample_temperature):
             check_temperature(t)
+
+
+def check_views(views: int) -> None:
+    """Raise ConfigError unless views (augmented views per sample, issue 7) is positive."""
+    if views <= 0:
+        raise ConfigError(f"--views must be a positive number of views per sample, got {views}")
 
 
 def check_temperature(temperature: float) -> None:
@@ -240,9 +245,8 @@ class EnsembleLogitsConfig:
     view_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.views is not None and self.views <= 0:
-            raise ConfigError(f"--views must be a positive number of views per sample, "
-                              f"got {self.views}")
+        if self.views is not None:
+            check_views(self.views)
         if self.views is not None and self.combined_only:
             raise ConfigError("--views keeps every member's view logits; it cannot be combined "
                               "with --store-combined-only: drop one of them")

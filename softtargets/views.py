@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from softtargets.config import check_views
 from softtargets.errors import ConfigError
 
 # Columns of view_params (N, V, P): the built-in augmentations, in this order, then user ones.
@@ -128,11 +129,6 @@ def parse_spec(text: str) -> AugmentSpec:
         except ValueError as e:
             raise ConfigError(f"--augment {key}={value!r} is not a number") from e
     return AugmentSpec(**out)
-
-
-def check_views(views: int) -> None:
-    if views <= 0:
-        raise ConfigError(f"--views must be a positive number of views per sample, got {views}")
 
 
 def draw_params(spec: AugmentSpec, *, seed: int, sample_ids: np.ndarray,
