@@ -14,6 +14,7 @@ exact input the teacher saw for the target it is trained on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,11 @@ class ViewReplay:
     augment: dict[str, Any]  # AugmentSpec.to_json() from the store
     views: int
 
+    @functools.cached_property
+    def spec(self) -> AugmentSpec:
+        """Parsed once per process (and worker), not per batch."""
+        return AugmentSpec.from_json(self.augment)
+
     @classmethod
     def of_store(cls, url: str, split: Any) -> ViewReplay:
         _, _, info = views_meta(url, split)
@@ -59,8 +65,7 @@ class ViewReplay:
         view_logits (B, V, C), view_params (B, V, P) are the rows' stored views."""
         v = choose_views(ids, views=self.views, seed=seed, epoch=epoch)  # (B,)
         rows = np.arange(len(ids))
-        x = apply_views(images[ids], view_params[rows, v],
-                        spec=AugmentSpec.from_json(self.augment))
+        x = apply_views(images[ids], view_params[rows, v], spec=self.spec)
         return x, torch.from_numpy(np.ascontiguousarray(view_logits[rows, v]))
 
 
