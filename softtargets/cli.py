@@ -13,7 +13,8 @@ import click
 
 from softtargets import data as data_mod
 from softtargets import report
-from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig, TeacherTrainConfig
+from softtargets.config import (ARCHS, DataConfig, LogitsConfig, StudentTrainConfig,
+                                TeacherTrainConfig)
 from softtargets.distributed import ranks_from_env
 from softtargets.errors import ConfigError, SofttargetsError
 
@@ -98,7 +99,7 @@ def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
 
 @cli.command("train-teacher")
 @data_options
-@click.option("--arch", default="mlp", show_default=True, type=click.Choice(["mlp", "cnn"]),
+@click.option("--arch", default="mlp", show_default=True, type=click.Choice(ARCHS),
               help="mlp, or cnn: --hidden C1,C2,FC (two 5x5 conv blocks and a fc layer).")
 @hidden_option("1200,1200")
 @click.option("--epochs", type=int, default=TeacherTrainConfig.epochs, show_default=True)
@@ -128,7 +129,8 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, arch: str,
     jitter = data_mod.spec(dataset).teacher_jitter if jitter is None else jitter
     cfg = TeacherTrainConfig(
         data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
-        arch=arch, hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout, jitter=jitter,
+        arch=arch, hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout,
+        jitter=jitter,
         max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     m = train_teacher(cfg, out=out, overwrite=overwrite, progress=not quiet)
     click.echo(f"teacher: {m['model']}, {epochs} epochs on {m['train_rows']} rows in "
@@ -270,7 +272,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
 def student_options(fn: Callable) -> Callable:
     for option in reversed([
         click.option("--arch", default="mlp", show_default=True,
-                     type=click.Choice(["mlp", "cnn"]), help="Student architecture (cnn: "
+                     type=click.Choice(ARCHS), help="Student architecture (cnn: "
                      "--hidden C1,C2,FC)."),
         hidden_option("800,800"),
         click.option("--epochs", type=int, default=StudentTrainConfig.epochs, show_default=True),

@@ -73,8 +73,7 @@ class TeacherTrainConfig:
             raise ConfigError(f"jitter must be >= 0 pixels, got {self.jitter}")
         if self.max_norm < 0:
             raise ConfigError(f"max_norm must be >= 0 (0 disables it), got {self.max_norm}")
-        if self.arch not in ("mlp", "cnn"):
-            raise ConfigError(f"arch must be 'mlp' or 'cnn', got {self.arch!r}")
+        check_arch(self.arch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +105,7 @@ class StudentTrainConfig:
             raise ConfigError(f"loader must be 'auto', 'memory' or 'stream', got {self.loader!r}")
         if self.loader_workers < 0:
             raise ConfigError(f"loader_workers must be >= 0, got {self.loader_workers}")
-        if self.arch not in ("mlp", "cnn"):
-            raise ConfigError(f"arch must be 'mlp' or 'cnn', got {self.arch!r}")
+        check_arch(self.arch)
         if self.mixup < 0:
             raise ConfigError(f"mixup must be >= 0 (0 disables; e.g. 0.2), got {self.mixup}")
         check_temperature(self.temperature)
@@ -171,6 +169,15 @@ class LogitsConfig:
                 raise ConfigError(f"--{name} must be a positive number of classes, got {value}")
         for t in (*self.temperatures, self.sample_temperature):
             check_temperature(t)
+
+
+ARCHS = ("mlp", "cnn")  # models.build: MLP, or a small CNN (hidden = (c1, c2, fc))
+
+
+def check_arch(arch: str) -> None:
+    """Raise ConfigError unless arch is a known model architecture."""
+    if arch not in ARCHS:
+        raise ConfigError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
 
 
 def check_views(views: int) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from softtargets import ensemble, members
-from softtargets.config import (DataConfig, EnsembleLogitsConfig, StudentTrainConfig,
+from softtargets.config import (ARCHS, DataConfig, EnsembleLogitsConfig, StudentTrainConfig,
                                 TeacherTrainConfig, to_dict)
 from softtargets.data import load_split, spec
 from softtargets.errors import ConfigError
@@ -99,7 +99,7 @@ def parse_student(text: str) -> tuple[str, tuple[int, ...]]:
         hidden = tuple(int(w) for w in widths.split(","))
     except ValueError:
         hidden = ()
-    if arch not in ("mlp", "cnn") or not hidden or min(hidden) <= 0:
+    if arch not in ARCHS or not hidden or min(hidden) <= 0:
         raise ConfigError(f"student {text!r} is not 'mlp:W1,W2,...' or 'cnn:C1,C2,FC'")
     return arch, hidden
 
@@ -206,8 +206,9 @@ def temperature_table(cfg: ExperimentConfig, out: Path, store: str) -> dict[str,
     table = {}
     for model in cfg.students:
         d = out / "students" / _name(model)
+        arch, hidden = parse_student(model)
         table[_name(model)] = {
-            "hidden": list(parse_student(model)[1]), "arch": parse_student(model)[0],
+            "hidden": list(hidden), "arch": arch,
             "baseline": str(d / "baseline" / "metrics.json"),
             "distilled": {f"{t:g}": str(d / f"T{t:g}" / "metrics.json") for t in cfg.temperatures}}
         student(cfg, d / "baseline", model=model, store=None)

@@ -236,10 +236,10 @@ def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
                 sl = writer.chunk_slice(i)
                 if member.mc_pass is not None:
                     torch.manual_seed(mc_seed(cfg.mc_seed, member.mc_pass, i))
-                x = split.inputs(sl) if views is None else views.inputs(split, sl)  # (R[*V], D)
-                z = run_teacher(run, x, batch_size=cfg.batch_size, device=device,
-                                num_classes=len(split.class_names), first_row=sl.start)
                 m = member.index
+                x = split.inputs(sl) if views is None else views.inputs(split, sl, member=m)
+                z = run_teacher(run, x, batch_size=cfg.batch_size, device=device,  # (R[*V], C)
+                                num_classes=len(split.class_names), first_row=sl.start)
                 if views is not None:  # (R*V, C) -> member_view_logits; member_logits: view 0
                     z = views.write(m, sl, z)
                 members_arr[m:m + 1, sl] = to_float16(z, first_row=sl.start)[None]  # (1, rows, C)
@@ -261,13 +261,12 @@ class ViewWriter:
         self.spec, self.views, self.seed = spec, views, seed
         self.member_views, self.params = arrays
         self.info = vw.views_info(spec, views=views, seed=seed)
-        self._params: np.ndarray | None = None  # (R, V, P) of the rows `inputs` last built
 
     @classmethod
     def create(cls, cfg: EnsembleLogitsConfig, writer: StoreWriter, *, members: int) -> ViewWriter:
         spec, v = vw.parse_spec(cfg.augment), int(cfg.views or 0)
         n, c, rows = writer.meta.n, writer.meta.num_classes, writer.meta.chunk_rows
-        codecs = compressor_codecs(cfg.compressor)
+        codecs = compressor_codecs(cfg.compressor)  # codec objects are immutable: shared
         member_views = writer.group.create_array(
             vw.MEMBER_VIEW_LOGITS, shape=(members, n, v, c), chunks=(1, rows, v, c),
             dtype="float16", compressors=codecs, fill_value=float("nan"),
@@ -275,15 +274,17 @@ class ViewWriter:
             config={"write_empty_chunks": True})
         params = add_row_array(writer.group, vw.VIEW_PARAMS, n=n,
                                row_shape=(v, len(spec.param_names)), chunk_rows=rows,
-                               dtype="float32", codecs=compressor_codecs(cfg.compressor),
+                               dtype="float32", codecs=codecs,
                                fill_value=float("nan"), dimension_names=("row", "view", "param"))
         return cls(spec, views=v, seed=cfg.view_seed, arrays=(member_views, params))
 
-    def inputs(self, split: Split, sl: slice) -> np.ndarray:
-        """The V views of rows `sl`, (R*V, D) float32, from parameters of (seed, id, view)."""
+    def inputs(self, split: Split, sl: slice, *, member: int) -> np.ndarray:
+        """The V views of rows `sl`, (R*V, D) float32, from parameters of (seed, id, view);
+        the first member also stores those parameters (they are the same for every member)."""
         params = vw.draw_params(self.spec, seed=self.seed, sample_ids=np.arange(sl.start, sl.stop),
                                 views=self.views)  # (R, V, P)
-        self._params = params
+        if member == 0:
+            self.params[sl] = params
         images = np.repeat(split.images[sl], self.views, axis=0)  # (R*V, H, W)
         return vw.apply_views(images, params.reshape(-1, params.shape[-1]), spec=self.spec).numpy()
 
@@ -292,8 +293,6 @@ class ViewWriter:
         z = logits.reshape(sl.stop - sl.start, self.views, -1)  # (R, V, C)
         self.member_views[member:member + 1, sl] = to_float16(
             z.reshape(len(logits), -1), first_row=sl.start).reshape(z.shape)[None]
-        if member == 0 and self._params is not None:  # the parameters are the members' same
-            self.params[sl] = self._params
         return z[:, 0]
 
 

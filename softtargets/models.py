@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from softtargets.config import ARCHS
 from softtargets.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "softtargets.checkpoint"
@@ -49,9 +50,6 @@ class ModelSpec:
             return cls(**{**d, "hidden": tuple(d["hidden"])})
         except (TypeError, KeyError) as e:
             raise CheckpointError(f"checkpoint model spec {d!r} is not an MLP spec: {e}") from e
-
-
-ARCHS = ("mlp", "cnn")
 
 
 class MLP(nn.Module):
