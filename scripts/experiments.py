@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from softtargets.errors import SofttargetsError
+from softtargets.errors import ConfigError, SofttargetsError
 from softtargets.experiments import ExperimentConfig, run
 from softtargets.plots import write_report
 
@@ -27,8 +27,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reports", default=None, help="report directory (default reports[/quick])")
     p.add_argument("--limit", type=int, default=None, help="transfer-set rows")
     p.add_argument("--teachers", type=int, default=None, help="ensemble size")
+    p.add_argument("--teacher-arch", choices=("mlp", "cnn"), default=None)
+    p.add_argument("--teacher-hidden", default=None,
+                   help="comma separated widths (cnn: C1,C2,FC), e.g. 16,32,128")
     p.add_argument("--teacher-epochs", type=int, default=None)
     p.add_argument("--teacher-dropout", type=float, default=None)
+    p.add_argument("--student", action="append", default=None, dest="students",
+                   help="'arch:widths', repeat for several (default mlp:800,800 and mlp:30,30)")
     p.add_argument("--alpha", type=float, default=None, help="weight of the soft-target term")
     p.add_argument("--student-epochs", type=int, default=None)
     p.add_argument("--temperatures", default=None, help="comma separated, e.g. 1,2,5,10,20")
@@ -37,10 +42,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma separated integers, e.g. 16,32,128; "
+                          f"got {text!r}") from None
+
+
 def config(a: argparse.Namespace) -> ExperimentConfig:
     over = {k: v for k, v in {
         "dataset": a.dataset, "data_dir": a.data_dir, "limit": a.limit, "teachers": a.teachers,
-        "teacher_epochs": a.teacher_epochs,
+        "teacher_epochs": a.teacher_epochs, "teacher_arch": a.teacher_arch,
+        "teacher_hidden": _ints(a.teacher_hidden, "--teacher-hidden"),
+        "students": tuple(a.students) if a.students else None,
         "teacher_dropout": a.teacher_dropout, "alpha": a.alpha, "student_epochs": a.student_epochs,
         "threads": a.threads,
         "temperatures": tuple(float(t) for t in a.temperatures.split(",")) if a.temperatures

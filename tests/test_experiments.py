@@ -1,9 +1,12 @@
 """The paper's experiments end to end on tiny synthetic data, and the report drawn from metrics."""
 
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from softtargets.errors import ConfigError
 from softtargets.experiments import ExperimentConfig, run
@@ -41,13 +44,26 @@ def test_every_step_writes_its_metrics(results):
     assert r["less_data"]["rows"] == 30 and r["less_data"]["epochs"] == 20
 
 
+def _saved_config(results: Path) -> ExperimentConfig:
+    cfg = json.loads((results / "results.json").read_text())["config"]
+    return ExperimentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+
+
 def test_rerun_reuses_saved_metrics(results):
     before = (results / "students" / "mlp-8" / "T1" / "metrics.json").stat().st_mtime_ns
-    cfg = json.loads((results / "results.json").read_text())["config"]
-    cfg = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
-           if isinstance(v, list) else v for k, v in cfg.items()}
-    run(ExperimentConfig(**cfg))
+    threads = torch.get_num_threads()  # a thread count changes no result: not a new setting
+    run(dataclasses.replace(_saved_config(results), threads=threads))
     assert (results / "students" / "mlp-8" / "T1" / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_run_dir_of_other_settings_is_refused(results):
+    """Resuming with other teachers would reuse the saved ones as if they were the new ones."""
+    cfg = dataclasses.replace(_saved_config(results), teachers=3, teacher_hidden=(64,))
+    with pytest.raises(ConfigError, match=r"holds results of other settings \(teacher_hidden: "
+                       r"saved \[32\], now \[64\], teachers: saved 2, now 3\); pass another "
+                       r"--out or delete that directory"):
+        run(cfg)
+    assert json.loads((results / "config.json").read_text())["teachers"] == 2
 
 
 def test_report_table_from_metrics(results, tmp_path):
@@ -69,3 +85,20 @@ def test_bad_experiment_config():
         ExperimentConfig(combine="mode")
     with pytest.raises(ConfigError, match="less_data_fraction must be in"):
         ExperimentConfig(less_data_fraction=0)
+
+
+def test_script_flags_build_the_config(tmp_path):
+    """scripts/experiments.py: teacher family, widths and repeated --student flags."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import experiments as script
+    a = script.parse(["--teacher-arch", "mlp", "--teacher-hidden", "800,800", "--teachers", "5",
+                      "--student", "mlp:800,800", "--student", "cnn:8,16,64",
+                      "--out", str(tmp_path / "run")])
+    cfg = script.config(a)
+    assert (cfg.teacher_arch, cfg.teacher_hidden, cfg.teachers) == ("mlp", (800, 800), 5)
+    assert cfg.students == ("mlp:800,800", "cnn:8,16,64") and cfg.out == str(tmp_path / "run")
+    assert script.config(script.parse([])).students == ExperimentConfig().students
+    with pytest.raises(ConfigError, match="--teacher-hidden must be comma separated integers, "
+                       "e.g. 16,32,128; got '16;32'"):
+        script.config(script.parse(["--teacher-hidden", "16;32"]))
+    assert script.main(["--student", "mlp:x", "--report-only"]) == 1  # error printed, no trace
