@@ -33,7 +33,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--teacher-epochs", type=int, default=None)
     p.add_argument("--teacher-dropout", type=float, default=None)
     p.add_argument("--student", action="append", default=None, dest="students",
-                   help="'arch:widths', repeat for several (default mlp:800,800 and mlp:30,30)")
+                   help="'arch:widths' (e.g. mlp:800,800 or cnn:8,16,64); repeat for several")
     p.add_argument("--alpha", type=float, default=None, help="weight of the soft-target term")
     p.add_argument("--student-epochs", type=int, default=None)
     p.add_argument("--temperatures", default=None, help="comma separated, e.g. 1,2,5,10,20")
@@ -46,10 +46,13 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(int(w) for w in text.split(","))
+        widths = tuple(int(w) for w in text.split(","))
     except ValueError:
-        raise ConfigError(f"{flag} must be comma separated integers, e.g. 16,32,128; "
-                          f"got {text!r}") from None
+        widths = ()
+    if not widths or min(widths) <= 0:
+        raise ConfigError(f"{flag} must be comma separated positive integers, e.g. 16,32,128; "
+                          f"got {text!r}")
+    return widths
 
 
 def config(a: argparse.Namespace) -> ExperimentConfig:

@@ -98,7 +98,8 @@ def test_script_flags_build_the_config(tmp_path):
     assert (cfg.teacher_arch, cfg.teacher_hidden, cfg.teachers) == ("mlp", (800, 800), 5)
     assert cfg.students == ("mlp:800,800", "cnn:8,16,64") and cfg.out == str(tmp_path / "run")
     assert script.config(script.parse([])).students == ExperimentConfig().students
-    with pytest.raises(ConfigError, match="--teacher-hidden must be comma separated integers, "
-                       "e.g. 16,32,128; got '16;32'"):
-        script.config(script.parse(["--teacher-hidden", "16;32"]))
+    for bad in ("16;32", "16,0"):
+        with pytest.raises(ConfigError, match="--teacher-hidden must be comma separated positive "
+                           f"integers, e.g. 16,32,128; got '{bad}'"):
+            script.config(script.parse(["--teacher-hidden", bad]))
     assert script.main(["--student", "mlp:x", "--report-only"]) == 1  # error printed, no trace
