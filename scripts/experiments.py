@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from softtargets.errors import ConfigError, SofttargetsError
-from softtargets.experiments import ExperimentConfig, run
+from softtargets.experiments import ExperimentConfig, parse_widths, run
 from softtargets.plots import write_report
 
 
@@ -45,11 +45,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     if text is None:
         return None
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        widths = ()
-    if not widths or min(widths) <= 0:
+    widths = parse_widths(text)
+    if widths is None:
         raise ConfigError(f"{flag} must be comma separated positive integers, e.g. 16,32,128; "
                           f"got {text!r}")
     return widths

@@ -93,14 +93,20 @@ def _data(cfg: ExperimentConfig) -> DataConfig:
     return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit)
 
 
+def parse_widths(text: str) -> tuple[int, ...] | None:
+    """'800,800' -> (800, 800); None unless every width is a positive integer."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        return None
+    return widths if widths and min(widths) > 0 else None
+
+
 def parse_student(text: str) -> tuple[str, tuple[int, ...]]:
     """'mlp:800,800' -> ('mlp', (800, 800)); 'cnn:8,16,64' -> ('cnn', (8, 16, 64))."""
     arch, _, widths = text.partition(":")
-    try:
-        hidden = tuple(int(w) for w in widths.split(","))
-    except ValueError:
-        hidden = ()
-    if arch not in ARCHS or not hidden or min(hidden) <= 0:
+    hidden = parse_widths(widths)
+    if arch not in ARCHS or hidden is None:
         raise ConfigError(f"student {text!r} is not 'mlp:W1,W2,...' or 'cnn:C1,C2,FC'")
     return arch, hidden
 
