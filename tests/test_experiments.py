@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from softtargets.config import from_dict
 from softtargets.errors import ConfigError
 from softtargets.experiments import ExperimentConfig, run
 from softtargets.plots import collect, gap_closed, markdown, write_report
@@ -45,8 +46,7 @@ def test_every_step_writes_its_metrics(results):
 
 
 def _saved_config(results: Path) -> ExperimentConfig:
-    cfg = json.loads((results / "results.json").read_text())["config"]
-    return ExperimentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    return from_dict(ExperimentConfig, json.loads((results / "results.json").read_text())["config"])
 
 
 def test_rerun_reuses_saved_metrics(results):
