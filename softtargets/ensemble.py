@@ -129,6 +129,8 @@ class EnsembleTargets:
             bad = sorted(set(np.argwhere(~np.isfinite(z))[:, 0].tolist()))
             raise StoreError(f"store {self.url!r}: chunk {index} of {MEMBER_LOGITS} has missing or "
                              f"non-finite rows for members {bad}; the store is damaged")
+        for m in range(len(z)):
+            self.store.digests.check_rows(MEMBER_LOGITS, sl.start, z[m], member=m)
         out = combine_log_probs(z, rule=self.rule, temperature=self.temperature)
         return ids, out.astype(np.float32)
 

@@ -28,6 +28,7 @@ from softtargets.data import Split, load_split
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
 from softtargets import views as vw
+from softtargets.digests import remove_row_array
 from softtargets.store import (ATTR_KEY, StoreMeta, StoreWriter, add_row_array, compressor_codecs,
                                to_float16)
 from softtargets.teacher import resolve_device
@@ -188,12 +189,13 @@ def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -
             bar.update(sl.stop - sl.start)
         bar.close()
         return writer.finalize()
-    members_arr = writer.group.create_array(
-        ensemble.MEMBER_LOGITS, shape=(len(plan), n, c), chunks=(1, rows, c), dtype="float16",
-        compressors=compressor_codecs(cfg.compressor), fill_value=float("nan"),
-        dimension_names=["member", "row", "class"], config={"write_empty_chunks": True})
+    members_arr = add_row_array(writer.group, ensemble.MEMBER_LOGITS, n=n, row_shape=(c,),
+                                chunk_rows=rows, dtype="float16",
+                                codecs=compressor_codecs(cfg.compressor),
+                                fill_value=float("nan"),
+                                dimension_names=("member", "row", "class"), members=len(plan))
     views = ViewWriter.create(cfg, writer, members=len(plan)) if cfg.views else None
-    identities = _run_members(cfg, plan, split, writer, members_arr, device, bar, views)
+    identities = _run_members(cfg, plan, split, writer, device, bar, views)
     extra = _extra(cfg, identities, n=n, c=c, rows=rows)
     if views is not None:
         extra["views"] = views.info
@@ -212,12 +214,12 @@ def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -
         bar.update(sl.stop - sl.start)
     bar.close()
     if cfg.combined_only:
-        del writer.group[ensemble.MEMBER_LOGITS]  # scratch: only the combined target is kept
+        remove_row_array(writer.group, ensemble.MEMBER_LOGITS)  # scratch: combined target kept
     return writer.finalize()
 
 
 def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
-                 writer: StoreWriter, members_arr: Any, device: torch.device,
+                 writer: StoreWriter, device: torch.device,
                  bar: tqdm, views: ViewWriter | None = None) -> list[dict[str, Any]]:
     """Write member_logits[m] for every member (and its views); one teacher at a time."""
     identities: list[dict[str, Any]] = []
@@ -242,7 +244,8 @@ def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
                                 num_classes=len(split.class_names), first_row=sl.start)
                 if views is not None:  # (R*V, C) -> member_view_logits; member_logits: view 0
                     z = views.write(m, sl, z)
-                members_arr[m:m + 1, sl] = to_float16(z, first_row=sl.start)[None]  # (1, rows, C)
+                writer.digests.write(ensemble.MEMBER_LOGITS, sl,
+                                     to_float16(z, first_row=sl.start), member=m)  # (rows, C)
                 bar.update(sl.stop - sl.start)
             identities.append({"member": member.index, **teacher.identity,
                                "mc_pass": member.mc_pass,
@@ -257,9 +260,9 @@ class ViewWriter:
     member_view_logits (M, N, V, C) with chunks (1, R, V, C) (one member writes whole chunks), and
     the views' parameters in view_params (N, V, P), shared by all members."""
 
-    def __init__(self, spec: Any, *, views: int, seed: int, arrays: tuple[Any, Any]) -> None:
+    def __init__(self, spec: Any, *, views: int, seed: int, digests: Any) -> None:
         self.spec, self.views, self.seed = spec, views, seed
-        self.member_views, self.params = arrays
+        self.digests = digests  # the store writer's DigestWriter
         self.info = vw.views_info(spec, views=views, seed=seed)
 
     @classmethod
@@ -267,16 +270,13 @@ class ViewWriter:
         spec, v = vw.parse_spec(cfg.augment), int(cfg.views or 0)
         n, c, rows = writer.meta.n, writer.meta.num_classes, writer.meta.chunk_rows
         codecs = compressor_codecs(cfg.compressor)  # codec objects are immutable: shared
-        member_views = writer.group.create_array(
-            vw.MEMBER_VIEW_LOGITS, shape=(members, n, v, c), chunks=(1, rows, v, c),
-            dtype="float16", compressors=codecs, fill_value=float("nan"),
-            dimension_names=["member", "row", "view", "class"],
-            config={"write_empty_chunks": True})
-        params = add_row_array(writer.group, vw.VIEW_PARAMS, n=n,
-                               row_shape=(v, len(spec.param_names)), chunk_rows=rows,
-                               dtype="float32", codecs=codecs,
-                               fill_value=float("nan"), dimension_names=("row", "view", "param"))
-        return cls(spec, views=v, seed=cfg.view_seed, arrays=(member_views, params))
+        add_row_array(writer.group, vw.MEMBER_VIEW_LOGITS, n=n, row_shape=(v, c),
+                      chunk_rows=rows, dtype="float16", codecs=codecs, fill_value=float("nan"),
+                      dimension_names=("member", "row", "view", "class"), members=members)
+        add_row_array(writer.group, vw.VIEW_PARAMS, n=n, row_shape=(v, len(spec.param_names)),
+                      chunk_rows=rows, dtype="float32", codecs=codecs, fill_value=float("nan"),
+                      dimension_names=("row", "view", "param"))
+        return cls(spec, views=v, seed=cfg.view_seed, digests=writer.digests)
 
     def inputs(self, split: Split, sl: slice, *, member: int) -> np.ndarray:
         """The V views of rows `sl`, (R*V, D) float32, from parameters of (seed, id, view);
@@ -284,22 +284,23 @@ class ViewWriter:
         params = vw.draw_params(self.spec, seed=self.seed, sample_ids=np.arange(sl.start, sl.stop),
                                 views=self.views)  # (R, V, P)
         if member == 0:
-            self.params[sl] = params
+            self.digests.write(vw.VIEW_PARAMS, sl, params.astype(np.float32))
         images = np.repeat(split.images[sl], self.views, axis=0)  # (R*V, H, W)
         return vw.apply_views(images, params.reshape(-1, params.shape[-1]), spec=self.spec).numpy()
 
     def write(self, member: int, sl: slice, logits: np.ndarray) -> np.ndarray:
         """Store member `member`'s view logits (R*V, C) of rows `sl`; returns view 0's (R, C)."""
         z = logits.reshape(sl.stop - sl.start, self.views, -1)  # (R, V, C)
-        self.member_views[member:member + 1, sl] = to_float16(
-            z.reshape(len(logits), -1), first_row=sl.start).reshape(z.shape)[None]
+        half = to_float16(z.reshape(len(logits), -1), first_row=sl.start).reshape(z.shape)
+        self.digests.write(vw.MEMBER_VIEW_LOGITS, sl, half, member=member)
         return z[:, 0]
 
 
 def _set_meta(writer: StoreWriter, *, teacher: dict[str, Any], extra: dict[str, Any],
               version: int | None = None) -> None:
     """Record the teacher identity and ensemble keys; the store stays incomplete."""
-    writer.meta = dataclasses.replace(writer.meta, teacher=teacher, extra=extra,
+    writer.meta = dataclasses.replace(writer.meta, teacher=teacher,
+                                      extra={**writer.meta.extra, **extra},
                                       version=version or writer.meta.version)
     writer.group.attrs.update({ATTR_KEY: writer.meta.to_json()})
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from softtargets.config import LogitsConfig, to_dict
+from softtargets.digests import DigestCheck
 from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_status
 from softtargets.errors import (
     IncompleteStoreError,
@@ -121,17 +122,20 @@ class RowArray:
 
 
 def unit_ok(writer: StoreWriter, index: int, arrays: tuple[RowArray, ...] = ()) -> bool:
-    """Unit `index` decodes (crc32c), holds ids start..stop-1 in order and finite logits (and
-    finite values in every extra array)."""
+    """Unit `index` decodes (crc32c), holds ids start..stop-1 in order, finite logits (and
+    finite values in every extra array), and every chunk matches its digest."""
     sl = writer.unit_slice(index)
+    check = DigestCheck(writer.group, writer.meta, "", cache=False)  # other ranks still write
     try:
         ids = np.asarray(writer.sample_id[sl])
         logits = np.asarray(writer.logits[sl])
-        extras = [a.written(np.asarray(writer.group[a.name][sl])) for a in arrays]
-    except Exception:  # a damaged object fails its checksum: rewrite it
+        extras = {a.name: np.asarray(writer.group[a.name][sl]) for a in arrays}
+        for name, values in ((SAMPLE_ID, ids), (LOGITS, logits), *extras.items()):
+            check.check_rows(name, sl.start, values)
+    except Exception:  # a damaged, misplaced or unfinished unit: rewrite it
         return False
     return bool(np.array_equal(ids, np.arange(sl.start, sl.stop)) and np.isfinite(logits).all()
-                and all(extras))
+                and all(a.written(extras[a.name]) for a in arrays))
 
 
 class WriteSession:
@@ -248,7 +252,7 @@ class WriteSession:
             if a.dtype == "float16":
                 flat = to_float16(values.reshape(len(values), -1), first_row=sl.start)
                 values = flat.reshape(values.shape)
-            self.writer.group[a.name][sl] = values.astype(a.dtype)
+            self.writer.digests.write(a.name, sl, values.astype(a.dtype))
         self.writer.write_unit(index, sample_ids=sample_ids, logits=logits)
         if self.lock is not None:
             self.lock.heartbeat()

@@ -22,6 +22,9 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from softtargets import sparse as sp
+from softtargets.digests import META as DIGESTS_META
+from softtargets.digests import META_KEY as DIGESTS_KEY
+from softtargets.digests import DigestCheck, DigestWriter
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
 from softtargets.store import (FORMAT_NAME, FORMAT_VERSION, SAMPLE_ID, TARGET_CHUNK_BYTES,
                                StoreMeta, _prepare_destination, add_row_array, check_dataset,
@@ -137,6 +140,7 @@ class SparseWriter:
     def __init__(self, group: zarr.Group, meta: StoreMeta, spec: SparseSpec) -> None:
         self.group, self.meta, self.spec = group, meta, spec
         self.written: set[int] = set()
+        self.digests = DigestWriter(group, dataset=meta.dataset, chunk_rows=meta.chunk_rows)
 
     @classmethod
     def create(cls, url: str, *, spec: SparseSpec, n: int,
@@ -156,7 +160,7 @@ class SparseWriter:
                          dataset=dataset, teacher=teacher, config=config,
                          created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          created_by=software_versions(), complete=False,
-                         extra={"sparse": spec.to_json()})
+                         extra={"sparse": spec.to_json(), DIGESTS_KEY: DIGESTS_META})
         group = create_group(url, meta)
         ids_name, logits_name, counts_name = array_names(spec.kind)
 
@@ -224,15 +228,16 @@ class SparseWriter:
         if (rows.counts is None) != (self.spec.kind == "topk"):
             raise StoreError(f"rows of the wrong kind for a {self.spec.kind!r} store")
         ids_name, logits_name, counts_name = array_names(self.spec.kind)
-        self.group[SAMPLE_ID][sl] = sample_ids.astype(np.int64)
+        write = self.digests.write
+        write(SAMPLE_ID, sl, sample_ids.astype(np.int64))
         if positions is not None:
-            self.group[POSITION][sl] = np.asarray(positions, dtype=np.int64)
-        self.group[ids_name][sl] = rows.ids.astype(self.spec.id_dtype)
-        self.group[logits_name][sl] = rows.logits.astype(np.float16)
+            write(POSITION, sl, np.asarray(positions, dtype=np.int64))
+        write(ids_name, sl, rows.ids.astype(self.spec.id_dtype))
+        write(logits_name, sl, rows.logits.astype(np.float16))
         if counts_name:
-            self.group[counts_name][sl] = rows.counts.astype(self.spec.count_dtype)
-        self.group[LSE][sl] = rows.lse.astype(np.float32)
-        self.group[TAIL][sl] = rows.tail.astype(np.float32)
+            write(counts_name, sl, rows.counts.astype(self.spec.count_dtype))
+        write(LSE, sl, rows.lse.astype(np.float32))
+        write(TAIL, sl, rows.tail.astype(np.float32))
         self.written.add(index)
 
     def finalize(self) -> StoreMeta:
@@ -247,6 +252,7 @@ class SparseStore:
 
     def __init__(self, group: zarr.Group, meta: StoreMeta, spec: SparseSpec, url: str) -> None:
         self.group, self.meta, self.spec, self.url = group, meta, spec, url
+        self.digests = DigestCheck(group, meta, url)
 
     @classmethod
     def open(cls, url: str) -> SparseStore:
@@ -281,18 +287,17 @@ class SparseStore:
         """(sample ids (rows,), positions (rows,) or None, rows) of chunk `index`, checked."""
         sl = chunk_slice(self.meta, index)
         ids_name, logits_name, counts_name = array_names(self.meta.kind)
+        names = [n for n in (SAMPLE_ID, POSITION if self.spec.position else None, ids_name,
+                             logits_name, counts_name, LSE, TAIL) if n is not None]
         try:
-            sample_ids = np.asarray(self.group[SAMPLE_ID][sl])
-            positions = np.asarray(self.group[POSITION][sl]) if self.spec.position else None
-            rows = sp.SparseRows(
-                ids=np.asarray(self.group[ids_name][sl]).astype(np.int64),
-                logits=np.asarray(self.group[logits_name][sl]),
-                lse=np.asarray(self.group[LSE][sl]), tail=np.asarray(self.group[TAIL][sl]),
-                counts=(np.asarray(self.group[counts_name][sl]).astype(np.int64)
-                        if counts_name else None))
+            raw = {name: np.asarray(self.group[name][sl]) for name in names}
         except Exception as e:  # zarr raises codec-specific errors on a bad checksum
             raise StoreError(f"store {self.url!r}: chunk {index} (rows {sl.start}..{sl.stop - 1}) "
                              f"cannot be decoded: {e}") from e
+        sample_ids, positions = raw[SAMPLE_ID], raw.get(POSITION)
+        rows = sp.SparseRows(ids=raw[ids_name].astype(np.int64), logits=raw[logits_name],
+                             lse=raw[LSE], tail=raw[TAIL],
+                             counts=raw[counts_name].astype(np.int64) if counts_name else None)
         bad = ((sample_ids < 0) | (sample_ids >= self.meta.dataset["n"])
                | ~np.isfinite(rows.logits).all(axis=1) | ~np.isfinite(rows.lse)
                | ~np.isfinite(rows.tail).all(axis=1) | (rows.ids >= self.meta.num_classes).any(1))
@@ -306,6 +311,8 @@ class SparseStore:
                              f"{where} (sample_id/position out of range, class id >= C, counts "
                              "not summing to draws, or non-finite values); the chunk was never "
                              "written or is damaged")
+        for name, values in raw.items():
+            self.digests.check_rows(name, sl.start, values)
         return sample_ids, positions, rows
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray | None, sp.SparseRows]:

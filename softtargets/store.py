@@ -23,6 +23,9 @@ import zarr
 
 from softtargets.codecs import (COMPRESSORS, FP16_MAX, TARGET_CHUNK_BYTES,  # noqa: F401 re-exported
                                 codec_chain, compressor_codecs, default_chunk_rows, to_float16)
+from softtargets.digests import META as DIGESTS_META
+from softtargets.digests import META_KEY as DIGESTS_KEY
+from softtargets.digests import DigestCheck, DigestWriter, add_row_array  # noqa: F401 re-exported
 from softtargets.errors import (IncompleteStoreError, SparseStoreError, StoreError,
                                 StoreExistsError, StoreMismatchError)
 from softtargets.remote import is_remote, local_path, open_group, remove_remote_store
@@ -116,18 +119,6 @@ def create_group(url: str, meta: StoreMeta) -> zarr.Group:
         raise StoreExistsError(f"store {url!r} already exists; pass --overwrite") from e
 
 
-def add_row_array(group: zarr.Group, name: str, *, n: int, row_shape: tuple[int, ...],
-                  chunk_rows: int, dtype: str, codecs: list[Any], fill_value: Any,
-                  dimension_names: tuple[str, ...], shard_rows: int | None = None) -> zarr.Array:
-    """An (n, *row_shape) array chunked by `chunk_rows` rows (sharded by `shard_rows` rows when
-    set, like `logits`), every chunk written explicitly."""
-    return group.create_array(name, shape=(n, *row_shape), chunks=(chunk_rows, *row_shape),
-                              shards=(shard_rows, *row_shape) if shard_rows else None,
-                              dtype=dtype, compressors=codecs, fill_value=fill_value,
-                              dimension_names=list(dimension_names),
-                              config={"write_empty_chunks": True})
-
-
 class StoreWriter:
     """Writes a v1 store chunk by chunk and marks it complete last.
 
@@ -141,6 +132,7 @@ class StoreWriter:
         self.logits = group[LOGITS]
         self.sample_id = group[SAMPLE_ID]
         self.written: set[int] = set()
+        self.digests = DigestWriter(group, dataset=meta.dataset, chunk_rows=meta.chunk_rows)
 
     @classmethod
     def create(cls, url: str, *, n: int, class_names: tuple[str, ...] | list[str],
@@ -166,24 +158,17 @@ class StoreWriter:
                          codecs=codec_chain(codecs), dataset=dataset, teacher=teacher, config=config,
                          created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          created_by=software_versions(), complete=False,
-                         extra={**(extra or {}), **({"shard_rows": shard_rows} if shard_rows
-                                                    else {})})
-        try:
-            group = open_group(url, mode="w-", attributes={ATTR_KEY: meta.to_json()})
-        except (FileExistsError, zarr.errors.ContainsGroupError,
-                zarr.errors.ContainsArrayError) as e:
-            raise StoreExistsError(f"store {url!r} already exists; pass --overwrite") from e
-        # write_empty_chunks: every chunk exists on disk, so a deleted one is detectable; the NaN / -1
-        # fill values make a chunk that was never written fail the reader's checks.
-        array_config = {"write_empty_chunks": True}
-        group.create_array(LOGITS, shape=(n, num_classes), chunks=(rows, num_classes),
-                           shards=(shard_rows, num_classes) if shard_rows else None,
-                           dtype="float16", compressors=codecs, fill_value=float("nan"),
-                           dimension_names=["row", "class"], config=array_config)
-        group.create_array(SAMPLE_ID, shape=(n,), chunks=(rows,),
-                           shards=(shard_rows,) if shard_rows else None, dtype="int64",
-                           compressors=compressor_codecs(compressor), fill_value=-1,
-                           dimension_names=["row"], config=array_config)
+                         extra={**(extra or {}), DIGESTS_KEY: DIGESTS_META,
+                                **({"shard_rows": shard_rows} if shard_rows else {})})
+        group = create_group(url, meta)
+        # every chunk is written explicitly, so a deleted one is detectable; the NaN / -1 fill
+        # values make a chunk that was never written fail the reader's checks
+        add_row_array(group, LOGITS, n=n, row_shape=(num_classes,), chunk_rows=rows,
+                      dtype="float16", codecs=codecs, fill_value=float("nan"),
+                      dimension_names=("row", "class"), shard_rows=shard_rows)
+        add_row_array(group, SAMPLE_ID, n=n, row_shape=(), chunk_rows=rows, dtype="int64",
+                      codecs=compressor_codecs(compressor), fill_value=-1,
+                      dimension_names=("row",), shard_rows=shard_rows)
         if shard_rows:  # issue 4: record the real chain, the sharding codec wrapping the v1 one
             chain = json.loads(json.dumps(group[LOGITS].metadata.to_dict()["codecs"]))
             meta = dataclasses.replace(meta, codecs=chain)
@@ -213,8 +198,8 @@ class StoreWriter:
         if (sample_ids < 0).any() or (sample_ids >= self.meta.dataset["n"]).any():
             raise StoreError(f"{what}: sample ids must be in [0, {self.meta.dataset['n']})")
         half = to_float16(logits, first_row=sl.start)
-        self.logits[sl] = half
-        self.sample_id[sl] = sample_ids.astype(np.int64)
+        self.digests.write(LOGITS, sl, half)  # sample_id last: it marks the unit written
+        self.digests.write(SAMPLE_ID, sl, sample_ids.astype(np.int64))
 
     # --- issue 4: write units (whole shards, or chunks when unsharded) and reopening ---
 
@@ -306,6 +291,7 @@ class LogitStore:
         self.url = url
         self.logits = group[LOGITS]
         self.sample_id = group[SAMPLE_ID]
+        self.digests = DigestCheck(group, meta, url)
 
     @classmethod
     def open(cls, url: str, *, allow_incomplete: bool = False) -> LogitStore:
@@ -348,6 +334,8 @@ class LogitStore:
             raise StoreError(f"store {self.url!r}: chunk {index} has missing or invalid rows "
                              f"{rows} (sample_id out of range or non-finite logits); "
                              "the chunk was never written or is damaged")
+        self.digests.check_rows(SAMPLE_ID, sl.start, ids)
+        self.digests.check_rows(LOGITS, sl.start, logits)
         return ids, logits
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray]:

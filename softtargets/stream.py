@@ -155,6 +155,10 @@ class ChunkReader:
                 self._decode_into(name, (index,) + (0,) * (out.ndim - 1), out)
         for name, out in zip(self.names, outs):
             check_chunk(self.url, self.meta.dataset["n"], sl, ids[:rows], out[:rows], name=name)
+        digests = self.store.digests  # after the row checks: they name never-written rows
+        digests.check_rows(SAMPLE_ID, sl.start, ids[:rows])
+        for name, out in zip(self.names, outs):
+            digests.check_rows(name, sl.start, out[:rows])
         return rows
 
     def _decode_into(self, name: str, coords: tuple[int, ...], out: np.ndarray) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from softtargets import ensemble
+from softtargets.digests import DigestCheck
 from softtargets.errors import StoreMismatchError
 from softtargets.store import SAMPLE_ID, check_dataset, read_meta
 from softtargets.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS, AugmentSpec,
@@ -80,20 +81,26 @@ class ViewData:
     def __init__(self, split: Any, url: str, *, rows: np.ndarray | None = None,
                  temperature: float = 1.0, rule: str | None = None) -> None:
         meta, group, info = views_meta(url, split)
+        digests = DigestCheck(group, meta, url)
         ids = np.asarray(group[SAMPLE_ID][:])  # (N,)
+        digests.check_rows(SAMPLE_ID, 0, ids)
         if (ids != np.arange(len(ids))).any():
             raise StoreMismatchError(f"store {url!r}: sample_id is not 0..N-1")
         self.spec = views_spec(info)
         self.views = int(info["views"])
         self.view_params = np.asarray(group[VIEW_PARAMS][:])  # (N, V, P) float32
+        digests.check_rows(VIEW_PARAMS, 0, self.view_params)
         self.log_probs = MEMBER_VIEW_LOGITS in group
         if self.log_probs:  # ensemble: (M, N, V, C), combined per batch at T
             self.rule = ensemble.check_rule(
                 rule or meta.extra.get(ensemble.ENSEMBLE_KEY, {}).get("default_rule",
                                                                       "arithmetic"))
-            self.member_view_logits = np.asarray(group[MEMBER_VIEW_LOGITS][:])
+            self.member_view_logits = np.asarray(group[MEMBER_VIEW_LOGITS][:])  # (M, N, V, C)
+            for m, member in enumerate(self.member_view_logits):
+                digests.check_rows(MEMBER_VIEW_LOGITS, 0, member, member=m)
         else:
             self.view_logits = np.asarray(group[VIEW_LOGITS][:])  # (N, V, C) float16
+            digests.check_rows(VIEW_LOGITS, 0, self.view_logits)
         self.temperature = temperature
         self.index = np.arange(len(ids)) if rows is None else np.asarray(rows, dtype=np.int64)
         if len(self.index) and (self.index.min() < 0 or self.index.max() >= len(ids)):

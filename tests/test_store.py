@@ -65,7 +65,9 @@ def test_metadata_keys_are_the_documented_ones(tmp_path):
     attrs = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["attributes"]["softtargets"]
     assert sorted(attrs) == sorted([
         "format", "version", "kind", "n", "num_classes", "class_names", "dtype", "chunk_rows",
-        "compressor", "codecs", "dataset", "teacher", "config", "created_at", "created_by", "complete"])
+        "compressor", "codecs", "dataset", "teacher", "config", "created_at", "created_by", "complete",
+        "digests"])
+    assert attrs["digests"] == {"algorithm": "sha256", "group": "digests", "version": 1}
     assert attrs["class_names"] == ["a", "b", "c"] and attrs["dataset"] == DATASET
     assert attrs["codecs"] == json.loads((tmp_path / "s.zarr" / "logits" / "zarr.json")
                                          .read_text())["codecs"]
@@ -164,7 +166,7 @@ def test_unknown_attributes_are_kept_for_forward_compatibility(tmp_path):
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
     g.attrs["softtargets"] = {**g.attrs["softtargets"], "members": ["x", "y"]}
     s = st.LogitStore.open(str(tmp_path / "s.zarr"))
-    assert s.meta.extra == {"members": ["x", "y"]}
+    assert s.meta.extra == {"members": ["x", "y"], "digests": st.DIGESTS_META}
     assert s.meta.to_json()["members"] == ["x", "y"]
 
 

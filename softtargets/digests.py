@@ -1,0 +1,227 @@
+"""Chunk digests: every row chunk of every array bound to its array, position and content.
+
+crc32c catches a damaged chunk but not a whole, valid chunk in the wrong place (two chunk files
+swapped, a chunk duplicated, chunks copied from a store of another split). So writers also store,
+for chunk i of array X, the sha256 of a header naming the store's dataset identity, X, the member,
+i and its rows, followed by the chunk's stored bytes; readers recompute it for every chunk they
+decode. The digests of X live in `digests/X`, shape (*lead, num_chunks, 32) uint8 (lead: the
+member axis of member arrays), chunked so that one write unit (a chunk, or a shard) of X has one
+digest object written by the same writer right after the data. numpy, zarr and hashlib only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import numpy as np
+import zarr
+
+from softtargets.codecs import compressor_codecs
+from softtargets.errors import StoreError
+
+DIGESTS = "digests"  # subgroup holding one digest array per data array
+ALGORITHM = "sha256"
+DIGEST_BYTES = 32
+PREFIX = b"softtargets.digest/v1\n"
+META_KEY = "digests"  # attributes["softtargets"]["digests"]: {"algorithm", "group", "version"}
+META = {"algorithm": ALGORITHM, "group": DIGESTS, "version": 1}
+
+
+def store_key(dataset: dict[str, Any]) -> str:
+    """Binds digests to the data a store was computed on: chunks (and their digests) copied from
+    a store of another split or dataset do not verify here."""
+    text = json.dumps(dataset, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def chunk_digest(key: str, name: str, *, member: int | None, chunk: int, start: int,
+                 block: np.ndarray) -> bytes:
+    """sha256 of the header line and the chunk's values (rows, ...) as stored (little endian)."""
+    block = np.ascontiguousarray(block)
+    if block.dtype.byteorder == ">":
+        block = block.astype(block.dtype.newbyteorder("<"))
+    shape = "x".join(str(s) for s in block.shape)
+    lead = "-" if member is None else str(member)
+    header = f"{key} {name} {lead} {chunk} {start} {start + len(block)} {block.dtype.str} {shape}\n"
+    h = hashlib.sha256(PREFIX)
+    h.update(header.encode())
+    h.update(block.reshape(-1).view(np.uint8))
+    return h.digest()
+
+
+def add_digest_array(group: zarr.Group, name: str, *, lead: tuple[int, ...], n: int,
+                     chunk_rows: int, unit_rows: int) -> zarr.Array:
+    """`digests/<name>` for a row array `name` of n rows (and leading axes `lead`)."""
+    num_chunks = math.ceil(n / chunk_rows)
+    per_unit = max(1, unit_rows // chunk_rows)
+    sub = group.require_group(DIGESTS)
+    dims = ["member"] * len(lead) + ["chunk", "digest"]
+    return sub.create_array(name, shape=(*lead, num_chunks, DIGEST_BYTES),
+                            chunks=(*(1,) * len(lead), per_unit, DIGEST_BYTES), dtype="uint8",
+                            compressors=compressor_codecs("none"), fill_value=0,
+                            dimension_names=dims, config={"write_empty_chunks": True})
+
+
+def add_row_array(group: zarr.Group, name: str, *, n: int, row_shape: tuple[int, ...],
+                  chunk_rows: int, dtype: str, codecs: list[Any], fill_value: Any,
+                  dimension_names: tuple[str, ...], shard_rows: int | None = None,
+                  members: int | None = None) -> zarr.Array:
+    """The one way to create a data array: (n, *row_shape), or (members, n, *row_shape) with
+    chunks of one member, chunked by `chunk_rows` rows (sharded by `shard_rows` rows when set),
+    every chunk written explicitly, with its digest array `digests/<name>` beside it."""
+    lead = (members,) if members is not None else ()
+    ones = (1,) * len(lead)
+    array = group.create_array(name, shape=(*lead, n, *row_shape),
+                               chunks=(*ones, chunk_rows, *row_shape),
+                               shards=(*ones, shard_rows, *row_shape) if shard_rows else None,
+                               dtype=dtype, compressors=codecs, fill_value=fill_value,
+                               dimension_names=list(dimension_names),
+                               config={"write_empty_chunks": True})
+    add_digest_array(group, name, lead=lead, n=n, chunk_rows=chunk_rows,
+                     unit_rows=shard_rows or chunk_rows)
+    return array
+
+
+def remove_row_array(group: zarr.Group, name: str) -> None:
+    """Delete data array `name` and its digests (scratch arrays a writer made itself)."""
+    del group[name]
+    sub = _digest_arrays(group)
+    if sub is not None and name in sub:
+        del sub[name]
+
+
+def _digest_arrays(group: zarr.Group) -> zarr.Group | None:
+    try:
+        sub = group[DIGESTS]
+    except KeyError:
+        return None
+    return sub if isinstance(sub, zarr.Group) else None
+
+
+class DigestWriter:
+    """Writes rows of a store's arrays, then the digests of the chunks they fill."""
+
+    def __init__(self, group: zarr.Group, *, dataset: dict[str, Any], chunk_rows: int) -> None:
+        self.group = group
+        self.key = store_key(dataset)
+        self.chunk_rows = chunk_rows
+        self.sub = _digest_arrays(group)
+        self._arrays: dict[str, Any] = {}
+
+    def _array(self, name: str) -> Any:
+        if name not in self._arrays:  # group[name] reads metadata every time
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
+
+    def write(self, name: str, sl: slice, values: np.ndarray, *, member: int | None = None) -> None:
+        """Write rows `sl` (chunk-aligned start) of `name` (of member `member`), then digests.
+
+        `values` must already have the array's dtype: the digest is of the stored bytes.
+        """
+        array = self._array(name)
+        if member is None:
+            array[sl] = values
+        else:
+            array[member:member + 1, sl] = values[None]
+        if self.sub is None or name not in self.sub:  # a store from before digests: unbound
+            return
+        digests = digest_rows(self.key, name, member=member, start=sl.start, values=values,
+                              chunk_rows=self.chunk_rows)  # (chunks, 32)
+        first = sl.start // self.chunk_rows
+        target = self.sub[name]
+        if member is None:
+            target[first:first + len(digests)] = digests
+        else:
+            target[member:member + 1, first:first + len(digests)] = digests[None]
+
+
+def digest_rows(key: str, name: str, *, member: int | None, start: int, values: np.ndarray,
+                chunk_rows: int) -> np.ndarray:
+    """Digests (chunks, 32) of the row chunks in `values`, whose first row is row `start`."""
+    if start % chunk_rows:
+        raise StoreError(f"rows of {name!r} must start at a chunk boundary ({chunk_rows} rows), "
+                         f"got row {start}")
+    out = np.empty((math.ceil(len(values) / chunk_rows), DIGEST_BYTES), dtype=np.uint8)
+    for j in range(len(out)):
+        block = values[j * chunk_rows:(j + 1) * chunk_rows]
+        chunk = start // chunk_rows + j
+        out[j] = np.frombuffer(chunk_digest(key, name, member=member, chunk=chunk,
+                                            start=chunk * chunk_rows, block=block), np.uint8)
+    return out
+
+
+class DigestCheck:
+    """Checks decoded chunks against their stored digests; a no-op for unbound stores.
+
+    cache=True reads each digest array once (readers of a finished store); False reads the
+    digests of each check afresh (a writer checking units that other processes may still write).
+    """
+
+    def __init__(self, group: zarr.Group, meta: Any, url: str, *, cache: bool = True) -> None:
+        self.url = url
+        self.chunk_rows = int(meta.chunk_rows)
+        self.n = int(meta.n)
+        self.key = store_key(meta.dataset)
+        self.sub = _digest_arrays(group)
+        self.cache = cache
+        if meta.extra.get(META_KEY) is not None and self.sub is None:
+            raise StoreError(f"store {url!r}: its metadata declares chunk digests but the "
+                             f"'{DIGESTS}' group is missing; the store was damaged or stripped")
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def bound(self) -> bool:
+        """Whether this store's chunks are bound to their positions by digests."""
+        return self.sub is not None
+
+    def _stored(self, name: str, member: int | None, first: int, count: int) -> np.ndarray:
+        """Stored digests (count, 32) of chunks first.. of `name` (of member `member`)."""
+        if self.sub is None or name not in self.sub:
+            raise StoreError(f"store {self.url!r}: array {name!r} has no digests "
+                             f"('{DIGESTS}/{name}' is missing); the store was damaged or "
+                             "stripped")
+        try:
+            if self.cache:
+                if name not in self._cache:
+                    self._cache[name] = np.asarray(self.sub[name][...])
+                stored = self._cache[name]
+            else:
+                array = self.sub[name]
+                stored = np.asarray(array[first:first + count] if member is None
+                                    else array[member:member + 1, first:first + count])
+                return stored if member is None else stored[0]
+        except Exception as e:  # a damaged digest object fails its crc32c
+            raise StoreError(f"store {self.url!r}: the digests of {name!r} cannot be "
+                             f"decoded: {e}") from e
+        stored = stored if member is None else stored[member]
+        return stored[first:first + count]
+
+    def check_rows(self, name: str, start: int, values: np.ndarray, *,
+                   member: int | None = None) -> None:
+        """Check every chunk of `values` (rows, ...), whose first row is `start`."""
+        if self.sub is None:
+            return
+        got = digest_rows(self.key, name, member=member, start=start, values=values,
+                          chunk_rows=self.chunk_rows)
+        first = start // self.chunk_rows
+        want = self._stored(name, member, first, len(got))
+        bad = np.flatnonzero((got != want).any(axis=1))
+        if bad.size:
+            raise StoreError(self.describe(name, first + int(bad[0]), member=member,
+                                           missing=not want[bad[0]].any()))
+
+    def describe(self, name: str, chunk: int, *, member: int | None, missing: bool) -> str:
+        """The one-line refusal for chunk `chunk` of `name`."""
+        a = chunk * self.chunk_rows
+        b = min(self.n, a + self.chunk_rows) - 1
+        who = f"{name!r}" if member is None else f"{name!r} (member {member})"
+        if missing:
+            return (f"store {self.url!r}: chunk {chunk} (rows {a}..{b}) of {who} has no digest: "
+                    "its write unit was never finished or the digest was deleted; rerun stage 1 "
+                    "with --resume")
+        return (f"store {self.url!r}: chunk {chunk} (rows {a}..{b}) of {who} does not match its "
+                "digest: the chunk was moved, swapped or duplicated, copied from another store, "
+                "or edited; restore the store or rerun stage 1")
