@@ -184,3 +184,18 @@ def test_resume_sweeps_temp_files_of_a_killed_write(setup, tmp_path):
     run_cli(*stage1_args(tiny_data, teacher, store, "--resume"))
     assert not list(store.rglob("*.partial"))
     assert chunk_files(store) == chunk_files(ref)
+
+
+def test_resume_rewrites_a_swapped_unit_and_one_without_its_digest(setup, tmp_path):
+    """Both units decode and hold in-range, finite values: only their digests tell."""
+    tiny_data, teacher, ref = setup
+    store = tmp_path / "s.zarr"
+    kill_mid_run(tiny_data, teacher, store, after=4)
+    c = store / "logits" / "c"
+    (c / "0" / "0").rename(tmp_path / "zero")
+    (c / "1" / "0").rename(c / "0" / "0")
+    (tmp_path / "zero").rename(c / "1" / "0")
+    (store / "digests" / "sample_id" / "c" / "2" / "0").unlink()  # unit 2 "never finished"
+    run_cli(*stage1_args(tiny_data, teacher, store, "--resume"))
+    assert chunk_files(store) == chunk_files(ref)
+    LogitStore.open(str(store)).read_all()
