@@ -2,11 +2,11 @@
 
 crc32c catches a damaged chunk but not a whole, valid chunk in the wrong place (two chunk files
 swapped, a chunk duplicated, chunks copied from a store of another split). So writers also store,
-for chunk i of array X, the sha256 of a header naming the store's dataset identity, X, the member,
+for chunk i of array X, the xxh3-128 hash of a header naming the store's dataset identity, X, the member,
 i and its rows, followed by the chunk's stored bytes; readers recompute it for every chunk they
-decode. The digests of X live in `digests/X`, shape (*lead, num_chunks, 32) uint8 (lead: the
+decode. The digests of X live in `digests/X`, shape (*lead, num_chunks, 16) uint8 (lead: the
 member axis of member arrays), chunked so that one write unit (a chunk, or a shard) of X has one
-digest object written by the same writer right after the data. numpy, zarr and hashlib only.
+digest object written by the same writer right after the data. numpy, zarr, hashlib and xxhash only.
 """
 
 from __future__ import annotations
@@ -17,14 +17,18 @@ import math
 from typing import Any
 
 import numpy as np
+import xxhash
 import zarr
 
 from softtargets.codecs import compressor_codecs
 from softtargets.errors import StoreError
 
 DIGESTS = "digests"  # subgroup holding one digest array per data array
-ALGORITHM = "sha256"
-DIGEST_BYTES = 32
+# xxh3-128 runs at ~37 GB/s here against ~1.5 GB/s for sha256: hashing every decoded chunk then
+# costs stage 2 a few percent instead of ~40% of raw decode. The digests bind chunks to their
+# places against accidents and mix-ups; like any unsigned manifest, not against a forger.
+ALGORITHM = "xxh3-128"
+DIGEST_BYTES = 16
 PREFIX = b"softtargets.digest/v1\n"
 META_KEY = "digests"  # attributes["softtargets"]["digests"]: {"algorithm", "group", "version"}
 META = {"algorithm": ALGORITHM, "group": DIGESTS, "version": 1}
@@ -39,14 +43,15 @@ def store_key(dataset: dict[str, Any]) -> str:
 
 def chunk_digest(key: str, name: str, *, member: int | None, chunk: int, start: int,
                  block: np.ndarray) -> bytes:
-    """sha256 of the header line and the chunk's values (rows, ...) as stored (little endian)."""
+    """xxh3-128 (canonical, big-endian bytes) of the prefix, the header line and the chunk's
+    values (rows, ...) as stored (little endian)."""
     block = np.ascontiguousarray(block)
     if block.dtype.byteorder == ">":
         block = block.astype(block.dtype.newbyteorder("<"))
     shape = "x".join(str(s) for s in block.shape)
     lead = "-" if member is None else str(member)
     header = f"{key} {name} {lead} {chunk} {start} {start + len(block)} {block.dtype.str} {shape}\n"
-    h = hashlib.sha256(PREFIX)
+    h = xxhash.xxh3_128(PREFIX)
     h.update(header.encode())
     h.update(block.reshape(-1).view(np.uint8))
     return h.digest()
@@ -129,7 +134,7 @@ class DigestWriter:
         if self.sub is None or name not in self.sub:  # a store from before digests: unbound
             return
         digests = digest_rows(self.key, name, member=member, start=sl.start, values=values,
-                              chunk_rows=self.chunk_rows)  # (chunks, 32)
+                              chunk_rows=self.chunk_rows)  # (chunks, 16)
         first = sl.start // self.chunk_rows
         target = self.sub[name]
         if member is None:
@@ -140,7 +145,7 @@ class DigestWriter:
 
 def digest_rows(key: str, name: str, *, member: int | None, start: int, values: np.ndarray,
                 chunk_rows: int) -> np.ndarray:
-    """Digests (chunks, 32) of the row chunks in `values`, whose first row is row `start`."""
+    """Digests (chunks, 16) of the row chunks in `values`, whose first row is row `start`."""
     if start % chunk_rows:
         raise StoreError(f"rows of {name!r} must start at a chunk boundary ({chunk_rows} rows), "
                          f"got row {start}")
@@ -178,7 +183,7 @@ class DigestCheck:
         return self.sub is not None
 
     def _stored(self, name: str, member: int | None, first: int, count: int) -> np.ndarray:
-        """Stored digests (count, 32) of chunks first.. of `name` (of member `member`)."""
+        """Stored digests (count, 16) of chunks first.. of `name` (of member `member`)."""
         if self.sub is None or name not in self.sub:
             raise StoreError(f"store {self.url!r}: array {name!r} has no digests "
                              f"('{DIGESTS}/{name}' is missing); the store was damaged or "

@@ -67,7 +67,7 @@ def test_metadata_keys_are_the_documented_ones(tmp_path):
         "format", "version", "kind", "n", "num_classes", "class_names", "dtype", "chunk_rows",
         "compressor", "codecs", "dataset", "teacher", "config", "created_at", "created_by", "complete",
         "digests"])
-    assert attrs["digests"] == {"algorithm": "sha256", "group": "digests", "version": 1}
+    assert attrs["digests"] == {"algorithm": "xxh3-128", "group": "digests", "version": 1}
     assert attrs["class_names"] == ["a", "b", "c"] and attrs["dataset"] == DATASET
     assert attrs["codecs"] == json.loads((tmp_path / "s.zarr" / "logits" / "zarr.json")
                                          .read_text())["codecs"]

@@ -1,0 +1,84 @@
+"""Chunk digests: the documented recipe, golden values, and the refusals of a store that lies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import xxhash
+import zarr
+from test_store import DATASET, GOLDEN_IDS, GOLDEN_LOGITS, write_store
+
+from softtargets import digests as dg
+from softtargets.errors import StoreError
+from softtargets.store import LogitStore
+
+
+GOLDEN_LAST_CHUNK = "2c7b5f4396fc11300f5d71945f4080aa"  # xxh3-128 of chunk 2 of the golden store
+
+
+def documented_digest(dataset: dict, name: str, chunk: int, start: int, block: np.ndarray) -> bytes:
+    """docs/FORMAT.md 'Chunk digests', written out with numpy, json, hashlib and xxhash only."""
+    key = hashlib.sha256(json.dumps(dataset, sort_keys=True, separators=(",", ":"))
+                         .encode()).hexdigest()
+    shape = "x".join(str(s) for s in block.shape)
+    header = f"{key} {name} - {chunk} {start} {start + len(block)} {block.dtype.str} {shape}\n"
+    return xxhash.xxh3_128(b"softtargets.digest/v1\n" + header.encode()
+                           + np.ascontiguousarray(block).tobytes()).digest()
+
+
+def test_stored_digests_follow_the_documented_recipe(tmp_path):
+    write_store(tmp_path / "s.zarr")  # 5 rows x 3 classes, chunks of 2 rows
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert g.attrs["softtargets"]["digests"] == {"algorithm": "xxh3-128", "group": "digests",
+                                                 "version": 1}
+    stored = g["digests/logits"][:]
+    assert stored.shape == (3, 16) and g["digests/sample_id"].shape == (3, 16)
+    half = GOLDEN_LOGITS.astype(np.float16)
+    for i, (a, b) in enumerate(((0, 2), (2, 4), (4, 5))):
+        assert stored[i].tobytes() == documented_digest(DATASET, "logits", i, a, half[a:b])
+        assert g["digests/sample_id"][i].tobytes() == documented_digest(
+            DATASET, "sample_id", i, a, GOLDEN_IDS[a:b].astype(np.int64))
+    # golden value: the recipe is frozen (a change would orphan every shared store)
+    assert stored[2].tobytes().hex() == GOLDEN_LAST_CHUNK
+
+
+
+def test_digests_bind_the_dataset():
+    block = np.arange(6, dtype=np.float16).reshape(2, 3)
+    other = {**DATASET, "split": "test"}
+    a = dg.chunk_digest(dg.store_key(DATASET), "logits", member=None, chunk=0, start=0, block=block)
+    b = dg.chunk_digest(dg.store_key(other), "logits", member=None, chunk=0, start=0, block=block)
+    c = dg.chunk_digest(dg.store_key(DATASET), "logits", member=None, chunk=1, start=2, block=block)
+    d = dg.chunk_digest(dg.store_key(DATASET), "logits", member=0, chunk=0, start=0, block=block)
+    assert len({a, b, c, d}) == 4
+
+
+def test_a_zeroed_digest_reads_as_never_finished(tmp_path):
+    write_store(tmp_path / "s.zarr")
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    g["digests/logits"][1] = np.zeros(16, np.uint8)
+    with pytest.raises(StoreError, match=r"chunk 1 \(rows 2\.\.3\) of 'logits' has no digest: its "
+                                         r"write unit was never finished"):
+        LogitStore.open(str(tmp_path / "s.zarr")).read_all()
+
+
+def test_stripped_digests_are_refused_and_unbound_stores_read(tmp_path):
+    write_store(tmp_path / "s.zarr")
+    zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")["digests"].__delitem__("logits")
+    with pytest.raises(StoreError, match=r"array 'logits' has no digests \('digests/logits' is "
+                                         "missing\\)"):
+        LogitStore.open(str(tmp_path / "s.zarr")).read_all()
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    del g["digests"]
+    with pytest.raises(StoreError, match="declares chunk digests but the 'digests' group is "
+                                         "missing"):
+        LogitStore.open(str(tmp_path / "s.zarr"))
+    attrs = dict(g.attrs["softtargets"])
+    del attrs["digests"]
+    g.attrs["softtargets"] = attrs  # a store from before digests: unbound, still readable
+    store = LogitStore.open(str(tmp_path / "s.zarr"))
+    assert not store.digests.bound
+    np.testing.assert_array_equal(store.read_all()[1], GOLDEN_LOGITS.astype(np.float16))
