@@ -20,6 +20,10 @@ class DatasetError(SofttargetsError):
     """Dataset files exist but are malformed or fail their checksum."""
 
 
+class LabelError(DatasetError, ValueError):
+    """A label is not an integer class index in [0, num_classes)."""
+
+
 class CheckpointError(SofttargetsError):
     """A model checkpoint is missing, malformed or of the wrong architecture."""
 
