@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,19 @@ def test_tokens_refusals(tmp_path):
         TokenSequences(short, seq_len=2, dtype="int8", vocab_size=10)
     with pytest.raises(DatasetError, match="seq_len must be a positive integer, got 0"):
         TokenSequences(short, seq_len=0, vocab_size=10)
+
+
+def test_the_examples_of_docs_datasets_run(tmp_path, monkeypatch, fashion):
+    text = (Path(__file__).parent.parent / "docs" / "DATASETS.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "import" in b]
+    assert len(blocks) == 1
+    write_cifar10(tmp_path)
+    write_images(tmp_path / "flowers", {"daisy": 2, "rose": 1})
+    write_tokens(tmp_path / "train.bin", np.arange(8 * 256 + 1, dtype=np.uint16))
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(blocks[0], scope)
+    assert scope["x"].shape == (8, 256) and scope["y"][0, -1] == 256
+    assert len(scope["cifar"]) == 3 and scope["flowers"].class_names == ("daisy", "rose")
+    assert scope["mine"].identity()["name"] == "mine" and scope["rgb"].num_classes == 1000
+    assert scope["fashion"].identity()["fingerprint"].startswith("sha256:0aeb5114")

@@ -66,7 +66,7 @@ class ImageFolder(BaseDataset):
                                "or 'L'")
         self.root, self.mode, self.transform = root, mode, transform
         self._class_names, self.files, self._y = scan(root)
-        self._shape: tuple[int, ...] | None = None  # the first image's (or output's) shape
+        self._shape: tuple[int, ...] | None = None  # of the first file's input, once read
 
     def __len__(self) -> int:
         return len(self.files)
@@ -80,32 +80,33 @@ class ImageFolder(BaseDataset):
             raise DatasetError(f"image folder {self.root}: cannot decode {path}: {e}") from e
         return x[:, :, None] if x.ndim == 2 else x
 
-    def _one(self, path: Path) -> np.ndarray:
-        """One row's input, checked to have the shape of the first one read."""
-        x = self._decode(path)
-        if self.transform is not None:
-            x = as_numpy(self.transform(x))
+    def _convert(self, x: np.ndarray) -> np.ndarray:
+        return x if self.transform is None else as_numpy(self.transform(x))
+
+    def _reference_shape(self) -> tuple[int, ...]:
+        """The first file's input shape: every row must have it."""
         if self._shape is None:
-            self._shape = self._first_shape() if path != self.files[0] else x.shape
-        if x.shape != self._shape:
+            self._shape = self._convert(self._decode(self.files[0])).shape
+        return self._shape
+
+    def _one(self, path: Path) -> np.ndarray:
+        """One row's input, checked to have the shape of the first file's."""
+        x = self._convert(self._decode(path))
+        want = self._reference_shape()
+        if x.shape != want:
             if self.transform is not None:
-                what, want = f"transform output shape {x.shape}", f"{self._shape}"
+                got, ref = f"transform output shape {x.shape}", f"{want}"
             else:
-                what = f"size {x.shape[1]}x{x.shape[0]} (WxH)"
-                want = f"{self._shape[1]}x{self._shape[0]}"
-            raise DatasetError(f"image folder {self.root}: {path} has {what}, but "
-                               f"{self.files[0]} has {want}; all images must share one size "
+                got, ref = f"size {x.shape[1]}x{x.shape[0]} (WxH)", f"{want[1]}x{want[0]}"
+            raise DatasetError(f"image folder {self.root}: {path} has {got}, but "
+                               f"{self.files[0]} has {ref}; all images must share one size "
                                "(resize them, or pass a transform that does)")
         return x
-
-    def _first_shape(self) -> tuple[int, ...]:
-        x = self._decode(self.files[0])
-        return (as_numpy(self.transform(x)) if self.transform is not None else x).shape
 
     def _inputs(self, start: int, stop: int) -> np.ndarray:
         rows = [self._one(p) for p in self.files[start:stop]]  # decoding is per file anyway
         if not rows:
-            return np.empty((0, *(self._shape or (0, 0, 0))), np.uint8)
+            return np.empty((0, *self._reference_shape()), np.uint8)
         return np.stack(rows)
 
     def _labels(self, start: int, stop: int) -> np.ndarray:
