@@ -209,3 +209,15 @@ def test_the_examples_of_docs_datasets_run(tmp_path, monkeypatch, fashion):
     assert len(scope["cifar"]) == 3 and scope["flowers"].class_names == ("daisy", "rose")
     assert scope["mine"].identity()["name"] == "mine" and scope["rgb"].num_classes == 1000
     assert scope["fashion"].identity()["fingerprint"].startswith("sha256:0aeb5114")
+
+
+def test_token_sequences_under_a_dataloader_with_workers(tmp_path):
+    from torch.utils.data import DataLoader
+
+    tokens = np.arange(6 * 4 + 1, dtype=np.uint16)
+    ds = TokenSequences(write_tokens(tmp_path / "t.bin", tokens), seq_len=4, vocab_size=25)
+    batches = list(DataLoader(ds, batch_size=2, num_workers=2))
+    x = np.concatenate([b[0].numpy() for b in batches])
+    y = np.concatenate([b[1].numpy() for b in batches])
+    np.testing.assert_array_equal(x, tokens[:24].reshape(6, 4))
+    np.testing.assert_array_equal(y, tokens[1:25].reshape(6, 4))
