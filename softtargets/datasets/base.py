@@ -106,7 +106,7 @@ class BaseDataset:
     _num_classes: int | None = None
     _sample_ids: np.ndarray | None = None
     dataset_id: str | None = None
-    _label_hint = {"what": "label", "fix": "fix the label or pass the right num_classes"}
+    _label_hint: dict[str, str] = {"what": "label", "fix": "fix the label or pass the right num_classes"}
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -126,7 +126,10 @@ class BaseDataset:
         """The number of classes C; labels are in [0, C)."""
         if self._num_classes is not None:
             return self._num_classes
-        return len(self.class_names)
+        if self._class_names is None:
+            raise DatasetError(f"{self.name}: {type(self).__name__} sets neither num_classes "
+                               "nor class_names")
+        return len(self._class_names)
 
     @property
     def class_names(self) -> tuple[str, ...]:
