@@ -106,7 +106,8 @@ class BaseDataset:
     _num_classes: int | None = None
     _sample_ids: np.ndarray | None = None
     dataset_id: str | None = None
-    _label_hint: dict[str, str] = {"what": "label", "fix": "fix the label or pass the right num_classes"}
+    _label_hint: dict[str, str] = {"what": "label",
+                                   "fix": "fix the label or pass the right num_classes"}
 
     def __len__(self) -> int:
         raise NotImplementedError
