@@ -19,12 +19,10 @@ from typing import Any
 import numpy as np
 
 from softtargets.errors import ConfigError, StoreError
+# attributes["softtargets"]["ensemble"]: member list and layout; ["combined"]: rule and T of a
+# combined-only store
+from softtargets.schema import COMBINED_KEY, ENSEMBLE_KEY, MEMBER_LOGITS, RULES  # noqa: F401
 from softtargets.store import LogitStore, chunk_slice
-
-RULES = ("arithmetic", "geometric")
-MEMBER_LOGITS = "member_logits"
-ENSEMBLE_KEY = "ensemble"  # attributes["softtargets"]["ensemble"]: member list and layout
-COMBINED_KEY = "combined"  # attributes["softtargets"]["combined"]: rule and T of a combined-only store
 
 
 def check_rule(rule: str) -> str:

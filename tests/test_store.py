@@ -124,7 +124,7 @@ def test_incomplete_store_is_refused(tmp_path):
 def test_truncated_store_is_refused(tmp_path):
     write_store(tmp_path / "s.zarr")
     shutil.rmtree(tmp_path / "s.zarr" / "sample_id")
-    with pytest.raises(StoreError, match="lacks the array 'sample_id'"):
+    with pytest.raises(StoreError, match="array 'sample_id' is missing; the store is truncated"):
         st.LogitStore.open(str(tmp_path / "s.zarr"))
 
 
