@@ -60,27 +60,31 @@ def check_meta(raw: Mapping[str, Any], group: zarr.Group, url: str) -> None:
         raise StoreMetadataError(f"store {url!r}: {problems[0]}{more}")
 
 
-def meta_problems(raw: Mapping[str, Any], group: zarr.Group) -> list[str]:
+def meta_problems(raw: Mapping[str, Any], group: zarr.Group, *,
+                  require_arrays: bool | None = None) -> list[str]:
     """Every violated rule: metadata keys first, then (when they are valid) each array's layout.
 
-    Arrays may be absent only while the store is incomplete (its writer is creating them)."""
+    Arrays may be absent only while the store is incomplete (its writer is creating them), unless
+    `require_arrays` (verify)."""
     problems = schema.key_problems(raw)
     if problems:
         return problems
+    required = raw.get("complete") is True if require_arrays is None else require_arrays
     for spec in schema.row_arrays(raw):
-        problems += array_problems(spec, raw, group)
+        problems += array_problems(spec, group, required=required, chunk_rows=raw["chunk_rows"],
+                                   shard_rows=raw.get("shard_rows"))
     return problems
 
 
-def array_problems(spec: schema.ArraySpec, raw: Mapping[str, Any],
-                   group: zarr.Group) -> list[str]:
+def array_problems(spec: schema.ArraySpec, group: zarr.Group, *, required: bool,
+                   chunk_rows: int, shard_rows: int | None) -> list[str]:
     """Shape, data type, chunk and shard grid and crc32c of one array against the metadata."""
     name = spec.name
     try:
         array = group[name]
     except KeyError:
         return [f"array {name!r} is missing; the store is truncated or damaged"] \
-            if raw.get("complete") else []
+            if required else []
     except Exception as e:  # zarr rejects the array's zarr.json: say which key is wrong
         return [_rejected_array(spec, group, e)]
     if not isinstance(array, zarr.Array):
@@ -92,16 +96,16 @@ def array_problems(spec: schema.ArraySpec, raw: Mapping[str, Any],
     if np.dtype(array.dtype) != np.dtype(spec.dtype):  # type: ignore[arg-type]
         out.append(f"array {name!r} has data_type {np.dtype(array.dtype)}, expected "  # type: ignore[arg-type]
                    f"{spec.dtype}")
-    out += _grid_problems(spec, array, raw)
+    out += _grid_problems(spec, array, chunk_rows, shard_rows)
     if not has_crc32c(array):
-        out.append(f"array {name!r} has codecs {codec_list(array)} without crc32c, expected a "
-                   "chain ending in crc32c (damaged chunks must fail to decode)")
+        out.append(f"array {name!r} has codecs {codec_names(array)} without crc32c, expected "
+                   "crc32c in the chain (and in a shard's index chain): damaged chunks must fail "
+                   "to decode")
     return out
 
 
-def _grid_problems(spec: schema.ArraySpec, array: zarr.Array,
-                   raw: Mapping[str, Any]) -> list[str]:
-    rows, shard = raw["chunk_rows"], raw.get("shard_rows")
+def _grid_problems(spec: schema.ArraySpec, array: zarr.Array, rows: int,
+                   shard: int | None) -> list[str]:
     out = []
     if tuple(array.chunks) != spec.grid(rows):
         inner = " (inner chunks of its shards)" if array.shards else ""
@@ -115,17 +119,20 @@ def _grid_problems(spec: schema.ArraySpec, array: zarr.Array,
     return out
 
 
-def codec_list(array: zarr.Array) -> list[str]:
-    """Codec names of an array's chain; a shard's inner and index chains in brackets."""
+def codec_names(array: zarr.Array) -> list[str]:
+    """The codec chain of an array with compressor settings, inner codecs of a shard in
+    brackets: ["bytes", "zstd(level=3)", "crc32c"]."""
     out = []
     for codec in array.metadata.to_dict()["codecs"]:  # type: ignore[union-attr]
-        if codec["name"] == "sharding_indexed":
-            conf = codec["configuration"]
-            inner = [c["name"] for c in conf["codecs"]]
-            index = [c["name"] for c in conf.get("index_codecs", [])]
-            out.append(f"sharding_indexed[{', '.join(inner)}; index {', '.join(index)}]")
-        else:
-            out.append(codec["name"])
+        name = codec["name"]
+        if name == "sharding_indexed":
+            inner = [c["name"] for c in codec["configuration"]["codecs"]]
+            name = f"sharding_indexed[{', '.join(inner)}]"
+        elif name in ("zstd", "blosc"):
+            conf = codec.get("configuration", {})
+            name += "(" + ", ".join(f"{k}={v}" for k, v in conf.items()
+                                    if k in ("level", "cname", "clevel", "shuffle")) + ")"
+        out.append(name)
     return out
 
 

@@ -68,7 +68,8 @@ class StoreMeta:
             raise StoreError(f"store metadata lacks keys {missing}; it was not written by a "
                              "softtargets v1 writer or was edited")
         known = {k: v for k, v in d.items() if k in names}
-        known["class_names"] = tuple(known["class_names"])
+        if isinstance(known["class_names"], list):  # anything else is refused by check_meta
+            known["class_names"] = tuple(known["class_names"])
         return cls(**known, extra={k: v for k, v in d.items() if k not in names})
 
 

@@ -93,8 +93,8 @@ def test_dense_reader_refuses_a_sparse_store_clearly(tmp_path):
         st.LogitStore.open(str(tmp_path / "s.zarr"))
     assert st.read_meta(str(tmp_path / "s.zarr"))[0].kind == "topk"  # metadata stays readable
     from softtargets.verify import verify_store
-    with pytest.raises(SparseStoreError, match="sparse 'topk' store; verify checks dense"):
-        verify_store(str(tmp_path / "s.zarr"))
+    rep = verify_store(str(tmp_path / "s.zarr"), allow_subset=True)  # 30 of the 50 dataset rows
+    assert rep.ok and rep.kind == "topk" and rep.chunks_ok == 5
 
 
 def test_sparse_reader_refuses_a_dense_store(tmp_path):

@@ -109,7 +109,8 @@ def test_duplicate_ids_and_non_finite_rows(tiny_data, tmp_path):
     a[80:96] = block
     rep = verify_store(str(url))
     msgs = [p.message for p in rep.problems]
-    assert "chunk 5 (rows 80..95): 1 row(s) hold NaN/Inf logits: rows [85]" in msgs
+    assert ("chunk 5 (rows 80..95): logits: 1 row(s) hold NaN/Inf (never written, deleted or "
+            "damaged): rows [85]") in msgs
     assert "1 sample id(s) occur more than once: ids [3] at rows [3, 50]" in msgs
     assert "1 of 96 dataset rows have no logits: sample ids [50]" in msgs
 
