@@ -205,10 +205,11 @@ def _version_problems(d: Mapping[str, Any], p: _Problems) -> None:
     if not _is_int(version):
         p.key("version", version, f"the integer {want}")
     elif version != want:
-        why = ("an arithmetic combined-only ensemble store (key 'combined' with rule arithmetic "
-               "and a temperature) has version 2" if want == 2 else
-               "version 2 is only for an arithmetic combined-only ensemble store")
-        p.key("version", version, f"{want}: {why}")
+        why = {2: ": an arithmetic combined-only ensemble store (key 'combined' with rule "
+                  "arithmetic and a temperature) has version 2"}.get(want, "")
+        if version == COMBINED_ONLY_VERSION and not why:
+            why = ": version 2 is only for an arithmetic combined-only ensemble store"
+        p.key("version", version, f"{want}{why}")
 
 
 def _dense_extras_problems(d: Mapping[str, Any], p: _Problems) -> None:

@@ -76,10 +76,11 @@ class VerifyReport:
         head = f"verify: {self.url}: " + ("OK" if self.ok else f"FAILED ({len(self.problems)} "
                                            f"problem{'s' if len(self.problems) > 1 else ''})")
         d = self.dataset
-        lines = [head, f"  {self.chunks_ok}/{self.chunks} chunks decode and pass the row checks "
-                       f"of {len(self.arrays)} arrays ({', '.join(self.arrays)}); {self.kind} "
-                       f"store, {self.n} rows x {self.num_classes} classes; dataset "
-                       f"{d.get('name')}/{d.get('split')} n={d.get('n')}"]
+        checked = (f"{self.chunks_ok}/{self.chunks} chunks decode and pass the row checks of "
+                   f"{len(self.arrays)} arrays ({', '.join(self.arrays)})" if self.arrays else
+                   "no chunk checked until the metadata problems below are fixed")
+        lines = [head, f"  {checked}; {self.kind} store, {self.n} rows x {self.num_classes} "
+                       f"classes; dataset {d.get('name')}/{d.get('split')} n={d.get('n')}"]
         if self.dataset_checked:
             lines.append(f"  fingerprint checked against {self.dataset_checked}")
         lines += [f"  {p.kind}: {p.message}" for p in self.problems]
@@ -162,7 +163,7 @@ def verify_store(url: str, *, identity: dict[str, Any] | None = None,
     meta = StoreMeta.from_json(raw)
     report = VerifyReport(url=url, n=meta.n, num_classes=meta.num_classes, kind=meta.kind,
                           dataset=meta.dataset if isinstance(meta.dataset, dict) else {})
-    if meta.complete is not True:
+    if raw.get("complete", False) is False:  # a non-boolean is a metadata problem below
         report.add("incomplete", "complete is not true: the writer crashed or is still running; "
                    "rerun teacher-logits with --resume")
     for line in meta_problems(raw, group, require_arrays=True):
