@@ -25,7 +25,7 @@ from softtargets.remote import is_remote, local_path, open_group
 
 def open_store_group(url: str) -> tuple[dict[str, Any], zarr.Group]:
     """(attributes["softtargets"], group) of the store at `url`; refuses anything that is not a
-    softtargets store, a newer format version, or metadata lacking documented keys."""
+    softtargets store, and a format version newer than this reader's."""
     if not is_remote(url) and not Path(local_path(url)).exists():
         raise StoreError(f"no store at {url!r}; run stage 1 (softtargets teacher-logits) first")
     try:

@@ -25,9 +25,8 @@ from softtargets.codecs import (COMPRESSORS, FP16_MAX, TARGET_CHUNK_BYTES,  # no
                                 codec_chain, compressor_codecs, default_chunk_rows, to_float16)
 from softtargets.errors import (IncompleteStoreError, SparseStoreError, StoreError,
                                 StoreExistsError, StoreMismatchError)
-from softtargets.remote import is_remote, local_path, open_group, remove_remote_store
-
 from softtargets.meta_check import check_meta, open_store_group
+from softtargets.remote import is_remote, local_path, open_group, remove_remote_store
 from softtargets.schema import (ATTR_KEY, FORMAT_NAME, FORMAT_VERSION,  # noqa: F401 re-exported
                                 LOGITS, MAX_READ_VERSION, SAMPLE_ID)
 
