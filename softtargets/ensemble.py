@@ -19,12 +19,10 @@ from typing import Any
 import numpy as np
 
 from softtargets.errors import ConfigError, StoreError
+# attributes["softtargets"]["ensemble"]: member list and layout; ["combined"]: rule and T of a
+# combined-only store
+from softtargets.schema import COMBINED_KEY, ENSEMBLE_KEY, MEMBER_LOGITS, RULES  # noqa: F401
 from softtargets.store import LogitStore, chunk_slice
-
-RULES = ("arithmetic", "geometric")
-MEMBER_LOGITS = "member_logits"
-ENSEMBLE_KEY = "ensemble"  # attributes["softtargets"]["ensemble"]: member list and layout
-COMBINED_KEY = "combined"  # attributes["softtargets"]["combined"]: rule and T of a combined-only store
 
 
 def check_rule(rule: str) -> str:
@@ -96,15 +94,8 @@ class EnsembleTargets:
         if combined is not None:
             _check_combined(store.url, combined, rule=rule, temperature=temperature)
         elif ENSEMBLE_KEY in store.meta.extra:
-            if MEMBER_LOGITS not in store.group:
-                raise StoreError(f"store {store.url!r} records an ensemble but lacks the array "
-                                 f"{MEMBER_LOGITS!r}; it is damaged")
-            self.members = store.group[MEMBER_LOGITS]  # (M, N, C) float16
-            m = len(members_of(store))
-            if tuple(self.members.shape) != (m, self.meta.n, self.meta.num_classes):
-                raise StoreError(f"store {store.url!r}: {MEMBER_LOGITS} has shape "
-                                 f"{self.members.shape}, metadata says ({m}, {self.meta.n}, "
-                                 f"{self.meta.num_classes}); the store is damaged")
+            # (M, N, C) float16; its presence, shape and chunking were checked at open (check_meta)
+            self.members = store.group[MEMBER_LOGITS]
 
     @property
     def num_chunks(self) -> int:

@@ -40,6 +40,10 @@ class IncompleteStoreError(StoreError):
     """The store was never finalized (its writer crashed or is still running)."""
 
 
+class StoreMetadataError(StoreError):
+    """A store's metadata or array layout breaks a rule of the format (docs/FORMAT.md)."""
+
+
 class StoreMismatchError(StoreError):
     """The store was computed on other data than the data it is used with."""
 

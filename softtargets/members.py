@@ -27,6 +27,7 @@ from softtargets.config import DataConfig, EnsembleLogitsConfig, to_dict
 from softtargets.data import Split, load_split
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
+from softtargets.schema import COMBINED_ONLY_VERSION
 from softtargets import views as vw
 from softtargets.digests import remove_row_array
 from softtargets.store import (ATTR_KEY, StoreMeta, StoreWriter, add_row_array, compressor_codecs,
@@ -34,7 +35,6 @@ from softtargets.store import (ATTR_KEY, StoreMeta, StoreWriter, add_row_array, 
 from softtargets.teacher import resolve_device
 from softtargets.teachers import LoadedTeacher, enable_mc_dropout, load_teacher, run_teacher
 
-COMBINED_ONLY_VERSION = 2  # `logits` valid at one T only: v1 readers must refuse such a store
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,27 +10,13 @@ from typing import Any
 
 import zarr
 
-from softtargets.remote import count_objects, redact, store_size
-from softtargets.store import LOGITS, SAMPLE_ID, StoreMeta, read_meta, unit_rows
+from softtargets.meta_check import codec_names
+from softtargets.remote import object_sizes, redact
+from softtargets.schema import SPARSE_KINDS, row_arrays, sparse_names
+from softtargets.store import LOGITS, StoreMeta, read_meta, unit_rows
 
 # Keys of later format additions (ensembles, views, sparse forms) that inspect lists if present.
 MEMBER_KEYS = ("teachers", "members", "ensemble", "views")
-
-
-def codec_names(array: zarr.Array) -> list[str]:
-    """The codec chain of an array, inner codecs of a shard in brackets."""
-    out = []
-    for codec in array.metadata.to_dict()["codecs"]:
-        name = codec["name"]
-        if name == "sharding_indexed":
-            inner = [c["name"] for c in codec["configuration"]["codecs"]]
-            name = f"sharding_indexed[{', '.join(inner)}]"
-        elif codec["name"] in ("zstd", "blosc"):
-            conf = codec.get("configuration", {})
-            name += "(" + ", ".join(f"{k}={v}" for k, v in conf.items()
-                                    if k in ("level", "cname", "clevel", "shuffle")) + ")"
-        out.append(name)
-    return out
 
 
 def store_info(url: str) -> dict[str, Any]:
@@ -41,27 +27,38 @@ def store_info(url: str) -> dict[str, Any]:
     return info
 
 
+def values_array(meta: StoreMeta) -> str:
+    """The array holding the store's values: logits, or topk_logits / sampled_logits."""
+    return sparse_names(meta.kind)[1] if meta.kind in SPARSE_KINDS else LOGITS
+
+
+def array_section(array: zarr.Array, sizes: dict[str, int]) -> dict[str, Any]:
+    """Layout, objects present vs expected, chunk bytes and raw bytes of one array."""
+    grid = array.shards or array.chunks  # the storage object's shape
+    objects = [size for key, size in sizes.items() if key.startswith(f"{array.path}/c/")]
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks),
+            "shards": list(array.shards) if array.shards else None,
+            "codecs": codec_names(array), "objects": len(objects),
+            "expected_objects": math.prod(math.ceil(s / g) for s, g in zip(array.shape, grid)),
+            "bytes": sum(objects),
+            "raw_bytes": math.prod(array.shape) * array.dtype.itemsize}  # type: ignore[union-attr]
+
+
 def storage_section(url: str, meta: StoreMeta, group: zarr.Group) -> dict[str, Any]:
-    """Layout, codecs, objects present, bytes and compression ratio."""
-    size = store_size(url)
+    """Every array's layout, codecs, objects and bytes; the totals and compression ratio."""
+    sizes = object_sizes(url)  # one listing for every array
+    arrays: dict[str, Any] = {name: array_section(group[name], sizes)
+                              for name in sorted(group.array_keys())}
     # the ratio compares chunk payloads only: metadata JSON would dominate tiny stores
-    data = sum(store_size(url.rstrip("/") + f"/{name}/c") for name in (LOGITS, SAMPLE_ID))
-    raw = meta.n * meta.num_classes * 2 + meta.n * 8  # float16 logits + int64 ids
-    units = math.ceil(meta.n / unit_rows(meta))
-    arrays = {}
-    for name in (LOGITS, SAMPLE_ID):
-        if name not in group:
-            arrays[name] = None
-            continue
-        a = group[name]
-        arrays[name] = {"shape": list(a.shape), "dtype": str(a.dtype),
-                        "chunks": list(a.chunks), "shards": list(a.shards) if a.shards else None,
-                        "codecs": codec_names(a),
-                        "objects": count_objects(url.rstrip("/") + f"/{name}/c")}
-    return {"url": redact(url), "bytes": size, "data_bytes": data, "raw_bytes": raw,
+    data = sum(a["bytes"] for a in arrays.values())
+    raw = sum(a["raw_bytes"] for a in arrays.values())
+    for spec in row_arrays(meta.to_json()):
+        arrays.setdefault(spec.name, None)  # an expected array that is absent (incomplete store)
+    return {"url": redact(url), "bytes": sum(sizes.values()), "data_bytes": data, "raw_bytes": raw,
             "compression_ratio": round(raw / data, 3) if data else None,
             "sharded": bool(meta.extra.get("shard_rows")), "unit_rows": unit_rows(meta),
-            "expected_objects_per_array": units, "arrays": arrays}
+            "expected_objects_per_array": math.ceil(meta.n / unit_rows(meta)),
+            "values_array": values_array(meta), "arrays": arrays}
 
 
 def _teacher_line(t: dict[str, Any]) -> str:
@@ -69,24 +66,57 @@ def _teacher_line(t: dict[str, Any]) -> str:
             f"{t.get('device')}, torch {t.get('torch')}), checkpoint {t.get('checkpoint')}")
 
 
-def describe(info: dict[str, Any]) -> str:
-    """Human-readable provenance and layout of a store_info() dict."""
-    d, t, s = info["dataset"], info["teacher"], info["storage"]
-    logits = s["arrays"].get(LOGITS) or {}
+def shape_line(info: dict[str, Any]) -> str:
+    """The kind-specific shape: `logits: N x C float16`, `topk: N x K=8 of C=10, ...`."""
+    s, kind, n, c = info["storage"], info["kind"], info["n"], info["num_classes"]
     layout = f"{info['chunk_rows']} rows/chunk"
     if s["sharded"]:
         layout += f", {s['unit_rows']} rows/shard (sharding codec)"
-    objects = ", ".join(f"{k} {v['objects']}/{s['expected_objects_per_array']}"
+    if kind not in SPARSE_KINDS:
+        return f"logits:     {n} x {c} {info['dtype']}, {layout}"
+    sp = info["sparse"]
+    what = f"{kind + ':':<12}{n} x K={sp['k']} of C={c}"
+    if kind == "sampled":
+        what += f" ({sp['draws']} draws at T={sp['sample_temperature']:g}, seed {sp['seed']})"
+    what += f", {info['dtype']} values, {sp['id_dtype']} ids"
+    if kind == "sampled":
+        what += f", {sp['count_dtype']} counts"
+    if sp.get("position"):
+        what += ", one row per (sample_id, position)"
+    return f"{what}, {layout}"
+
+
+def array_lines(storage: dict[str, Any]) -> list[str]:
+    """One line per array: layout, objects present of expected, bytes in chunks vs raw, codecs."""
+    out = []
+    for name, a in storage["arrays"].items():
+        if a is None:
+            out.append(f"array:      {name} MISSING")
+            continue
+        shards = f" shards {tuple(a['shards'])}" if a["shards"] else ""
+        out.append(f"array:      {name} {tuple(a['shape'])} {a['dtype']} chunks "
+                   f"{tuple(a['chunks'])}{shards}: {a['objects']}/{a['expected_objects']} "
+                   f"objects, {a['bytes']:,} bytes (raw {a['raw_bytes']:,}); "
+                   f"{' -> '.join(a['codecs'])}")
+    return out
+
+
+def describe(info: dict[str, Any]) -> str:
+    """Human-readable provenance and layout of a store_info() dict."""
+    d, t, s = info["dataset"], info["teacher"], info["storage"]
+    values = s["arrays"].get(s["values_array"]) or {}
+    objects = ", ".join(f"{k} {v['objects']}/{v['expected_objects']}"
                         for k, v in s["arrays"].items() if v)
     state = "complete" if info.get("complete") else "INCOMPLETE (writer crashed or running)"
     ratio = f", {s['compression_ratio']:.2f}x vs raw" if s["compression_ratio"] else ""
     lines = [
         f"store:      {s['url']} ({info['format']} v{info['version']}, {info['kind']}, {state})",
-        f"logits:     {info['n']} x {info['num_classes']} {info['dtype']}, {layout}",
-        f"codecs:     {' -> '.join(logits.get('codecs', []))} (compressor {info['compressor']})",
+        shape_line(info),
+        f"codecs:     {' -> '.join(values.get('codecs', []))} (compressor {info['compressor']})",
         f"objects:    {objects} present",
         f"size:       {s['bytes']:,} bytes on disk ({s['data_bytes']:,} in chunks; raw "
         f"{s['raw_bytes']:,}{ratio})",
+        *array_lines(s),
         f"dataset:    {d.get('name')}/{d.get('split')} n={d.get('n')} limit={d.get('limit')} "
         f"fingerprint {d.get('fingerprint')}",
         f"teacher:    {_teacher_line(t)}",
@@ -94,9 +124,9 @@ def describe(info: dict[str, Any]) -> str:
         f"{(t.get('trained_on') or {}).get('split')} "
         f"fingerprint {(t.get('trained_on') or {}).get('fingerprint')}",
     ]
-    lines += ensemble_lines(info)
+    lines += ensemble_lines(info) + views_lines(info)
     sparse = info.get("sparse")
-    if isinstance(sparse, dict):  # issue 6: top-k / sampled stores (docs/FORMAT.md)
+    if isinstance(sparse, dict):  # top-k / sampled stores (docs/FORMAT.md "Sparse stores")
         lines.append(f"sparse:     {info['kind']} K={sparse['k']} draws={sparse.get('draws')} "
                      f"tail at T={sparse['temperatures']} from {sparse['computed_from']} "
                      f"({sparse['source']})")
@@ -111,8 +141,17 @@ def describe(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def views_lines(info: dict[str, Any]) -> list[str]:
+    """The augmented views of a views store (docs/FORMAT.md "Augmented views")."""
+    views = info.get("views")
+    if not isinstance(views, dict):
+        return []
+    return [f"views:      V={views['views']} per sample, seed {views.get('seed')}, parameters "
+            f"{views['param_names']}, augment {views.get('augment')}"]
+
+
 def ensemble_lines(info: dict[str, Any]) -> list[str]:
-    """The members of an ensemble store, or the rule of a combined-only one (issue 3 keys)."""
+    """The members of an ensemble store, or the rule of a combined-only one."""
     ens, comb = info.get("ensemble"), info.get("combined")
     if isinstance(ens, dict):
         return [f"members:    {len(ens['members'])} in member_logits {ens['shape']} chunks "

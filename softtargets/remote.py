@@ -132,17 +132,28 @@ def store_size(url: str) -> int:
 PARTIAL_SUFFIX = ".partial"  # zarr's LocalStore temp files; a SIGKILL mid-write leaves them
 
 
-def count_objects(url: str) -> int:
-    """Number of files/objects under the store (not counting temp files of killed writers)."""
+def object_sizes(url: str) -> dict[str, int]:
+    """Bytes of every file/object under the store by key relative to it, e.g. "logits/c/0/0"
+    (not counting temp files of killed writers); one listing, also on object storage."""
     if not is_remote(url):
-        return sum(sum(not f.endswith(PARTIAL_SUFFIX) for f in files)
-                   for _r, _d, files in os.walk(local_path(url)))
+        root = local_path(url)
+        return {os.path.relpath(os.path.join(r, f), root).replace(os.sep, "/"):
+                os.path.getsize(os.path.join(r, f))
+                for r, _d, files in os.walk(root) for f in files if not f.endswith(PARTIAL_SUFFIX)}
     fs, path = filesystem(url)
     try:
         fs.invalidate_cache()
-        return len(fs.find(path))
+        found = fs.find(path, detail=True)
     except Exception as e:
         raise RemoteStoreError(explain(url, e, action="list")) from None
+    prefix = path.rstrip("/") + "/"
+    return {k[len(prefix):]: int(v.get("size") or 0) for k, v in found.items()
+            if k.startswith(prefix)}
+
+
+def count_objects(url: str) -> int:
+    """Number of files/objects under the store (not counting temp files of killed writers)."""
+    return len(object_sizes(url))
 
 
 def sweep_partial_files(url: str) -> int:

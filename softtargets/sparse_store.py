@@ -26,15 +26,13 @@ from softtargets.digests import META as DIGESTS_META
 from softtargets.digests import META_KEY as DIGESTS_KEY
 from softtargets.digests import DigestCheck, DigestWriter
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
+from softtargets.schema import LSE, POSITION, SPARSE_KINDS, TAIL, sparse_names
 from softtargets.store import (FORMAT_NAME, FORMAT_VERSION, SAMPLE_ID, TARGET_CHUNK_BYTES,
                                StoreMeta, _prepare_destination, add_row_array, check_dataset,
                                chunk_slice, codec_chain, compressor_codecs, create_group, mark_complete,
                                read_meta, software_versions)
 
-KINDS = ("topk", "sampled")
-POSITION = "position"
-LSE = "lse"
-TAIL = "tail_mass"
+KINDS = SPARSE_KINDS
 ID_COMPRESSORS = ("bitshuffle", "zstd", "none")
 # Defaults measured by scripts/bench_sparse.py (C = 32,000, K = 32, README "Sparse stores"):
 # ids: zstd; bitshuffle is no smaller for top-k ids (41.0 vs 40.9 B/row) and 30% larger for the
@@ -55,10 +53,8 @@ def id_codecs(name: str, itemsize: int) -> list[Any]:
 
 def array_names(kind: str) -> tuple[str, str, str | None]:
     """(ids, logits, counts or None) array names of a kind."""
-    if kind == "topk":
-        return "topk_ids", "topk_logits", None
-    if kind == "sampled":
-        return "sampled_ids", "sampled_logits", "sampled_counts"
+    if kind in KINDS:
+        return sparse_names(kind)
     raise ConfigError(f"sparse kind must be one of {list(KINDS)}, got {kind!r}")
 
 
@@ -256,7 +252,8 @@ class SparseStore:
 
     @classmethod
     def open(cls, url: str) -> SparseStore:
-        """Open a sparse store; refuses dense stores, incomplete stores and wrong shapes."""
+        """Open a sparse store; refuses dense and incomplete stores (read_meta checks the
+        metadata and every array's shape, dtype and chunking)."""
         meta, group = read_meta(url)
         if meta.kind not in KINDS:
             raise SparseStoreError(f"store {url!r} is of kind {meta.kind!r}, not a sparse store "
@@ -266,17 +263,6 @@ class SparseStore:
                 f"store {url!r} is incomplete (complete: false): its writer crashed or is still "
                 "running; rerun stage 1 (teacher-logits) to produce it")
         spec = SparseSpec.from_json(meta.extra["sparse"])
-        ids_name, logits_name, counts_name = array_names(meta.kind)
-        shapes = {SAMPLE_ID: (meta.n,), ids_name: (meta.n, spec.k), logits_name: (meta.n, spec.k),
-                  LSE: (meta.n,), TAIL: (meta.n, len(spec.temperatures))}
-        if counts_name:
-            shapes[counts_name] = (meta.n, spec.k)
-        if spec.position:
-            shapes[POSITION] = (meta.n,)
-        for name, shape in shapes.items():
-            if name not in group or tuple(group[name].shape) != shape:
-                raise StoreError(f"store {url!r}: array {name!r} is missing or not of shape "
-                                 f"{shape}; the store is truncated or damaged")
         return cls(group, meta, spec, url)
 
     @property

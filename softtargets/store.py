@@ -28,16 +28,10 @@ from softtargets.digests import META_KEY as DIGESTS_KEY
 from softtargets.digests import DigestCheck, DigestWriter, add_row_array  # noqa: F401 re-exported
 from softtargets.errors import (IncompleteStoreError, SparseStoreError, StoreError,
                                 StoreExistsError, StoreMismatchError)
+from softtargets.meta_check import check_meta, open_store_group
 from softtargets.remote import is_remote, local_path, open_group, remove_remote_store
-
-FORMAT_NAME = "softtargets.logits"
-FORMAT_VERSION = 1
-# Issue 3: version 2 marks a store whose `logits` are valid at one temperature only (an ensemble's
-# arithmetic mean written with --store-combined-only); v1 readers refuse it, this reader reads it.
-MAX_READ_VERSION = 2
-ATTR_KEY = "softtargets"
-LOGITS = "logits"
-SAMPLE_ID = "sample_id"
+from softtargets.schema import (ATTR_KEY, FORMAT_NAME, FORMAT_VERSION,  # noqa: F401 re-exported
+                                LOGITS, MAX_READ_VERSION, SAMPLE_ID)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +70,8 @@ class StoreMeta:
             raise StoreError(f"store metadata lacks keys {missing}; it was not written by a "
                              "softtargets v1 writer or was edited")
         known = {k: v for k, v in d.items() if k in names}
-        known["class_names"] = tuple(known["class_names"])
+        if isinstance(known["class_names"], list):  # anything else is refused by check_meta
+            known["class_names"] = tuple(known["class_names"])
         return cls(**known, extra={k: v for k, v in d.items() if k not in names})
 
 
@@ -306,12 +301,6 @@ class LogitStore:
             raise IncompleteStoreError(
                 f"store {url!r} is incomplete (complete: false): its writer crashed or is still "
                 "running; rerun stage 1 (teacher-logits) to produce it")
-        for name, shape in ((LOGITS, (meta.n, meta.num_classes)), (SAMPLE_ID, (meta.n,))):
-            if name not in group:
-                raise StoreError(f"store {url!r} lacks the array {name!r}; it is damaged")
-            if tuple(group[name].shape) != shape:
-                raise StoreError(f"store {url!r}: array {name!r} has shape {group[name].shape}, "
-                                 f"metadata says {shape}; the store is truncated or damaged")
         return cls(group, meta, url)
 
     @property
@@ -366,18 +355,9 @@ def check_dataset(meta: StoreMeta, url: str, identity: dict[str, Any]) -> None:
 
 
 def read_meta(url: str) -> tuple[StoreMeta, zarr.Group]:
-    """The metadata and group of a store, complete or not."""
-    if not is_remote(url) and not Path(local_path(url)).exists():
-        raise StoreError(f"no store at {url!r}; run stage 1 (softtargets teacher-logits) first")
-    try:
-        group = open_group(url, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
-        raise StoreError(f"{url!r} is not a Zarr v3 group: {e}") from e
-    raw = group.attrs.get(ATTR_KEY)
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-        raise StoreError(f"{url!r} is a Zarr group but not a softtargets logit store "
-                         f"(attributes[{ATTR_KEY!r}].format != {FORMAT_NAME!r})")
-    if not isinstance(raw.get("version"), int) or raw["version"] > MAX_READ_VERSION:
-        raise StoreError(f"store {url!r} has format version {raw.get('version')!r}; this reader "
-                         f"supports up to {MAX_READ_VERSION}: upgrade softtargets")
-    return StoreMeta.from_json(raw), group
+    """The metadata and group of a store, complete or not, after the format's metadata checks
+    (meta_check.check_meta: keys, versions, array shapes, dtypes, chunking, crc32c)."""
+    raw, group = open_store_group(url)
+    meta = StoreMeta.from_json(raw)  # names missing keys first
+    check_meta(raw, group, url)
+    return meta, group

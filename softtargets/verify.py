@@ -1,10 +1,13 @@
-"""`softtargets verify`: prove a store is intact and is what it claims. numpy and zarr only.
+"""`softtargets verify`: prove a store of any kind is intact and is what it claims. numpy and zarr
+only.
 
-Checks, chunk by chunk: the storage object exists, both arrays decode (crc32c), sample ids are in
-range, logits are finite (and so are the ensemble and views arrays, where a store has them); then
-that sample_id covers the dataset exactly once, and optionally that
-the store's recorded dataset identity matches a dataset on disk (fingerprint recomputed). Every
-problem names the chunk and the rows.
+Checks: the metadata and array layout (meta_check, the rules every reader applies at open); then,
+chunk by chunk, for every row array of the store's kind (schema.row_arrays: dense, sharded,
+ensemble, views, top-k, sampled, per-position), that its storage objects exist, decode (crc32c)
+and pass the array's row rule (verify_rules); then that sample_id covers the dataset (exactly
+once, or per sample for per-position rows), and optionally that the store's recorded dataset
+identity matches a dataset on disk (fingerprint recomputed). Every problem names the chunk and
+the rows.
 """
 
 from __future__ import annotations
@@ -13,23 +16,22 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import zarr
-from zarr.core.sync import sync
 
 from softtargets.config import DataConfig
 from softtargets.data import load_split
-from softtargets.errors import SparseStoreError
-from softtargets.store import LOGITS, SAMPLE_ID, StoreMeta, chunk_slice, read_meta, unit_rows
-
-MAX_LISTED = 10  # ids/rows listed per problem; the count is always given
+from softtargets.meta_check import meta_problems, open_store_group
+from softtargets.schema import POSITION, SAMPLE_ID, SPARSE_KEY, row_arrays, sparse_names
+from softtargets.store import StoreMeta
+from softtargets.verify_chunks import MAX_LISTED, ChunkPass, listed
+from softtargets.verify_rules import Context
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One failed check. `chunk`/`rows` locate it when it concerns rows of the store."""
 
-    kind: str  # incomplete, metadata, missing_object, decode, sample_id, non_finite, duplicate,
-    #            missing_ids, dataset
+    kind: str  # incomplete, metadata, missing_object, decode, a row rule's kind (sample_id,
+    #            non_finite, class_id, ...: verify_rules), duplicate, missing_ids, dataset
     message: str
     chunk: int | None = None
     rows: tuple[int, int] | None = None  # first and last row of the chunk
@@ -49,6 +51,8 @@ class VerifyReport:
     url: str
     n: int = 0
     num_classes: int = 0
+    kind: str = ""
+    arrays: list[str] = dataclasses.field(default_factory=list)  # the row arrays checked
     chunks: int = 0
     chunks_ok: int = 0
     dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -63,8 +67,8 @@ class VerifyReport:
         self.problems.append(Problem(kind, message, **where))
 
     def to_json(self) -> dict[str, Any]:
-        return {"url": self.url, "ok": self.ok, "n": self.n, "num_classes": self.num_classes,
-                "chunks": self.chunks, "chunks_ok": self.chunks_ok, "dataset": self.dataset,
+        return {"url": self.url, "ok": self.ok, "kind": self.kind, "n": self.n,
+                "num_classes": self.num_classes, "arrays": self.arrays, "chunks": self.chunks, "chunks_ok": self.chunks_ok, "dataset": self.dataset,
                 "dataset_checked": self.dataset_checked,
                 "problems": [p.to_json() for p in self.problems]}
 
@@ -72,9 +76,11 @@ class VerifyReport:
         head = f"verify: {self.url}: " + ("OK" if self.ok else f"FAILED ({len(self.problems)} "
                                            f"problem{'s' if len(self.problems) > 1 else ''})")
         d = self.dataset
-        lines = [head, f"  {self.chunks_ok}/{self.chunks} chunks decode with valid ids and "
-                       f"finite values ({self.n} rows x {self.num_classes} classes); dataset "
-                       f"{d.get('name')}/{d.get('split')} n={d.get('n')}"]
+        checked = (f"{self.chunks_ok}/{self.chunks} chunks decode and pass the row checks of "
+                   f"{len(self.arrays)} arrays ({', '.join(self.arrays)})" if self.arrays else
+                   "no chunk checked until the metadata problems below are fixed")
+        lines = [head, f"  {checked}; {self.kind} store, {self.n} rows x {self.num_classes} "
+                       f"classes; dataset {d.get('name')}/{d.get('split')} n={d.get('n')}"]
         if self.dataset_checked:
             lines.append(f"  fingerprint checked against {self.dataset_checked}")
         lines += [f"  {p.kind}: {p.message}" for p in self.problems]
@@ -87,139 +93,35 @@ class VerifyReport:
                 f"first: {first}")
 
 
-def _listed(values: np.ndarray) -> str:
-    vals = values[:MAX_LISTED].tolist()
-    more = f" and {len(values) - MAX_LISTED} more" if len(values) > MAX_LISTED else ""
-    return f"{vals}{more}"
-
-
-def object_key(array: zarr.Array, meta: StoreMeta, row: int) -> str:
-    """Store key of the object (chunk, or shard when sharded) holding `row`."""
-    coords = (row // unit_rows(meta),) + (0,) * (array.ndim - 1)
-    return f"{array.path}/{array.metadata.encode_chunk_key(coords)}"
-
-
-def object_exists(array: zarr.Array, key: str) -> bool:
-    return bool(sync(array.store.exists(key)))
-
-
-class UnitReader:
-    """Reads each storage object (shard, or chunk) once; a damaged one is reread chunk by chunk.
-
-    One request per shard instead of one per inner chunk matters on object storage.
-    """
-
-    def __init__(self, group: zarr.Group, meta: StoreMeta) -> None:
-        self.group, self.meta = group, meta
-        self.rows = unit_rows(meta)
-        self.cache: dict[str, tuple[int, int, np.ndarray | None]] = {}  # name -> unit, start, data
-
-    def read(self, name: str, sl: slice) -> np.ndarray:
-        """Rows `sl` (inside one unit) of array `name`; raises if their chunk does not decode."""
-        array = self.group[name]
-        unit = sl.start // self.rows
-        if name not in self.cache or self.cache[name][0] != unit:
-            usl = slice(unit * self.rows, min(self.meta.n, (unit + 1) * self.rows))
-            try:
-                self.cache[name] = (unit, usl.start, np.asarray(array[usl]))
-            except Exception:  # some chunk of the unit is damaged: find it chunk by chunk
-                self.cache[name] = (unit, usl.start, None)
-        _unit, start, data = self.cache[name]
-        if data is None:
-            return np.asarray(array[sl])
-        return data[sl.start - start:sl.stop - start]
-
-
-def _check_chunk(report: VerifyReport, meta: StoreMeta, group: zarr.Group, index: int,
-                 seen: dict[str, bool], reader: UnitReader) -> np.ndarray | None:
-    """Check chunk `index`; its sample ids (rows,) when they decode, else None."""
-    sl = chunk_slice(meta, index)
-    where = {"chunk": index, "rows": (sl.start, sl.stop - 1)}
-    label = f"chunk {index} (rows {sl.start}..{sl.stop - 1})"
-    values: dict[str, np.ndarray] = {}
-    for name in (SAMPLE_ID, LOGITS):
-        array = group[name]
-        key = object_key(array, meta, sl.start)
-        if key not in seen:
-            seen[key] = object_exists(array, key)
-        if not seen[key]:
-            report.add("missing_object", f"{label}: {name} object {key!r} is missing (deleted, "
-                       "or never written by a crashed writer)", **where)
-            continue
-        try:
-            values[name] = reader.read(name, sl)
-        except Exception as e:  # crc32c mismatch or a codec error: the bytes are damaged
-            report.add("decode", f"{label}: {name} cannot be decoded, the stored bytes are "
-                       f"damaged ({type(e).__name__}: {str(e)[:120]})", **where)
-    ok = len(values) == 2
-    ids = values.get(SAMPLE_ID)
-    if ids is not None:
-        bad = np.flatnonzero((ids < 0) | (ids >= meta.dataset.get("n", meta.n)))
-        if bad.size:
-            ok = False
-            report.add("sample_id", f"{label}: {bad.size} row(s) have sample ids outside "
-                       f"[0, {meta.dataset.get('n')}) (-1 = never written): rows "
-                       f"{_listed(bad + sl.start)}", bad_rows=tuple((bad + sl.start)[:MAX_LISTED]
-                                                                    .tolist()), **where)
-    logits = values.get(LOGITS)
-    if logits is not None:
-        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
-        if bad.size:
-            ok = False
-            report.add("non_finite", f"{label}: {bad.size} row(s) hold NaN/Inf logits: rows "
-                       f"{_listed(bad + sl.start)}", bad_rows=tuple((bad + sl.start)[:MAX_LISTED]
-                                                                    .tolist()), **where)
-    report.chunks_ok += ok
-    return ids
-
-
-# Row arrays beside logits: (name, axis of the rows, whether every value must be finite; False:
-# the first value of each row, as NaN marks an unused view parameter). docs/FORMAT.md.
-ROW_ARRAYS = (("member_logits", 1, True), ("view_logits", 0, True), ("view_params", 0, False),
-              ("member_view_logits", 1, True))
-
-
-def _check_row_arrays(report: VerifyReport, meta: StoreMeta, group: zarr.Group) -> None:
-    """Ensemble and views arrays, chunk by chunk: they decode and hold no never-written rows."""
-    for name, axis, all_finite in ROW_ARRAYS:
-        if name not in group:
-            continue
-        array = group[name]
-        for index in range(report.chunks):
-            sl = chunk_slice(meta, index)
-            where = {"chunk": index, "rows": (sl.start, sl.stop - 1)}
-            label = f"chunk {index} (rows {sl.start}..{sl.stop - 1})"
-            try:
-                data = np.asarray(array[sl] if axis == 0 else array[:, sl])
-            except Exception as e:  # crc32c mismatch or a codec error
-                report.add("decode", f"{label}: {name} cannot be decoded, the stored bytes are "
-                           f"damaged ({type(e).__name__}: {str(e)[:120]})", **where)
-                continue
-            flat = np.moveaxis(data, axis, 0).reshape(sl.stop - sl.start, -1)  # (R, ...)
-            good = np.isfinite(flat).all(axis=1) if all_finite else np.isfinite(flat[:, 0])
-            bad = np.flatnonzero(~good)
-            if bad.size:
-                report.add("non_finite", f"{label}: {name}: {bad.size} row(s) hold NaN/Inf "
-                           f"(never written, deleted or damaged): rows {_listed(bad + sl.start)}",
-                           bad_rows=tuple((bad + sl.start)[:MAX_LISTED].tolist()), **where)
-
-
-def _check_coverage(report: VerifyReport, meta: StoreMeta, ids: np.ndarray, rows: np.ndarray,
-                    *, allow_subset: bool) -> None:
-    """sample_id must cover [0, dataset.n) exactly once (a subset when allowed)."""
-    total = int(meta.dataset.get("n", meta.n))
-    valid = (ids >= 0) & (ids < total)
-    counts = np.bincount(ids[valid], minlength=total)
-    dup = np.flatnonzero(counts > 1)
-    if dup.size:
-        where = rows[valid][np.isin(ids[valid], dup)]
-        report.add("duplicate", f"{dup.size} sample id(s) occur more than once: ids "
-                   f"{_listed(dup)} at rows {_listed(where)}",
+def _check_coverage(report: VerifyReport, meta: StoreMeta, ids: np.ndarray,
+                    positions: np.ndarray | None, *, allow_subset: bool) -> None:
+    """sample_id must cover [0, dataset.n) exactly once (a subset when allowed); with positions
+    (per-token rows) each (sample_id, position) pair once and each sample id at least once."""
+    total = int(meta.dataset["n"])
+    valid = np.flatnonzero((ids >= 0) & (ids < total))  # rows with a readable id in range
+    if positions is None:
+        keys = ids[valid]
+        counts = np.bincount(keys, minlength=total)
+        dup = np.flatnonzero(counts > 1)
+        where = valid[np.isin(keys, dup)]
+        what = f"{dup.size} sample id(s) occur more than once: ids {listed(dup)}"
+    else:
+        valid = valid[positions[valid] >= 0]
+        pairs, inverse, times = np.unique(np.stack([ids[valid], positions[valid]], axis=1),
+                                          axis=0, return_inverse=True, return_counts=True)
+        dup = pairs[times > 1]
+        where = valid[(times > 1)[inverse.reshape(-1)]]
+        shown = [tuple(p) for p in dup[:MAX_LISTED].tolist()]
+        more = f" and {len(dup) - MAX_LISTED} more" if len(dup) > MAX_LISTED else ""
+        what = f"{len(dup)} (sample_id, position) pair(s) occur more than once: {shown}{more}"
+        counts = np.bincount(ids[valid], minlength=total)
+    if len(dup):
+        report.add("duplicate", f"{what} at rows {listed(where)}",
                    bad_rows=tuple(where[:MAX_LISTED].tolist()))
     missing = np.flatnonzero(counts == 0)
     if missing.size and not allow_subset:
         report.add("missing_ids", f"{missing.size} of {total} dataset rows have no logits: "
-                   f"sample ids {_listed(missing)}")
+                   f"sample ids {listed(missing)}")
 
 
 def dataset_identity(meta: StoreMeta, *, dataset: str, data_dir: str, split: str | None,
@@ -255,34 +157,28 @@ def check_identity(report: VerifyReport, meta: StoreMeta, identity: dict[str, An
 def verify_store(url: str, *, identity: dict[str, Any] | None = None,
                  class_names: tuple[str, ...] | None = None,
                  allow_subset: bool = False) -> VerifyReport:
-    """Check every chunk of the store at `url`; never raises for damage, reports it."""
-    meta, group = read_meta(url)
-    if meta.kind != "dense":  # issue 6: not damage, another layout
-        raise SparseStoreError(f"store {url!r} is a sparse {meta.kind!r} store; verify checks "
-                               "dense stores only. SparseStore.open(url).read_all() checks every "
-                               "chunk of a sparse store (checksums, ids, counts, finiteness)")
-    report = VerifyReport(url=url, n=meta.n, num_classes=meta.num_classes, dataset=meta.dataset)
-    if not meta.complete:
+    """Check the metadata and every chunk of every array of the store at `url`, of any kind;
+    never raises for damage, reports it (raises only when `url` is no softtargets store)."""
+    raw, group = open_store_group(url)
+    meta = StoreMeta.from_json(raw)
+    report = VerifyReport(url=url, n=meta.n, num_classes=meta.num_classes, kind=meta.kind,
+                          dataset=meta.dataset if isinstance(meta.dataset, dict) else {})
+    if raw.get("complete", False) is False:  # a non-boolean is a metadata problem below
         report.add("incomplete", "complete is not true: the writer crashed or is still running; "
                    "rerun teacher-logits with --resume")
-    for name, shape in ((LOGITS, (meta.n, meta.num_classes)), (SAMPLE_ID, (meta.n,))):
-        if name not in group:
-            report.add("metadata", f"array {name!r} is missing")
-        elif tuple(group[name].shape) != shape:
-            report.add("metadata", f"array {name!r} has shape {tuple(group[name].shape)}, "
-                       f"metadata says {shape}")
+    for line in meta_problems(raw, group, require_arrays=True):
+        report.add("metadata", line)
+    if any(p.kind == "metadata" for p in report.problems):
+        return report  # the layout is not what the metadata says: chunks cannot be located
     if identity is not None:
         check_identity(report, meta, identity, class_names)
-    if any(p.kind == "metadata" for p in report.problems):
-        return report
-    report.chunks = -(-meta.n // meta.chunk_rows)
-    ids = np.full(meta.n, -1, dtype=np.int64)  # (N,)
-    seen: dict[str, bool] = {}
-    reader = UnitReader(group, meta)
-    for index in range(report.chunks):
-        chunk_ids = _check_chunk(report, meta, group, index, seen, reader)
-        if chunk_ids is not None:
-            ids[chunk_slice(meta, index)] = chunk_ids
-    _check_coverage(report, meta, ids, np.arange(meta.n), allow_subset=allow_subset)
-    _check_row_arrays(report, meta, group)
+    specs = row_arrays(raw)
+    report.arrays = [s.name for s in specs]
+    sparse = raw.get(SPARSE_KEY) or {}
+    ctx = Context(dataset_n=int(meta.dataset["n"]), num_classes=meta.num_classes,
+                  draws=sparse.get("draws"),
+                  counts=sparse_names(meta.kind)[2] if meta.kind == "sampled" else None)
+    columns = ChunkPass(report, meta, group, specs, ctx).run()
+    _check_coverage(report, meta, columns[SAMPLE_ID], columns.get(POSITION),
+                    allow_subset=allow_subset)
     return report

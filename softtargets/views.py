@@ -25,11 +25,12 @@ import torch.nn.functional as F
 
 from softtargets.config import check_views
 from softtargets.errors import ConfigError
+# view_logits (N, V, C) float16, view_params (N, V, P) float32; ensembles: member_view_logits
+# (M, N, V, C) float16, chunks (1, R, V, C)
+from softtargets.schema import MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS  # noqa: F401
 
 # Columns of view_params (N, V, P): the built-in augmentations, in this order, then user ones.
 PARAM_NAMES = ("dy", "dx", "angle", "scale", "flip")
-VIEW_LOGITS, VIEW_PARAMS = "view_logits", "view_params"  # (N, V, C) float16, (N, V, P) float32
-MEMBER_VIEW_LOGITS = "member_view_logits"  # ensembles: (M, N, V, C) float16, chunks (1, R, V, C)
 
 
 @dataclasses.dataclass(frozen=True)

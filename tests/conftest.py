@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -75,3 +76,26 @@ def run_cli(*args, ok=True):
         raise AssertionError(f"{args} failed ({result.exit_code}):\n{result.output}\n"
                              f"{result.exception!r}")
     return result
+
+
+DELETE = object()  # edit_attrs: remove the key
+
+
+def edit_json(path: Path, edit) -> None:
+    """Rewrite the JSON file `path` (a zarr.json) with `edit(doc)` applied in place."""
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def edit_attrs(store: Path, **changes) -> None:
+    """Set (or, with DELETE, remove) keys of a store's attributes["softtargets"] in its zarr.json,
+    as a hand edit would: no reader or writer involved."""
+    def apply(doc):
+        attrs = doc["attributes"]["softtargets"]
+        for key, value in changes.items():
+            if value is DELETE:
+                attrs.pop(key)
+            else:
+                attrs[key] = value
+    edit_json(Path(store) / "zarr.json", apply)

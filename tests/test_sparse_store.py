@@ -1,13 +1,17 @@
 """Sparse stores: round trips, positions, plain-zarr readability, and every refusal."""
 
+import re
+
 import numpy as np
 import pytest
 import zarr
+from conftest import DELETE, edit_json
 
 from softtargets import sparse as sp
 from softtargets import sparse_store as ss
 from softtargets import store as st
-from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
+from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError,
+                                StoreMetadataError)
 
 DATASET = {"name": "mnist", "split": "train", "n": 50, "limit": None,
            "fingerprint": "sha256:" + "0" * 64}
@@ -93,8 +97,8 @@ def test_dense_reader_refuses_a_sparse_store_clearly(tmp_path):
         st.LogitStore.open(str(tmp_path / "s.zarr"))
     assert st.read_meta(str(tmp_path / "s.zarr"))[0].kind == "topk"  # metadata stays readable
     from softtargets.verify import verify_store
-    with pytest.raises(SparseStoreError, match="sparse 'topk' store; verify checks dense"):
-        verify_store(str(tmp_path / "s.zarr"))
+    rep = verify_store(str(tmp_path / "s.zarr"), allow_subset=True)  # 30 of the 50 dataset rows
+    assert rep.ok and rep.kind == "topk" and rep.chunks_ok == 5
 
 
 def test_sparse_reader_refuses_a_dense_store(tmp_path):
@@ -188,3 +192,58 @@ def test_topk_of_an_ensembles_combined_distribution_is_recorded_as_such(tmp_path
     # float16 rounding of log-probs in [-8, 0) moves p by at most e^(2^-9) - 1 = 0.2%
     np.testing.assert_allclose(kept, np.take_along_axis(p.mean(0), rows.ids, 1), rtol=5e-3)
     np.testing.assert_allclose(rows.lse, 0.0, atol=2e-3)  # log-probs already normalised
+
+
+def _sparse_edit(key, value):
+    """An edit of attributes["softtargets"]["sparse"][key] (DELETE removes it)."""
+    def apply(doc):
+        spec = doc["attributes"]["softtargets"]["sparse"]
+        if value is DELETE:
+            spec.pop(key)
+        else:
+            spec[key] = value
+    return apply
+
+
+@pytest.mark.parametrize("kind, edit, line", [
+    ("topk", lambda d: d["attributes"]["softtargets"].pop("sparse"),
+     "metadata key 'sparse' is null, expected an object describing the topk store (a 'topk' "
+     "store needs it)"),
+    ("topk", _sparse_edit("kind", "sampled"),
+     "metadata key 'sparse.kind' is \"sampled\", expected \"topk\", the top-level kind"),
+    ("topk", _sparse_edit("k", 301), "metadata key 'sparse.k' is 301, expected a positive "
+                                     "integer <= num_classes (300)"),
+    ("topk", _sparse_edit("k", 4), "array 'topk_ids' has shape (30, 8), expected (n, sparse.k) "
+                                   "= (30, 4) from the metadata"),
+    ("topk", _sparse_edit("temperatures", [1.0]),
+     "array 'tail_mass' has shape (30, 2), expected (n, len(sparse.temperatures)) = (30, 1)"),
+    ("topk", _sparse_edit("temperatures", [4.0]),
+     "metadata key 'sparse.temperatures' is [4.0], expected a list of numbers > 0 that "
+     "contains 1"),
+    ("topk", _sparse_edit("id_dtype", "uint8"),
+     "array 'topk_ids' has data_type uint16, expected uint8"),
+    ("topk", _sparse_edit("position", True), "array 'position' is missing; the store is "
+                                             "truncated or damaged"),
+    ("topk", lambda d: d["attributes"]["softtargets"].update(shard_rows=14),
+     "metadata key 'shard_rows' is 14, expected no shard_rows: sparse stores are not sharded"),
+    ("sampled", _sparse_edit("draws", 9),
+     "metadata key 'sparse.k' is 8, expected min(draws, num_classes) = 9"),
+    ("sampled", _sparse_edit("count_dtype", DELETE),
+     "metadata key 'sparse.count_dtype' is null, expected one of ['uint8', 'uint16', 'uint32', "
+     "'uint64']"),
+])
+def test_sparse_metadata_that_lies_is_refused_at_open(tmp_path, kind, edit, line):
+    write(tmp_path / "s.zarr", kind=kind)
+    edit_json(tmp_path / "s.zarr" / "zarr.json", edit)
+    with pytest.raises(StoreMetadataError, match=re.escape(line)):
+        ss.SparseStore.open(str(tmp_path / "s.zarr"))
+
+
+def test_sparse_array_dtype_edited_in_its_zarr_json_is_refused(tmp_path):
+    write(tmp_path / "s.zarr", kind="sampled")
+    edit_json(tmp_path / "s.zarr" / "sampled_logits" / "zarr.json",
+              lambda d: d.update(data_type="int16"))
+    with pytest.raises(StoreMetadataError, match=re.escape(
+            "array 'sampled_logits' has data_type int16 in sampled_logits/zarr.json, expected "
+            "float16")):
+        ss.open_any(str(tmp_path / "s.zarr"))

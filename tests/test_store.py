@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 import zarr
 
+from conftest import DELETE, edit_attrs, edit_json, run_cli
 from softtargets import store as st
 from softtargets.errors import (IncompleteStoreError, LogitValueError, StoreError,
-                                StoreExistsError, StoreMismatchError)
+                                StoreExistsError, StoreMetadataError, StoreMismatchError)
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden-v1.zarr"
 GOLDEN_LOGITS = np.array([[0, 1, -1], [2.5, -3, 0.125], [100, -100, 0], [-0.5, 0.5, 7],
@@ -126,7 +128,7 @@ def test_incomplete_store_is_refused(tmp_path):
 def test_truncated_store_is_refused(tmp_path):
     write_store(tmp_path / "s.zarr")
     shutil.rmtree(tmp_path / "s.zarr" / "sample_id")
-    with pytest.raises(StoreError, match="lacks the array 'sample_id'"):
+    with pytest.raises(StoreError, match="array 'sample_id' is missing; the store is truncated"):
         st.LogitStore.open(str(tmp_path / "s.zarr"))
 
 
@@ -216,3 +218,124 @@ def test_default_chunk_rows_targets_about_two_mib():
     assert st.default_chunk_rows(60000, 10) == 60000
     assert st.default_chunk_rows(10**6, 1000) == 1048
     assert st.default_chunk_rows(10, 10**7) == 1
+
+
+# --- strict metadata at open: every reader refuses a store whose metadata lies ---
+
+@pytest.mark.parametrize("changes, line", [
+    ({"complete": "true"}, "metadata key 'complete' is \"true\", expected true or false (a JSON "
+                           "boolean)"),
+    ({"complete": "false"}, "metadata key 'complete' is \"false\", expected true or false"),
+    ({"complete": 1}, "metadata key 'complete' is 1, expected true or false"),
+    ({"version": 0}, "metadata key 'version' is 0, expected 1"),
+    ({"version": -1}, "metadata key 'version' is -1, expected 1"),
+    ({"version": 2}, "metadata key 'version' is 2, expected 1: version 2 is only for an "
+                     "arithmetic combined-only ensemble store"),
+    ({"version": "1"}, "metadata key 'version' is \"1\", expected the integer 1"),
+    ({"version": 1.0}, "metadata key 'version' is 1.0, expected the integer 1"),
+    ({"version": True}, "metadata key 'version' is true, expected the integer 1"),
+    ({"kind": "dens"}, "metadata key 'kind' is \"dens\", expected one of ['dense', 'topk', "
+                       "'sampled']"),
+    ({"kind": "topk"}, "metadata key 'sparse' is null, expected an object describing the topk "
+                       "store (a 'topk' store needs it)"),
+    ({"n": 0}, "metadata key 'n' is 0, expected a positive integer"),
+    ({"num_classes": "3"}, "metadata key 'num_classes' is \"3\", expected a positive integer"),
+    ({"n": 6}, "array 'sample_id' has shape (5,), expected (n,) = (6,) from the metadata"),
+    ({"num_classes": 4, "class_names": list("abcd")},
+     "array 'logits' has shape (5, 3), expected (n, num_classes) = (5, 4) from the metadata"),
+    ({"class_names": ["a", "b"]}, "metadata key 'class_names' has 2 names, expected "
+                                  "num_classes = 3"),
+    ({"dtype": "float32"}, "metadata key 'dtype' is \"float32\", expected \"float16\""),
+    ({"chunk_rows": 0}, "metadata key 'chunk_rows' is 0, expected a positive integer"),
+    ({"chunk_rows": 4}, "array 'sample_id' has chunks (2,), expected (4,) from metadata "
+                        "chunk_rows 4"),
+    ({"shard_rows": 4}, "array 'sample_id' has shards None, expected (4,) from metadata "
+                        "shard_rows 4"),
+    ({"shard_rows": 3}, "metadata key 'shard_rows' is 3, expected a positive multiple of "
+                        "chunk_rows (2)"),
+    ({"dataset": {"name": "mnist"}}, "metadata key 'dataset' is {\"name\": \"mnist\"}, expected "
+                                     "an object whose n is a positive integer"),
+])
+def test_metadata_that_lies_is_refused_at_open_in_one_line(tmp_path, changes, line):
+    write_store(tmp_path / "s.zarr")
+    edit_attrs(tmp_path / "s.zarr", **changes)
+    with pytest.raises(StoreMetadataError) as e:
+        st.LogitStore.open(str(tmp_path / "s.zarr"))
+    message = str(e.value)
+    assert message.startswith(f"store {str(tmp_path / 's.zarr')!r}: {line}") and "\n" not in message
+
+
+def test_each_violation_is_counted_and_incomplete_keeps_its_message(tmp_path):
+    write_store(tmp_path / "s.zarr")
+    edit_attrs(tmp_path / "s.zarr", n=0, chunk_rows=-2)
+    with pytest.raises(StoreMetadataError, match=r"'n' is 0, expected a positive integer \(and 1 "
+                       r"more metadata problem\(s\); `softtargets verify` lists them\)$"):
+        st.read_meta(str(tmp_path / "s.zarr"))
+    edit_attrs(tmp_path / "s.zarr", n=5, chunk_rows=2, complete=False)
+    with pytest.raises(IncompleteStoreError, match=r"is incomplete \(complete: false\): its "
+                       r"writer crashed or is still running; rerun stage 1"):
+        st.LogitStore.open(str(tmp_path / "s.zarr"))
+    edit_attrs(tmp_path / "s.zarr", complete=DELETE)  # absent: not complete either
+    with pytest.raises(IncompleteStoreError):
+        st.LogitStore.open(str(tmp_path / "s.zarr"))
+
+
+@pytest.mark.parametrize("array, edit, line", [
+    ("logits", lambda d: d.update(data_type="int16"),
+     "array 'logits' has data_type int16 in logits/zarr.json, expected float16"),
+    ("sample_id", lambda d: d.update(data_type="int32"),
+     "array 'sample_id' has data_type int32, expected int64"),
+    ("logits", lambda d: d.update(codecs=d["codecs"][:-1]),
+     "array 'logits' has codecs ['bytes', 'zstd(level=3)'] without crc32c, expected crc32c in "
+     "the chain"),
+    ("sample_id", lambda d: d.update(shape=[4]),
+     "array 'sample_id' has shape (4,), expected (n,) = (5,) from the metadata"),
+    ("logits", lambda d: d.update(fill_value="oops"),
+     "array 'logits': zarr rejects logits/zarr.json (TypeError: "),
+])
+def test_array_metadata_that_lies_is_refused(tmp_path, array, edit, line):
+    write_store(tmp_path / "s.zarr")
+    edit_json(tmp_path / "s.zarr" / array / "zarr.json", edit)
+    with pytest.raises(StoreMetadataError, match=re.escape(line)):
+        st.LogitStore.open(str(tmp_path / "s.zarr"))
+
+
+def test_not_a_store_gives_one_line_naming_the_fix(tmp_path):
+    write_store(tmp_path / "s.zarr")
+    url = str(tmp_path / "s.zarr")
+    res = run_cli("inspect", tmp_path / "s.zarr" / "logits", ok=False)
+    assert res.exit_code == 1 and res.output == (
+        f"Error: StoreError: {url + '/logits'!r} is the array 'logits' inside the store {url!r}, "
+        f"not a store; pass the store path {url!r}\n")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match=r"'.*empty' is not a Zarr v3 group \(no group zarr.json "
+                       r"there: .*\); pass the path of a store written by softtargets"):
+        st.read_meta(str(tmp_path / "empty"))
+    zarr.open_array(str(tmp_path / "lone.zarr"), mode="w", shape=(3,), dtype="int8")
+    with pytest.raises(StoreError, match=r"lone.zarr' is a Zarr array, not a softtargets store"):
+        st.read_meta(str(tmp_path / "lone.zarr"))
+    (tmp_path / "s.zarr" / "zarr.json").write_text("{not json")
+    res = run_cli("inspect", url, ok=False)
+    assert res.exit_code == 1 and res.output == (
+        f"Error: StoreMetadataError: {url}/zarr.json is not valid Zarr v3 group metadata "
+        "(JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1)); the file is damaged or was edited\n")
+    (tmp_path / "s.zarr" / "zarr.json").write_text('{"zarr_format": 7, "node_type": "group"}')
+    with pytest.raises(StoreMetadataError, match=r"zarr.json is not valid Zarr v3 group metadata "
+                       r"\(ValueError: Invalid zarr_format. Expected one of 2 or 3. Got 7.\)"):
+        st.read_meta(url)
+
+
+def test_every_reader_refuses_with_the_same_line(tmp_path):
+    from softtargets import provenance, sparse_store, stream, view_loader
+    from softtargets.verify import verify_store
+    write_store(tmp_path / "s.zarr")
+    edit_attrs(tmp_path / "s.zarr", complete="true")  # truthy, but not the boolean true
+    url = str(tmp_path / "s.zarr")
+    line = "metadata key 'complete' is \"true\", expected true or false (a JSON boolean)"
+    for read in (st.LogitStore.open, st.StoreWriter.open, sparse_store.SparseStore.open,
+                 sparse_store.open_any, stream.ChunkReader, provenance.store_info,
+                 lambda u: view_loader.views_meta(u, None)):
+        with pytest.raises(StoreMetadataError, match=re.escape(f"store {url!r}: {line}")):
+            read(url)
+    assert [(p.kind, p.message) for p in verify_store(url).problems] == [("metadata", line)]

@@ -256,6 +256,7 @@ def test_verify_checks_the_views_arrays(tmp_path: Path, tiny_data) -> None:
     (store / "view_params" / "c" / "2" / "0" / "0").unlink()
     report = verify_store(cfg.store)
     kinds = {(p.kind, p.chunk) for p in report.problems}
-    assert kinds == {("decode", 1), ("non_finite", 2)}
+    assert kinds == {("decode", 1), ("missing_object", 2)}
     assert "view_logits cannot be decoded" in report.text()
-    assert "view_params: 32 row(s) hold NaN/Inf (never written, deleted or damaged)" in report.text()
+    assert ("chunk 2 (rows 64..95): view_params object 'view_params/c/2/0/0' is missing"
+            in report.text())
