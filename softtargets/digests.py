@@ -206,27 +206,30 @@ class DigestCheck:
 
     def check_rows(self, name: str, start: int, values: np.ndarray, *,
                    member: int | None = None) -> None:
-        """Check every chunk of `values` (rows, ...), whose first row is `start`."""
+        """Check every chunk of `values` (rows, ...), whose first row is `start`; raises."""
+        problem = self.mismatch(name, start, values, member=member)
+        if problem is not None:
+            raise StoreError(f"store {self.url!r}: {problem}")
+
+    def mismatch(self, name: str, start: int, values: np.ndarray, *,
+                 member: int | None = None) -> str | None:
+        """What is wrong with the first chunk of `values` whose digest differs, or None."""
         if self.sub is None:
-            return
+            return None
         got = digest_rows(self.key, name, member=member, start=start, values=values,
                           chunk_rows=self.chunk_rows)
         first = start // self.chunk_rows
         want = self._stored(name, member, first, len(got))
         bad = np.flatnonzero((got != want).any(axis=1))
-        if bad.size:
-            raise StoreError(self.describe(name, first + int(bad[0]), member=member,
-                                           missing=not want[bad[0]].any()))
-
-    def describe(self, name: str, chunk: int, *, member: int | None, missing: bool) -> str:
-        """The one-line refusal for chunk `chunk` of `name`."""
+        if not bad.size:
+            return None
+        chunk = first + int(bad[0])
         a = chunk * self.chunk_rows
         b = min(self.n, a + self.chunk_rows) - 1
         who = f"{name!r}" if member is None else f"{name!r} (member {member})"
-        if missing:
-            return (f"store {self.url!r}: chunk {chunk} (rows {a}..{b}) of {who} has no digest: "
-                    "its write unit was never finished or the digest was deleted; rerun stage 1 "
-                    "with --resume")
-        return (f"store {self.url!r}: chunk {chunk} (rows {a}..{b}) of {who} does not match its "
-                "digest: the chunk was moved, swapped or duplicated, copied from another store, "
-                "or edited; restore the store or rerun stage 1")
+        if not want[bad[0]].any():
+            return (f"chunk {chunk} (rows {a}..{b}) of {who} has no digest: its write unit was "
+                    "never finished or the digest was deleted; rerun stage 1 with --resume")
+        return (f"chunk {chunk} (rows {a}..{b}) of {who} does not match its digest: the chunk "
+                "was moved, swapped or duplicated, copied from another store, or edited; "
+                "restore the store or rerun stage 1")

@@ -10,6 +10,8 @@ from typing import Any
 
 import zarr
 
+from softtargets.digests import DIGESTS
+from softtargets.digests import META_KEY as DIGESTS_KEY
 from softtargets.meta_check import codec_names
 from softtargets.remote import object_sizes, redact
 from softtargets.schema import SPARSE_KINDS, row_arrays, sparse_names
@@ -55,10 +57,36 @@ def storage_section(url: str, meta: StoreMeta, group: zarr.Group) -> dict[str, A
     for spec in row_arrays(meta.to_json()):
         arrays.setdefault(spec.name, None)  # an expected array that is absent (incomplete store)
     return {"url": redact(url), "bytes": sum(sizes.values()), "data_bytes": data, "raw_bytes": raw,
+            "digests": digests_section(meta, group, sizes),
             "compression_ratio": round(raw / data, 3) if data else None,
             "sharded": bool(meta.extra.get("shard_rows")), "unit_rows": unit_rows(meta),
             "expected_objects_per_array": math.ceil(meta.n / unit_rows(meta)),
             "values_array": values_array(meta), "arrays": arrays}
+
+
+def digests_section(meta: StoreMeta, group: zarr.Group, sizes: dict[str, int]) -> dict[str, Any]:
+    """Whether the chunks are bound to their places by digests, and what the digests cost."""
+    declared = meta.extra.get(DIGESTS_KEY)
+    try:
+        sub = group[DIGESTS]
+        names = sorted(sub.array_keys()) if isinstance(sub, zarr.Group) else []
+    except KeyError:
+        names = []
+    keys = [k for k in sizes if k.startswith(f"{DIGESTS}/")]
+    return {"bound": bool(names), "declared": declared, "arrays": names,
+            "objects": sum(1 for k in keys if not k.endswith("zarr.json")),
+            "bytes": sum(sizes[k] for k in keys)}
+
+
+def digests_line(d: dict[str, Any]) -> str:
+    if d["bound"]:
+        return (f"digests:    bound: every chunk of {len(d['arrays'])} arrays has its "
+                f"{(d['declared'] or {}).get('algorithm', '?')} digest ({d['objects']} objects, "
+                f"{d['bytes']:,} bytes)")
+    if d["declared"]:
+        return "digests:    DECLARED BUT MISSING: the store was damaged or stripped"
+    return ("digests:    UNBOUND: no chunk digests (written before they existed); a chunk in the "
+            "wrong place would go unnoticed")
 
 
 def _teacher_line(t: dict[str, Any]) -> str:
@@ -117,6 +145,7 @@ def describe(info: dict[str, Any]) -> str:
         f"size:       {s['bytes']:,} bytes on disk ({s['data_bytes']:,} in chunks; raw "
         f"{s['raw_bytes']:,}{ratio})",
         *array_lines(s),
+        digests_line(s["digests"]),
         f"dataset:    {d.get('name')}/{d.get('split')} n={d.get('n')} limit={d.get('limit')} "
         f"fingerprint {d.get('fingerprint')}",
         f"teacher:    {_teacher_line(t)}",

@@ -19,6 +19,8 @@ import numpy as np
 
 from softtargets.config import DataConfig
 from softtargets.data import load_split
+from softtargets.digests import DigestCheck
+from softtargets.errors import StoreError
 from softtargets.meta_check import meta_problems, open_store_group
 from softtargets.schema import POSITION, SAMPLE_ID, SPARSE_KEY, row_arrays, sparse_names
 from softtargets.store import StoreMeta
@@ -57,6 +59,7 @@ class VerifyReport:
     chunks_ok: int = 0
     dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset_checked: str | None = None  # the dataset the fingerprint was recomputed from
+    bound: bool | None = None  # chunks bound to their places by digests (None: not checked)
     problems: list[Problem] = dataclasses.field(default_factory=list)
 
     @property
@@ -68,7 +71,8 @@ class VerifyReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "ok": self.ok, "kind": self.kind, "n": self.n,
-                "num_classes": self.num_classes, "arrays": self.arrays, "chunks": self.chunks, "chunks_ok": self.chunks_ok, "dataset": self.dataset,
+                "num_classes": self.num_classes, "arrays": self.arrays, "chunks": self.chunks,
+                "chunks_ok": self.chunks_ok, "bound": self.bound, "dataset": self.dataset,
                 "dataset_checked": self.dataset_checked,
                 "problems": [p.to_json() for p in self.problems]}
 
@@ -81,6 +85,10 @@ class VerifyReport:
                    "no chunk checked until the metadata problems below are fixed")
         lines = [head, f"  {checked}; {self.kind} store, {self.n} rows x {self.num_classes} "
                        f"classes; dataset {d.get('name')}/{d.get('split')} n={d.get('n')}"]
+        if self.bound is not None:
+            lines.append("  chunks bound to their places by digests (xxh3-128)" if self.bound else
+                         "  UNBOUND: no chunk digests (written before they existed): a chunk in "
+                         "the wrong place would go unnoticed")
         if self.dataset_checked:
             lines.append(f"  fingerprint checked against {self.dataset_checked}")
         lines += [f"  {p.kind}: {p.message}" for p in self.problems]
@@ -178,7 +186,13 @@ def verify_store(url: str, *, identity: dict[str, Any] | None = None,
     ctx = Context(dataset_n=int(meta.dataset["n"]), num_classes=meta.num_classes,
                   draws=sparse.get("draws"),
                   counts=sparse_names(meta.kind)[2] if meta.kind == "sampled" else None)
-    columns = ChunkPass(report, meta, group, specs, ctx).run()
+    try:
+        digests = DigestCheck(group, meta, url)
+    except StoreError as e:  # declared but stripped: check everything else all the same
+        report.add("digest", str(e))
+        digests = DigestCheck(group, dataclasses.replace(meta, extra={}), url)
+    report.bound = digests.bound
+    columns = ChunkPass(report, meta, group, specs, ctx, digests).run()
     _check_coverage(report, meta, columns[SAMPLE_ID], columns.get(POSITION),
                     allow_subset=allow_subset)
     return report

@@ -11,6 +11,8 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from softtargets.digests import DigestCheck
+from softtargets.errors import StoreError
 from softtargets.schema import ArraySpec
 from softtargets.store import StoreMeta, chunk_slice, unit_rows
 from softtargets.verify_rules import RULES, Context
@@ -81,8 +83,9 @@ class ChunkPass:
     """Checks every chunk of the given arrays; collects sample_id (and position) for coverage."""
 
     def __init__(self, report: VerifyReport, meta: StoreMeta, group: zarr.Group,
-                 specs: list[ArraySpec], ctx: Context) -> None:
+                 specs: list[ArraySpec], ctx: Context, digests: DigestCheck) -> None:
         self.report, self.meta, self.specs, self.ctx = report, meta, specs, ctx
+        self.digests = digests
         self.arrays = {s.name: group[s.name] for s in specs}
         self.keys = {name: stored_keys(a) for name, a in self.arrays.items()}
         self.reader = UnitReader(meta)
@@ -94,7 +97,19 @@ class ChunkPass:
         self.report.chunks = -(-self.meta.n // self.meta.chunk_rows)
         for index in range(self.report.chunks):
             self.report.chunks_ok += self.check(index)
+        self._summarise_digests()
         return self.columns
+
+    def _summarise_digests(self) -> None:
+        """Every chunk of every array off its digest is one cause, not N x arrays problems: the
+        digests are bound to the `dataset` attributes, so those were edited."""
+        digest = [p for p in self.report.problems if p.kind == "digest"]
+        if len(digest) < 2 or len(digest) != self.report.chunks * len(self.specs):
+            return
+        self.report.problems = [p for p in self.report.problems if p.kind != "digest"]
+        self.report.add("digest", f"no chunk of any array matches its digest ({len(digest)} "
+                        "chunks): the digests are bound to the store's `dataset` attributes, "
+                        "which were edited (or the whole store was rewritten by other software)")
 
     def check(self, index: int) -> bool:
         """Check chunk `index` of every array; whether it passed."""
@@ -111,9 +126,26 @@ class ChunkPass:
                     self.columns[spec.name][sl] = data
         for spec in self.specs:
             if spec.name in chunk:
+                flagged = len(self.report.problems)
                 for kind, bad, what in RULES[spec.rule](chunk[spec.name], chunk, self.ctx):
                     self._add_rows(kind, f"{label}: {spec.name}: ", what, bad, sl, where)
+                if len(self.report.problems) == flagged:  # one problem per cause: rows first
+                    self._check_digest(spec, chunk[spec.name], sl, where)
         return len(self.report.problems) == before
+
+    def _check_digest(self, spec: ArraySpec, data: np.ndarray, sl: slice,
+                      where: dict[str, Any]) -> None:
+        """The chunk is where its digest says (member arrays: every member's chunk)."""
+        members = [None] if not spec.row_axis else list(range(spec.members))
+        for m in members:
+            values = data if m is None else data[:, m]  # rows first: (R, M, ...) -> (R, ...)
+            try:
+                problem = self.digests.mismatch(spec.name, sl.start, values, member=m)
+            except StoreError as e:  # digest array missing or damaged
+                problem = str(e)
+            if problem is not None:
+                self.report.add("digest", problem, **where)
+                return
 
     def _read(self, spec: ArraySpec, sl: slice, label: str,
               where: dict[str, Any]) -> np.ndarray | None:

@@ -82,3 +82,19 @@ def test_stripped_digests_are_refused_and_unbound_stores_read(tmp_path):
     store = LogitStore.open(str(tmp_path / "s.zarr"))
     assert not store.digests.bound
     np.testing.assert_array_equal(store.read_all()[1], GOLDEN_LOGITS.astype(np.float16))
+
+
+def test_inspect_and_verify_say_whether_a_store_is_bound(tmp_path):
+    from pathlib import Path
+
+    from conftest import run_cli
+    write_store(tmp_path / "s.zarr")  # 3 chunks, unsharded: one digest object per chunk
+    info = run_cli("inspect", tmp_path / "s.zarr").output
+    assert ("digests:    bound: every chunk of 2 arrays has its xxh3-128 digest (6 objects, "
+            in info)
+    assert "chunks bound to their places by digests (xxh3-128)" in run_cli(
+        "verify", tmp_path / "s.zarr").output
+    golden = Path(__file__).parent / "fixtures" / "golden-v1.zarr"  # written before digests
+    assert ("digests:    UNBOUND: no chunk digests (written before they existed); a chunk in "
+            "the wrong place would go unnoticed") in run_cli("inspect", golden).output
+    assert "UNBOUND: no chunk digests" in run_cli("verify", golden).output

@@ -97,7 +97,11 @@ def test_edited_attributes_claiming_another_dataset_are_caught(store, tiny_data)
         name="fashion-mnist", fingerprint="sha256:9a042e8212e0c6a38b8ea6ba123e50651f3c16bfe012a381"
         "e6ccf24bc05fbb5f")
     zj.write_text(json.dumps(doc))
-    assert verify_store(str(store)).ok  # the bytes are intact: only the dataset check sees it
+    report = verify_store(str(store))  # the chunks' digests are bound to the dataset attribute
+    assert [(p.kind, p.message) for p in report.problems] == [
+        ("digest", "no chunk of any array matches its digest (12 chunks): the digests are bound "
+                   "to the store's `dataset` attributes, which were edited (or the whole store "
+                   "was rewritten by other software)")]
     res = run("verify", store, "--dataset", "mnist", "--data-dir", tiny_data.data_dir)
     assert res.exit_code == 1
     assert ("dataset: store claims fashion-mnist/train n=96 limit=None fingerprint "
@@ -335,13 +339,19 @@ def test_per_position_rules_and_coverage_per_sample(kind_stores, tmp_path):
     set_rows(url, "position", slice(7, 14), lambda v: v.__setitem__(3, -3))
     set_rows(url, "sample_id", slice(98, 100), lambda v: v.__setitem__(slice(None), 48))
     set_rows(url, "position", slice(98, 100), lambda v: v.__setitem__(slice(None), [2, 3]))
+    edited = ("does not match its digest: the chunk was moved, swapped or duplicated, copied "
+              "from another store, or edited; restore the store or rerun stage 1")
     assert messages(url) == [
+        ("digest", f"chunk 0 (rows 0..6) of 'position' {edited}"),
         ("position", "chunk 1 (rows 7..13): position: 1 row(s) have negative positions (-1 = "
                      "never written): rows [10]"),
+        ("digest", f"chunk 14 (rows 98..99) of 'sample_id' {edited}"),
+        ("digest", f"chunk 14 (rows 98..99) of 'position' {edited}"),
         ("duplicate", "1 (sample_id, position) pair(s) occur more than once: [(0, 0)] at rows "
                       "[0, 1]"),
         ("missing_ids", "1 of 50 dataset rows have no logits: sample ids [49]")]
-    assert [k for k, _ in messages(url, allow_subset=True)] == ["position", "duplicate"]
+    assert [k for k, _ in messages(url, allow_subset=True)] == [
+        "digest", "position", "digest", "digest", "duplicate"]
 
 
 def test_ensemble_member_objects_and_values_are_checked(kind_stores, tmp_path):
