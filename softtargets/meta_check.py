@@ -97,11 +97,30 @@ def array_problems(spec: schema.ArraySpec, group: zarr.Group, *, required: bool,
         out.append(f"array {name!r} has data_type {np.dtype(array.dtype)}, expected "  # type: ignore[arg-type]
                    f"{spec.dtype}")
     out += _grid_problems(spec, array, chunk_rows, shard_rows)
+    out += _fill_problems(spec, array)
     if not has_crc32c(array):
         out.append(f"array {name!r} has codecs {codec_names(array)} without crc32c, expected "
                    "crc32c in the chain (and in a shard's index chain): damaged chunks must fail "
                    "to decode")
     return out
+
+
+def expected_fill(spec: schema.ArraySpec) -> float:
+    """The format's fill value: NaN for floats, -1 for ids and positions, 0 for classes and
+    counts. It is what a deleted chunk reads as, so it must be one that the row checks reject."""
+    if np.dtype(spec.dtype).kind == "f":
+        return float("nan")
+    return -1 if spec.rule in ("sample_id", "position") else 0
+
+
+def _fill_problems(spec: schema.ArraySpec, array: zarr.Array) -> list[str]:
+    want = expected_fill(spec)
+    got = array.metadata.fill_value.item()  # type: ignore[union-attr]  # numpy scalar -> float
+    same = np.isnan(got) if np.isnan(want) else got == want
+    if same:
+        return []
+    return [f"array {spec.name!r} has fill_value {got!r}, expected {want!r}: a deleted chunk "
+            "reads as the fill value, which must fail the row checks"]
 
 
 def _grid_problems(spec: schema.ArraySpec, array: zarr.Array, rows: int,
