@@ -29,7 +29,12 @@ class StoreError(SofttargetsError):
 
 
 class StoreExistsError(StoreError, FileExistsError):
-    """The store path already exists and overwriting was not asked for."""
+    """The store path already exists and overwriting was not asked for, or it holds something
+    softtargets did not create (which it never deletes)."""
+
+
+class StoreWriteError(StoreError):
+    """The store's destination cannot be written: a read-only file system, a path below a file."""
 
 
 class IncompleteStoreError(StoreError):

@@ -13,7 +13,6 @@ import datetime as _dt
 import json
 import math
 import platform
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from softtargets.codecs import (COMPRESSORS, FP16_MAX, TARGET_CHUNK_BYTES,  # no
                                 codec_chain, compressor_codecs, default_chunk_rows, to_float16)
 from softtargets.errors import (IncompleteStoreError, SparseStoreError, StoreError,
                                 StoreExistsError, StoreMismatchError)
-from softtargets.remote import is_remote, local_path, open_group, remove_remote_store
+from softtargets.remote import is_remote, local_path, open_group
 
 FORMAT_NAME = "softtargets.logits"
 FORMAT_VERSION = 1
@@ -35,6 +34,11 @@ MAX_READ_VERSION = 2
 ATTR_KEY = "softtargets"
 LOGITS = "logits"
 SAMPLE_ID = "sample_id"
+# Every array the format defines (docs/FORMAT.md: dense, ensembles, views, sparse, digests).
+# `--overwrite` deletes only these and the group's zarr.json (destination.py): add new arrays here.
+STORE_ARRAYS = (LOGITS, SAMPLE_ID, "member_logits", "member_view_logits", "view_logits",
+                "view_params", "position", "topk_ids", "topk_logits", "sampled_ids",
+                "sampled_logits", "sampled_counts", "lse", "tail_mass", "unit_digest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,23 +90,9 @@ def software_versions() -> dict[str, str]:
 
 
 def _prepare_destination(url: str, overwrite: bool) -> None:
-    """Refuse an existing path unless overwrite; never delete something that is not a Zarr store."""
-    if is_remote(url):
-        remove_remote_store(url, overwrite=overwrite)  # issue 4: s3:// etc.
-        return
-    path = Path(local_path(url))
-    if not path.exists():
-        return
-    if not overwrite:
-        raise StoreExistsError(f"store path {str(path)!r} already exists; pass --overwrite to "
-                               "replace it or choose another path")
-    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").exists():
-        raise StoreExistsError(f"{str(path)!r} exists and is not a Zarr store; refusing to delete "
-                               "it even with --overwrite")
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    """Refuse an existing path unless overwrite; delete only a softtargets store (destination.py)."""
+    from softtargets.destination import prepare_destination  # it imports this module
+    prepare_destination(url, overwrite)
 
 
 # --- issue 6: building blocks of other array layouts (sparse_store.py) ---
