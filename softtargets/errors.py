@@ -29,8 +29,11 @@ class StoreError(SofttargetsError):
 
 
 class StoreExistsError(StoreError, FileExistsError):
-    """The store path already exists and overwriting was not asked for, or it holds something
-    softtargets did not create (which it never deletes)."""
+    """The store path already exists and overwriting was not asked for."""
+
+
+class ForeignDataError(StoreExistsError):
+    """The path holds something softtargets did not create; it is never deleted or replaced."""
 
 
 class StoreWriteError(StoreError):

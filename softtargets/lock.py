@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from softtargets.destination import unwritable
-from softtargets.errors import RemoteStoreError, StoreError, StoreLockedError
+from softtargets.errors import ForeignDataError, RemoteStoreError, StoreError, StoreLockedError
 from softtargets.remote import explain, filesystem, is_remote, local_path, redact
 
 LOCK_SUFFIX = ".lock"
@@ -192,7 +192,7 @@ class StoreLock:
             if held is None:
                 continue  # released between our create and read: try again
             if held is NOT_A_LEASE:
-                raise StoreLockedError(
+                raise ForeignDataError(
                     f"refusing to take the lease {redact(self.url)!r} of store "
                     f"{redact(self.store_url)!r}: that path holds something that is not a "
                     "softtargets lease (JSON with pid, host, token), which softtargets did not "

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from softtargets import ensemble
 from softtargets.config import DataConfig, EnsembleLogitsConfig, to_dict
 from softtargets.data import Split, load_split
+from softtargets.destination import delete_array
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
 from softtargets import views as vw
@@ -212,7 +213,7 @@ def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -
         bar.update(sl.stop - sl.start)
     bar.close()
     if cfg.combined_only:
-        del writer.group[ensemble.MEMBER_LOGITS]  # scratch: only the combined target is kept
+        delete_array(cfg.store, ensemble.MEMBER_LOGITS)  # scratch: only the combined target is kept
     return writer.finalize()
 
 

@@ -26,6 +26,7 @@ from softtargets.config import LogitsConfig, to_dict
 from softtargets.destination import sweep_partial_files
 from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_status
 from softtargets.errors import (
+    ForeignDataError,
     IncompleteStoreError,
     ResumeMismatchError,
     StoreError,
@@ -211,6 +212,8 @@ class WriteSession:
                 teacher=self.spec["teacher"], config=config, chunk_rows=cfg.chunk_rows,
                 compressor=cfg.compressor, overwrite=cfg.overwrite, shard_rows=shard_rows,
                 extra=self.extra)
+        except ForeignDataError:
+            raise
         except StoreExistsError as e:
             raise StoreExistsError(f"{e} (or --resume to continue an interrupted run)") from None
         for a in self.arrays:
