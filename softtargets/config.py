@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, TypeVar
 
 from softtargets.errors import ConfigError
@@ -187,9 +188,10 @@ def check_views(views: int) -> None:
 
 
 def check_temperature(temperature: float) -> None:
-    """Raise ConfigError unless temperature > 0."""
-    if not temperature > 0:
-        raise ConfigError(f"temperature T must be > 0, got {temperature}; the paper uses T in [1, 20]")
+    """Raise ConfigError unless temperature is finite and > 0."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature T must be finite and > 0, got {temperature}; the paper "
+                          "uses T in [1, 20]")
 
 
 def check_alpha(alpha: float) -> None:

@@ -93,6 +93,8 @@ def open_group(url: str, *, mode: str, attributes: dict[str, Any] | None = None)
     # file:// goes to zarr's LocalStore (atomic temp-file writes, creates directories), not to
     # fsspec's local filesystem
     target = local_path(url) if url.startswith("file://") else url
+    if is_remote(url) and mode in ("r", "r+"):
+        probe(url)
     try:
         return zarr.open_group(target, mode=mode, **kwargs)  # type: ignore[arg-type]
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError,
@@ -101,6 +103,19 @@ def open_group(url: str, *, mode: str, attributes: dict[str, Any] | None = None)
     except Exception as e:
         if not is_remote(url) and not isinstance(e, ImportError):
             raise
+        raise RemoteStoreError(explain(url, e)) from None
+
+
+def probe(url: str) -> None:
+    """One request for the group's zarr.json, so an unreachable endpoint or a credentials
+    problem fails here with one line: zarr's open requests several keys at once, and the
+    requests left pending by the first failure print tracebacks when the process exits."""
+    fs, path = filesystem(url)
+    try:
+        fs.info(path.rstrip("/") + "/zarr.json")
+    except FileNotFoundError:
+        pass  # zarr reports the missing group
+    except Exception as e:
         raise RemoteStoreError(explain(url, e)) from None
 
 
