@@ -161,6 +161,18 @@ def test_bad_temperature_and_alpha(tiny_data, tmp_path, flag, value, message):
     assert res.exit_code == 1 and res.output == f"Error: ConfigError: {message}\n"
 
 
+def test_random_bytes_teacher_is_not_a_checkpoint(tiny_data, tmp_path):
+    (tmp_path / "t.pt").write_bytes(bytes(range(256)) * 16)
+    res = run("teacher-logits", *data_args(tiny_data), "--teacher", tmp_path / "t.pt", "--store",
+              tmp_path / "s.zarr", ok=False)
+    assert res.exit_code == 1
+    assert res.output == (f"Error: CheckpointError: '{tmp_path / 't.pt'}' is not a softtargets or "
+                          "torch checkpoint: the safe loader (weights only) cannot read it "
+                          "(UnpicklingError: Unsupported operand 0); pass a checkpoint written by "
+                          "`softtargets train-teacher`\n")
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_missing_dataset(tmp_path):
     res = run("train-teacher", "--dataset", "kmnist", "--data-dir", tmp_path, "--out",
               tmp_path / "t.pt", ok=False)
