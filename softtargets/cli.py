@@ -250,23 +250,21 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
                            f"runs/{dataset}/teacher.pt", resume=resume, break_lock=break_lock,
                            shard_rows=shard_rows, channels_last=channels_last,
                            compile=compile_, **common, **sparse)
+        from softtargets.session import store_exists
+        resumed = resume and store_exists(store)  # else --resume starts a new store
         meta, seconds = teacher_mod.run(cfg, progress=not quiet)
+    elif resume or break_lock or shard_rows is not None:
+        raise ConfigError("--resume, --break-lock and --shard-rows work with one softtargets "
+                          "teacher checkpoint only, not with ensembles, MC dropout or user "
+                          "teachers; drop them or run one teacher")
     else:
-        if resume or break_lock or shard_rows is not None:
-            raise ConfigError("--resume, --break-lock and --shard-rows work with one "
-                              "softtargets teacher checkpoint only, not with ensembles, "
-                              "MC dropout or user teachers; drop them or run one teacher")
         from softtargets import members
+        resumed = False
         meta, seconds = members.run(ens_cfg, progress=not quiet)
-    if not ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
-        return
-    from softtargets.remote import store_size
-    size = store_size(store)
-    what = f" from {meta.teacher['members']} members" if "members" in meta.teacher else ""
-    form = "float16 logits" if meta.kind == "dense" else f"{meta.kind} (K={topk or sample})"
-    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} {form}{what} in "
-               f"{seconds:.1f} s ({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk "
-               f"-> {store}" + (" (resumed: verified chunks kept)" if resume else ""))
+    if ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
+        from softtargets.remote import store_size
+        click.echo(report.logits_line(meta, seconds=seconds, size=store_size(store), store=store,
+                                      k=topk or sample, resume=resume, resumed=resumed))
 
 
 def student_options(fn: Callable) -> Callable:

@@ -229,3 +229,14 @@ def test_a_write_into_a_store_deleted_by_the_new_lease_holder_names_the_holder(t
             shutil.rmtree(cfg.store)  # caught between deleting this store and creating its own
             session.write(1, **rows)
     assert not (tmp_path / "s.zarr").exists()  # nothing written after the takeover
+
+
+def test_resume_without_a_store_says_it_wrote_a_new_one(tiny_data, tmp_path):
+    teacher = make_teacher(tmp_path / "teacher.pt", tiny_data)
+    store = tmp_path / "s.zarr"
+    out = run_cli(*stage1_args(tiny_data, teacher, store, "--resume")).output
+    assert out.endswith(f"-> {store} (--resume: there was no store to resume, so a new one was "
+                        "written)\n") and "resumed" not in out
+    out = run_cli(*stage1_args(tiny_data, teacher, store, "--resume")).output
+    assert out.endswith(f"-> {store} (resumed: verified chunks kept)\n")
+    assert LogitStore.open(str(store)).meta.complete
