@@ -252,6 +252,21 @@ def check_identity(report: VerifyReport, meta: StoreMeta, identity: dict[str, An
                    f"dataset's {list(class_names)}")
 
 
+def _grid_problems(meta: StoreMeta, name: str, array: zarr.Array) -> list[str]:
+    """The metadata's chunk_rows / shard_rows must be the array's chunk and shard grid, or every
+    chunk would be looked for at the wrong rows."""
+    shards = array.shards[0] if array.shards else None
+    out = []
+    for key, stated, actual, what in (
+            ("chunk_rows", meta.chunk_rows, array.chunks[0], "chunk grid"),
+            ("shard_rows", meta.extra.get("shard_rows"), shards, "shard grid")):
+        if stated != actual:
+            out.append(f"the metadata's {key} ({stated}) disagrees with the {what} of array "
+                       f"{name!r} ({actual} rows); the attributes were edited or the store is "
+                       "damaged")
+    return out
+
+
 def verify_store(url: str, *, identity: dict[str, Any] | None = None,
                  class_names: tuple[str, ...] | None = None,
                  allow_subset: bool = False) -> VerifyReport:
@@ -271,6 +286,9 @@ def verify_store(url: str, *, identity: dict[str, Any] | None = None,
         elif tuple(group[name].shape) != shape:
             report.add("metadata", f"array {name!r} has shape {tuple(group[name].shape)}, "
                        f"metadata says {shape}")
+        else:
+            for message in _grid_problems(meta, name, group[name]):
+                report.add("metadata", message)
     if identity is not None:
         check_identity(report, meta, identity, class_names)
     if any(p.kind == "metadata" for p in report.problems):
