@@ -13,8 +13,8 @@ import click
 
 from softtargets import data as data_mod
 from softtargets import report
-from softtargets.config import (ARCHS, DataConfig, LogitsConfig, StudentTrainConfig,
-                                TeacherTrainConfig)
+from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, LogitsConfig,
+                                StudentTrainConfig, TeacherTrainConfig)
 from softtargets.distributed import ranks_from_env
 from softtargets.errors import ConfigError, SofttargetsError
 
@@ -45,8 +45,9 @@ def data_options(fn: Callable) -> Callable:
     """--dataset, --data-dir, --limit, shared by every command that reads a dataset."""
     fn = click.option("--limit", type=int, default=None,
                       help="Use only the first N rows of the split (small runs, tests).")(fn)
-    fn = click.option("--data-dir", default="data", show_default=True,
-                      help="Where datasets are looked for (also /usr/share/datasets/...).")(fn)
+    fn = click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True,
+                      help="Folder holding <dataset>/ with the IDX files (only the default falls "
+                           "back to /usr/share/datasets/<dataset>).")(fn)
     fn = click.option("--dataset", default="fashion-mnist", show_default=True,
                       type=click.Choice(sorted(data_mod.DATASETS)))(fn)
     return fn
@@ -82,7 +83,7 @@ threads_option = click.option("--threads", type=int, default=None,
 @cli.command("data")
 @click.option("--dataset", default="fashion-mnist", show_default=True,
               type=click.Choice(sorted(data_mod.DATASETS)))
-@click.option("--data-dir", default="data", show_default=True)
+@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True)
 @click.option("--download/--no-download", default=True, show_default=True,
               help="Download missing files from the dataset's canonical source (md5-checked).")
 def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
@@ -365,7 +366,7 @@ def inspect_cmd(store: str, as_json: bool) -> None:
 @click.option("--dataset", default=None, type=click.Choice(sorted(data_mod.DATASETS)),
               help="Also check that the store was computed on this dataset (fingerprint "
                    "recomputed from the files).")
-@click.option("--data-dir", default="data", show_default=True)
+@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True)
 @click.option("--split", default=None, type=click.Choice(["train", "test"]),
               help="Split of --dataset (default: the store's).")
 @click.option("--limit", type=int, default=None,

@@ -30,13 +30,18 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**values)
 
 
+# The default --data-dir: the only folder that may fall back to a system-wide copy of a dataset
+# (data.search_dirs); a folder the user names is used alone.
+DEFAULT_DATA_DIR = "data"
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which data: a named IDX dataset, a split, optionally only its first `limit` rows."""
 
     dataset: str = "fashion-mnist"
     split: str = "train"
-    data_dir: str = "data"
+    data_dir: str = DEFAULT_DATA_DIR
     limit: int | None = None
 
     def __post_init__(self) -> None:
