@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from softtargets.config import ARCHS
-from softtargets.errors import CheckpointError
+from softtargets.errors import CheckpointError, ForeignDataError
 
 CHECKPOINT_FORMAT = "softtargets.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -176,6 +176,19 @@ def load_checkpoint(path: str | os.PathLike, *, expect_classes: int | None = Non
                       dataset=payload.get("dataset", {}),
                       class_names=tuple(payload.get("class_names", ())),
                       metrics=payload.get("metrics", {}), sha256=file_sha256(path), path=str(path))
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to replace what is at `path` (train-teacher --overwrite) unless it is a softtargets
+    checkpoint: softtargets never deletes a file it did not create."""
+    try:
+        payload = None if Path(path).is_dir() else safe_load(path, fix="")
+    except CheckpointError:
+        payload = None
+    if not (isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT):
+        raise ForeignDataError(f"refusing to overwrite {str(path)!r}: it is not a softtargets "
+                               "checkpoint, so softtargets did not create it; move it or choose "
+                               "another --out")
 
 
 def safe_load(path: str | os.PathLike, *, fix: str) -> Any:

@@ -222,6 +222,14 @@ def test_existing_teacher_checkpoint_is_kept(pipeline):
     res = run("train-teacher", *d, "--epochs", 1, "--out", r / "teacher.pt", ok=False)
     assert "CheckpointError" in res.output and "already exists; pass --overwrite" in res.output
     assert (r / "teacher.pt").read_bytes() == before
+    (r / "notes.txt").write_text("mine")
+    res = run("train-teacher", *d, "--epochs", 1, "--out", r / "notes.txt", "--overwrite",
+              ok=False)
+    assert res.exit_code == 1 and res.output == (
+        f"Error: ForeignDataError: refusing to overwrite '{r / 'notes.txt'}': it is not a "
+        "softtargets checkpoint, so softtargets did not create it; move it or choose another "
+        "--out\n")
+    assert (r / "notes.txt").read_text() == "mine"
 
 
 def test_default_paths_follow_the_dataset(tiny_data, tmp_path, monkeypatch):
