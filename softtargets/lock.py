@@ -87,9 +87,7 @@ class _Backend:
         """Create the file if absent; False if it exists."""
         if not self.remote:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
+            tmp = self._temp_file(data)
             try:  # a hard link is exclusive and atomic: a lease file is never half written
                 os.link(tmp, self.path)
             except FileExistsError:
@@ -114,12 +112,16 @@ class _Backend:
         except IsADirectoryError:
             return b""  # not a lease
 
+    def _temp_file(self, data: bytes) -> str:
+        """A new file beside the lease holding `data`; exclusive, so no existing file is hit."""
+        tmp = f"{self.path}.{secrets.token_hex(6)}.tmp"
+        with open(tmp, "xb") as f:
+            f.write(data)
+        return tmp
+
     def replace(self, data: bytes) -> None:
         if not self.remote:
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)  # atomic: a reader never sees half a lease
+            os.replace(self._temp_file(data), self.path)  # atomic: never half a lease
         else:
             self.fs.pipe_file(self.path, data)
 

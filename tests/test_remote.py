@@ -163,7 +163,8 @@ def test_overwrite_on_object_storage_deletes_only_a_softtargets_store(s3, tiny_d
     assert ": OK" in run("verify", url).output
 
 
-def test_unreachable_endpoint_gives_one_line_and_nothing_else(tmp_path):
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_unreachable_endpoint_gives_one_line_and_nothing_else(command):
     import socket
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -173,7 +174,7 @@ def test_unreachable_endpoint_gives_one_line_and_nothing_else(tmp_path):
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_MAX_ATTEMPTS": "1"}
     proc = subprocess.run([sys.executable, "-c", "from softtargets.cli import main; main()",
-                           "verify", "s3://teams/x.zarr"], cwd=REPO, env=env,
+                           command, "s3://teams/x.zarr"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == (
