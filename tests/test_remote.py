@@ -137,29 +137,30 @@ def test_file_urls_work_like_paths(tiny_data, tmp_path):
 def test_overwrite_on_object_storage_deletes_only_a_softtargets_store(s3, tiny_data, tmp_path):
     teacher = make_teacher(tmp_path / "t.pt", tiny_data)
     fs = s3fs.S3FileSystem()
+    small = ("--limit", 16)  # two units: few requests
     fs.pipe_file("teams/f.txt", b"my notes")
     fs.pipe_file("teams/g.zarr/zarr.json", b'{"zarr_format": 3, "node_type": "group", '
                  b'"attributes": {"owner": "me"}}')
     for url, why in (("s3://teams/f.txt", "it is an object (a file), not a softtargets store"),
                      ("s3://teams/g.zarr", "it is a Zarr group but not a softtargets store "
                       "(attributes['softtargets']['format'] is not 'softtargets.logits')")):
-        res = run(*stage1_args(tiny_data, teacher, url, "--overwrite"))
+        res = run(*stage1_args(tiny_data, teacher, url, "--overwrite", *small))
         assert res.exit_code == 1
         assert res.output == (f"Error: ForeignDataError: refusing to overwrite '{url}': {why}; "
                               "move it or choose another --store\n")
     url = "s3://teams/s.zarr"
-    assert run(*stage1_args(tiny_data, teacher, url)).exit_code == 0
+    assert run(*stage1_args(tiny_data, teacher, url, *small)).exit_code == 0
     fs.pipe_file("teams/s.zarr/notes.txt", b"mine")
     fs.invalidate_cache()
     before = sorted(fs.find("teams"))
-    res = run(*stage1_args(tiny_data, teacher, url, "--overwrite"))
+    res = run(*stage1_args(tiny_data, teacher, url, "--overwrite", *small))
     assert res.output == ("Error: ForeignDataError: refusing to overwrite 's3://teams/s.zarr': "
                           "it holds 'notes.txt', which softtargets did not create; move it or "
                           "choose another --store\n")
     fs.invalidate_cache()
     assert sorted(fs.find("teams")) == before and fs.cat_file("teams/f.txt") == b"my notes"
     fs.rm_file("teams/s.zarr/notes.txt")
-    assert run(*stage1_args(tiny_data, teacher, url, "--overwrite")).exit_code == 0
+    assert run(*stage1_args(tiny_data, teacher, url, "--overwrite", *small)).exit_code == 0
     assert ": OK" in run("verify", url).output
 
 
