@@ -13,8 +13,8 @@ import click
 
 from softtargets import data as data_mod
 from softtargets import report
-from softtargets.config import (ARCHS, DataConfig, LogitsConfig, StudentTrainConfig,
-                                TeacherTrainConfig)
+from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, LogitsConfig,
+                                StudentTrainConfig, TeacherTrainConfig)
 from softtargets.distributed import ranks_from_env
 from softtargets.errors import ConfigError, SofttargetsError
 
@@ -45,8 +45,9 @@ def data_options(fn: Callable) -> Callable:
     """--dataset, --data-dir, --limit, shared by every command that reads a dataset."""
     fn = click.option("--limit", type=int, default=None,
                       help="Use only the first N rows of the split (small runs, tests).")(fn)
-    fn = click.option("--data-dir", default="data", show_default=True,
-                      help="Where datasets are looked for (also /usr/share/datasets/...).")(fn)
+    fn = click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True,
+                      help="Folder holding <dataset>/ with the IDX files (only the default falls "
+                           "back to /usr/share/datasets/<dataset>).")(fn)
     fn = click.option("--dataset", default="fashion-mnist", show_default=True,
                       type=click.Choice(sorted(data_mod.DATASETS)))(fn)
     return fn
@@ -82,7 +83,7 @@ threads_option = click.option("--threads", type=int, default=None,
 @cli.command("data")
 @click.option("--dataset", default="fashion-mnist", show_default=True,
               type=click.Choice(sorted(data_mod.DATASETS)))
-@click.option("--data-dir", default="data", show_default=True)
+@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True)
 @click.option("--download/--no-download", default=True, show_default=True,
               help="Download missing files from the dataset's canonical source (md5-checked).")
 def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
@@ -250,23 +251,21 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
                            f"runs/{dataset}/teacher.pt", resume=resume, break_lock=break_lock,
                            shard_rows=shard_rows, channels_last=channels_last,
                            compile=compile_, **common, **sparse)
+        from softtargets.session import store_exists
+        resumed = resume and store_exists(store)  # else --resume starts a new store
         meta, seconds = teacher_mod.run(cfg, progress=not quiet)
+    elif resume or break_lock or shard_rows is not None:
+        raise ConfigError("--resume, --break-lock and --shard-rows work with one softtargets "
+                          "teacher checkpoint only, not with ensembles, MC dropout or user "
+                          "teachers; drop them or run one teacher")
     else:
-        if resume or break_lock or shard_rows is not None:
-            raise ConfigError("--resume, --break-lock and --shard-rows work with one "
-                              "softtargets teacher checkpoint only, not with ensembles, "
-                              "MC dropout or user teachers; drop them or run one teacher")
         from softtargets import members
+        resumed = False
         meta, seconds = members.run(ens_cfg, progress=not quiet)
-    if not ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
-        return
-    from softtargets.remote import store_size
-    size = store_size(store)
-    what = f" from {meta.teacher['members']} members" if "members" in meta.teacher else ""
-    form = "float16 logits" if meta.kind == "dense" else f"{meta.kind} (K={topk or sample})"
-    click.echo(f"teacher-logits: {meta.n} x {meta.num_classes} {form}{what} in "
-               f"{seconds:.1f} s ({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk "
-               f"-> {store}" + (" (resumed: verified chunks kept)" if resume else ""))
+    if ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
+        from softtargets.remote import store_size
+        click.echo(report.logits_line(meta, seconds=seconds, size=store_size(store), store=store,
+                                      k=topk or sample, resume=resume, resumed=resumed))
 
 
 def student_options(fn: Callable) -> Callable:
@@ -367,7 +366,7 @@ def inspect_cmd(store: str, as_json: bool) -> None:
 @click.option("--dataset", default=None, type=click.Choice(sorted(data_mod.DATASETS)),
               help="Also check that the store was computed on this dataset (fingerprint "
                    "recomputed from the files).")
-@click.option("--data-dir", default="data", show_default=True)
+@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True)
 @click.option("--split", default=None, type=click.Choice(["train", "test"]),
               help="Split of --dataset (default: the store's).")
 @click.option("--limit", type=int, default=None,

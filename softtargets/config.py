@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, TypeVar
 
 from softtargets.errors import ConfigError
@@ -29,13 +30,18 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**values)
 
 
+# The default --data-dir: the only folder that may fall back to a system-wide copy of a dataset
+# (data.search_dirs); a folder the user names is used alone.
+DEFAULT_DATA_DIR = "data"
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which data: a named IDX dataset, a split, optionally only its first `limit` rows."""
 
     dataset: str = "fashion-mnist"
     split: str = "train"
-    data_dir: str = "data"
+    data_dir: str = DEFAULT_DATA_DIR
     limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -187,9 +193,10 @@ def check_views(views: int) -> None:
 
 
 def check_temperature(temperature: float) -> None:
-    """Raise ConfigError unless temperature > 0."""
-    if not temperature > 0:
-        raise ConfigError(f"temperature T must be > 0, got {temperature}; the paper uses T in [1, 20]")
+    """Raise ConfigError unless temperature is finite and > 0."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature T must be finite and > 0, got {temperature}; the paper "
+                          "uses T in [1, 20]")
 
 
 def check_alpha(alpha: float) -> None:

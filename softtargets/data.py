@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softtargets.config import DataConfig
+from softtargets.config import DEFAULT_DATA_DIR, DataConfig
 from softtargets.errors import DatasetError, DatasetNotFoundError
 
 FINGERPRINT_PREFIX = b"softtargets.fingerprint/v1\n"
@@ -147,8 +147,10 @@ def spec(name: str) -> DatasetSpec:
 
 
 def search_dirs(name: str, data_dir: str | os.PathLike) -> list[Path]:
-    """Where the files of dataset `name` are looked for, in order."""
-    return [Path(data_dir) / name, *(Path(d) for d in spec(name).system_dirs)]
+    """Where the files of dataset `name` are looked for, in order: `<data_dir>/<name>`, then,
+    for the default data_dir only, the system-wide copy. A folder the user names is used alone."""
+    system = spec(name).system_dirs if str(data_dir) == DEFAULT_DATA_DIR else ()
+    return [Path(data_dir) / name, *(Path(d) for d in system)]
 
 
 def find_file(name: str, stem: str, data_dir: str | os.PathLike) -> Path:
@@ -158,6 +160,12 @@ def find_file(name: str, stem: str, data_dir: str | os.PathLike) -> Path:
         for candidate in (d / stem, d / f"{stem}.gz"):
             if candidate.is_file():
                 return candidate
+    if str(data_dir) != DEFAULT_DATA_DIR:  # never the system-wide copy: the user named this
+        raise DatasetNotFoundError(
+            f"dataset {name!r}: file {stem} (or {stem}.gz) not found; looked in {str(dirs[0])!r} "
+            f"only, the dataset's folder in --data-dir {data_dir} (the system-wide copy is used "
+            f"only with the default --data-dir {DEFAULT_DATA_DIR}); put the files there or run "
+            f"`softtargets data --dataset {name} --data-dir {data_dir}`")
     how = (f"run `softtargets data --dataset {name}` (or `make data DATASET={name}`) to download it"
            if spec(name).urls else "")
     if spec(name).system_dirs:

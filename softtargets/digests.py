@@ -90,14 +90,6 @@ def add_row_array(group: zarr.Group, name: str, *, n: int, row_shape: tuple[int,
     return array
 
 
-def remove_row_array(group: zarr.Group, name: str) -> None:
-    """Delete data array `name` and its digests (scratch arrays a writer made itself)."""
-    del group[name]
-    sub = _digest_arrays(group)
-    if sub is not None and name in sub:
-        del sub[name]
-
-
 def _digest_arrays(group: zarr.Group) -> zarr.Group | None:
     try:
         sub = group[DIGESTS]

@@ -36,6 +36,14 @@ class StoreExistsError(StoreError, FileExistsError):
     """The store path already exists and overwriting was not asked for."""
 
 
+class ForeignDataError(StoreExistsError):
+    """The path holds something softtargets did not create; it is never deleted or replaced."""
+
+
+class StoreWriteError(StoreError):
+    """The store's destination cannot be written: a read-only file system, a path below a file."""
+
+
 class IncompleteStoreError(StoreError):
     """The store was never finalized (its writer crashed or is still running)."""
 

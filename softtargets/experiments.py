@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from softtargets import ensemble, members
-from softtargets.config import (ARCHS, DataConfig, EnsembleLogitsConfig, StudentTrainConfig,
-                                TeacherTrainConfig, to_dict)
+from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, EnsembleLogitsConfig,
+                                StudentTrainConfig, TeacherTrainConfig, to_dict)
 from softtargets.data import load_split, spec
 from softtargets.errors import ConfigError
 from softtargets.models import load_checkpoint
@@ -36,7 +36,7 @@ class ExperimentConfig:
     """Sizes of the experiments. `quick()` gives a few-minute version that proves the pipeline."""
 
     dataset: str = "fashion-mnist"
-    data_dir: str = "data"
+    data_dir: str = DEFAULT_DATA_DIR
     out: str = "runs/fashion-mnist/paper"
     limit: int | None = None  # transfer-set rows (the first `limit` rows of the train split)
     teachers: int = 3

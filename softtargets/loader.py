@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from softtargets.data import Split
 from softtargets.distill import SparseTargets, sparse_targets
-from softtargets.errors import ConfigError, StoreError, StoreMismatchError
+from softtargets.errors import ConfigError, SofttargetsError, StoreError, StoreMismatchError
 from softtargets.pipeline import prefetch
 from softtargets.sparse_store import SparseStore
 from softtargets.store import LOGITS, LogitStore
@@ -153,6 +153,14 @@ def distill_data(split: Split, store: LogitStore | None, *, rows: np.ndarray | N
     return StreamingDistillData(split, store, rows=rows, options=options)
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerFailure:
+    """A softtargets error of a DataLoader worker, sent to the main process as an item so it is
+    raised there unchanged (torch re-raises a worker's error with its traceback in the message)."""
+
+    error: SofttargetsError
+
+
 class StreamDataset(IterableDataset):
     """One epoch of one rank's batches; each DataLoader worker produces its logical share.
 
@@ -176,7 +184,14 @@ class StreamDataset(IterableDataset):
         if count != self.plan.num_workers:
             raise ConfigError(f"stream planned for {self.plan.num_workers} workers, "
                               f"the DataLoader runs {count}")
-        worker = (physical + self.rotate) % count
+        try:
+            yield from self._batches((physical + self.rotate) % count)
+        except SofttargetsError as e:
+            if info is None:
+                raise
+            yield WorkerFailure(e)  # type: ignore[misc]
+
+    def _batches(self, worker: int) -> Iterator[tuple[torch.Tensor, ...]]:
         source = worker_batches(self.plan, epoch=self.epoch, worker=worker,
                                 skip_batches=self.skip[worker])
         for ids, *values in prefetch(source, depth=self.prefetch_batches, name="stream"):
@@ -299,4 +314,7 @@ class StreamingDistillData:
                             multiprocessing_context=self.options.context,
                             prefetch_factor=max(1, self.options.prefetch_batches // 2),
                             pin_memory=torch.cuda.is_available())
-        yield from loader
+        for batch in loader:
+            if isinstance(batch, WorkerFailure):
+                raise batch.error
+            yield batch

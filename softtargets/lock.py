@@ -10,7 +10,9 @@ over by the next writer, when
 * its heartbeat is older than `stale_after` seconds (default 600; a writer on another host), or
 * the user passes --break-lock (documented escape hatch; the user asserts the writer is dead).
 
-Any other existing lease makes the second writer refuse with StoreLockedError. No torch here.
+Any other existing lease makes the second writer refuse with StoreLockedError, and so does a
+file at the lease's path that is not a lease (softtargets never deletes a file it did not
+create). No torch here.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import socket
 import time
 from typing import Any
 
-from softtargets.errors import RemoteStoreError, StoreLockedError
+from softtargets.destination import unwritable
+from softtargets.errors import ForeignDataError, RemoteStoreError, StoreError, StoreLockedError
 from softtargets.remote import explain, filesystem, is_remote, local_path, redact
 
 LOCK_SUFFIX = ".lock"
@@ -84,12 +87,13 @@ class _Backend:
         """Create the file if absent; False if it exists."""
         if not self.remote:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            tmp = self._temp_file(data)
+            try:  # a hard link is exclusive and atomic: a lease file is never half written
+                os.link(tmp, self.path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            finally:
+                os.unlink(tmp)
             return True
         if self.fs.exists(self.path):
             return False
@@ -105,13 +109,19 @@ class _Backend:
             return self.fs.cat_file(self.path)
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            return b""  # not a lease
+
+    def _temp_file(self, data: bytes) -> str:
+        """A new file beside the lease holding `data`; exclusive, so no existing file is hit."""
+        tmp = f"{self.path}.{secrets.token_hex(6)}.tmp"
+        with open(tmp, "xb") as f:
+            f.write(data)
+        return tmp
 
     def replace(self, data: bytes) -> None:
         if not self.remote:
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)  # atomic: a reader never sees half a lease
+            os.replace(self._temp_file(data), self.path)  # atomic: never half a lease
         else:
             self.fs.pipe_file(self.path, data)
 
@@ -125,13 +135,22 @@ class _Backend:
             pass
 
 
+# What a file at the lease's path that is not a lease parses to; such a file is never deleted.
+NOT_A_LEASE = Lease(pid=-1, host="?", token="", started_at=0.0, heartbeat_at=0.0)
+
+
 def _parse(raw: bytes | None) -> Lease | None:
+    """The lease in `raw`, None when there is no file, NOT_A_LEASE for anything else."""
     if raw is None:
         return None
     try:
-        return Lease(**json.loads(raw))
+        lease = Lease(**json.loads(raw))
     except (ValueError, TypeError):
-        return Lease(pid=-1, host="?", token="unreadable", started_at=0.0, heartbeat_at=0.0)
+        return NOT_A_LEASE
+    ok = (isinstance(lease.pid, int) and isinstance(lease.host, str) and lease.token
+          and isinstance(lease.token, str)
+          and all(isinstance(t, (int, float)) for t in (lease.started_at, lease.heartbeat_at)))
+    return lease if ok else NOT_A_LEASE
 
 
 class StoreLock:
@@ -154,10 +173,12 @@ class StoreLock:
         """Take the lease or raise StoreLockedError naming the live holder."""
         try:
             return self._acquire()
-        except StoreLockedError:
+        except StoreError:
             raise
         except Exception as e:
             if not is_remote(self.url):
+                if isinstance(e, OSError):  # read-only file system, a path below a file
+                    raise unwritable(self.store_url, e) from None
                 raise
             raise RemoteStoreError(explain(self.store_url, e, action="lock")) from None
 
@@ -172,6 +193,12 @@ class StoreLock:
             held = _parse(self._backend.read())
             if held is None:
                 continue  # released between our create and read: try again
+            if held is NOT_A_LEASE:
+                raise ForeignDataError(
+                    f"refusing to take the lease {redact(self.url)!r} of store "
+                    f"{redact(self.store_url)!r}: that path holds something that is not a "
+                    "softtargets lease (JSON with pid, host, token), which softtargets did not "
+                    "create; move it or choose another --store")
             if not (self.break_lock or is_stale(held, now=now, stale_after=self.stale_after)):
                 raise StoreLockedError(
                     f"store {redact(self.store_url)!r} is being written by {held.describe(now)} "
@@ -188,15 +215,27 @@ class StoreLock:
         self.lease = mine
         return mine
 
+    def check(self) -> None:
+        """Raise StoreLockedError unless the lease is still this writer's."""
+        if self.lease is None:
+            return
+        held = _parse(self._backend.read())
+        if held is not None and held.token == self.lease.token:
+            return
+        if held is None:
+            who = "a writer that has released it since, or it was deleted"
+        elif held is NOT_A_LEASE:
+            who = "a file that is not a softtargets lease"
+        else:
+            who = held.describe(time.time())
+        raise StoreLockedError(f"this writer's lease {redact(self.url)!r} was taken over by "
+                               f"{who}; stopping so two writers never write the same store")
+
     def heartbeat(self) -> None:
         """Refresh the lease; refuse to go on if another writer took it over."""
         if self.lease is None:
             return
-        held = _parse(self._backend.read())
-        if held is None or held.token != self.lease.token:
-            who = "nobody" if held is None else held.describe(time.time())
-            raise StoreLockedError(f"the lease {redact(self.url)!r} is now held by {who}; "
-                                   "stopping so two writers never write the same store")
+        self.check()
         self.lease = dataclasses.replace(self.lease, heartbeat_at=time.time())
         self._backend.replace(json.dumps(dataclasses.asdict(self.lease)).encode())
 

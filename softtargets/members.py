@@ -25,11 +25,11 @@ from tqdm import tqdm
 from softtargets import ensemble
 from softtargets.config import DataConfig, EnsembleLogitsConfig, to_dict
 from softtargets.data import Split, load_split
+from softtargets.destination import delete_array
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
 from softtargets.schema import COMBINED_ONLY_VERSION
 from softtargets import views as vw
-from softtargets.digests import remove_row_array
 from softtargets.store import (ATTR_KEY, StoreMeta, StoreWriter, add_row_array, compressor_codecs,
                                to_float16)
 from softtargets.teacher import resolve_device
@@ -214,7 +214,7 @@ def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -
         bar.update(sl.stop - sl.start)
     bar.close()
     if cfg.combined_only:
-        remove_row_array(writer.group, ensemble.MEMBER_LOGITS)  # scratch: combined target kept
+        delete_array(cfg.store, ensemble.MEMBER_LOGITS)  # scratch: only the combined target is kept
     return writer.finalize()
 
 

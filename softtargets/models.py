@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from softtargets.config import ARCHS
-from softtargets.errors import CheckpointError
+from softtargets.errors import CheckpointError, ForeignDataError
 
 CHECKPOINT_FORMAT = "softtargets.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -156,10 +157,7 @@ def load_checkpoint(path: str | os.PathLike, *, expect_classes: int | None = Non
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} not found; train one with "
                               "`softtargets train-teacher` (or `make teacher`)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
+    payload = safe_load(path, fix="pass a checkpoint written by `softtargets train-teacher`")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a softtargets checkpoint "
                               f"(format {payload.get('format') if isinstance(payload, dict) else None!r})")
@@ -178,6 +176,36 @@ def load_checkpoint(path: str | os.PathLike, *, expect_classes: int | None = Non
                       dataset=payload.get("dataset", {}),
                       class_names=tuple(payload.get("class_names", ())),
                       metrics=payload.get("metrics", {}), sha256=file_sha256(path), path=str(path))
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to replace what is at `path` (train-teacher --overwrite) unless it is a softtargets
+    checkpoint: softtargets never deletes a file it did not create."""
+    try:
+        payload = None if Path(path).is_dir() else safe_load(path, fix="")
+    except CheckpointError:
+        payload = None
+    if not (isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT):
+        raise ForeignDataError(f"refusing to overwrite {str(path)!r}: it is not a softtargets "
+                               "checkpoint, so softtargets did not create it; move it or choose "
+                               "another --out")
+
+
+def safe_load(path: str | os.PathLike, *, fix: str) -> Any:
+    """torch.load(weights_only=True) on the CPU. A file it refuses (random bytes, arbitrary
+    pickles) is reported as not a checkpoint, in one line, never with torch's advice to load it
+    with weights_only=False, which runs the file's code."""
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not for the user
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e).split("WeightsUnpickler error:", 1)[-1]
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and "weights_only" not in line]
+        reason = f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
+        raise CheckpointError(f"{str(path)!r} is not a softtargets or torch checkpoint: the safe "
+                              f"loader (weights only) cannot read it ({reason}); {fix}") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:

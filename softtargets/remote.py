@@ -93,6 +93,8 @@ def open_group(url: str, *, mode: str, attributes: dict[str, Any] | None = None)
     # file:// goes to zarr's LocalStore (atomic temp-file writes, creates directories), not to
     # fsspec's local filesystem
     target = local_path(url) if url.startswith("file://") else url
+    if is_remote(url) and mode in ("r", "r+"):
+        probe(url)
     try:
         return zarr.open_group(target, mode=mode, **kwargs)  # type: ignore[arg-type]
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError,
@@ -101,6 +103,19 @@ def open_group(url: str, *, mode: str, attributes: dict[str, Any] | None = None)
     except Exception as e:
         if not is_remote(url) and not isinstance(e, ImportError):
             raise
+        raise RemoteStoreError(explain(url, e)) from None
+
+
+def probe(url: str) -> None:
+    """One request for the group's zarr.json, so an unreachable endpoint or a credentials
+    problem fails here with one line: zarr's open requests several keys at once, and the
+    requests left pending by the first failure print tracebacks when the process exits."""
+    fs, path = filesystem(url)
+    try:
+        fs.info(path.rstrip("/") + "/zarr.json")
+    except FileNotFoundError:
+        pass  # zarr reports the missing group
+    except Exception as e:
         raise RemoteStoreError(explain(url, e)) from None
 
 
@@ -155,39 +170,3 @@ def count_objects(url: str) -> int:
     """Number of files/objects under the store (not counting temp files of killed writers)."""
     return len(object_sizes(url))
 
-
-def sweep_partial_files(url: str) -> int:
-    """Delete the temp files a killed writer left in a local store; returns how many."""
-    if is_remote(url):
-        return 0  # object stores write whole objects: nothing partial to sweep
-    removed = 0
-    for root, _dirs, files in os.walk(local_path(url)):
-        for f in files:
-            if f.endswith(PARTIAL_SUFFIX):
-                os.unlink(os.path.join(root, f))
-                removed += 1
-    return removed
-
-
-def remove_remote_store(url: str, *, overwrite: bool) -> None:
-    """Refuse an existing remote store unless overwrite; then delete it (only a Zarr store)."""
-    from softtargets.errors import StoreExistsError
-
-    fs, path = filesystem(url)
-    try:
-        exists = fs.exists(path)
-        if not exists:
-            return
-        is_zarr = fs.exists(path.rstrip("/") + "/zarr.json")
-        if not overwrite:
-            raise StoreExistsError(f"store {redact(url)!r} already exists; pass --overwrite to "
-                                   "replace it or choose another path")
-        if not is_zarr:
-            raise StoreExistsError(f"{redact(url)!r} exists and is not a Zarr store; refusing to "
-                                   "delete it even with --overwrite")
-        fs.rm(path, recursive=True)
-        fs.invalidate_cache()
-    except StoreExistsError:
-        raise
-    except Exception as e:
-        raise RemoteStoreError(explain(url, e, action="prepare")) from None

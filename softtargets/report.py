@@ -30,3 +30,15 @@ def summary_table(run_dir: Path) -> str:
         lines.append(f"| {name} | {m['model']} | {m['test_errors']}/{m['test_n']} | "
                      f"{100 * m['test_accuracy']:.2f}% | {m['seconds']:.0f} s |")
     return "\n".join(lines)
+
+
+def logits_line(meta: Any, *, seconds: float, size: int, store: str, k: int | None,
+                resume: bool, resumed: bool) -> str:
+    """The summary line of `teacher-logits`; with --resume, whether a store was resumed or there
+    was none and a new one was written."""
+    what = f" from {meta.teacher['members']} members" if "members" in meta.teacher else ""
+    form = "float16 logits" if meta.kind == "dense" else f"{meta.kind} (K={k})"
+    how = (" (resumed: verified chunks kept)" if resumed else
+           " (--resume: there was no store to resume, so a new one was written)" if resume else "")
+    return (f"teacher-logits: {meta.n} x {meta.num_classes} {form}{what} in {seconds:.1f} s "
+            f"({meta.n / seconds:,.0f} rows/s), {size / 1e6:.2f} MB on disk -> {store}{how}")

@@ -35,6 +35,12 @@ VIEW_LOGITS, VIEW_PARAMS = "view_logits", "view_params"  # views: (N, V, C), (N,
 MEMBER_VIEW_LOGITS = "member_view_logits"  # ensembles with views: (M, N, V, C)
 POSITION, LSE, TAIL = "position", "lse", "tail_mass"  # sparse stores
 ENSEMBLE_KEY, COMBINED_KEY, VIEWS_KEY, SPARSE_KEY = "ensemble", "combined", "views", "sparse"
+# Every data array the format defines (dense, ensembles, views, sparse); each has its digests in
+# the group `digests/<name>`. `--overwrite` deletes only these, their digests and the group's
+# zarr.json (destination.py): add new arrays here.
+STORE_ARRAYS = (LOGITS, SAMPLE_ID, MEMBER_LOGITS, MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS,
+                POSITION, "topk_ids", "topk_logits", "sampled_ids", "sampled_logits",
+                "sampled_counts", LSE, TAIL)
 RULES = ("arithmetic", "geometric")
 
 

@@ -23,16 +23,18 @@ from typing import Any
 import numpy as np
 
 from softtargets.config import LogitsConfig, to_dict
+from softtargets.destination import sweep_partial_files
 from softtargets.digests import DigestCheck
 from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_status
 from softtargets.errors import (
+    ForeignDataError,
     IncompleteStoreError,
     ResumeMismatchError,
     StoreError,
     StoreExistsError,
 )
 from softtargets.lock import StoreLock
-from softtargets.remote import filesystem, is_remote, local_path, sweep_partial_files
+from softtargets.remote import filesystem, is_remote, local_path
 from softtargets.store import (
     LOGITS,
     SAMPLE_ID,
@@ -214,6 +216,8 @@ class WriteSession:
                 teacher=self.spec["teacher"], config=config, chunk_rows=cfg.chunk_rows,
                 compressor=cfg.compressor, overwrite=cfg.overwrite, shard_rows=shard_rows,
                 extra=self.extra)
+        except ForeignDataError:
+            raise
         except StoreExistsError as e:
             raise StoreExistsError(f"{e} (or --resume to continue an interrupted run)") from None
         for a in self.arrays:
@@ -240,24 +244,35 @@ class WriteSession:
               rows: dict[str, np.ndarray] | None = None) -> None:
         """Write whole unit `index` (sample_ids (rows,), logits (rows, C), and `rows[name]`
         (rows, *row_shape) for every extra array); refresh the lease."""
-        if self.writer is None:  # internal invariant, not user input
+        if self.lock is not None:
+            self.lock.check()  # a writer whose lease was taken over must not write
+        try:
+            self._write_unit(index, sample_ids=sample_ids, logits=logits, rows=rows or {})
+        except Exception:
+            if self.lock is not None:  # the new holder may have deleted the store under us:
+                self.lock.check()      # say so, not what failed because of it
+            raise
+        if self.lock is not None:
+            self.lock.heartbeat()
+        if self.delay:
+            time.sleep(self.delay)
+
+    def _write_unit(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray,
+                    rows: dict[str, np.ndarray]) -> None:
+        writer = self.writer
+        if writer is None:  # internal invariant, not user input
             raise RuntimeError("write session used before its store was opened")
-        sl = self.writer.unit_slice(index)
-        given = rows or {}
+        sl = writer.unit_slice(index)
         for a in self.arrays:  # extras first: sample_id, written last, marks the unit done
-            values = np.asarray(given[a.name])
+            values = np.asarray(rows[a.name])
             if values.shape != (sl.stop - sl.start, *a.row_shape):
                 raise StoreError(f"unit {index} of {a.name!r} needs shape "
                                  f"{(sl.stop - sl.start, *a.row_shape)}, got {values.shape}")
             if a.dtype == "float16":
                 flat = to_float16(values.reshape(len(values), -1), first_row=sl.start)
                 values = flat.reshape(values.shape)
-            self.writer.digests.write(a.name, sl, values.astype(a.dtype))
-        self.writer.write_unit(index, sample_ids=sample_ids, logits=logits)
-        if self.lock is not None:
-            self.lock.heartbeat()
-        if self.delay:
-            time.sleep(self.delay)
+            writer.digests.write(a.name, sl, values.astype(a.dtype))
+        writer.write_unit(index, sample_ids=sample_ids, logits=logits)
 
     # -- finalize -----------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ import datetime as _dt
 import json
 import math
 import platform
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,9 @@ from softtargets.digests import DigestCheck, DigestWriter, add_row_array  # noqa
 from softtargets.errors import (IncompleteStoreError, SparseStoreError, StoreError,
                                 StoreExistsError, StoreMismatchError)
 from softtargets.meta_check import check_meta, open_store_group
-from softtargets.remote import is_remote, local_path, open_group, remove_remote_store
+from softtargets.remote import is_remote, local_path, open_group
 from softtargets.schema import (ATTR_KEY, FORMAT_NAME, FORMAT_VERSION,  # noqa: F401 re-exported
-                                LOGITS, MAX_READ_VERSION, SAMPLE_ID)
+                                LOGITS, MAX_READ_VERSION, SAMPLE_ID, STORE_ARRAYS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,23 +83,9 @@ def software_versions() -> dict[str, str]:
 
 
 def _prepare_destination(url: str, overwrite: bool) -> None:
-    """Refuse an existing path unless overwrite; never delete something that is not a Zarr store."""
-    if is_remote(url):
-        remove_remote_store(url, overwrite=overwrite)  # issue 4: s3:// etc.
-        return
-    path = Path(local_path(url))
-    if not path.exists():
-        return
-    if not overwrite:
-        raise StoreExistsError(f"store path {str(path)!r} already exists; pass --overwrite to "
-                               "replace it or choose another path")
-    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").exists():
-        raise StoreExistsError(f"{str(path)!r} exists and is not a Zarr store; refusing to delete "
-                               "it even with --overwrite")
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    """Refuse an existing path unless overwrite; delete only a softtargets store (destination.py)."""
+    from softtargets.destination import prepare_destination  # it imports this module
+    prepare_destination(url, overwrite)
 
 
 # --- issue 6: building blocks of other array layouts (sparse_store.py) ---

@@ -146,30 +146,43 @@ class ChunkReader:
                 got_ids, got_logits = self.store.read_chunk(index)  # zarr; checks included
                 ids[:rows], outs[0][:rows] = got_ids, got_logits
                 return rows
-            ids[:rows] = self._arrays[SAMPLE_ID][sl]
-            for name, out in zip(self.names, outs):
-                out[:rows] = self._arrays[name][sl]
+            for name, out in zip((SAMPLE_ID, *self.names), (ids, *outs)):
+                out[:rows] = read_rows(self._arrays[name], self.url, name, index, sl)
         else:
-            self._decode_into(SAMPLE_ID, (index,), ids)
+            self._decode_into(SAMPLE_ID, index, ids)
             for name, out in zip(self.names, outs):
-                self._decode_into(name, (index,) + (0,) * (out.ndim - 1), out)
+                self._decode_into(name, index, out)
         for name, out in zip(self.names, outs):
-            check_chunk(self.url, self.meta.dataset["n"], sl, ids[:rows], out[:rows], name=name)
+            check_chunk(self.url, self.meta.dataset["n"], sl, ids[:rows], out[:rows], name=name,
+                        index=index)
         digests = self.store.digests  # after the row checks: they name never-written rows
         digests.check_rows(SAMPLE_ID, sl.start, ids[:rows])
         for name, out in zip(self.names, outs):
             digests.check_rows(name, sl.start, out[:rows])
         return rows
 
-    def _decode_into(self, name: str, coords: tuple[int, ...], out: np.ndarray) -> None:
+    def read_all(self) -> tuple[np.ndarray, ...]:
+        """Sample ids (N,) and each array of `self.names` (N, *row_shape), every chunk checked."""
+        size, n = self.meta.chunk_rows, self.meta.n
+        count = math.ceil(n / size)
+        ids = np.empty(count * size, dtype=np.int64)  # (K*R,): every chunk decodes to R rows
+        outs = [np.empty((count * size, *shape), dtype=dtype)
+                for shape, dtype in map(self.row_layout, self.names)]
+        for index in range(count):
+            sl = slice(index * size, (index + 1) * size)
+            self.read_into(index, ids[sl], *(out[sl] for out in outs))
+        return (ids[:n], *(out[:n] for out in outs))
+
+    def _decode_into(self, name: str, index: int, out: np.ndarray) -> None:
         array = self._arrays[name]
-        key = array.metadata.encode_chunk_key(coords)
+        key = array.metadata.encode_chunk_key((index,) + (0,) * (out.ndim - 1))
         path = self._root / array.path / key  # type: ignore[operator]
+        where = chunk_label(index, chunk_slice(self.meta, index), name)
         try:
             raw = path.read_bytes()
         except FileNotFoundError as e:
-            raise StoreError(f"store {self.url!r}: chunk {coords[0]} of {name!r} is missing "
-                             f"({key}); the chunk was never written or was deleted") from e
+            raise StoreError(f"store {self.url!r}: {where} is missing ({key}); the chunk was "
+                             "never written or was deleted") from e
         steps = list(reversed(self._fast[name]))  # type: ignore[arg-type]  # decode order
         try:
             for codec in steps[:-1]:
@@ -185,8 +198,24 @@ class ChunkReader:
             if size != out.nbytes:
                 raise ValueError(f"decoded {size} bytes, expected {out.nbytes}")
         except Exception as e:  # a bad checksum or a truncated chunk
-            raise StoreError(f"store {self.url!r}: chunk {coords[0]} of {name!r} cannot be "
-                             f"decoded: {e}") from e
+            raise StoreError(f"store {self.url!r}: {where} cannot be decoded, the stored bytes "
+                             f"are damaged: {e}") from e
+
+
+def chunk_label(index: int, sl: slice, name: str) -> str:
+    """How messages name a chunk: its index, its rows and its array."""
+    return f"chunk {index} (rows {sl.start}..{sl.stop - 1}) of {name!r}"
+
+
+def read_rows(array: object, url: str, name: str, index: int, sl: slice, *,
+              axis: int = 0) -> np.ndarray:
+    """Rows `sl` (chunk `index`) of `array` along `axis`, through zarr; a chunk that does not
+    decode raises StoreError naming the store, the array, the chunk and its rows."""
+    try:
+        return np.asarray(array[(slice(None),) * axis + (sl,)])  # type: ignore[index]
+    except Exception as e:  # zarr raises codec-specific errors on a bad checksum
+        raise StoreError(f"store {url!r}: {chunk_label(index, sl, name)} cannot be decoded, the "
+                         f"stored bytes are damaged: {e}") from e
 
 
 def _local_root(array: object) -> Path | None:
@@ -215,15 +244,17 @@ def _numcodecs_chain(array: object) -> list[numcodecs.abc.Codec] | None:
 
 
 def check_chunk(url: str, dataset_n: int, sl: slice, ids: np.ndarray, logits: np.ndarray, *,
-                name: str = LOGITS) -> None:
+                name: str = LOGITS, index: int | None = None) -> None:
     """The reader's row checks: sample ids in range and finite float16 logits (R, ...); for a
     float32 array (view_params, where NaN marks an unused parameter) each row's first value."""
+    where = (chunk_label(index, sl, name) if index is not None
+             else f"rows {sl.start}..{sl.stop - 1} of {name!r}")
     if logits.dtype != np.float16:
         first = logits.reshape(len(logits), -1)[:, 0]
         if not np.isfinite(first).all():
             rows = (np.flatnonzero(~np.isfinite(first))[:5] + sl.start).tolist()
-            raise StoreError(f"store {url!r}: rows {rows} of {name!r} were never written; the "
-                             "chunk is damaged or the store incomplete")
+            raise StoreError(f"store {url!r}: {where}: rows {rows} were never written (NaN); "
+                             "the chunk was deleted or is damaged, or the store is incomplete")
         return
     bits = logits.reshape(len(logits), -1).view(np.uint16)  # (R, C)
     # exponent bits all ones <=> Inf or NaN; the max of the masked exponents is one fast pass
@@ -235,9 +266,9 @@ def check_chunk(url: str, dataset_n: int, sl: slice, ids: np.ndarray, logits: np
     bad_vals = (np.bitwise_and(bits, FP16_EXP) == FP16_EXP).any(axis=1)
     if bad_ids.any() or bad_vals.any():
         rows = (np.flatnonzero(bad_ids | bad_vals)[:5] + sl.start).tolist()
-        raise StoreError(f"store {url!r}: chunk rows {rows} are missing or invalid (sample_id "
-                         "out of range or non-finite logits); the chunk was never written or is "
-                         "damaged")
+        raise StoreError(f"store {url!r}: {where}: rows {rows} are missing or invalid "
+                         "(sample_id out of range or non-finite values); the chunk was never "
+                         "written, was deleted or is damaged")
 
 
 Rows = tuple[np.ndarray, ...]  # sample ids (R,) int64, then each plan array's rows, e.g. (R, C)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from softtargets.errors import CheckpointError, ConfigError, LogitValueError
-from softtargets.models import file_sha256, load_checkpoint
+from softtargets.models import file_sha256, load_checkpoint, safe_load
 
 KINDS = ("softtargets", "torchscript", "export", "factory")
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -119,7 +119,9 @@ def _guard(load: Callable[[], Any], path: str, kind: str) -> Any:
     try:
         return load()
     except Exception as e:
-        raise CheckpointError(f"cannot load {kind} teacher {path!r}: {e}") from e
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise CheckpointError(f"cannot load {kind} teacher {path!r}: {type(e).__name__}: "
+                              f"{first[:300]}") from e
 
 
 def _from_factory(path: str, factory: str) -> nn.Module:
@@ -129,7 +131,8 @@ def _from_factory(path: str, factory: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--factory {factory!r} returned {type(model).__name__}, not an "
                           "nn.Module")
-    state = _guard(lambda: torch.load(path, map_location="cpu", weights_only=True), path, "factory")
+    state = safe_load(path, fix="--teacher with --factory needs a state dict saved with "
+                      "torch.save(model.state_dict(), path)")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # softtargets checkpoints and Lightning-style files
     try:

@@ -23,7 +23,8 @@ from softtargets.distill import (SparseTargets, distillation_loss,
 from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
 from softtargets.mixup import MixupData
-from softtargets.models import ModelSpec, apply_max_norm, build, save_checkpoint
+from softtargets.models import (ModelSpec, apply_max_norm, build, check_replaceable,
+                                save_checkpoint)
 from softtargets.sparse_store import open_any
 from softtargets.store import LogitStore
 from softtargets.progress import bar as progress_bar
@@ -156,6 +157,8 @@ def train_teacher(cfg: TeacherTrainConfig, *, out: str, overwrite: bool = False,
     if Path(out).exists() and not overwrite:
         raise CheckpointError(f"teacher checkpoint {out!r} already exists; pass --overwrite to "
                               "replace it or choose another --out")
+    if Path(out).exists():
+        check_replaceable(out)
     _threads(cfg.threads)
     t0 = time.perf_counter()
     split = load_split(cfg.data)

@@ -24,7 +24,8 @@ import torch
 from softtargets import ensemble
 from softtargets.digests import DigestCheck
 from softtargets.errors import StoreMismatchError
-from softtargets.store import SAMPLE_ID, check_dataset, read_meta
+from softtargets.store import check_dataset, chunk_slice, read_meta
+from softtargets.stream import ChunkReader, check_chunk, read_rows
 from softtargets.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS, AugmentSpec,
                                apply_views, choose_views, views_spec)
 
@@ -70,6 +71,22 @@ class ViewReplay:
         return x, torch.from_numpy(np.ascontiguousarray(view_logits[rows, v]))
 
 
+def member_rows(group: Any, meta: Any, url: str, ids: np.ndarray) -> np.ndarray:
+    """member_view_logits (M, N, V, C) float16, chunk by chunk, each chunk decoded and checked."""
+    array = group[MEMBER_VIEW_LOGITS]
+    digests = DigestCheck(group, meta, url)
+    parts = []
+    for index in range(-(-meta.n // meta.chunk_rows)):
+        sl = chunk_slice(meta, index)
+        z = read_rows(array, url, MEMBER_VIEW_LOGITS, index, sl, axis=1)  # (M, R, V, C)
+        check_chunk(url, meta.dataset["n"], sl, ids[sl], np.moveaxis(z, 1, 0),
+                    name=MEMBER_VIEW_LOGITS, index=index)
+        for m, member in enumerate(z):
+            digests.check_rows(MEMBER_VIEW_LOGITS, sl.start, member, member=m)
+        parts.append(z)
+    return np.concatenate(parts, axis=1)
+
+
 class ViewData:
     """Stage 2 over a views store, in memory: per epoch each sample replays one stored view.
 
@@ -81,26 +98,21 @@ class ViewData:
     def __init__(self, split: Any, url: str, *, rows: np.ndarray | None = None,
                  temperature: float = 1.0, rule: str | None = None) -> None:
         meta, group, info = views_meta(url, split)
-        digests = DigestCheck(group, meta, url)
-        ids = np.asarray(group[SAMPLE_ID][:])  # (N,)
-        digests.check_rows(SAMPLE_ID, 0, ids)
-        if (ids != np.arange(len(ids))).any():
-            raise StoreMismatchError(f"store {url!r}: sample_id is not 0..N-1")
         self.spec = views_spec(info)
         self.views = int(info["views"])
-        self.view_params = np.asarray(group[VIEW_PARAMS][:])  # (N, V, P) float32
-        digests.check_rows(VIEW_PARAMS, 0, self.view_params)
         self.log_probs = MEMBER_VIEW_LOGITS in group
+        # every chunk decoded and checked (crc32c, ids, never-written rows), as when streaming
+        reader = ChunkReader(url, (VIEW_PARAMS,) if self.log_probs else (VIEW_PARAMS, VIEW_LOGITS))
+        ids, self.view_params, *logits = reader.read_all()  # (N,), (N, V, P) float32
+        if (ids != np.arange(len(ids))).any():
+            raise StoreMismatchError(f"store {url!r}: sample_id is not 0..N-1")
         if self.log_probs:  # ensemble: (M, N, V, C), combined per batch at T
             self.rule = ensemble.check_rule(
                 rule or meta.extra.get(ensemble.ENSEMBLE_KEY, {}).get("default_rule",
                                                                       "arithmetic"))
-            self.member_view_logits = np.asarray(group[MEMBER_VIEW_LOGITS][:])  # (M, N, V, C)
-            for m, member in enumerate(self.member_view_logits):
-                digests.check_rows(MEMBER_VIEW_LOGITS, 0, member, member=m)
+            self.member_view_logits = member_rows(group, meta, url, ids)
         else:
-            self.view_logits = np.asarray(group[VIEW_LOGITS][:])  # (N, V, C) float16
-            digests.check_rows(VIEW_LOGITS, 0, self.view_logits)
+            self.view_logits = logits[0]  # (N, V, C) float16
         self.temperature = temperature
         self.index = np.arange(len(ids)) if rows is None else np.asarray(rows, dtype=np.int64)
         if len(self.index) and (self.index.min() < 0 or self.index.max() >= len(ids)):

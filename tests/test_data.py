@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ from softtargets import data
 from softtargets.config import DataConfig
 from softtargets.errors import ConfigError, DatasetError, DatasetNotFoundError
 
-from conftest import write_idx
+from conftest import run_cli, write_idx
 
 
 def test_fingerprint_golden_value():
@@ -105,3 +106,24 @@ def test_real_fashion_mnist_fingerprints(fashion):
     train = data.load_split(fashion)
     assert len(train) == 60000
     assert train.fingerprint == data.KNOWN_FINGERPRINTS[("fashion-mnist", "train")]
+
+
+def test_a_named_data_dir_is_used_alone(tmp_path):
+    assert data.search_dirs("fashion-mnist", tmp_path) == [tmp_path / "fashion-mnist"]
+    assert data.search_dirs("fashion-mnist", "data") == [
+        Path("data/fashion-mnist"), Path("/usr/share/datasets/fashion-mnist")]
+    message = (f"dataset 'fashion-mnist': file train-images-idx3-ubyte (or "
+               f"train-images-idx3-ubyte.gz) not found; looked in '{tmp_path}/fashion-mnist' only, "
+               f"the dataset's folder in --data-dir {tmp_path} (the system-wide copy is used only "
+               "with the default --data-dir data); put the files there or run `softtargets data "
+               f"--dataset fashion-mnist --data-dir {tmp_path}`")
+    with pytest.raises(DatasetNotFoundError, match=re.escape(message)):
+        data.load_split(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path)))
+    res = run_cli("train-teacher", "--data-dir", tmp_path, "--out", tmp_path / "t.pt", ok=False)
+    assert res.exit_code == 1 and res.output == f"Error: DatasetNotFoundError: {message}\n"
+
+
+def test_the_default_data_dir_falls_back_to_the_system_copy(fashion, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    split = data.load_split(DataConfig(dataset="fashion-mnist", limit=10))
+    assert split.source == "/usr/share/datasets/fashion-mnist" and len(split) == 10

@@ -53,6 +53,6 @@ def test_torchrun_failure_on_rank_0_stops_every_rank(tiny_data, tmp_path):
     (store / "keep.txt").write_text("not a store")
     proc = torchrun(stage1_args(tiny_data, teacher, store, "--overwrite"))
     assert proc.returncode != 0
-    assert "Error: StoreExistsError: " in proc.stderr and "is not a Zarr store" in proc.stderr
-    assert "Error: StoreExistsError: rank 0 failed: StoreExistsError:" in proc.stderr  # rank 1
+    assert "Error: ForeignDataError: " in proc.stderr and "holds 'keep.txt'; move it" in proc.stderr
+    assert "Error: ForeignDataError: rank 0 failed: ForeignDataError:" in proc.stderr  # rank 1
     assert (store / "keep.txt").read_text() == "not a store"

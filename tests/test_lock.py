@@ -65,5 +65,6 @@ def test_heartbeat_stops_a_writer_whose_lease_was_taken(tmp_path):
     lock.acquire()
     StoreLock(store, break_lock=True).acquire()
     with pytest.raises(StoreLockedError,
-                       match="is now held by pid .*stopping so two writers never"):
+                       match=rf"this writer's lease '.*s.zarr.lock' was taken over by pid "
+                       rf"{os.getpid()} on host .*; stopping so two writers never"):
         lock.heartbeat()

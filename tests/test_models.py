@@ -64,8 +64,27 @@ def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="is not a softtargets checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match=r"'.*junk.pt' is not a softtargets or torch "
+                       r"checkpoint: the safe loader \(weights only\) cannot read it"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_random_bytes_and_pickles_are_not_checkpoints_and_never_loaded_unsafely(tmp_path):
+    import pickle
+    import random
+    import warnings
+    (tmp_path / "r.pt").write_bytes(random.Random(0).randbytes(4000))
+    (tmp_path / "p.pt").write_bytes(pickle.dumps(object, protocol=4))
+    for name in ("r.pt", "p.pt"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch's pickle-protocol warning is not shown either
+            with pytest.raises(CheckpointError) as info:
+                load_checkpoint(tmp_path / name)
+        message = str(info.value)
+        assert message.startswith(f"'{tmp_path / name}' is not a softtargets or torch checkpoint: "
+                                  "the safe loader (weights only) cannot read it (Unpickling")
+        assert message.endswith("; pass a checkpoint written by `softtargets train-teacher`")
+        assert "False" not in message and "\n" not in message
 
 
 def test_cnn_teacher_shapes_round_trip_and_bad_specs(tmp_path):

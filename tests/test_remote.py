@@ -132,3 +132,54 @@ def test_file_urls_work_like_paths(tiny_data, tmp_path):
     assert (tmp_path / "f.zarr" / "logits" / "c" / "5" / "0").is_file()
     assert ": OK" in run("verify", url).output
     assert "objects:    logits 6/6, sample_id 6/6 present" in run("inspect", url).output
+
+
+def test_overwrite_on_object_storage_deletes_only_a_softtargets_store(s3, tiny_data, tmp_path):
+    teacher = make_teacher(tmp_path / "t.pt", tiny_data)
+    fs = s3fs.S3FileSystem()
+    small = ("--limit", 16)  # two units: few requests
+    fs.pipe_file("teams/f.txt", b"my notes")
+    fs.pipe_file("teams/g.zarr/zarr.json", b'{"zarr_format": 3, "node_type": "group", '
+                 b'"attributes": {"owner": "me"}}')
+    for url, why in (("s3://teams/f.txt", "it is an object (a file), not a softtargets store"),
+                     ("s3://teams/g.zarr", "it is a Zarr group but not a softtargets store "
+                      "(attributes['softtargets']['format'] is not 'softtargets.logits')")):
+        res = run(*stage1_args(tiny_data, teacher, url, "--overwrite", *small))
+        assert res.exit_code == 1
+        assert res.output == (f"Error: ForeignDataError: refusing to overwrite '{url}': {why}; "
+                              "move it or choose another --store\n")
+    url = "s3://teams/s.zarr"
+    assert run(*stage1_args(tiny_data, teacher, url, *small)).exit_code == 0
+    fs.pipe_file("teams/s.zarr/notes.txt", b"mine")
+    fs.invalidate_cache()
+    before = sorted(fs.find("teams"))
+    res = run(*stage1_args(tiny_data, teacher, url, "--overwrite", *small))
+    assert res.output == ("Error: ForeignDataError: refusing to overwrite 's3://teams/s.zarr': "
+                          "it holds 'notes.txt', which softtargets did not create; move it or "
+                          "choose another --store\n")
+    fs.invalidate_cache()
+    assert sorted(fs.find("teams")) == before and fs.cat_file("teams/f.txt") == b"my notes"
+    fs.rm_file("teams/s.zarr/notes.txt")
+    assert run(*stage1_args(tiny_data, teacher, url, "--overwrite", *small)).exit_code == 0
+    assert ": OK" in run("verify", url).output
+
+
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_unreachable_endpoint_gives_one_line_and_nothing_else(command):
+    import socket
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
+           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_MAX_ATTEMPTS": "1"}
+    proc = subprocess.run([sys.executable, "-c", "from softtargets.cli import main; main()",
+                           command, "s3://teams/x.zarr"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (
+        "Error: RemoteStoreError: cannot open 's3://teams/x.zarr': cannot connect to the storage "
+        "endpoint (EndpointConnectionError: Could not connect to the endpoint URL: "
+        f"\"http://127.0.0.1:{port}/teams/x.zarr/zarr.json\"); check AWS_ENDPOINT_URL / the "
+        "network\n")

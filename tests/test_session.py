@@ -199,3 +199,59 @@ def test_resume_rewrites_a_swapped_unit_and_one_without_its_digest(setup, tmp_pa
     run_cli(*stage1_args(tiny_data, teacher, store, "--resume"))
     assert chunk_files(store) == chunk_files(ref)
     LogitStore.open(str(store)).read_all()
+
+
+def test_a_writer_whose_lease_is_taken_over_stops_with_one_line(tiny_data, tmp_path,
+                                                                monkeypatch):
+    import re
+    from softtargets.session import DELAY_ENV
+    teacher = make_teacher(tmp_path / "teacher.pt", tiny_data)
+    store = tmp_path / "s.zarr"
+    args = stage1_args(tiny_data, teacher, store, "--views", 2, "--limit", 24)
+    first = start_stage1(args, delay=1.0)
+    try:
+        wait_for(lambda: (store / "sample_id" / "c" / "0").exists(), what="the first unit")
+        monkeypatch.setenv(DELAY_ENV, "0.5")  # the second writer holds the lease for a while
+        run_cli(*args, "--break-lock", "--overwrite")
+    finally:
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 1 and out == ""
+    assert re.fullmatch(
+        rf"Error: StoreLockedError: this writer's lease '{re.escape(str(store))}.lock' was taken "
+        rf"over by pid {os.getpid()} on host '[^']+' \(started [0-9T:-]+Z, last heartbeat \d+ s "
+        r"ago\); stopping so two writers never write the same store\n", err), err
+    assert ": OK" in run_cli("verify", store).output
+
+
+def test_a_write_into_a_store_deleted_by_the_new_lease_holder_names_the_holder(tiny_data,
+                                                                               tmp_path):
+    import shutil
+    from softtargets.config import LogitsConfig
+    from softtargets.errors import StoreLockedError
+    from softtargets.lock import StoreLock
+    from softtargets.session import RowArray, WriteSession
+    cfg = LogitsConfig(data=tiny_data, store=str(tmp_path / "s.zarr"), chunk_rows=8)
+    extra = RowArray("view_logits", (2, 10), "float16", ("row", "view", "class"))
+    session = WriteSession(cfg, n=16, class_names=tuple("abcdefghij"), teacher={},
+                           dataset={"name": "mnist", "split": "train", "n": 96}, arrays=(extra,))
+    rows = {"sample_ids": np.arange(8), "logits": np.zeros((8, 10)),
+            "rows": {"view_logits": np.zeros((8, 2, 10))}}
+    with pytest.raises(StoreLockedError, match=rf"lease '.*s.zarr.lock' was taken over by pid "
+                       rf"{os.getpid()} on host .*; stopping so two writers never write"):
+        with session:
+            session.write(0, **rows)
+            StoreLock(cfg.store, break_lock=True).acquire()  # another --break-lock --overwrite,
+            shutil.rmtree(cfg.store)  # caught between deleting this store and creating its own
+            session.write(1, **rows)
+    assert not (tmp_path / "s.zarr").exists()  # nothing written after the takeover
+
+
+def test_resume_without_a_store_says_it_wrote_a_new_one(tiny_data, tmp_path):
+    teacher = make_teacher(tmp_path / "teacher.pt", tiny_data)
+    store = tmp_path / "s.zarr"
+    out = run_cli(*stage1_args(tiny_data, teacher, store, "--resume")).output
+    assert out.endswith(f"-> {store} (--resume: there was no store to resume, so a new one was "
+                        "written)\n") and "resumed" not in out
+    out = run_cli(*stage1_args(tiny_data, teacher, store, "--resume")).output
+    assert out.endswith(f"-> {store} (resumed: verified chunks kept)\n")
+    assert LogitStore.open(str(store)).meta.complete

@@ -110,7 +110,8 @@ def test_overwrite_never_deletes_a_non_store_directory(tmp_path):
     d = tmp_path / "precious"
     d.mkdir()
     (d / "thesis.tex").write_text("x")
-    with pytest.raises(StoreExistsError, match="is not a Zarr store; refusing to delete"):
+    with pytest.raises(StoreExistsError, match=r"refusing to overwrite '.*precious': it is not "
+                       r"a softtargets store \(no zarr.json\) and holds 'thesis.tex'; move it"):
         write_store(d, overwrite=True)
     assert (d / "thesis.tex").exists()
 

@@ -66,10 +66,12 @@ def test_fast_reader_catches_damage(tmp_path):
     data[3] ^= 0xFF
     chunk.write_bytes(bytes(data))
     reader = ChunkReader(str(tmp_path / "s.zarr"))
-    with pytest.raises(StoreError, match=r"chunk 1 of 'logits' cannot be decoded"):
+    with pytest.raises(StoreError, match=r"chunk 1 \(rows 8..15\) of 'logits' cannot be "
+                       r"decoded, the stored bytes are damaged: "):
         reader.read(1)
     (tmp_path / "s.zarr" / "sample_id" / "c" / "2").unlink()
-    with pytest.raises(StoreError, match=r"chunk 2 of 'sample_id' is missing"):
+    with pytest.raises(StoreError, match=r"chunk 2 \(rows 16..23\) of 'sample_id' is "
+                       r"missing \(c/2\); the chunk was never written or was deleted"):
         reader.read(2)
 
 
@@ -77,7 +79,8 @@ def test_fast_reader_refuses_non_finite_rows(tmp_path):
     write_store(tmp_path / "s.zarr")
     arr = zarr.open_array(str(tmp_path / "s.zarr" / "logits"), mode="r+")
     arr[9, 2] = np.float16("inf")
-    with pytest.raises(StoreError, match=r"chunk rows \[9\] are missing or invalid"):
+    with pytest.raises(StoreError, match=r"chunk 1 \(rows 8..15\) of 'logits': rows \[9\] "
+                       r"are missing or invalid"):
         ChunkReader(str(tmp_path / "s.zarr")).read(1)
 
 

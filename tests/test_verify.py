@@ -111,6 +111,36 @@ def test_edited_attributes_claiming_another_dataset_are_caught(store, tiny_data)
             ) in res.output
 
 
+def edit_attributes(store: Path, **changes) -> None:
+    doc = json.loads((store / "zarr.json").read_text())
+    doc["attributes"]["softtargets"].update(changes)
+    (store / "zarr.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("chunk_rows", [8, 32])
+def test_chunk_rows_that_disagree_with_the_arrays_are_named_not_blamed_on_rows(store,
+                                                                               chunk_rows):
+    edit_attributes(store, chunk_rows=chunk_rows)
+    res = run("verify", store)
+    assert res.exit_code == 1
+    lines = res.output.splitlines()
+    assert lines[0] == f"verify: {store}: FAILED (2 problems)"
+    shape = {"sample_id": ",", "logits": ", 10"}
+    assert sorted(lines[2:4]) == [f"  metadata: array {name!r} has chunks (16{shape[name]}), "
+                                  f"expected ({chunk_rows}{shape[name]}) from metadata chunk_rows "
+                                  f"{chunk_rows}" for name in ("logits", "sample_id")]
+    assert not any("missing" in line for line in lines)
+
+
+def test_shard_rows_that_disagree_with_the_arrays_are_named(tiny_data, tmp_path):
+    url = write_tiny_store(tmp_path / "sh.zarr", tiny_data, shard_rows=48)
+    edit_attributes(url, shard_rows=32)
+    shape = {"sample_id": ",", "logits": ", 10"}
+    assert sorted(p.message for p in verify_store(str(url)).problems) == [
+        f"array {name!r} has shards (48{shape[name]}), expected (32{shape[name]}) from metadata "
+        "shard_rows 32" for name in ("logits", "sample_id")]
+
+
 def test_duplicate_ids_and_non_finite_rows(tiny_data, tmp_path):
     ids = np.arange(96)
     ids[50] = 3

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from stage1_helpers import make_teacher
 
 from softtargets import ensemble
 from softtargets.config import EnsembleLogitsConfig, LogitsConfig, StudentTrainConfig
 from softtargets.data import load_split
-from softtargets.errors import ConfigError, StoreMismatchError
+from softtargets.errors import ConfigError, StoreError, StoreMismatchError
 from softtargets.loader import StreamingDistillData, StreamOptions
 from softtargets.members import write_ensemble_logits
 from softtargets.mixup import MixupData, mix_log_probs
@@ -114,6 +115,45 @@ def test_ensemble_views_store_every_member_and_combine_at_any_t(tmp_path, tiny_d
     with pytest.raises(ConfigError, match="cannot be combined with --store-combined-only"):
         EnsembleLogitsConfig(teachers=tuple(teachers), views=2, combine="geometric",
                              combined_only=True)
+    (Path(cfg.store) / "member_view_logits" / "c" / "1" / "1" / "0" / "0").unlink()
+    with pytest.raises(StoreError, match=r"e.zarr': chunk 1 \(rows 16..31\) of "
+                       r"'member_view_logits': rows \[16, 17, 18, 19, 20\] are missing or invalid"):
+        ViewData(split, cfg.store, temperature=4.0)
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("array", ["view_logits", "view_params"])
+def test_a_damaged_view_chunk_is_named_by_every_loader(tmp_path, tiny_data, array):
+    _, url = _views_store(tmp_path, tiny_data)
+    _flip_a_byte(Path(url) / array / "c" / "1" / "0" / "0")
+    line = (f"Error: StoreError: store '{url}': chunk 1 (rows 8..15) of '{array}' cannot be "
+            "decoded, the stored bytes are damaged: Stored and computed crc32c checksum do not "
+            "match.")
+    outputs = set()
+    for loader in (("--loader", "memory"), ("--loader", "stream", "--loader-workers", 0),
+                   ("--loader", "stream", "--loader-workers", 2)):
+        res = run_cli("student", "--dataset", "mnist", "--data-dir", tiny_data.data_dir,
+                      "--store", url, "--hidden", 8, "--epochs", 1, "--out", tmp_path / "s",
+                      "--quiet", *loader, ok=False)
+        assert res.exit_code == 1 and res.output.startswith(line), res.output
+        outputs.add(res.output)
+    assert len(outputs) == 1 and outputs.pop().count("\n") == 1  # one line, the same each time
+
+
+def test_a_deleted_view_chunk_is_reported_as_such_not_as_divergence(tmp_path, tiny_data):
+    _, url = _views_store(tmp_path, tiny_data)
+    (Path(url) / "view_logits" / "c" / "1" / "0" / "0").unlink()
+    res = run_cli("student", "--dataset", "mnist", "--data-dir", tiny_data.data_dir, "--store",
+                  url, "--hidden", 8, "--epochs", 1, "--out", tmp_path / "s", ok=False)
+    assert res.exit_code == 1
+    assert res.output == (f"Error: StoreError: store '{url}': chunk 1 (rows 8..15) of "
+                          "'view_logits' is missing (c/1/0/0); the chunk was never written or "
+                          "was deleted\n")
 
 
 # --- mixup -------------------------------------------------------------------------------------
