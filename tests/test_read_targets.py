@@ -9,13 +9,13 @@ import torch
 import zarr
 
 from conftest import run_cli
+from read_helpers import identity, write_dense, write_positions
 from softtargets import sparse as sp
 from softtargets import sparse_store as ss
 from softtargets.distill import sparse_targets
 from softtargets.errors import (ConfigError, SparseTemperatureError, StoreError,
                                 StoreMismatchError)
 from softtargets.read import DenseTarget, PositionTargets, SoftTargets, SparseTargets
-from softtargets.store import StoreWriter
 from stage1_helpers import make_teacher, stage1_args
 
 
@@ -35,21 +35,10 @@ def log_softmax(z, t):
     return torch.log_softmax(torch.as_tensor(np.asarray(z, np.float64)) / t, dim=-1)
 
 
-def write_dense(url, ids, logits, *, n):
-    """A dense store whose row r holds sample id ids[r] (chunks of 4 rows)."""
-    dataset = {"name": "synthetic", "split": "train", "n": n, "fingerprint": None}
-    w = StoreWriter.create(str(url), n=len(ids), class_names=[str(c) for c in range(5)],
-                           dataset=dataset, teacher={}, config={}, chunk_rows=4)
-    for i in range(w.num_chunks):
-        sl = w.chunk_slice(i)
-        w.write_chunk(i, sample_ids=ids[sl], logits=logits[sl])
-    w.finalize()
-
-
 def test_dense_targets_are_looked_up_by_sample_id_not_row(tmp_path):
     ids = np.array([7, 2, 9, 0, 4, 1, 8, 3, 6, 5])  # rows in a shuffled id order
     logits = ids[:, None] + np.arange(5) / 10.0  # (10, 5): row of id i is i, i+.1, ..., i+.4
-    write_dense(tmp_path / "d.zarr", ids, logits, n=12)
+    write_dense(tmp_path / "d.zarr", ids=ids, logits=logits, dataset=identity(12))
     t = SoftTargets(tmp_path / "d.zarr", temperature=3.0)
     assert (len(t), t.kind, t.num_classes, t.rule, t.positions) == (10, "dense", 5, None, None)
     assert t.meta.n == 10 and t.meta.dataset["name"] == "synthetic" and t.temperature == 3.0
@@ -73,7 +62,8 @@ def test_dense_targets_are_looked_up_by_sample_id_not_row(tmp_path):
 
 def test_pickle_holds_the_url_and_options_only(tmp_path):
     ids = np.arange(8)
-    write_dense(tmp_path / "d.zarr", ids, np.tile(np.arange(5.0), (8, 1)) + ids[:, None], n=8)
+    logits = np.tile(np.arange(5.0), (8, 1)) + ids[:, None]
+    write_dense(tmp_path / "d.zarr", ids=ids, logits=logits, dataset=identity(8))
     t = SoftTargets(tmp_path / "d.zarr", temperature=2.0)
     t.batch([0, 1])  # loaded here; the pickle still carries no targets
     assert t.__getstate__() == {"url": str(tmp_path / "d.zarr"), "options": t.options}
@@ -83,7 +73,8 @@ def test_pickle_holds_the_url_and_options_only(tmp_path):
 
 
 def test_every_read_goes_through_the_chunk_checks(tmp_path):
-    write_dense(tmp_path / "d.zarr", np.arange(8), np.arange(40.0).reshape(8, 5), n=8)
+    write_dense(tmp_path / "d.zarr", ids=np.arange(8), logits=np.arange(40.0).reshape(8, 5),
+                dataset=identity(8))
     a, b = tmp_path / "d.zarr/logits/c/0/0", tmp_path / "d.zarr/logits/c/1/0"
     a.rename(tmp_path / "x")
     b.rename(a)
@@ -193,26 +184,17 @@ def test_topk_renormalise_reads_any_t(tmp_path, tiny_data, teachers):
                                rtol=1e-6)
 
 
-def write_positions(url, keys, *, n_seq, k=3, classes=12, seed=0):
-    """A per-position top-k store with one row per (sequence, position) in `keys` (R, 2)."""
+def write_sequences(url, keys, *, n_seq, classes=12, seed=0):
+    """A per-position top-k store (K = 3) of rows keys (R, 2); returns its dense values."""
     z = np.random.default_rng(seed).normal(0, 2, size=(len(keys), classes)).astype(np.float32)
-    spec = ss.make_spec(kind="topk", k=k, num_classes=classes, temperatures=(2.0,),
-                        position=True)
-    dataset = {"name": "tokens", "split": "train", "n": n_seq, "fingerprint": None}
-    w = ss.SparseWriter.create(str(url), spec=spec, n=len(keys), chunk_rows=5,
-                               class_names=[str(c) for c in range(classes)], dataset=dataset,
-                               teacher={}, config={})
-    for i in range(w.num_chunks):
-        sl = w.chunk_slice(i)
-        w.write_chunk(i, sample_ids=keys[sl, 0], positions=keys[sl, 1], logits=z[sl])
-    w.finalize()
+    write_positions(url, keys=keys, logits=z, dataset=identity(n_seq, "tokens"))
     return z
 
 
 def test_per_position_store_is_read_as_sequences_in_position_order(tmp_path):
     keys = np.array([(s, p) for s in range(3) for p in range(4)])
     keys = keys[np.random.default_rng(1).permutation(len(keys))]  # rows in no particular order
-    z = write_positions(tmp_path / "p.zarr", keys, n_seq=3)
+    z = write_sequences(tmp_path / "p.zarr", keys, n_seq=3)
     t = SoftTargets(tmp_path / "p.zarr", temperature=2.0)
     assert (len(t), t.positions, t.kind) == (3, 4, "topk")
     np.testing.assert_array_equal(t.sample_ids, [0, 1, 2])
@@ -232,13 +214,13 @@ def test_per_position_store_is_read_as_sequences_in_position_order(tmp_path):
 
 def test_per_position_store_with_a_gap_is_refused(tmp_path):
     keys = np.array([(s, p) for s in range(3) for p in range(4) if (s, p) != (1, 2)])
-    write_positions(tmp_path / "gap.zarr", keys, n_seq=3)
+    write_sequences(tmp_path / "gap.zarr", keys, n_seq=3)
     t = SoftTargets(tmp_path / "gap.zarr", temperature=2.0)
     with pytest.raises(StoreError, match=r"sequence 1 \(sample_id\) has 3 positions \[0, 1, 3\], "
                        r"not 0\.\.3; every sequence needs one row per position 0\.\.L-1"):
         t[0]
     keys = np.array([(s, p if s != 2 else [0, 1, 2, 5][p]) for s in range(3) for p in range(4)])
-    write_positions(tmp_path / "off.zarr", keys, n_seq=3)
+    write_sequences(tmp_path / "off.zarr", keys, n_seq=3)
     with pytest.raises(StoreError, match=r"sequence 2 \(sample_id\) has 4 positions "
                        r"\[0, 1, 2, 5\], not 0\.\.3"):
         len(SoftTargets(tmp_path / "off.zarr", temperature=2.0))
