@@ -46,6 +46,7 @@ def test_dense_targets_are_looked_up_by_sample_id_not_row(tmp_path):
     one = t[7]
     assert isinstance(one, DenseTarget) and one.temperature == 3.0 and one.log_probs is None
     assert one.logits.dtype == torch.float16 and one.logits.shape == (5,)
+    assert one.logits.untyped_storage().nbytes() == 5 * 2  # its own copy, not the whole table
     np.testing.assert_array_equal(one.logits.float().numpy(),
                                   np.float16([7.0, 7.1, 7.2, 7.3, 7.4]))
     batch = t.batch(torch.tensor([3, 9, 3]))

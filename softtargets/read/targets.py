@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from softtargets.distill import map_tensors
 from softtargets.errors import ConfigError, StoreMismatchError
 from softtargets.read.batch import Target
 from softtargets.read.load import ReadOptions, Source, Table, open_source
@@ -125,8 +126,7 @@ class SoftTargets:
         if isinstance(sample_id, bool) or not isinstance(sample_id, (int, np.integer)):
             raise ConfigError(f"targets[i] takes one integer sample id, got "
                               f"{type(sample_id).__name__}; use targets.batch(ids) for several")
-        table = self._loaded()
-        return table.target[int(self._rows(np.array([sample_id]))[0])]
+        return self._one(int(self._rows(np.array([sample_id]))[0]))
 
     def batch(self, sample_ids: Sequence[int] | np.ndarray | torch.Tensor) -> Target:
         """The targets of `sample_ids` (B,) as one batch target (leading B)."""
@@ -139,8 +139,12 @@ class SoftTargets:
 
     def __iter__(self) -> Iterator[Target]:
         """Targets in increasing sample id order."""
-        table = self._loaded()
-        return (table.target[s] for s in range(len(table.sample_ids)))
+        return (self._one(row) for row in range(len(self)))
+
+    def _one(self, row: int) -> Target:
+        # a copy, not a view: a view would carry (and, sent between processes, share) the
+        # storage of the whole table
+        return map_tensors(self._loaded().target[row], torch.clone)
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         """Table rows (B,) of sample ids (B,); refuses ids the store has no target for."""
