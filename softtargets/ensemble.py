@@ -109,15 +109,15 @@ class EnsembleTargets:
                 raise StoreError(f"store {store.url!r}: {MEMBER_LOGITS} has shape "
                                  f"{self.members.shape}, metadata says ({m}, {self.meta.n}, "
                                  f"{self.meta.num_classes}); the store is damaged")
-            if view is not None:
-                self._open_view(view)
+        if view is not None:
+            self._open_view(view)
 
     def _open_view(self, view: int) -> None:
         """Read view `view` of every member from member_view_logits (M, N, V, C) instead."""
         # imported here: views needs torch, and torch-free callers never read views
         from softtargets.views import MEMBER_VIEW_LOGITS, check_view
-        self.view = check_view(self.url, self.meta.extra, view)
-        if MEMBER_VIEW_LOGITS not in self.store.group:
+        self.view = check_view(self.url, self.meta.extra, view)  # combined-only: no views
+        if self.members is None or MEMBER_VIEW_LOGITS not in self.store.group:
             raise StoreError(f"store {self.url!r} records views of an ensemble but lacks the "
                              f"array {MEMBER_VIEW_LOGITS!r}; it is damaged")
         self.array, self.members = MEMBER_VIEW_LOGITS, self.store.group[MEMBER_VIEW_LOGITS]
