@@ -43,6 +43,7 @@ def test_dense_targets_are_looked_up_by_sample_id_not_row(tmp_path):
     assert (len(t), t.kind, t.num_classes, t.rule, t.positions) == (10, "dense", 5, None, None)
     assert t.meta.n == 10 and t.meta.dataset["name"] == "synthetic" and t.temperature == 3.0
     np.testing.assert_array_equal(t.sample_ids, np.arange(10))
+    assert not t.sample_ids.flags.writeable  # lookups rely on it
     one = t[7]
     assert isinstance(one, DenseTarget) and one.temperature == 3.0 and one.log_probs is None
     assert one.logits.dtype == torch.float16 and one.logits.shape == (5,)

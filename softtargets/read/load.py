@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -43,6 +44,9 @@ class Table:
     sample_ids: np.ndarray  # (S,) int64, increasing
     target: Target
     positions: int | None = None  # L of per-position stores
+
+    def __post_init__(self) -> None:
+        self.sample_ids.setflags(write=False)  # lookups rely on it staying sorted
 
 
 @dataclasses.dataclass(frozen=True)
