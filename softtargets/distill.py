@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +78,19 @@ def distillation_loss_from_log_probs(student_logits: torch.Tensor, target_log_pr
 
 # ---- sparse targets (top-k / sampled stores; numpy side in softtargets/sparse.py) ----
 
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """A copy of frozen dataclass `obj` with `fn` applied to each of its tensor fields (and to
+    those of nested target dataclasses); other fields (kind, temperature) are kept."""
+    changes = {}
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if isinstance(value, torch.Tensor):
+            changes[field.name] = fn(value)
+        elif dataclasses.is_dataclass(value):
+            changes[field.name] = map_tensors(value, fn)
+    return dataclasses.replace(obj, **changes)
+
+
 @dataclasses.dataclass(frozen=True)
 class SparseTargets:
     """Teacher targets of a batch from a sparse store, already at the student's temperature T.
@@ -83,7 +98,8 @@ class SparseTargets:
     ids (B, K) int64 listed classes; log_probs (B, K) float32 teacher log p_T on them (exact, or
     renormalised over the listed classes when tail is None in top-k); tail (B,) float32 mass of
     the unlisted classes ("rest" bucket) or None; weights (B, K) float32 unbiased estimates of
-    p_T (sampled stores) or None. Padding entries have weight 0 and log_prob 0.
+    p_T (sampled stores) or None. Padding entries have weight 0 and log_prob 0. temperature: the
+    T they were computed at (None when not recorded).
     """
 
     kind: str
@@ -91,12 +107,14 @@ class SparseTargets:
     log_probs: torch.Tensor
     tail: torch.Tensor | None = None
     weights: torch.Tensor | None = None
+    temperature: float | None = None
 
-    def __getitem__(self, idx: torch.Tensor) -> SparseTargets:
-        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[idx]
-        return SparseTargets(self.kind, self.ids[idx], self.log_probs[idx], pick(self.tail),
-                             pick(self.weights))
+    def __getitem__(self, idx: Any) -> SparseTargets:
+        return map_tensors(self, lambda t: t[idx])
+
+    def to(self, device: torch.device | str) -> SparseTargets:
+        """The same targets on `device`."""
+        return map_tensors(self, lambda t: t.to(device))
 
 
 def topk_soft_target_loss(student_logits: torch.Tensor, targets: SparseTargets, *,
@@ -169,14 +187,17 @@ def sparse_targets(rows: sparse.SparseRows, *, kind: str, temperatures: tuple[fl
     ids = torch.from_numpy(rows.ids.astype(np.int64))
     if kind == "topk" and tail == "renormalise":
         log_p = sparse.renormalised_log_probs(rows, temperature=temperature)
-        return SparseTargets(kind, ids, torch.from_numpy(log_p.astype(np.float32)))
+        return SparseTargets(kind, ids, torch.from_numpy(log_p.astype(np.float32)),
+                             temperature=temperature)
     log_p = sparse.listed_log_probs(rows, temperatures=temperatures, temperature=temperature)
     if kind == "topk":
         rest = sparse.tail_at(rows, temperatures=temperatures, temperature=temperature)
         return SparseTargets(kind, ids, torch.from_numpy(log_p.astype(np.float32)),
-                             tail=torch.from_numpy(rest.astype(np.float32)))
+                             tail=torch.from_numpy(rest.astype(np.float32)),
+                             temperature=temperature)
     weights = sparse.sampled_weights(rows, temperatures=temperatures, temperature=temperature,
                                      sample_temperature=sample_temperature)
     log_p = np.where(rows.mask, log_p, 0.0)  # padding: weight 0, finite log p
     return SparseTargets(kind, ids, torch.from_numpy(log_p.astype(np.float32)),
-                         weights=torch.from_numpy(weights.astype(np.float32)))
+                         weights=torch.from_numpy(weights.astype(np.float32)),
+                         temperature=temperature)

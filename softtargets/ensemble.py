@@ -21,7 +21,8 @@ import numpy as np
 from softtargets.errors import ConfigError, StoreError
 # attributes["softtargets"]["ensemble"]: member list and layout; ["combined"]: rule and T of a
 # combined-only store
-from softtargets.schema import COMBINED_KEY, ENSEMBLE_KEY, MEMBER_LOGITS, RULES  # noqa: F401
+from softtargets.schema import (COMBINED_KEY, ENSEMBLE_KEY, MEMBER_LOGITS,  # noqa: F401
+                                MEMBER_VIEW_LOGITS, RULES)
 from softtargets.store import LogitStore, chunk_slice
 
 
@@ -84,18 +85,34 @@ class EnsembleTargets:
     Has the read interface of LogitStore (meta, url, num_chunks, read_chunk, read_all,
     check_dataset), but read_chunk returns log-probabilities (rows, C) float32 of the combined
     target at `temperature` instead of raw logits: train with a loss on target log-probs.
+    view: None for the members' `member_logits` (view 0 of a views store), or the index of the
+    stored augmented view to combine (`member_view_logits`, views stores only).
     """
 
-    def __init__(self, store: LogitStore, *, rule: str, temperature: float) -> None:
+    def __init__(self, store: LogitStore, *, rule: str, temperature: float,
+                 view: int | None = None) -> None:
         self.store, self.meta, self.url = store, store.meta, store.url
         self.rule, self.temperature = check_rule(rule), temperature
         combined = store.meta.extra.get(COMBINED_KEY)
         self.members = None
+        self.array, self.view = MEMBER_LOGITS, view
         if combined is not None:
             _check_combined(store.url, combined, rule=rule, temperature=temperature)
         elif ENSEMBLE_KEY in store.meta.extra:
             # (M, N, C) float16; its presence, shape and chunking were checked at open (check_meta)
             self.members = store.group[MEMBER_LOGITS]
+        if view is not None:
+            self._open_view(view)
+
+    def _open_view(self, view: int) -> None:
+        """Read view `view` of every member from member_view_logits (M, N, V, C) instead."""
+        # imported here: views needs torch, and torch-free callers never read views
+        from softtargets.views import check_view
+        self.view = check_view(self.url, self.meta.extra, view)  # combined-only: no views
+        if self.members is None:  # a combined-only store keeps no members, so no member views
+            raise StoreError(f"store {self.url!r} keeps no member logits, so no member views")
+        # (M, N, V, C); presence and shape checked at open (check_meta)
+        self.array, self.members = MEMBER_VIEW_LOGITS, self.store.group[MEMBER_VIEW_LOGITS]
 
     @property
     def num_chunks(self) -> int:
@@ -112,16 +129,19 @@ class EnsembleTargets:
             return ids, log_softmax(z[0] / self.temperature).astype(np.float32)
         sl = chunk_slice(self.meta, index)
         try:
-            z = np.asarray(self.members[:, sl])  # (M, rows, C), one (1, R, C) chunk per member
+            # (M, rows, C) or (M, rows, V, C): one (1, R, ...) chunk per member
+            z = np.asarray(self.members[:, sl])
         except Exception as e:
             raise StoreError(f"store {self.url!r}: member chunk {index} cannot be decoded: "
                              f"{e}") from e
         if not np.isfinite(z).all():
             bad = sorted(set(np.argwhere(~np.isfinite(z))[:, 0].tolist()))
-            raise StoreError(f"store {self.url!r}: chunk {index} of {MEMBER_LOGITS} has missing or "
+            raise StoreError(f"store {self.url!r}: chunk {index} of {self.array} has missing or "
                              f"non-finite rows for members {bad}; the store is damaged")
-        for m in range(len(z)):
-            self.store.digests.check_rows(MEMBER_LOGITS, sl.start, z[m], member=m)
+        for m in range(len(z)):  # digests cover the whole stored chunk, every view
+            self.store.digests.check_rows(self.array, sl.start, z[m], member=m)
+        if self.view is not None:
+            z = z[:, :, self.view]  # (M, rows, C)
         out = combine_log_probs(z, rule=self.rule, temperature=self.temperature)
         return ids, out.astype(np.float32)
 
@@ -148,9 +168,11 @@ def _check_combined(url: str, combined: dict[str, Any], *, rule: str, temperatur
                           "keeping member logits")
 
 
-def open_targets(store: LogitStore, *, rule: str | None, temperature: float) -> EnsembleTargets:
-    """The combined-target view of an ensemble store; rule None = the store's own (or geometric)."""
+def open_targets(store: LogitStore, *, rule: str | None, temperature: float,
+                 view: int | None = None) -> EnsembleTargets:
+    """The combined-target view of an ensemble store (of stored view `view` when given); rule
+    None = the store's own (or arithmetic)."""
     combined = store.meta.extra.get(COMBINED_KEY)
     chosen = rule or (combined or {}).get("rule") or \
         store.meta.extra.get(ENSEMBLE_KEY, {}).get("default_rule", "arithmetic")
-    return EnsembleTargets(store, rule=chosen, temperature=temperature)
+    return EnsembleTargets(store, rule=chosen, temperature=temperature, view=view)

@@ -236,6 +236,18 @@ def views_spec(info: dict[str, Any]) -> AugmentSpec:
     return AugmentSpec.from_json(info["augment"])
 
 
+def check_view(url: str, extra: dict[str, Any], view: int) -> int:
+    """`view` if the store (metadata `extra`) holds it, else one ConfigError naming the range."""
+    views = int((extra.get("views") or {}).get("views", 0))
+    if not views:
+        raise ConfigError(f"store {url!r} holds no augmented views (it was written without "
+                          f"--views); view {view} does not exist, drop view=")
+    if not 0 <= view < views:
+        raise ConfigError(f"store {url!r} holds {views} augmented views per sample; view {view} "
+                          f"is not one of them: choose 0..{views - 1}")
+    return view
+
+
 def choose_views(sample_ids: np.ndarray, *, views: int, seed: int, epoch: int) -> np.ndarray:
     """The view (R,) int64 each sample replays in `epoch`: a function of (seed, epoch, sample id)
     only, so in-memory and streamed loaders, workers and ranks agree. Vectorised hash (splitmix64

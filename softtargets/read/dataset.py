@@ -1,0 +1,107 @@
+"""DistillDataset: the user's map-style dataset with each sample's soft target.
+
+    data = DistillDataset(dataset, SoftTargets("teacher-logits.zarr", temperature=4.0))
+    loader = DataLoader(data, batch_size=64, shuffle=True, num_workers=2,
+                        collate_fn=DistillDataset.collate)
+    for x, y, target in loader:
+        loss = distillation_loss(student(x), target, y, temperature=4.0, alpha=0.9)
+
+A torch `Dataset`: works with any sampler (DistributedSampler included) and with DataLoader
+workers under fork and spawn (the targets pickle as their store URL and options).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from softtargets.datasets.base import as_numpy
+from softtargets.errors import ConfigError, DatasetError, StoreMismatchError
+from softtargets.read.batch import Target, collate
+from softtargets.read.targets import SoftTargets
+
+
+class DistillDataset(Dataset):
+    """Row i of `dataset` as (input, label, target): the user's sample and its soft target.
+
+    dataset: anything from softtargets.datasets, or any map-style dataset (`len`, `ds[i] ->
+    (input, label)`) whose row i has sample id i. Refused in one line: a store computed on
+    other data (when the dataset has an `identity()`), of another class count, or without a
+    target for one of the dataset's sample ids.
+    """
+
+    collate = staticmethod(collate)
+
+    def __init__(self, dataset: Any, targets: SoftTargets) -> None:
+        if not isinstance(targets, SoftTargets):
+            raise ConfigError(f"DistillDataset takes SoftTargets, got {type(targets).__name__}; "
+                              "pass SoftTargets(store, temperature=...)")
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise DatasetError(f"DistillDataset needs a map-style dataset (__len__ and "
+                               f"__getitem__), got {type(dataset).__name__}")
+        self.dataset, self.targets = dataset, targets
+        self.sample_ids = _sample_ids(dataset)
+        _check_pairing(dataset, targets, self.sample_ids)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, Target]:
+        item = self.dataset[index]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise DatasetError(f"row {index} of {type(self.dataset).__name__} is a "
+                               f"{type(item).__name__}, not an (input, label) pair")
+        return item[0], item[1], self.targets[int(self.sample_ids[index])]
+
+
+def _sample_ids(dataset: Any) -> np.ndarray:
+    """int64 (N,): the dataset's own sample ids, or 0..N-1."""
+    ids = getattr(dataset, "sample_ids", None)
+    if ids is None:
+        return np.arange(len(dataset), dtype=np.int64)
+    ids = as_numpy(ids)
+    if ids.shape != (len(dataset),) or ids.dtype.kind not in "iu":
+        raise DatasetError(f"{type(dataset).__name__}.sample_ids must be {len(dataset)} integers, "
+                           f"got shape {ids.shape} and dtype {ids.dtype}")
+    return ids.astype(np.int64)
+
+
+def _check_pairing(dataset: Any, targets: SoftTargets, ids: np.ndarray) -> None:
+    """Refuse a store of other data, classes or sequence length, or missing some sample id."""
+    name = getattr(dataset, "name", type(dataset).__name__)
+    identity = getattr(dataset, "identity", None)
+    if callable(identity):
+        targets.check_dataset(identity())
+    classes = getattr(dataset, "num_classes", None)
+    if classes is not None and classes != targets.num_classes:
+        raise StoreMismatchError(f"store {targets.url!r} has {targets.num_classes} classes but "
+                                 f"dataset {name} has {classes}; use the store computed on it")
+    names = getattr(dataset, "class_names", None)
+    if names is not None and tuple(names) != tuple(targets.meta.class_names):
+        raise StoreMismatchError(f"store {targets.url!r} has classes "
+                                 f"{_short(targets.meta.class_names)} but dataset {name} has "
+                                 f"{_short(names)}; use the store computed on it")
+    positions = getattr(dataset, "positions", targets.positions)  # plain datasets: unknown
+    if positions != targets.positions:
+        have, want = _rows(targets.positions, "target"), _rows(positions, "label")
+        raise StoreMismatchError(f"store {targets.url!r} has {have} but dataset {name} has "
+                                 f"{want}; use a store written for this dataset")
+    missing = np.setdiff1d(ids, targets.sample_ids)
+    if missing.size:
+        raise StoreMismatchError(f"store {targets.url!r} has no target for {missing.size} of the "
+                                 f"{len(ids)} sample ids of dataset {name} (first: "
+                                 f"{missing[:5].tolist()}); use the store computed on all of "
+                                 "this dataset's rows")
+
+
+def _rows(positions: int | None, what: str) -> str:
+    return f"{what}s of {positions} positions per sample" if positions else \
+        f"one {what} per sample"
+
+
+def _short(names: Any) -> str:
+    names = list(names)
+    return str(names) if len(names) <= 6 else f"[{', '.join(map(repr, names[:3]))}, ... "\
+        f"{len(names)} in all]"
