@@ -25,7 +25,7 @@ from softtargets import ensemble
 from softtargets.digests import DigestCheck
 from softtargets.errors import StoreMismatchError
 from softtargets.store import check_dataset, chunk_slice, read_meta
-from softtargets.stream import ChunkReader, check_chunk, read_rows
+from softtargets.chunks import ChunkReader, check_chunk, read_rows
 from softtargets.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS, AugmentSpec,
                                apply_views, choose_views, views_spec)
 

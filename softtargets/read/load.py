@@ -1,7 +1,7 @@
 """Opening a store of any kind for SoftTargets: options checked at open, targets loaded later.
 
 `open_source` opens the store with its kind's checked reader (store.LogitStore,
-ensemble.EnsembleTargets, stream.ChunkReader for stored views, sparse_store.SparseStore) and
+ensemble.EnsembleTargets, chunks.ChunkReader for stored views, sparse_store.SparseStore) and
 refuses options the store cannot serve before any data is read; `Source.load` then reads the
 store chunk by chunk through that reader (crc32c, row checks, chunk digests) into a `Table`:
 every target in memory, in increasing sample id order.
@@ -23,7 +23,7 @@ from softtargets.errors import ConfigError, StoreError
 from softtargets.read.batch import DenseTarget, PositionTargets, Target
 from softtargets.sparse_store import KINDS, SparseStore
 from softtargets.store import LogitStore, StoreMeta, read_meta
-from softtargets.stream import ChunkReader
+from softtargets.chunks import ChunkReader
 from softtargets.views import VIEW_LOGITS, check_view
 
 
