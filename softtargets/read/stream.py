@@ -233,10 +233,11 @@ class StreamingDistillDataset(IterableDataset):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` (of state_dict()): the next iteration of its epoch delivers
         exactly the batches not delivered yet. Refuses a state of other settings."""
-        if not isinstance(state, dict) or not {"epoch", "delivered", "workers", *LAYOUT} <= set(state):
-            raise ConfigError("load_state_dict takes a dict from StreamingDistillDataset."
-                              f"state_dict(), got {type(state).__name__} "
-                              f"{sorted(state) if isinstance(state, dict) else ''}".rstrip())
+        lacks = sorted({"epoch", "delivered", "workers", *LAYOUT} - set(state)) \
+            if isinstance(state, dict) else "everything"
+        if lacks:
+            raise ConfigError(f"stream state lacks {lacks}; load_state_dict takes a dict from "
+                              "StreamingDistillDataset.state_dict()")
         mine = self._state(delivered=0, workers=None)
         for key in LAYOUT:
             if state[key] != mine[key]:
@@ -273,11 +274,17 @@ class StreamLoader:
         ds._resume = {**position} if position["delivered"] else None
         batches = iter(loader)  # the workers start with a copy of the dataset and its resume
         ds._resume, ds._position = None, position
-        for batch in batches:
-            if isinstance(batch, WorkerFailure):
-                raise batch.error
-            position["delivered"] += 1
-            yield batch
+        batch = None
+        try:
+            for batch in batches:
+                if isinstance(batch, WorkerFailure):
+                    break
+                position["delivered"] += 1
+                yield batch
+        finally:
+            del batches  # the workers stop now, not when a traceback holding them is collected
+        if isinstance(batch, WorkerFailure):
+            raise batch.error
 
 
 def _rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
