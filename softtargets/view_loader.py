@@ -1,4 +1,4 @@
-"""Issue 7, stage 2: replay stored augmented views (docs/FORMAT.md "Augmented views").
+"""Stage 2 of views stores: replay stored augmented views (docs/FORMAT.md "Augmented views").
 
 Each epoch every sample draws one of its V stored views (`views.choose_views`: a function of
 (seed, epoch, sample id) only), the loader rebuilds that view's input from the stored parameters

@@ -1,6 +1,7 @@
 """StreamingDistillDataset: every store kind streamed unit by unit, split across DataLoader
 workers and ranks, resumed mid-epoch, in bounded memory, through the checked readers."""
 
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -231,6 +232,22 @@ def test_a_damaged_chunk_is_one_line_in_the_main_process_also_from_a_worker(tmp_
             for _x, _y, _t in loader:
                 pass
         assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind, array", [("ensemble", "member_logits"),
+                                         ("topk", "topk_logits")])
+def test_a_damaged_chunk_of_any_kind_names_its_array(idx_stores, tmp_path, kind, array):
+    ds, root = idx_stores
+    url = tmp_path / f"{kind}.zarr"
+    shutil.copytree(root / f"{kind}.zarr", url)
+    chunk = next(p for p in sorted((url / array / "c").rglob("*")) if p.is_file()
+                 and p.relative_to(url / array / "c").parts[-2] == "2")  # chunk 2 (rows 16..23)
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+    data = StreamingDistillDataset(ds, url, temperature=2.0, batch_size=16)
+    with pytest.raises(StoreError, match=rf"^store '{url}': chunk 2 \(rows 16..23\) of "
+                       rf"'{array}' cannot be decoded, the stored bytes are damaged: "):
+        for _batch in data.loader(num_workers=2):
+            pass
 
 
 def test_subsets_and_refusals(tmp_path):
