@@ -75,7 +75,9 @@ class StreamingDistillDataset(IterableDataset):
     (sample ids, input, label, target). rank, world_size: this process's share (default: the
     initialised torch.distributed group, else the whole data). buffer_chunks: units shuffled
     together (two groups are held at once); decode_threads per process; prefetch_batches made
-    ahead in a background thread of each process that iterates.
+    ahead in a background thread of each process that iterates. replay: a view_loader.ViewReplay
+    of a views store over IDX images (the student command's view replay): each row's input is
+    rebuilt from the view it draws this epoch, its target is that view's logits.
     """
 
     def __init__(self, dataset: Any, store: str | os.PathLike[str], *, temperature: float = 1.0,
@@ -107,7 +109,9 @@ class StreamingDistillDataset(IterableDataset):
         check_pairing(dataset, self.url, source.meta, positions=length)
         self._select(sample_ids)
         self.gauge = ChunkGauge()  # units held by this process's iterations (held, peak, read)
-        self.epoch = 0
+        self._position: dict[str, Any] | None = None  # of this epoch, counted here
+        self._resume: dict[str, Any] | None = None  # loaded, for the next iteration
+        self.epoch = -1
         self.set_epoch(epoch)
 
     def _select(self, sample_ids: Any) -> None:
@@ -133,9 +137,8 @@ class StreamingDistillDataset(IterableDataset):
         """Stream epoch `epoch` next (its unit order and shuffle); call it before each epoch."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ConfigError(f"epoch must be an integer >= 0, got {epoch!r}")
-        if int(epoch) != self.epoch or not hasattr(self, "_position"):
-            self._position: dict[str, Any] | None = None
-            self._resume: dict[str, Any] | None = None
+        if int(epoch) != self.epoch:
+            self._position = self._resume = None
         self.epoch = int(epoch)
 
     @property
