@@ -17,7 +17,8 @@ from softtargets.config import DataConfig
 from softtargets.datasets import IDXDataset, TokenSequences, from_tensors
 from softtargets.errors import ConfigError, DatasetError, StoreError, StoreMismatchError
 from softtargets.read import (DenseTarget, DistillDataset, PositionTargets, SoftTargets,
-                              SparseTargets, StreamingDistillDataset, distillation_loss)
+                              SparseTargets, StreamingDistillDataset, distillation_loss,
+                              stack_targets)
 from stage1_helpers import make_teacher, stage1_args
 
 S, L, V = 24, 8, 32  # token sequences, their length, the vocabulary
@@ -112,8 +113,10 @@ def test_streamed_targets_equal_the_map_style_ones(idx_stores, kind):
                                    buffer_chunks=3, **options)
     order = []
     for ids, x, y, target in data:
-        want = DistillDataset.collate([mapped[i] for i in ids.tolist()])
-        assert torch.equal(x, want[0]) and torch.equal(y, want[1])
+        items = [mapped[i] for i in ids.tolist()]  # (image, label, target) of each row
+        want = (np.stack([item[0] for item in items]), [item[1] for item in items],
+                stack_targets([item[2] for item in items]))
+        assert torch.equal(x, torch.from_numpy(want[0])) and y.tolist() == want[1]
         assert type(target) is type(want[2]) and target.temperature == want[2].temperature
         for name in ("logits", "log_probs", "ids", "tail", "weights"):
             got, expect = getattr(target, name, None), getattr(want[2], name, None)
