@@ -105,7 +105,8 @@ class StreamingDistillDataset(IterableDataset):
         # view replay (the CLI's IDX students): the stored views and their parameters as stored
         self._replay = replay
         if replay is not None:
-            self._units = UnitSpec(self.url, ARRAYS_KIND, arrays=(VIEW_LOGITS, VIEW_PARAMS))
+            self._units = UnitSpec(self.url, ARRAYS_KIND, temperature=temperature,
+                                   arrays=(VIEW_LOGITS, VIEW_PARAMS))
         check_pairing(dataset, self.url, source.meta, positions=length)
         self._select(sample_ids)
         self.gauge = ChunkGauge()  # units held by this process's iterations (held, peak, read)
