@@ -22,7 +22,7 @@ import numcodecs
 import numpy as np
 
 from softtargets.store import LOGITS, SAMPLE_ID, chunk_slice
-from softtargets.stream import ChunkReader, check_chunk
+from softtargets.chunks import ChunkReader, check_chunk
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from softtargets.errors import ConfigError, StoreError
 # combined-only store
 from softtargets.schema import (COMBINED_KEY, ENSEMBLE_KEY, MEMBER_LOGITS,  # noqa: F401
                                 MEMBER_VIEW_LOGITS, RULES)
+from softtargets.chunks import read_rows
 from softtargets.store import LogitStore, chunk_slice
 
 
@@ -128,12 +129,8 @@ class EnsembleTargets:
             z = logits.astype(np.float64)[None]  # (1, rows, C)
             return ids, log_softmax(z[0] / self.temperature).astype(np.float32)
         sl = chunk_slice(self.meta, index)
-        try:
-            # (M, rows, C) or (M, rows, V, C): one (1, R, ...) chunk per member
-            z = np.asarray(self.members[:, sl])
-        except Exception as e:
-            raise StoreError(f"store {self.url!r}: member chunk {index} cannot be decoded: "
-                             f"{e}") from e
+        # (M, rows, C) or (M, rows, V, C): one (1, R, ...) chunk per member
+        z = read_rows(self.members, self.url, self.array, index, sl, axis=1)
         if not np.isfinite(z).all():
             bad = sorted(set(np.argwhere(~np.isfinite(z))[:, 0].tolist()))
             raise StoreError(f"store {self.url!r}: chunk {index} of {self.array} has missing or "

@@ -2,11 +2,13 @@
 
 The teacher is never in memory here: only its stored logits are. Small stores are loaded whole
 (DistillData); stores above `StreamOptions.memory_limit_bytes` are streamed chunk by chunk
-(StreamingDistillData, see stream.py for the order). `distill_data` chooses.
+(StreamingDistillData over read.stream.StreamingDistillDataset; the order is stream.py's).
+`distill_data` chooses.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -14,17 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from softtargets.data import Split
+from softtargets.datasets.idx import IDXDataset
 from softtargets.distill import SparseTargets, sparse_targets
-from softtargets.errors import ConfigError, SofttargetsError, StoreError, StoreMismatchError
-from softtargets.pipeline import prefetch
+from softtargets.errors import ConfigError, StoreMismatchError
+from softtargets.read.stream import StreamingDistillDataset
 from softtargets.sparse_store import SparseStore
-from softtargets.store import LOGITS, LogitStore
-from softtargets.stream import StreamPlan, resume_point, worker_batches
+from softtargets.store import LogitStore
 from softtargets.view_loader import ViewReplay
-from softtargets.views import VIEW_LOGITS, VIEW_PARAMS
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | SparseTargets | None]
 
@@ -84,7 +84,7 @@ def aligned_logits(split: Split, store: LogitStore) -> np.ndarray:
     """
     check_aligned(split, store)
     ids, logits = store.read_all()
-    # float16 logits; float32 log-probs from an ensemble view (issue 3, ensemble.EnsembleTargets)
+    # float16 logits; float32 log-probs from an ensemble view (ensemble.EnsembleTargets)
     out = np.full((len(split), store.meta.num_classes), np.nan, dtype=logits.dtype)
     out[ids] = logits
     return out
@@ -153,126 +153,52 @@ def distill_data(split: Split, store: LogitStore | None, *, rows: np.ndarray | N
     return StreamingDistillData(split, store, rows=rows, options=options)
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkerFailure:
-    """A softtargets error of a DataLoader worker, sent to the main process as an item so it is
-    raised there unchanged (torch re-raises a worker's error with its traceback in the message)."""
-
-    error: SofttargetsError
-
-
-class StreamDataset(IterableDataset):
-    """One epoch of one rank's batches; each DataLoader worker produces its logical share.
-
-    Holds numpy arrays and a URL only: the store is opened inside each worker by
-    `worker_batches`, so it is safe with fork, spawn and forkserver. `rotate` and `skip` come
-    from `resume_point`: physical worker p plays logical worker (p + rotate) % num_workers.
-    """
-
-    def __init__(self, plan: StreamPlan, images: np.ndarray, labels: np.ndarray, *, epoch: int,
-                 rotate: int = 0, skip: list[int] | None = None, prefetch_batches: int = 0,
-                 replay: ViewReplay | None = None) -> None:
-        self.plan, self.images, self.labels = plan, images, labels
-        self.epoch, self.rotate = epoch, rotate
-        self.skip = skip or [0] * plan.num_workers
-        self.prefetch_batches = prefetch_batches
-        self.replay = replay  # issue 7: rebuild each row's chosen stored view
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        info = get_worker_info()
-        physical, count = (0, 1) if info is None else (info.id, info.num_workers)
-        if count != self.plan.num_workers:
-            raise ConfigError(f"stream planned for {self.plan.num_workers} workers, "
-                              f"the DataLoader runs {count}")
-        try:
-            yield from self._batches((physical + self.rotate) % count)
-        except SofttargetsError as e:
-            if info is None:
-                raise
-            yield WorkerFailure(e)  # type: ignore[misc]
-
-    def _batches(self, worker: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        source = worker_batches(self.plan, epoch=self.epoch, worker=worker,
-                                skip_batches=self.skip[worker])
-        for ids, *values in prefetch(source, depth=self.prefetch_batches, name="stream"):
-            labels = torch.from_numpy(self.labels[ids].astype(np.int64))  # (B,)
-            if self.replay is not None:  # values: view_logits (B, V, C), view_params (B, V, P)
-                x, logits = self.replay(ids, self.images, *values, seed=self.plan.seed,
-                                        epoch=self.epoch)  # (B, D) float32, (B, C) float16
-                yield torch.from_numpy(ids), x, labels, logits
-                continue
-            images = torch.from_numpy(self.images[ids])  # (B, H, W) uint8
-            yield torch.from_numpy(ids), images, labels, torch.from_numpy(values[0])  # (B, C)
-
-
 class StreamingDistillData:
     """Rows of a split with their teacher logits, streamed from the store in seeded batches.
 
     Same interface as DistillData (`len`, `num_batches`, `batches`), plus `state_dict` /
-    `load_state_dict` to resume in the middle of an epoch. Teacher logits come as float16
-    (the losses cast). The sample ids are read once up front to check the join: no duplicates,
-    every id inside the split, and every row of `rows` covered (8 bytes per row of memory).
+    `load_state_dict` to resume in the middle of an epoch: the stage-2 commands' face of
+    read.stream.StreamingDistillDataset, which does the streaming (the store's chunk order,
+    ranks, workers, checks). Teacher logits come as float16 (the losses cast). rows: the
+    transfer set (sample ids), default every row the store holds.
     """
 
     def __init__(self, split: Split, store: LogitStore, *, rows: np.ndarray | None = None,
                  options: StreamOptions = StreamOptions(), rank: int | None = None,
                  world_size: int | None = None, replay: ViewReplay | None = None) -> None:
-        check_aligned(split, store)
         self.options = options
-        self.replay = replay  # issue 7: stream view_logits/view_params and replay the views
-        self.images, self.labels = split.images, split.labels
-        # Memory: 9 bytes per row here (ids, then a seen-mask), freed after the checks; the
-        # stream itself holds two groups of chunks whatever N is.
-        ids = np.asarray(store.sample_id[:])  # (N,) int64
-        if ids.min(initial=0) < 0 or ids.max(initial=0) >= len(split):
-            raise StoreError(f"store {store.url!r}: sample ids outside [0, {len(split)})")
-        covered = np.zeros(len(split), dtype=bool)
-        covered[ids] = True
-        if int(covered.sum()) != ids.size:
-            raise StoreError(f"store {store.url!r}: sample_id has duplicates; the store is damaged")
-        keep = None
-        if rows is not None:
-            keep = np.zeros(len(split), dtype=bool)
-            keep[np.asarray(rows, dtype=np.int64)] = True
-            if not covered[keep].all():
-                missing = np.flatnonzero(keep & ~covered)[:5].tolist()
-                raise StoreMismatchError(f"store {store.url!r} has no logits for sample ids "
-                                         f"{missing}; the transfer set must be inside the store")
-        starts = np.arange(0, len(ids), store.meta.chunk_rows)
-        if keep is None:  # (num_chunks,) rows kept per chunk
-            self.kept = np.diff(np.append(starts, len(ids))).astype(np.int64)
-        else:
-            self.kept = np.add.reduceat(keep[ids].astype(np.int64), starts)
-        del ids, covered
-        self.keep = keep
-        self.url = store.url
-        if world_size is None:
-            dist = torch.distributed
-            ready = dist.is_available() and dist.is_initialized()
-            rank, world_size = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
-        self.rank, self.world_size = rank or 0, world_size
-        self._position: dict[str, Any] = {}
+        if rows is None and store.meta.n != len(split):  # a store of a subset: its own rows
+            rows = np.asarray(store.sample_id[:])
+        rank = None if world_size is None else (rank or 0)
+        self.stream = StreamingDistillDataset(
+            IDXDataset.from_split(split), store.url, sample_ids=rows, with_ids=True, rank=rank,
+            world_size=world_size, buffer_chunks=options.buffer_chunks,
+            decode_threads=options.decode_threads, prefetch_batches=options.prefetch_batches,
+            replay=replay)
+        self.rank, self.world_size = self.stream.rank, self.stream.world_size
+        self.kept = self.stream._kept  # (num_chunks,) rows streamed of each chunk
+        self._current = self.stream
         self._resume: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         """Rows in the transfer set (all ranks together)."""
-        return int(self.kept.sum())
+        return self.stream.num_rows
 
-    def plan(self, *, batch_size: int, seed: int) -> StreamPlan:
-        return StreamPlan(url=self.url, kept=self.kept, keep=self.keep, seed=seed,
-                          batch_size=batch_size, buffer_chunks=self.options.buffer_chunks,
-                          rank=self.rank, world_size=self.world_size,
-                          num_workers=max(1, self.options.workers),
-                          decode_threads=self.options.decode_threads,
-                          arrays=(VIEW_LOGITS, VIEW_PARAMS) if self.replay else (LOGITS,))
+    def _epoch(self, *, batch_size: int, epoch: int, seed: int) -> StreamingDistillDataset:
+        """The stream of one epoch with this batch size and seed (shares the checked index)."""
+        stream = copy.copy(self.stream)
+        stream.batch_size, stream.seed = batch_size, seed
+        stream.set_epoch(epoch)
+        return stream
 
     def num_batches(self, batch_size: int, epoch: int = 0, seed: int = 0) -> int:
         """Batches this rank yields in `epoch` (each worker's last batch may be short)."""
-        return sum(self.plan(batch_size=batch_size, seed=seed).batch_counts(epoch))
+        stream = self._epoch(batch_size=batch_size, epoch=epoch, seed=seed)
+        return stream.num_batches(self.options.workers)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the last `batches` iteration stands: epoch, seed, batch size, batches delivered."""
-        return dict(self._position)
+        return self._current.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The next `batches` call of the same epoch, seed and batch size continues from `state`."""
@@ -281,7 +207,7 @@ class StreamingDistillData:
             raise ConfigError(f"loader state lacks {sorted(need - set(state))}")
         here = {"workers": self.options.workers, "world_size": self.world_size, "rank": self.rank}
         for key, value in here.items():
-            if state[key] != value:
+            if state[key] != value and (key != "workers" or state["delivered"]):
                 raise ConfigError(f"loader state was saved with {key}={state[key]}, this loader "
                                   f"has {key}={value}; resume with the same layout")
         self._resume = dict(state)
@@ -289,32 +215,15 @@ class StreamingDistillData:
     def batches(self, *, batch_size: int, epoch: int, seed: int,
                 with_ids: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
         """Batches (images, labels, teacher float16), or (ids, ...) too when with_ids."""
-        plan = self.plan(batch_size=batch_size, seed=seed)
-        delivered, rotate, skip = 0, 0, None
+        stream = self._current = self._epoch(batch_size=batch_size, epoch=epoch, seed=seed)
         resume, self._resume = self._resume, None
         if resume is not None and (resume["epoch"], resume["seed"], resume["batch_size"]) == (
                 epoch, seed, batch_size):
-            delivered = int(resume["delivered"])
-            rotate, skip = resume_point(plan.batch_counts(epoch), delivered)
-        self._position = {"epoch": epoch, "seed": seed, "batch_size": batch_size,
-                          "delivered": delivered, "workers": self.options.workers,
-                          "world_size": self.world_size, "rank": self.rank}
-        dataset = StreamDataset(plan, self.images, self.labels, epoch=epoch, rotate=rotate,
-                                skip=skip, prefetch_batches=self.options.prefetch_batches,
-                                replay=self.replay)
-        for batch in self._iterate(dataset):
-            self._position["delivered"] += 1
+            stream.load_state_dict(resume)
+        workers = self.options.workers
+        loader = stream.loader(num_workers=workers, multiprocessing_context=self.options.context,
+                               prefetch_factor=max(1, self.options.prefetch_batches // 2),
+                               pin_memory=torch.cuda.is_available()) if workers else stream
+        for ids, x, labels, target in loader:
+            batch = (ids, x, labels, target.logits)
             yield batch if with_ids else batch[1:]
-
-    def _iterate(self, dataset: StreamDataset) -> Iterator[tuple[torch.Tensor, ...]]:
-        if self.options.workers == 0:
-            yield from dataset
-            return
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.options.workers,
-                            multiprocessing_context=self.options.context,
-                            prefetch_factor=max(1, self.options.prefetch_batches // 2),
-                            pin_memory=torch.cuda.is_available())
-        for batch in loader:
-            if isinstance(batch, WorkerFailure):
-                raise batch.error
-            yield batch

@@ -275,11 +275,14 @@ class SparseStore:
         ids_name, logits_name, counts_name = array_names(self.meta.kind)
         names = [n for n in (SAMPLE_ID, POSITION if self.spec.position else None, ids_name,
                              logits_name, counts_name, LSE, TAIL) if n is not None]
-        try:
-            raw = {name: np.asarray(self.group[name][sl]) for name in names}
-        except Exception as e:  # zarr raises codec-specific errors on a bad checksum
-            raise StoreError(f"store {self.url!r}: chunk {index} (rows {sl.start}..{sl.stop - 1}) "
-                             f"cannot be decoded: {e}") from e
+        raw = {}
+        for name in names:
+            try:
+                raw[name] = np.asarray(self.group[name][sl])
+            except Exception as e:  # zarr raises codec-specific errors on a bad checksum
+                raise StoreError(f"store {self.url!r}: chunk {index} (rows {sl.start}.."
+                                 f"{sl.stop - 1}) of {name!r} cannot be decoded, the stored "
+                                 f"bytes are damaged: {e}") from e
         sample_ids, positions = raw[SAMPLE_ID], raw.get(POSITION)
         rows = sp.SparseRows(ids=raw[ids_name].astype(np.int64), logits=raw[logits_name],
                              lse=raw[LSE], tail=raw[TAIL],

@@ -1,4 +1,4 @@
-"""Issue 7, stage 2: replay stored augmented views (docs/FORMAT.md "Augmented views").
+"""Stage 2 of views stores: replay stored augmented views (docs/FORMAT.md "Augmented views").
 
 Each epoch every sample draws one of its V stored views (`views.choose_views`: a function of
 (seed, epoch, sample id) only), the loader rebuilds that view's input from the stored parameters
@@ -7,8 +7,8 @@ exact input the teacher saw for the target it is trained on.
 
 * `ViewData`: the whole views store in memory; one teacher, or an ensemble
   (`member_view_logits` (M, N, V, C), combined at the student's T by the ensemble rule).
-* `ViewReplay`: the per-batch step used by the streaming loader (loader.StreamingDistillData with
-  `replay=`), for views stores far larger than RAM.
+* `ViewReplay`: the per-batch step of the streaming loader (read.stream.StreamingDistillDataset
+  with `replay=`, under loader.StreamingDistillData), for views stores far larger than RAM.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from softtargets import ensemble
 from softtargets.digests import DigestCheck
 from softtargets.errors import StoreMismatchError
 from softtargets.store import check_dataset, chunk_slice, read_meta
-from softtargets.stream import ChunkReader, check_chunk, read_rows
+from softtargets.chunks import ChunkReader, check_chunk, read_rows
 from softtargets.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS, AugmentSpec,
                                apply_views, choose_views, views_spec)
 
@@ -63,11 +63,12 @@ class ViewReplay:
     def __call__(self, ids: np.ndarray, images: np.ndarray, view_logits: np.ndarray,
                  view_params: np.ndarray, *, seed: int,
                  epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs (B, D) float32 and logits (B, C) float16 of the views chosen for rows `ids`;
-        view_logits (B, V, C), view_params (B, V, P) are the rows' stored views."""
+        """Inputs (B, D) float32 and logits (B, C) float16 of the views chosen for sample ids
+        `ids`; images (B, H, W) uint8 are theirs, view_logits (B, V, C) and view_params
+        (B, V, P) their stored views."""
         v = choose_views(ids, views=self.views, seed=seed, epoch=epoch)  # (B,)
         rows = np.arange(len(ids))
-        x = apply_views(images[ids], view_params[rows, v], spec=self.spec)
+        x = apply_views(images, view_params[rows, v], spec=self.spec)
         return x, torch.from_numpy(np.ascontiguousarray(view_logits[rows, v]))
 
 

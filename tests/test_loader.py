@@ -214,7 +214,8 @@ def test_stream_transfer_subset_and_checks(tiny_data, tmp_path):
     assert len(data) == 4 and sorted(sum(streamed(data), [])) == [1, 5, 9, 60]
     half = make_store(tmp_path / "half.zarr", split, perm=np.arange(48),
                       logits=np.zeros((48, 10), np.float32))
-    with pytest.raises(StoreMismatchError, match=r"no logits for sample ids \[48, 49"):
+    with pytest.raises(StoreMismatchError, match=r"has no target for 48 of the 96 sample ids "
+                       r"of dataset mnist \(first: \[48, 49"):
         StreamingDistillData(split, half, rows=np.arange(96))
     fewer = load_split(DataConfig(dataset="mnist", data_dir=tiny_data.data_dir, limit=50))
     with pytest.raises(StoreMismatchError, match=r"n differs"):
@@ -222,7 +223,8 @@ def test_stream_transfer_subset_and_checks(tiny_data, tmp_path):
     twice = np.arange(96)
     twice[7] = 3  # sample 3 stored twice, 7 never: misaligned targets must not train
     dup = make_store(tmp_path / "dup.zarr", split, perm=twice, logits=np.zeros((96, 10), np.float32))
-    with pytest.raises(StoreError, match="sample_id has duplicates; the store is damaged"):
+    with pytest.raises(StoreError, match=r"sample id 3 has more than one row \(again in chunk "
+                       r"0\); the store is damaged"):
         StreamingDistillData(split, dup)
     part = StreamingDistillData(split, half)  # a store of a subset: its own rows, counted per chunk
     assert len(part) == 48 and part.kept.tolist() == [32, 16]

@@ -12,7 +12,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "API.md"
 
 def test_the_examples_of_docs_api_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 6
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     for block in blocks:
@@ -24,3 +24,5 @@ def test_the_examples_of_docs_api_run(tmp_path, monkeypatch, capsys):
     assert scope["target"].sparse.ids.shape == (2, 8, 4)
     assert torch.isfinite(scope["loss"]) and scope["loss"].item() > 0
     assert (tmp_path / "teacher.zarr").is_dir() and (tmp_path / "tokens.zarr").is_dir()
+    assert scope["state"]["epoch"] == 2 and scope["state"]["delivered"] == 1
+    assert len(scope["rest"]) == 1 and isinstance(scope["rest"][0][2], PositionTargets)

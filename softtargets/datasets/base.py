@@ -165,6 +165,25 @@ class BaseDataset:
         """(inputs, labels) of `rows`: what stage 1 reads per write unit."""
         return self.inputs(rows), self.labels(rows)
 
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, labels) of the rows (B,) int in that order, e.g. a shuffled batch: one
+        `read` per run of consecutive rows. Adapters holding arrays index them directly."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise DatasetError(f"{self.name}: rows {rows.min()}..{rows.max()} out of range for "
+                               f"{len(self)} rows")
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        runs = np.split(ordered, np.flatnonzero(np.diff(ordered) != 1) + 1) if rows.size else []
+        parts = [self.read(slice(int(run[0]), int(run[-1]) + 1)) for run in runs]
+        if not parts:
+            return self.read(slice(0, 0))
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))  # position of each requested row in `ordered`
+        inputs = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        return inputs[back], labels[back]
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
         n = len(self)
         if not isinstance(index, (int, np.integer)):

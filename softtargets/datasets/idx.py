@@ -8,7 +8,7 @@ import numpy as np
 
 from softtargets.config import DataConfig
 from softtargets.data import Split, load_split
-from softtargets.datasets.base import BaseDataset
+from softtargets.datasets.base import BaseDataset, check_labels
 
 
 class IDXDataset(BaseDataset):
@@ -42,6 +42,12 @@ class IDXDataset(BaseDataset):
 
     def _labels(self, start: int, stop: int) -> np.ndarray:
         return self.data.labels[start:stop]  # (R,) uint8
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(images (B, H, W) uint8, labels (B,) int64) of rows (B,), indexed directly."""
+        rows = np.asarray(rows, dtype=np.int64)
+        labels = check_labels(self.data.labels[rows], self.num_classes, name=self.name)
+        return self.data.images[rows], labels
 
     def identity(self) -> dict[str, Any]:
         """Split.identity() (with `dataset_id` when given)."""

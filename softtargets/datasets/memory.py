@@ -60,6 +60,11 @@ class TensorDataset(BaseDataset):
     def _labels(self, start: int, stop: int) -> np.ndarray:
         return self._y[start:stop]
 
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, labels) of rows (B,), indexed in memory (labels were checked up front)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._x[rows], self._y[rows]
+
     @cached_property
     def fingerprint(self) -> str:
         """Input digest of every row ("xxh3-128:<hex>"); in memory, so cheap."""

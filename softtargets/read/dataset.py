@@ -21,6 +21,7 @@ from softtargets.datasets.base import as_numpy
 from softtargets.errors import ConfigError, DatasetError, StoreMismatchError
 from softtargets.read.batch import Target, collate
 from softtargets.read.targets import SoftTargets
+from softtargets.store import StoreMeta, check_dataset
 
 
 class DistillDataset(Dataset):
@@ -42,7 +43,7 @@ class DistillDataset(Dataset):
             raise DatasetError(f"DistillDataset needs a map-style dataset (__len__ and "
                                f"__getitem__), got {type(dataset).__name__}")
         self.dataset, self.targets = dataset, targets
-        self.sample_ids = _sample_ids(dataset)
+        self.sample_ids = sample_ids_of(dataset)
         _check_pairing(dataset, targets, self.sample_ids)
 
     def __len__(self) -> int:
@@ -56,7 +57,7 @@ class DistillDataset(Dataset):
         return item[0], item[1], self.targets[int(self.sample_ids[index])]
 
 
-def _sample_ids(dataset: Any) -> np.ndarray:
+def sample_ids_of(dataset: Any) -> np.ndarray:
     """int64 (N,): the dataset's own sample ids, or 0..N-1."""
     ids = getattr(dataset, "sample_ids", None)
     if ids is None:
@@ -70,30 +71,44 @@ def _sample_ids(dataset: Any) -> np.ndarray:
 
 def _check_pairing(dataset: Any, targets: SoftTargets, ids: np.ndarray) -> None:
     """Refuse a store of other data, classes or sequence length, or missing some sample id."""
-    name = getattr(dataset, "name", type(dataset).__name__)
+    check_pairing(dataset, targets.url, targets.meta, positions=targets.positions)
+    refuse_missing(dataset, targets.url, ids, np.setdiff1d(ids, targets.sample_ids))
+
+
+def check_pairing(dataset: Any, url: str, meta: StoreMeta, *, positions: int | None) -> None:
+    """Refuse a store (its metadata; `positions` its sequence length or None) computed on
+    other data, of another class count or class names, or of other rows per sample."""
+    name = dataset_name(dataset)
     identity = getattr(dataset, "identity", None)
     if callable(identity):
-        targets.check_dataset(identity())
+        check_dataset(meta, url, identity())
     classes = getattr(dataset, "num_classes", None)
-    if classes is not None and classes != targets.num_classes:
-        raise StoreMismatchError(f"store {targets.url!r} has {targets.num_classes} classes but "
+    if classes is not None and classes != meta.num_classes:
+        raise StoreMismatchError(f"store {url!r} has {meta.num_classes} classes but "
                                  f"dataset {name} has {classes}; use the store computed on it")
     names = getattr(dataset, "class_names", None)
-    if names is not None and tuple(names) != tuple(targets.meta.class_names):
-        raise StoreMismatchError(f"store {targets.url!r} has classes "
-                                 f"{_short(targets.meta.class_names)} but dataset {name} has "
+    if names is not None and tuple(names) != tuple(meta.class_names):
+        raise StoreMismatchError(f"store {url!r} has classes "
+                                 f"{_short(meta.class_names)} but dataset {name} has "
                                  f"{_short(names)}; use the store computed on it")
-    positions = getattr(dataset, "positions", targets.positions)  # plain datasets: unknown
-    if positions != targets.positions:
-        have, want = _rows(targets.positions, "target"), _rows(positions, "label")
-        raise StoreMismatchError(f"store {targets.url!r} has {have} but dataset {name} has "
+    mine = getattr(dataset, "positions", positions)  # plain datasets: unknown
+    if mine != positions:
+        have, want = _rows(positions, "target"), _rows(mine, "label")
+        raise StoreMismatchError(f"store {url!r} has {have} but dataset {name} has "
                                  f"{want}; use a store written for this dataset")
-    missing = np.setdiff1d(ids, targets.sample_ids)
+
+
+def refuse_missing(dataset: Any, url: str, ids: np.ndarray, missing: np.ndarray) -> None:
+    """Refuse a store without a target for `missing`, some of the dataset's sample ids `ids`."""
     if missing.size:
-        raise StoreMismatchError(f"store {targets.url!r} has no target for {missing.size} of the "
-                                 f"{len(ids)} sample ids of dataset {name} (first: "
-                                 f"{missing[:5].tolist()}); use the store computed on all of "
-                                 "this dataset's rows")
+        raise StoreMismatchError(f"store {url!r} has no target for {missing.size} of the "
+                                 f"{len(ids)} sample ids of dataset {dataset_name(dataset)} "
+                                 f"(first: {missing[:5].tolist()}); use the store computed on "
+                                 "all of this dataset's rows")
+
+
+def dataset_name(dataset: Any) -> str:
+    return str(getattr(dataset, "name", type(dataset).__name__))
 
 
 def _rows(positions: int | None, what: str) -> str:

@@ -1,7 +1,7 @@
 """Opening a store of any kind for SoftTargets: options checked at open, targets loaded later.
 
 `open_source` opens the store with its kind's checked reader (store.LogitStore,
-ensemble.EnsembleTargets, stream.ChunkReader for stored views, sparse_store.SparseStore) and
+ensemble.EnsembleTargets, read.units for stored views, sparse_store.SparseStore) and
 refuses options the store cannot serve before any data is read; `Source.load` then reads the
 store chunk by chunk through that reader (crc32c, row checks, chunk digests) into a `Table`:
 every target in memory, in increasing sample id order.
@@ -21,10 +21,10 @@ from softtargets import sparse as sp
 from softtargets.distill import SparseTargets, map_tensors, sparse_targets
 from softtargets.errors import ConfigError, StoreError
 from softtargets.read.batch import DenseTarget, PositionTargets, Target
+from softtargets.read.units import ENSEMBLE_KIND, LOGITS_KIND, SPARSE_KIND, UnitSpec
 from softtargets.sparse_store import KINDS, SparseStore
 from softtargets.store import LogitStore, StoreMeta, read_meta
-from softtargets.stream import ChunkReader
-from softtargets.views import VIEW_LOGITS, check_view
+from softtargets.views import check_view
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +51,14 @@ class Table:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A store opened and checked for the options; `load` reads every target."""
+    """A store opened and checked for the options; `load` reads every target, `units` says how
+    to stream them (read.units), `convert` turns sparse rows into targets at T (sparse stores)."""
 
     meta: StoreMeta
     rule: str | None
     load: Callable[[], Table]
+    units: UnitSpec
+    convert: Callable[[sp.SparseRows], SparseTargets] | None = None
 
 
 def open_source(url: str, opts: ReadOptions) -> Source:
@@ -71,13 +74,16 @@ def open_source(url: str, opts: ReadOptions) -> Source:
         # view 0 is what member_logits hold: read the cheaper array
         members = ensemble.open_targets(store, rule=opts.rule, temperature=opts.temperature,
                                         view=opts.view or None)
+        units = UnitSpec(url, ENSEMBLE_KIND, temperature=opts.temperature, rule=members.rule,
+                         view=opts.view)
         return Source(store.meta, members.rule, functools.partial(
-            _dense_table, url, members.read_all, opts.temperature, log_probs=True))
+            _dense_table, url, members.read_all, opts.temperature, log_probs=True), units)
     _refuse_rule(url, opts, "holds one teacher's logits")
-    read = (functools.partial(_read_view, url, opts.view) if opts.view
+    units = UnitSpec(url, LOGITS_KIND, temperature=opts.temperature, view=opts.view)
+    read = (functools.partial(_read_units, units) if opts.view
             else store.read_all)  # view 0 is the store's `logits` array
     return Source(store.meta, None, functools.partial(_dense_table, url, read,
-                                                      opts.temperature, log_probs=False))
+                                                      opts.temperature, log_probs=False), units)
 
 
 def _check_options(opts: ReadOptions) -> None:
@@ -119,18 +125,11 @@ def _dense_table(url: str, read: Callable[[], tuple[np.ndarray, np.ndarray]],
     return Table(ids[order], target)
 
 
-def _read_view(url: str, view: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sample ids (N,) and logits (N, C) float16 of stored view `view` of one teacher."""
-    reader = ChunkReader(url, (VIEW_LOGITS,))
-    rows, shape = reader.meta.chunk_rows, reader.row_layout(VIEW_LOGITS)[0]  # (V, C)
-    ids, logits = [], []
-    for index in range(reader.store.num_chunks):
-        got_ids = np.empty(rows, np.int64)
-        got = np.empty((rows, *shape), np.float16)  # (R, V, C)
-        count = reader.read_into(index, got_ids, got)
-        ids.append(got_ids[:count])
-        logits.append(got[:count, view])
-    return np.concatenate(ids), np.concatenate(logits)
+def _read_units(units: UnitSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ids (N,) and values (N, ...) of every unit of a row store, in store order."""
+    reader = units.open()
+    parts = [reader.read(index) for index in range(reader.num_chunks)]  # type: ignore[union-attr]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _sparse_source(url: str, opts: ReadOptions) -> Source:
@@ -146,7 +145,8 @@ def _sparse_source(url: str, opts: ReadOptions) -> Source:
                                 sample_temperature=store.spec.sample_temperature)
     convert(_empty_rows(store))  # refuses a T (or tail) the store cannot give, reading nothing
     load = _position_table if store.spec.position else _sparse_table
-    return Source(store.meta, None, functools.partial(load, store, convert))
+    return Source(store.meta, None, functools.partial(load, store, convert),
+                  UnitSpec(url, SPARSE_KIND, temperature=opts.temperature), convert)
 
 
 def _empty_rows(store: SparseStore) -> sp.SparseRows:
