@@ -16,17 +16,19 @@ def errors_text(m: dict[str, Any]) -> str:
     return text
 
 
-def gap_closed(baseline: int, distilled: int, teacher: int) -> float | None:
+def gap_closed(baseline: float, distilled: float, teacher: float) -> float | None:
     """Fraction of the baseline-to-teacher gap the distilled student closes (None: no gap)."""
     return None if baseline <= teacher else (baseline - distilled) / (baseline - teacher)
 
 
-def gap_text(baseline: int, distilled: int, teacher: int) -> str:
-    """'35% ((989 - 916) / (989 - 775))', or why there is no gap to close."""
+def gap_text(baseline: float, distilled: float, teacher: float) -> str:
+    """'35% ((989 - 916) / (989 - 775))', or why there is no gap to close; means get 1 decimal."""
     closed = gap_closed(baseline, distilled, teacher)
+    b, d, t = (f"{x:.1f}" if isinstance(x, float) else str(x) for x in (baseline, distilled,
+                                                                       teacher))
     if closed is None:
-        return f"n/a: the teacher ({teacher}) is no better than the baseline ({baseline})"
-    return f"{100 * closed:.0f}% (({baseline} - {distilled}) / ({baseline} - {teacher}))"
+        return f"n/a: the teacher ({t}) is no better than the baseline ({b})"
+    return f"{100 * closed:.0f}% (({b} - {d}) / ({b} - {t}))"
 
 
 def summary_table(run_dir: Path) -> str:
