@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from softtargets.config import parse_widths
 from softtargets.errors import ConfigError, SofttargetsError
-from softtargets.experiments import parse_widths
 from softtargets.recipe import RecipeConfig, run, table
 
 

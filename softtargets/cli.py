@@ -14,7 +14,7 @@ import click
 from softtargets import data as data_mod
 from softtargets import report
 from softtargets.config import (ARCHS, DataConfig, LogitsConfig, StudentTrainConfig,
-                                TeacherTrainConfig)
+                                TeacherTrainConfig, parse_widths)
 from softtargets.distributed import ranks_from_env
 from softtargets.errors import ConfigError, SofttargetsError
 
@@ -43,9 +43,8 @@ def cli() -> None:
 
 def data_options(fn: Callable) -> Callable:
     """--dataset, --data-dir, --limit, --val-rows, shared by every command that reads a dataset."""
-    fn = click.option("--val-rows", type=int, default=0, show_default=True,
-                      help="Hold out the last N rows of the train split for validation; training "
-                           "uses the rows before them (pass the same N to every step).")(fn)
+    fn = click.option("--val-rows", type=int, default=0, show_default=True, help="Hold out the "
+                      "last N train rows for validation; train on the rows before them.")(fn)
     fn = click.option("--limit", type=int, default=None,
                       help="Use only the first N rows of the split (small runs, tests).")(fn)
     fn = click.option("--data-dir", default="data", show_default=True,
@@ -61,12 +60,9 @@ def hidden_option(default: str) -> Callable:
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(",") if w.strip())
-    except ValueError:
-        raise click.BadParameter(f"--hidden must be comma-separated integers, got {text!r}")
-    if not widths or min(widths) <= 0:
-        raise click.BadParameter(f"--hidden needs positive widths, got {text!r}")
+    widths = parse_widths(text)
+    if widths is None:
+        raise click.BadParameter(f"--hidden needs comma-separated positive integers, got {text!r}")
     return widths
 
 
@@ -122,10 +118,9 @@ def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
 @threads_option
 @quiet_option
 def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: int, arch: str,
-                      hidden: str, epochs: int,
-                      batch_size: int, lr: float, dropout: float, input_dropout: float,
-                      jitter: int | None, max_norm: float, seed: int, out: str, overwrite: bool,
-                      threads: int | None, quiet: bool) -> None:
+                      hidden: str, epochs: int, batch_size: int, lr: float, dropout: float,
+                      input_dropout: float, jitter: int | None, max_norm: float, seed: int,
+                      out: str, overwrite: bool, threads: int | None, quiet: bool) -> None:
     """Train the paper's teacher (MLP 784-1200-1200-10, dropout, jitter, max-norm)."""
     from softtargets.train import train_teacher
     out = out.replace("{dataset}", dataset)
@@ -133,8 +128,8 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
     cfg = TeacherTrainConfig(
         data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, val_rows=val_rows),
         arch=arch, hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout,
-        jitter=jitter,
-        max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
+        jitter=jitter, max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        threads=threads)
     m = train_teacher(cfg, out=out, overwrite=overwrite, progress=not quiet)
     click.echo(f"teacher: {m['model']}, {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
@@ -338,11 +333,10 @@ def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, 
     from softtargets.train import train_student
     out = out.replace("{dataset}", dataset)
     store = None if store is None else store.replace("{dataset}", dataset)
-    cfg = StudentTrainConfig(data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit,
-                                             val_rows=val_rows),
-                             store=store, arch=arch, hidden=parse_hidden(hidden), epochs=epochs,
-                             batch_size=batch_size, lr=lr, clip_grad=clip_grad, seed=seed,
-                             threads=threads, **loss)
+    data = DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, val_rows=val_rows)
+    cfg = StudentTrainConfig(data=data, store=store, arch=arch, hidden=parse_hidden(hidden),
+                             epochs=epochs, batch_size=batch_size, lr=lr, clip_grad=clip_grad,
+                             seed=seed, threads=threads, **loss)
     m = train_student(cfg, out_dir=out, progress=not quiet)
     how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}" if store else "hard labels"
     click.echo(f"{m['role']}: {m['model']} ({how}), {epochs} epochs on {m['train_rows']} rows in "

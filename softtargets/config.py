@@ -195,6 +195,15 @@ def check_arch(arch: str) -> None:
         raise ConfigError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
 
 
+def parse_widths(text: str) -> tuple[int, ...] | None:
+    """'800,800' -> (800, 800); None unless every width is a positive integer."""
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        return None
+    return widths if widths and min(widths) > 0 else None
+
+
 def check_views(views: int) -> None:
     """Raise ConfigError unless views (augmented views per sample, issue 7) is positive."""
     if views <= 0:

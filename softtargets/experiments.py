@@ -23,7 +23,7 @@ import torch
 
 from softtargets import ensemble, members
 from softtargets.config import (ARCHS, DataConfig, EnsembleLogitsConfig, StudentTrainConfig,
-                                TeacherTrainConfig, to_dict)
+                                TeacherTrainConfig, parse_widths, to_dict)
 from softtargets.data import Split, load_split, load_validation, spec
 from softtargets.errors import ConfigError
 from softtargets.models import load_checkpoint
@@ -91,15 +91,6 @@ def log(msg: str) -> None:
 
 def _data(cfg: ExperimentConfig) -> DataConfig:
     return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit)
-
-
-def parse_widths(text: str) -> tuple[int, ...] | None:
-    """'800,800' -> (800, 800); None unless every width is a positive integer."""
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        return None
-    return widths if widths and min(widths) > 0 else None
 
 
 def parse_student(text: str) -> tuple[str, tuple[int, ...]]:
