@@ -113,8 +113,7 @@ def check_members(cfg: EnsembleLogitsConfig, split: Split) -> None:
     seen: list[tuple[str, int, tuple[str, ...] | None]] = []
     for t in range(len(cfg.teachers)):
         teacher = _load(cfg, t)
-        check_not_trained_on_validation(teacher.identity.get("trained_on"), split,
-                                        f"teacher {teacher.name!r}")
+        check_not_trained_on_validation(teacher.identity.get("trained_on"), split, teacher.name)
         c, names = _probe(teacher, split), teacher.class_names
         for other, c0, names0 in seen:
             if c != c0 or (names and names0 and names != names0):

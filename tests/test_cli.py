@@ -240,6 +240,7 @@ def test_val_rows_on_every_step(tiny_data, tmp_path):
     meta = json.loads(run("inspect", "--json", r / "t.zarr").output)
     assert (meta["n"], meta["dataset"]["val_rows"], meta["teacher"]["trained_on"]["val_rows"]) \
         == (80, 16, 16)
+    assert "checked against mnist/train n=80" in run("verify", r / "t.zarr", *d[:4]).output
     common = [*d, "--hidden", "16", "--epochs", 1, "--batch-size", 16, "--quiet"]
     res = run("student", *common, *v, "--store", r / "t.zarr", "--out", r / "student")
     assert "1 epochs on 80 rows" in res.output and "/16 validation errors" in res.output
@@ -261,6 +262,11 @@ def test_val_rows_on_every_step(tiny_data, tmp_path):
     assert res.output == (f"Error: ValidationLeakError: teacher '{r / 'all.pt'}' was trained on "
                           "the first 96 rows of mnist/train, which include the validation rows "
                           "80..95 held out by --val-rows 16; train it with --val-rows 16 too\n")
+    res = run("teacher-logits", *d, *v, "--teacher", r / "teacher.pt", "--teacher", r / "all.pt",
+              "--store", r / "leak.zarr", ok=False)  # an ensemble member that saw the rows
+    assert res.exit_code == 1 and not (r / "leak.zarr").exists()
+    assert res.output.startswith(f"Error: ValidationLeakError: member teacher 2 ({r / 'all.pt'}) "
+                                 "was trained on the first 96 rows of mnist/train")
     res = run("teacher-logits", *d, *v, "--split", "test", "--teacher", r / "teacher.pt",
               "--store", r / "test.zarr", ok=False)
     assert res.exit_code == 1 and res.output == (
