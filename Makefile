@@ -22,7 +22,7 @@ endif
 VAL_ROWS ?= 5000
 STUDENT_EPOCHS ?= 20
 STUDENT_LR ?= 0.05
-T ?= 5
+T ?= 10
 ALPHA ?= 0.5
 ST := $(VENV)/bin/softtargets
 PY := $(VENV)/bin/python
