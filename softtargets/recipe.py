@@ -24,6 +24,7 @@ from softtargets.errors import ConfigError
 from softtargets.experiments import cached_json, check_run_dir, log, write_json
 from softtargets.report import gap_closed, gap_text
 from softtargets.store import read_meta
+from softtargets.train import train_student
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,6 @@ def student(cfg: RecipeConfig, out: Path, *, seed: int, temperature: float | Non
     done = cached_json(out / "metrics.json")
     if done is not None:
         return done
-    from softtargets.train import train_student  # torch only when something is trained
     scfg = StudentTrainConfig(data=cfg.data, store=None if temperature is None else cfg.store,
                               hidden=cfg.hidden, temperature=temperature or 1.0, alpha=alpha,
                               epochs=cfg.epochs, lr=cfg.lr, seed=seed, threads=cfg.threads)
@@ -127,9 +127,9 @@ def table(results: dict[str, Any]) -> str:
     cfg, grid, chosen = results["config"], results["grid"], results["chosen"]
     teacher, base, dist = results["teacher"], results["baselines"], results["distilled"]
     seeds = cfg["seeds"]
-    lines = [f"Validation errors (last {cfg['val_rows']} training rows, out of "
-             f"{base[0]['val_n']}), seed {seeds[0]}; student mlp {'-'.join(map(str, cfg['hidden']))}"
-             f", {cfg['epochs']} epochs, lr {cfg['lr']:g}; teacher {teacher['model']}:", "",
+    lines = [f"Validation errors (out of the last {cfg['val_rows']} training rows), seed "
+             f"{seeds[0]}; student {base[0]['model']}, {cfg['epochs']} epochs, lr {cfg['lr']:g}; "
+             f"teacher {teacher['model']}:", "",
              "| T | " + " | ".join(f"alpha {a:g}" for a in cfg["alphas"]) + " |",
              "|---:|" + "---:|" * len(cfg["alphas"])]
     for t in cfg["temperatures"]:

@@ -8,7 +8,8 @@ import pytest
 
 from softtargets import data
 from softtargets.config import DataConfig
-from softtargets.errors import ConfigError, DatasetError, DatasetNotFoundError, ValidationLeakError
+from softtargets.errors import (ConfigError, DatasetError, DatasetNotFoundError,
+                                ValidationLeakError)
 
 from conftest import write_idx
 

@@ -54,7 +54,7 @@ def test_grid_choice_seeds_and_resume(tiny_data, store, tmp_path, monkeypatch):
 
     def no_training(*a, **k):
         raise AssertionError("a saved student was trained again")
-    monkeypatch.setattr("softtargets.train.train_student", no_training)
+    monkeypatch.setattr("softtargets.recipe.train_student", no_training)
     assert recipe.run(cfg) == json.loads((tmp_path / "recipe" / "results.json").read_text())
     with pytest.raises(ConfigError, match=r"holds results of other settings \(epochs: saved 2, "
                                           r"now 3\); pass another --out"):
