@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from softtargets.config import parse_widths
 from softtargets.errors import ConfigError, SofttargetsError
-from softtargets.experiments import ExperimentConfig, parse_widths, run
+from softtargets.experiments import ExperimentConfig, run
 from softtargets.plots import write_report
 
 

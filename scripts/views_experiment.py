@@ -92,7 +92,7 @@ def main() -> None:
     epochs = args.epochs or epochs
     data_cfg = DataConfig(dataset="fashion-mnist", split="train", data_dir=args.data_dir,
                           limit=limit)
-    test = load_split(dataclasses.replace(data_cfg, split="test", limit=None))
+    test = load_split(data_cfg.for_test())
     teacher = load_checkpoint(args.teacher).model.eval()
     with tempfile.TemporaryDirectory() as tmp:
         stores, stage1 = {}, {}

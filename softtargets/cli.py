@@ -14,7 +14,7 @@ import click
 from softtargets import data as data_mod
 from softtargets import report
 from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, LogitsConfig,
-                                StudentTrainConfig, TeacherTrainConfig)
+                                StudentTrainConfig, TeacherTrainConfig, parse_widths)
 from softtargets.distributed import ranks_from_env
 from softtargets.errors import ConfigError, SofttargetsError
 
@@ -42,7 +42,9 @@ def cli() -> None:
 
 
 def data_options(fn: Callable) -> Callable:
-    """--dataset, --data-dir, --limit, shared by every command that reads a dataset."""
+    """--dataset, --data-dir, --limit, --val-rows, shared by every command that reads a dataset."""
+    fn = click.option("--val-rows", type=int, default=0, show_default=True, help="Hold out the "
+                      "last N train rows for validation; train on the rows before them.")(fn)
     fn = click.option("--limit", type=int, default=None,
                       help="Use only the first N rows of the split (small runs, tests).")(fn)
     fn = click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True,
@@ -59,12 +61,9 @@ def hidden_option(default: str) -> Callable:
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(",") if w.strip())
-    except ValueError:
-        raise click.BadParameter(f"--hidden must be comma-separated integers, got {text!r}")
-    if not widths or min(widths) <= 0:
-        raise click.BadParameter(f"--hidden needs positive widths, got {text!r}")
+    widths = parse_widths(text)
+    if widths is None:
+        raise click.BadParameter(f"--hidden needs comma-separated positive integers, got {text!r}")
     return widths
 
 
@@ -119,20 +118,19 @@ def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at --out.")
 @threads_option
 @quiet_option
-def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, arch: str, hidden: str,
-                      epochs: int,
-                      batch_size: int, lr: float, dropout: float, input_dropout: float,
-                      jitter: int | None, max_norm: float, seed: int, out: str, overwrite: bool,
-                      threads: int | None, quiet: bool) -> None:
+def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: int, arch: str,
+                      hidden: str, epochs: int, batch_size: int, lr: float, dropout: float,
+                      input_dropout: float, jitter: int | None, max_norm: float, seed: int,
+                      out: str, overwrite: bool, threads: int | None, quiet: bool) -> None:
     """Train the paper's teacher (MLP 784-1200-1200-10, dropout, jitter, max-norm)."""
     from softtargets.train import train_teacher
     out = out.replace("{dataset}", dataset)
     jitter = data_mod.spec(dataset).teacher_jitter if jitter is None else jitter
     cfg = TeacherTrainConfig(
-        data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
+        data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, val_rows=val_rows),
         arch=arch, hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout,
-        jitter=jitter,
-        max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
+        jitter=jitter, max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        threads=threads)
     m = train_teacher(cfg, out=out, overwrite=overwrite, progress=not quiet)
     click.echo(f"teacher: {m['model']}, {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
@@ -212,7 +210,7 @@ def ensemble_options(fn: Callable) -> Callable:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the teacher.")
 @threads_option
 @quiet_option
-def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: str,
+def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: int, split: str,
                        teachers: tuple[str, ...], store: str, batch_size: int,
                        chunk_rows: int | None, compressor: str, device: str, overwrite: bool,
                        resume: bool, break_lock: bool, shard_rows: int | None,
@@ -231,7 +229,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, split: st
         torch.set_num_threads(threads)
     store = store.replace("{dataset}", dataset)
     teachers = tuple(t.replace("{dataset}", dataset) for t in teachers)
-    data = DataConfig(dataset=dataset, split=split, data_dir=data_dir, limit=limit)
+    data = DataConfig(dataset=dataset, split=split, data_dir=data_dir, limit=limit,
+                      val_rows=val_rows)
     common = dict(store=store, batch_size=batch_size, chunk_rows=chunk_rows,
                   compressor=compressor, overwrite=overwrite, device=device)
     from softtargets.members import ensemble_config
@@ -326,17 +325,17 @@ def baseline_cmd(out: str, **kw: Any) -> None:
     _train_student(out, store=None, **kw)
 
 
-def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, arch: str,
-                   hidden: str,
-                   epochs: int, batch_size: int, lr: float, clip_grad: float, seed: int,
-                   threads: int | None, quiet: bool, store: str | None, **loss: Any) -> None:
+def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, val_rows: int,
+                   arch: str, hidden: str, epochs: int, batch_size: int, lr: float,
+                   clip_grad: float, seed: int, threads: int | None, quiet: bool,
+                   store: str | None, **loss: Any) -> None:
     from softtargets.train import train_student
     out = out.replace("{dataset}", dataset)
     store = None if store is None else store.replace("{dataset}", dataset)
-    cfg = StudentTrainConfig(data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit),
-                             store=store, arch=arch, hidden=parse_hidden(hidden), epochs=epochs,
-                             batch_size=batch_size, lr=lr, clip_grad=clip_grad, seed=seed,
-                             threads=threads, **loss)
+    data = DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, val_rows=val_rows)
+    cfg = StudentTrainConfig(data=data, store=store, arch=arch, hidden=parse_hidden(hidden),
+                             epochs=epochs, batch_size=batch_size, lr=lr, clip_grad=clip_grad,
+                             seed=seed, threads=threads, **loss)
     m = train_student(cfg, out_dir=out, progress=not quiet)
     how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}" if store else "hard labels"
     click.echo(f"{m['role']}: {m['model']} ({how}), {epochs} epochs on {m['train_rows']} rows in "

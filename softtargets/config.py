@@ -37,18 +37,33 @@ DEFAULT_DATA_DIR = "data"
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which data: a named IDX dataset, a split, optionally only its first `limit` rows."""
+    """Which data: a named IDX dataset, a split, optionally only its first `limit` rows.
+
+    val_rows > 0 holds out the last val_rows rows of the train split for validation: the split is
+    then the rows before them (data.load_split), the held-out rows data.load_validation.
+    """
 
     dataset: str = "fashion-mnist"
     split: str = "train"
     data_dir: str = DEFAULT_DATA_DIR
     limit: int | None = None
+    val_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
             raise ConfigError(f"split must be 'train' or 'test', got {self.split!r}")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"limit must be a positive number of rows, got {self.limit}")
+        if self.val_rows < 0:
+            raise ConfigError(f"--val-rows must be >= 0 (0: no validation rows), got "
+                              f"{self.val_rows}")
+        if self.val_rows and self.split != "train":
+            raise ConfigError(f"--val-rows {self.val_rows} holds out rows of the train split; "
+                              f"drop it for the {self.split!r} split")
+
+    def for_test(self) -> DataConfig:
+        """The whole test split of the same dataset (what every model is evaluated on)."""
+        return dataclasses.replace(self, split="test", limit=None, val_rows=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +199,15 @@ def check_arch(arch: str) -> None:
     """Raise ConfigError unless arch is a known model architecture."""
     if arch not in ARCHS:
         raise ConfigError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
+
+
+def parse_widths(text: str) -> tuple[int, ...] | None:
+    """'800,800' -> (800, 800); None unless every width is a positive integer."""
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        return None
+    return widths if widths and min(widths) > 0 else None
 
 
 def check_views(views: int) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from softtargets.config import DEFAULT_DATA_DIR, DataConfig
-from softtargets.errors import DatasetError, DatasetNotFoundError
+from softtargets.errors import DatasetError, DatasetNotFoundError, ValidationLeakError
 
 FINGERPRINT_PREFIX = b"softtargets.fingerprint/v1\n"
 
@@ -103,6 +103,8 @@ class Split:
     class_names: tuple[str, ...]
     limit: int | None = None
     source: str = ""
+    val_rows: int = 0  # rows held out after this split's rows (DataConfig.val_rows)
+    val_start: int | None = None  # index of the first held-out row; None without val_rows
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -114,7 +116,7 @@ class Split:
     def identity(self) -> dict:
         """What a store or checkpoint records about the data it was computed on."""
         return {"name": self.name, "split": self.split, "n": len(self), "limit": self.limit,
-                "fingerprint": self.fingerprint}
+                "val_rows": self.val_rows, "fingerprint": self.fingerprint}
 
     def inputs(self, rows: slice = slice(None)) -> np.ndarray:
         """Flattened float32 inputs in [0, 1] of `rows`, shape (R, H*W)."""
@@ -194,8 +196,8 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def load_split(cfg: DataConfig) -> Split:
-    """Load a dataset split (first `cfg.limit` rows if set) and check it against known fingerprints."""
+def _read_split(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, Path]:
+    """All rows of a split file pair, checked: images (N, H, W), labels (N,), their directory."""
     ds = spec(cfg.dataset)
     img_stem, lbl_stem = FILES[cfg.split]
     img_path = find_file(cfg.dataset, img_stem, cfg.data_dir)
@@ -210,13 +212,57 @@ def load_split(cfg: DataConfig) -> Split:
     if known is not None and fingerprint(images, labels) != known:
         raise DatasetError(f"{cfg.dataset}/{cfg.split} in {img_path.parent} does not match the "
                            f"canonical data (fingerprint {known}); delete and fetch it again")
+    if cfg.val_rows >= len(labels):
+        raise DatasetError(f"--val-rows {cfg.val_rows} holds out all {len(labels)} rows of "
+                           f"{cfg.dataset}/{cfg.split}; pass fewer (e.g. a tenth of them)")
+    return images, labels, img_path.parent
+
+
+def load_split(cfg: DataConfig) -> Split:
+    """Load a dataset split and check it against known fingerprints.
+
+    With cfg.val_rows the last val_rows rows of the train split are held out (load_validation);
+    the split is the rows before them, of which cfg.limit (if set) keeps the first.
+    """
+    images, labels, where = _read_split(cfg)
+    val_start = len(labels) - cfg.val_rows if cfg.val_rows else None
+    images, labels = images[:val_start], labels[:val_start]
     if cfg.limit is not None:
         if cfg.limit > len(labels):
-            raise DatasetError(f"limit {cfg.limit} exceeds the {len(labels)} rows of "
+            held = f" left by --val-rows {cfg.val_rows}" if cfg.val_rows else ""
+            raise DatasetError(f"limit {cfg.limit} exceeds the {len(labels)} rows{held} of "
                                f"{cfg.dataset}/{cfg.split}")
         images, labels = images[: cfg.limit], labels[: cfg.limit]
-    return Split(cfg.dataset, cfg.split, images, labels, ds.class_names, cfg.limit,
-                 str(img_path.parent))
+    return Split(cfg.dataset, cfg.split, images, labels, spec(cfg.dataset).class_names,
+                 cfg.limit, str(where), cfg.val_rows, val_start)
+
+
+def load_validation(cfg: DataConfig) -> Split | None:
+    """The held-out rows: the last cfg.val_rows rows of the train split (None when 0)."""
+    if not cfg.val_rows:
+        return None
+    images, labels, where = _read_split(cfg)
+    start = len(labels) - cfg.val_rows
+    return Split(cfg.dataset, "val", images[start:], labels[start:], spec(cfg.dataset).class_names,
+                 None, str(where), cfg.val_rows, start)
+
+
+def check_not_trained_on_validation(trained_on: dict | None, split: Split, what: str) -> None:
+    """Refuse a model whose training rows include the rows `split` holds out for validation.
+
+    Training rows are always the leading rows of the train split, so the first trained_on["n"]
+    rows were seen; they overlap the validation rows when n exceeds split.val_start.
+    """
+    if split.val_start is None or not isinstance(trained_on, dict):
+        return
+    if trained_on.get("name") != split.name or trained_on.get("split") != "train":
+        return
+    seen = int(trained_on.get("n") or 0)
+    if seen > split.val_start:
+        raise ValidationLeakError(
+            f"{what} was trained on the first {seen} rows of {split.name}/train, which include "
+            f"the validation rows {split.val_start}..{split.val_start + split.val_rows - 1} held "
+            f"out by --val-rows {split.val_rows}; train it with --val-rows {split.val_rows} too")
 
 
 def ensure_dataset(name: str, data_dir: str | os.PathLike, *, download: bool = True) -> Path:

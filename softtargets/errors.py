@@ -28,6 +28,10 @@ class CheckpointError(SofttargetsError):
     """A model checkpoint is missing, malformed or of the wrong architecture."""
 
 
+class ValidationLeakError(CheckpointError):
+    """A teacher was trained on rows that this run holds out for validation (--val-rows)."""
+
+
 class StoreError(SofttargetsError):
     """A logit store is malformed, damaged or cannot be written."""
 

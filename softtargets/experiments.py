@@ -23,8 +23,8 @@ import torch
 
 from softtargets import ensemble, members
 from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, EnsembleLogitsConfig,
-                                StudentTrainConfig, TeacherTrainConfig, to_dict)
-from softtargets.data import load_split, spec
+                                StudentTrainConfig, TeacherTrainConfig, parse_widths, to_dict)
+from softtargets.data import Split, load_split, load_validation, spec
 from softtargets.errors import ConfigError
 from softtargets.models import load_checkpoint
 from softtargets.store import LogitStore
@@ -85,21 +85,12 @@ class ExperimentConfig:
         return cls(**{**base, **overrides})
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _data(cfg: ExperimentConfig) -> DataConfig:
     return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit)
-
-
-def parse_widths(text: str) -> tuple[int, ...] | None:
-    """'800,800' -> (800, 800); None unless every width is a positive integer."""
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        return None
-    return widths if widths and min(widths) > 0 else None
 
 
 def parse_student(text: str) -> tuple[str, tuple[int, ...]]:
@@ -116,7 +107,7 @@ def _name(model: str) -> str:
     return f"{arch}-" + "-".join(map(str, hidden))
 
 
-def _cached(path: Path) -> dict[str, Any] | None:
+def cached_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -134,7 +125,7 @@ def run_teachers(cfg: ExperimentConfig, out: Path) -> list[str]:
                                       dropout=cfg.teacher_dropout, jitter=jitter,
                                       epochs=cfg.teacher_epochs, seed=seed, threads=cfg.threads)
             m = train_teacher(tcfg, out=str(path), overwrite=True, progress=False)
-            _log(f"teacher {seed}: {m['test_errors']} test errors ({m['seconds']:.0f} s)")
+            log(f"teacher {seed}: {m['test_errors']} test errors ({m['seconds']:.0f} s)")
         paths.append(str(path))
     return paths
 
@@ -151,7 +142,7 @@ def ensemble_stores(cfg: ExperimentConfig, out: Path, teachers: list[str]) -> tu
                 teachers=tuple(teachers), store=str(url), overwrite=True, device="cpu",
                 combine=cfg.combine)
             _, seconds = members.run(ecfg, progress=False)
-            _log(f"stage 1 on {split}: {len(teachers)} members in {seconds:.0f} s -> {url}")
+            log(f"stage 1 on {split}: {len(teachers)} members in {seconds:.0f} s -> {url}")
         stores[split] = str(url)
     metrics = ensemble_test_metrics(cfg, stores["test"], out / "ensemble.json")
     return stores["train"], metrics
@@ -177,7 +168,7 @@ def ensemble_test_metrics(cfg: ExperimentConfig, test_store: str, path: Path) ->
     metrics = {"role": "ensemble", "rule": cfg.combine, "members": len(z),
                **_errors(logp.argmax(1), labels, len(test.class_names)),
                "member_test_errors": [int((zm.argmax(1) != labels).sum()) for zm in z]}
-    _write(path, metrics)
+    write_json(path, metrics)
     return metrics
 
 
@@ -192,7 +183,7 @@ def student(cfg: ExperimentConfig, out: Path, *, model: str, store: str | None,
             temperature: float = 1.0, rows: np.ndarray | None = None,
             epochs: int | None = None) -> dict[str, Any]:
     """Train one student (or reuse its metrics.json); store None = hard labels."""
-    done = _cached(out / "metrics.json")
+    done = cached_json(out / "metrics.json")
     if done is not None:
         return done
     arch, hidden = parse_student(model)
@@ -203,8 +194,8 @@ def student(cfg: ExperimentConfig, out: Path, *, model: str, store: str | None,
                               combine=cfg.combine if store else None)
     m = train_student(scfg, out_dir=str(out), rows=rows, progress=False)
     how = f"T={temperature:g}" if store else "hard labels"
-    _log(f"{m['model']} {how} on {m['train_rows']} rows: {m['test_errors']} test errors "
-         f"({m['seconds']:.0f} s)")
+    log(f"{m['model']} {how} on {m['train_rows']} rows: {m['test_errors']} test errors "
+        f"({m['seconds']:.0f} s)")
     return m
 
 
@@ -228,35 +219,33 @@ def omitted_class(cfg: ExperimentConfig, out: Path, store: str) -> dict[str, Any
     """Distil without class k, then raise the output bias of k (chosen on held-out train rows)."""
     d = out / "omitted"
     split = load_split(_data(cfg))
-    full = load_split(DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir))
-    val_start = len(full) - cfg.validation_rows
+    val = load_validation(DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir,
+                                     val_rows=cfg.validation_rows))
     k = cfg.omit_class
-    rows = np.flatnonzero((split.labels != k) & (np.arange(len(split)) < val_start))
+    rows = np.flatnonzero((split.labels != k) & (np.arange(len(split)) < val.val_start))
     model = cfg.students[0]
     distilled = student(cfg, d / "distilled", model=model, store=store,
                         temperature=cfg.omit_temperature, rows=rows)
     baseline = student(cfg, d / "baseline", model=model, store=None, rows=rows)
-    result = _cached(d / "bias.json")
+    result = cached_json(d / "bias.json")
     if result is None:
-        result = bias_shift(cfg, d / "distilled" / "student.pt", full, val_start, k)
+        result = bias_shift(cfg, d / "distilled" / "student.pt", val, k)
         result.update({"class": k, "class_name": split.class_names[k],
                        "transfer_rows": int(len(rows)), "distilled": str(d / "distilled" /
                                                                          "metrics.json"),
                        "baseline": str(d / "baseline" / "metrics.json")})
-        _write(d / "bias.json", result)
-        _log(f"omitted class {k}: {result['before']['test_errors']} errors "
-             f"({result['before']['class_errors']} on class {k}) -> bias +{result['shift']:g}: "
-             f"{result['after']['test_errors']} ({result['after']['class_errors']})")
+        write_json(d / "bias.json", result)
+        log(f"omitted class {k}: {result['before']['test_errors']} errors "
+            f"({result['before']['class_errors']} on class {k}) -> bias +{result['shift']:g}: "
+            f"{result['after']['test_errors']} ({result['after']['class_errors']})")
     del distilled, baseline
     return result
 
 
-def bias_shift(cfg: ExperimentConfig, checkpoint: Path, full: Any, val_start: int,
-               k: int) -> dict[str, Any]:
+def bias_shift(cfg: ExperimentConfig, checkpoint: Path, val: Split, k: int) -> dict[str, Any]:
     """Pick the bias increase of class k minimising validation errors; test before and after."""
     model = load_checkpoint(checkpoint).model
     out_layer = model.net[-1]  # Linear(hidden, C)
-    val = dataclasses.replace(full, images=full.images[val_start:], labels=full.labels[val_start:])
     test = load_split(DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, split="test"))
     base = out_layer.bias.detach().clone()
 
@@ -294,10 +283,10 @@ def less_data(cfg: ExperimentConfig, out: Path, store: str) -> dict[str, Any]:
 _NEUTRAL = ("threads",)
 
 
-def check_run_dir(cfg: ExperimentConfig, out: Path) -> None:
+def check_run_dir(cfg: Any, out: Path) -> None:
     """Refuse to resume in a run directory saved with other settings (its teachers, stores and
     students would be reused as if they were this config's); record the settings otherwise."""
-    saved = _cached(out / "config.json")
+    saved = cached_json(out / "config.json")
     if saved is None and (out / "results.json").is_file():  # runs from before config.json
         saved = json.loads((out / "results.json").read_text())["config"]
     now = to_dict(cfg)
@@ -308,7 +297,7 @@ def check_run_dir(cfg: ExperimentConfig, out: Path) -> None:
             shown = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)
             raise ConfigError(f"run directory {str(out)!r} holds results of other settings "
                               f"({shown}); pass another --out or delete that directory")
-    _write(out / "config.json", now)
+    write_json(out / "config.json", now)
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -329,13 +318,13 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         "less_data": less_data(cfg, out, store),
     }
     results["seconds"] = time.perf_counter() - t0
-    _write(out / "results.json", results)
-    _log(f"experiments done in {results['seconds']:.0f} s; ensemble {ens['test_errors']} errors "
-         f"-> {out / 'results.json'}")
+    write_json(out / "results.json", results)
+    log(f"experiments done in {results['seconds']:.0f} s; ensemble {ens['test_errors']} errors "
+        f"-> {out / 'results.json'}")
     return results
 
 
-def _write(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from softtargets import ensemble
 from softtargets.config import DataConfig, EnsembleLogitsConfig, to_dict
-from softtargets.data import Split, load_split
+from softtargets.data import Split, check_not_trained_on_validation, load_split
 from softtargets.destination import delete_array
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
@@ -114,6 +114,7 @@ def check_members(cfg: EnsembleLogitsConfig, split: Split) -> None:
     seen: list[tuple[str, int, tuple[str, ...] | None]] = []
     for t in range(len(cfg.teachers)):
         teacher = _load(cfg, t)
+        check_not_trained_on_validation(teacher.identity.get("trained_on"), split, teacher.name)
         c, names = _probe(teacher, split), teacher.class_names
         for other, c0, names0 in seen:
             if c != c0 or (names and names0 and names != names0):

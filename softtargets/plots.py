@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from softtargets.errors import ConfigError
+from softtargets.report import gap_closed
 
 
 def _load(path: str | Path) -> dict[str, Any]:
@@ -38,11 +39,6 @@ def collect(results_path: Path) -> dict[str, Any]:
 def best_t(student: dict[str, Any]) -> str:
     """The temperature (as stored, e.g. '20') with the fewest final test errors."""
     return min(student["distilled"], key=lambda t: student["distilled"][t]["test_errors"])
-
-
-def gap_closed(baseline: int, distilled: int, teacher: int) -> float | None:
-    """Fraction of the baseline-to-teacher gap the distilled student closes (None: no gap)."""
-    return None if baseline <= teacher else (baseline - distilled) / (baseline - teacher)
 
 
 def _jitter(cfg: dict[str, Any]) -> str:

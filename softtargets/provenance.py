@@ -147,7 +147,7 @@ def describe(info: dict[str, Any]) -> str:
         *array_lines(s),
         digests_line(s["digests"]),
         f"dataset:    {d.get('name')}/{d.get('split')} n={d.get('n')} limit={d.get('limit')} "
-        f"fingerprint {d.get('fingerprint')}",
+        f"val_rows={d.get('val_rows') or 0} fingerprint {d.get('fingerprint')}",
         f"teacher:    {_teacher_line(t)}",
         f"trained on: {(t.get('trained_on') or {}).get('name')}/"
         f"{(t.get('trained_on') or {}).get('split')} "

@@ -8,28 +8,64 @@ from typing import Any
 
 
 def errors_text(m: dict[str, Any]) -> str:
-    """'812/10000 test errors (91.88% accuracy)'."""
-    return (f"{m['test_errors']}/{m['test_n']} test errors "
+    """'812/10000 test errors (91.88% accuracy)', plus '; 301/5000 validation errors' if any."""
+    text = (f"{m['test_errors']}/{m['test_n']} test errors "
             f"({100 * m['test_accuracy']:.2f}% accuracy)")
+    if "val_errors" in m:
+        text += f"; {m['val_errors']}/{m['val_n']} validation errors"
+    return text
+
+
+def gap_closed(baseline: float, distilled: float, teacher: float) -> float | None:
+    """Fraction of the baseline-to-teacher gap the distilled student closes (None: no gap)."""
+    return None if baseline <= teacher else (baseline - distilled) / (baseline - teacher)
+
+
+def gap_text(baseline: float, distilled: float, teacher: float) -> str:
+    """'35% ((989 - 916) / (989 - 775))', or why there is no gap to close; means get 1 decimal."""
+    closed = gap_closed(baseline, distilled, teacher)
+    b, d, t = (f"{x:.1f}" if isinstance(x, float) else str(x) for x in (baseline, distilled,
+                                                                       teacher))
+    if closed is None:
+        return f"n/a: the teacher ({t}) is no better than the baseline ({b})"
+    return f"{100 * closed:.0f}% (({b} - {d}) / ({b} - {t}))"
 
 
 def summary_table(run_dir: Path) -> str:
-    """Markdown table of the teacher, baseline and distilled student of one run directory."""
+    """Markdown table of the teacher, baseline and distilled student of one run directory, the
+    gap the distilled student closes and what the validation errors are."""
     rows = [("teacher", run_dir / "teacher.json"), ("baseline student", run_dir / "baseline" /
             "metrics.json"), ("distilled student", run_dir / "student" / "metrics.json")]
-    lines = ["| model | architecture | test errors | accuracy | train time |",
-             "|---|---|---:|---:|---:|"]
+    lines = ["| model | architecture | test errors | validation errors | accuracy | train time |",
+             "|---|---|---:|---:|---:|---:|"]
+    found: dict[str, dict[str, Any]] = {}
     for name, path in rows:
         if not path.is_file():
-            lines.append(f"| {name} | (not run: {path} missing) | | | |")
+            lines.append(f"| {name} | (not run: {path} missing) | | | | |")
             continue
-        m = json.loads(path.read_text())
+        m = found[name] = json.loads(path.read_text())
         if m.get("role") == "distilled":
             c = m["config"]
             name += f" (T={c['temperature']:g}, alpha={c['alpha']:g})"
-        lines.append(f"| {name} | {m['model']} | {m['test_errors']}/{m['test_n']} | "
+        val = f"{m['val_errors']}/{m['val_n']}" if "val_errors" in m else "-"
+        lines.append(f"| {name} | {m['model']} | {m['test_errors']}/{m['test_n']} | {val} | "
                      f"{100 * m['test_accuracy']:.2f}% | {m['seconds']:.0f} s |")
-    return "\n".join(lines)
+    return "\n".join(lines + _gap_lines(found))
+
+
+def _gap_lines(found: dict[str, dict[str, Any]]) -> list[str]:
+    """Gap closed, (baseline - distilled) / (baseline - teacher), on test and validation rows."""
+    if len(found) < 3:
+        return []
+    t, b, d = found["teacher"], found["baseline student"], found["distilled student"]
+    lines = ["", "gap closed, (baseline - distilled) / (baseline - teacher): test "
+             + gap_text(b["test_errors"], d["test_errors"], t["test_errors"])]
+    if all("val_errors" in m for m in (t, b, d)):
+        lines[-1] += "; validation " + gap_text(b["val_errors"], d["val_errors"], t["val_errors"])
+        lines.append(f"validation errors: on the last {d['config']['data']['val_rows']} training "
+                     "rows (--val-rows), held out from the teacher and the students; the "
+                     "student's recipe (T, alpha, lr) was chosen on them, not on the test set")
+    return lines
 
 
 def logits_line(meta: Any, *, seconds: float, size: int, store: str, k: int | None,

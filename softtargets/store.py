@@ -329,14 +329,25 @@ class LogitStore:
 def check_dataset(meta: StoreMeta, url: str, identity: dict[str, Any]) -> None:
     """Refuse to pair a store (dense or sparse) with data other than the data it was computed on."""
     mine = meta.dataset
-    for key in ("name", "split", "n", "fingerprint"):
-        if mine.get(key) != identity.get(key):
-            raise StoreMismatchError(
-                f"store {url!r} was computed on {mine.get('name')}/{mine.get('split')} "
-                f"(n={mine.get('n')}, fingerprint {mine.get('fingerprint')}) but is used with "
-                f"{identity.get('name')}/{identity.get('split')} (n={identity.get('n')}, "
-                f"fingerprint {identity.get('fingerprint')}): {key} differs; "
-                "recompute the store on this data or pass the data it was made from")
+    for key in ("name", "split", "val_rows", "n", "fingerprint"):
+        if _identity_value(mine, key) != _identity_value(identity, key):
+            fix = (f"pass the store's --val-rows {_identity_value(mine, key)} or rewrite it with "
+                   f"teacher-logits --val-rows {_identity_value(identity, key)}"
+                   if key == "val_rows" else
+                   "recompute the store on this data or pass the data it was made from")
+            raise StoreMismatchError(f"store {url!r} was computed on {_describe(mine)} but is used "
+                                     f"with {_describe(identity)}: {key} differs; {fix}")
+
+
+def _identity_value(identity: dict[str, Any], key: str) -> Any:
+    # stores written before validation splits existed have no val_rows: none were held out
+    return int(identity.get(key) or 0) if key == "val_rows" else identity.get(key)
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    return (f"{identity.get('name')}/{identity.get('split')} (n={identity.get('n')}, "
+            f"val_rows={_identity_value(identity, 'val_rows')}, "
+            f"fingerprint {identity.get('fingerprint')})")
 
 
 def read_meta(url: str) -> tuple[StoreMeta, zarr.Group]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from softtargets.config import LogitsConfig, to_dict
-from softtargets.data import Split, load_split
+from softtargets.data import Split, check_not_trained_on_validation, load_split
 from softtargets.distributed import Ranks, ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import Checkpoint, load_checkpoint
@@ -154,6 +154,7 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
     """Run stage 1 end to end. The store is marked complete only after every chunk is written."""
     split = load_split(cfg.data)
     ckpt = load_checkpoint(cfg.teacher, expect_classes=len(split.class_names))
+    check_not_trained_on_validation(ckpt.dataset, split, f"teacher {cfg.teacher!r}")
     if ckpt.class_names and tuple(ckpt.class_names) != tuple(split.class_names):
         raise CheckpointError(f"teacher {cfg.teacher!r} was trained on classes "
                               f"{list(ckpt.class_names)}, dataset {split.name} has "

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from softtargets.augment import random_shift
-from softtargets.config import StudentTrainConfig, TeacherTrainConfig, to_dict
-from softtargets.data import Split, load_split
+from softtargets.config import DataConfig, StudentTrainConfig, TeacherTrainConfig, to_dict
+from softtargets.data import Split, load_split, load_validation
 from softtargets import ensemble
 from softtargets.distill import (SparseTargets, distillation_loss,
                                  distillation_loss_from_log_probs, sparse_distillation_loss)
@@ -60,6 +60,16 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 2000) -> dict[
     per_class = np.bincount(split.labels[wrong], minlength=len(split.class_names))
     return {"test_errors": int(wrong.sum()), "test_n": len(split),
             "test_accuracy": float(1.0 - wrong.mean()), "per_class_errors": per_class.tolist()}
+
+
+def validation_metrics(model: nn.Module, data: DataConfig) -> dict[str, Any]:
+    """Errors on the rows held out by data.val_rows (val_errors, val_n, val_accuracy), or {}."""
+    val = load_validation(data)
+    if val is None:
+        return {}
+    m = evaluate(model, val)
+    return {"val_errors": m["test_errors"], "val_n": m["test_n"],
+            "val_accuracy": m["test_accuracy"]}
 
 
 def fit(model: nn.Module, data: Any, test: Split, loss_fn: LossFn,
@@ -162,7 +172,7 @@ def train_teacher(cfg: TeacherTrainConfig, *, out: str, overwrite: bool = False,
     _threads(cfg.threads)
     t0 = time.perf_counter()
     split = load_split(cfg.data)
-    test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
+    test = load_split(cfg.data.for_test())
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(arch=cfg.arch, inputs=int(np.prod(split.images.shape[1:])),
                      hidden=cfg.hidden, classes=len(split.class_names), dropout=cfg.dropout,
@@ -174,7 +184,8 @@ def train_teacher(cfg: TeacherTrainConfig, *, out: str, overwrite: bool = False,
     history = fit(model, DistillData(split), test,
                   lambda s, y, _t: F.cross_entropy(s, y), opts, desc="teacher", progress=progress)
     metrics = {"role": "teacher", "model": spec.describe(), "train_rows": len(split),
-               **history[-1], "seconds": time.perf_counter() - t0, "history": history,
+               **history[-1], **validation_metrics(model, cfg.data),
+               "seconds": time.perf_counter() - t0, "history": history,
                "config": to_dict(cfg)}
     sha = save_checkpoint(out, model=model, spec=spec, config=to_dict(cfg),
                           dataset=split.identity(), class_names=split.class_names, metrics=metrics)
@@ -189,7 +200,7 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     _threads(cfg.threads)
     t0 = time.perf_counter()
     split = load_split(cfg.data)
-    test = load_split(dataclasses.replace(cfg.data, split="test", limit=None))
+    test = load_split(cfg.data.for_test())
     store = open_any(cfg.store) if cfg.store else None  # dense, or sparse (issue 6)
     data, log_probs, rule = student_data(split, store, cfg, rows=rows)
     if cfg.mixup > 0:  # issue 7: targets mixed like the inputs, as log-probs at T
@@ -224,7 +235,8 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     if rule is not None:
         source["combine"] = {"rule": rule, "members": len(ensemble.members_of(store))}
     metrics = {"role": role, "model": spec.describe(), "train_rows": len(data), **history[-1],
-               "seconds": time.perf_counter() - t0, "history": history, "config": to_dict(cfg),
+               **validation_metrics(model, cfg.data), "seconds": time.perf_counter() - t0,
+               "history": history, "config": to_dict(cfg),
                "source": source}
     out = Path(out_dir)
     save_checkpoint(out / "student.pt", model=model, spec=spec, config=to_dict(cfg),

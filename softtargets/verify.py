@@ -137,7 +137,8 @@ def dataset_identity(meta: StoreMeta, *, dataset: str, data_dir: str, split: str
     """Recompute the identity of a dataset on disk; split/limit default to the store's."""
     cfg = DataConfig(dataset=dataset, split=split or meta.dataset.get("split", "train"),
                      data_dir=data_dir, limit=limit if limit is not None
-                     else meta.dataset.get("limit"))
+                     else meta.dataset.get("limit"),
+                     val_rows=int(meta.dataset.get("val_rows") or 0))
     s = load_split(cfg)
     return s.identity(), tuple(s.class_names)
 

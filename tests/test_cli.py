@@ -1,5 +1,6 @@
 """The CLI end to end through click's CliRunner: happy paths and every bad input of issue 2."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import zarr
 
 from conftest import run_cli as run
+from softtargets import data as data_mod
 
 
 def data_args(cfg, limit=None):
@@ -236,3 +238,58 @@ def test_default_paths_follow_the_dataset(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run("train-teacher", *data_args(tiny_data), "--hidden", "8", "--epochs", 1, "--quiet")
     assert (tmp_path / "runs" / "mnist" / "teacher.pt").is_file()
+
+
+def test_val_rows_on_every_step(tiny_data, tmp_path):
+    """--val-rows 16: teacher, store and student use the first 80 rows, report errors on the last
+    16, and record val_rows; a student without it, or a teacher that saw those rows, is refused."""
+    import re
+    import torch
+    from softtargets.models import load_checkpoint
+    d, v, r = data_args(tiny_data), ["--val-rows", 16], tmp_path / "run"
+    res = run("train-teacher", *d, *v, "--hidden", "32,32", "--epochs", 3, "--batch-size", 16,
+              "--dropout", 0.2, "--out", r / "teacher.pt", "--quiet")
+    assert "3 epochs on 80 rows" in res.output and "/16 validation errors" in res.output
+    teacher = json.loads((r / "teacher.json").read_text())
+    held = data_mod.load_validation(dataclasses.replace(tiny_data, val_rows=16))
+    with torch.no_grad():
+        pred = load_checkpoint(r / "teacher.pt").model(torch.from_numpy(held.inputs())).argmax(1)
+    assert teacher["val_errors"] == int((pred.numpy() != held.labels).sum())
+    assert (teacher["train_rows"], teacher["val_n"]) == (80, 16)
+    assert teacher["config"]["data"]["val_rows"] == 16
+    run("teacher-logits", *d, *v, "--teacher", r / "teacher.pt", "--store", r / "t.zarr", "--quiet")
+    meta = json.loads(run("inspect", "--json", r / "t.zarr").output)
+    assert (meta["n"], meta["dataset"]["val_rows"], meta["teacher"]["trained_on"]["val_rows"]) \
+        == (80, 16, 16)
+    assert "checked against mnist/train n=80" in run("verify", r / "t.zarr", *d[:4]).output
+    common = [*d, "--hidden", "16", "--epochs", 1, "--batch-size", 16, "--quiet"]
+    res = run("student", *common, *v, "--store", r / "t.zarr", "--out", r / "student")
+    assert "1 epochs on 80 rows" in res.output and "/16 validation errors" in res.output
+    run("baseline", *common, *v, "--out", r / "baseline")
+    assert json.loads((r / "baseline" / "metrics.json").read_text())["val_n"] == 16
+    assert "gap closed, (baseline - distilled) / (baseline - teacher): test " \
+        in run("summary", r).output
+    res = run("student", *common, "--store", r / "t.zarr", "--out", r / "s2", ok=False)
+    assert res.exit_code == 1 and not (r / "s2").exists()
+    assert re.fullmatch(r"Error: StoreMismatchError: store '\S+t.zarr' was computed on "
+                        r"mnist/train \(n=80, val_rows=16, fingerprint sha256:\w+\) but is used "
+                        r"with mnist/train \(n=96, val_rows=0, fingerprint sha256:\w+\): val_rows "
+                        r"differs; pass the store's --val-rows 16 or rewrite it with "
+                        r"teacher-logits --val-rows 0\n", res.output), res.output
+    run("train-teacher", *d, "--hidden", "8", "--epochs", 1, "--out", r / "all.pt", "--quiet")
+    res = run("teacher-logits", *d, *v, "--teacher", r / "all.pt", "--store", r / "leak.zarr",
+              ok=False)
+    assert res.exit_code == 1 and not (r / "leak.zarr").exists()
+    assert res.output == (f"Error: ValidationLeakError: teacher '{r / 'all.pt'}' was trained on "
+                          "the first 96 rows of mnist/train, which include the validation rows "
+                          "80..95 held out by --val-rows 16; train it with --val-rows 16 too\n")
+    res = run("teacher-logits", *d, *v, "--teacher", r / "teacher.pt", "--teacher", r / "all.pt",
+              "--store", r / "leak.zarr", ok=False)  # an ensemble member that saw the rows
+    assert res.exit_code == 1 and not (r / "leak.zarr").exists()
+    assert res.output.startswith(f"Error: ValidationLeakError: member teacher 2 ({r / 'all.pt'}) "
+                                 "was trained on the first 96 rows of mnist/train")
+    res = run("teacher-logits", *d, *v, "--split", "test", "--teacher", r / "teacher.pt",
+              "--store", r / "test.zarr", ok=False)
+    assert res.exit_code == 1 and res.output == (
+        "Error: ConfigError: --val-rows 16 holds out rows of the train split; drop it for the "
+        "'test' split\n")

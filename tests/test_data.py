@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import hashlib
 import re
@@ -8,7 +9,8 @@ import pytest
 
 from softtargets import data
 from softtargets.config import DataConfig
-from softtargets.errors import ConfigError, DatasetError, DatasetNotFoundError
+from softtargets.errors import (ConfigError, DatasetError, DatasetNotFoundError,
+                                ValidationLeakError)
 
 from conftest import run_cli, write_idx
 
@@ -92,6 +94,53 @@ def test_bad_config_values():
         DataConfig(split="val")
     with pytest.raises(ConfigError, match="limit must be a positive"):
         DataConfig(limit=0)
+
+
+def test_val_rows_hold_out_the_last_rows_of_the_train_split(tiny_data):
+    full = data.load_split(tiny_data)
+    cfg = DataConfig(dataset="mnist", data_dir=tiny_data.data_dir, val_rows=16)
+    train, val = data.load_split(cfg), data.load_validation(cfg)
+    assert len(train) == 80 and len(val) == 16 and (train.val_start, val.val_start) == (80, 80)
+    np.testing.assert_array_equal(train.images, full.images[:80])
+    np.testing.assert_array_equal(val.labels, full.labels[80:])
+    assert train.identity() == {"name": "mnist", "split": "train", "n": 80, "limit": None,
+                                "val_rows": 16,
+                                "fingerprint": data.fingerprint(full.images[:80],
+                                                                full.labels[:80])}
+    assert data.load_validation(tiny_data) is None and full.identity()["val_rows"] == 0
+    # --limit keeps the first rows of those left for training; the validation rows stay fixed
+    head = data.load_split(dataclasses.replace(cfg, limit=10))
+    assert len(head) == 10 and head.fingerprint == data.fingerprint(full.images[:10],
+                                                                    full.labels[:10])
+    with pytest.raises(DatasetError, match="limit 90 exceeds the 80 rows left by --val-rows 16 "
+                                           "of mnist/train"):
+        data.load_split(dataclasses.replace(cfg, limit=90))
+    with pytest.raises(DatasetError, match="--val-rows 96 holds out all 96 rows of mnist/train"):
+        data.load_split(dataclasses.replace(cfg, val_rows=96))
+
+
+def test_val_rows_config_errors():
+    with pytest.raises(ConfigError, match="--val-rows must be >= 0 .* got -1"):
+        DataConfig(val_rows=-1)
+    with pytest.raises(ConfigError, match="--val-rows 5 holds out rows of the train split; drop "
+                                          "it for the 'test' split"):
+        DataConfig(split="test", val_rows=5)
+    assert DataConfig(val_rows=5, limit=3).for_test() == DataConfig(split="test")
+
+
+def test_a_model_trained_on_the_validation_rows_is_refused(tiny_data):
+    cfg = DataConfig(dataset="mnist", data_dir=tiny_data.data_dir, val_rows=16)
+    split = data.load_split(cfg)
+    held_out = {"name": "mnist", "split": "train", "n": 80, "val_rows": 16}
+    data.check_not_trained_on_validation(held_out, split, "teacher 't.pt'")
+    data.check_not_trained_on_validation({**held_out, "n": 96, "val_rows": 0},
+                                         data.load_split(tiny_data), "teacher 't.pt'")  # no val
+    data.check_not_trained_on_validation({**held_out, "split": "test", "n": 96}, split, "x")
+    with pytest.raises(ValidationLeakError, match=r"teacher 't.pt' was trained on the first 96 "
+                       r"rows of mnist/train, which include the validation rows 80..95 held out "
+                       r"by --val-rows 16; train it with --val-rows 16 too"):
+        data.check_not_trained_on_validation({**held_out, "n": 96, "val_rows": 0}, split,
+                                             "teacher 't.pt'")
 
 
 def test_fake_fashion_mnist_is_refused(tmp_path):

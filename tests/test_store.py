@@ -215,6 +215,22 @@ def test_check_dataset_names_both_sides(tmp_path):
         s.check_dataset({**DATASET, "fingerprint": "sha256:" + "f" * 64})
 
 
+def test_check_dataset_refuses_other_validation_rows(tmp_path):
+    """A store records val_rows; one written before validation splits existed counts as 0."""
+    write_store(tmp_path / "old.zarr")  # DATASET has no val_rows key
+    st.LogitStore.open(str(tmp_path / "old.zarr")).check_dataset({**DATASET, "val_rows": 0})
+    with pytest.raises(StoreMismatchError, match=r"\(n=5, val_rows=0, .*\(n=5, val_rows=2, .*: "
+                       r"val_rows differs; pass the store's --val-rows 0 or rewrite it with "
+                       r"teacher-logits --val-rows 2$"):
+        st.LogitStore.open(str(tmp_path / "old.zarr")).check_dataset({**DATASET, "val_rows": 2})
+    write_store(tmp_path / "held.zarr", dataset={**DATASET, "val_rows": 2})
+    held = st.LogitStore.open(str(tmp_path / "held.zarr"))
+    assert held.meta.dataset["val_rows"] == 2
+    held.check_dataset({**DATASET, "val_rows": 2})
+    with pytest.raises(StoreMismatchError, match="val_rows differs"):
+        held.check_dataset(DATASET)
+
+
 def test_default_chunk_rows_targets_about_two_mib():
     assert st.default_chunk_rows(60000, 10) == 60000
     assert st.default_chunk_rows(10**6, 1000) == 1048
