@@ -1,6 +1,55 @@
-"""softtargets: offline soft targets for knowledge distillation (Hinton, Vinyals, Dean 2015)."""
+"""softtargets: offline soft targets for knowledge distillation (Hinton, Vinyals, Dean 2015).
 
-from softtargets.errors import SofttargetsError
+Stage 1 writes a teacher's outputs into a checked Zarr v3 store; stage 2 reads them into the
+student's data loader and loss. The public API:
+
+    write_logits(teacher, dataset, store, *, targets=Dense() | TopK(k) | Sampled(k), ...)
+    LogitWriter(store, ...).append(sample_ids, logits); .close()     # your own inference loop
+    SoftTargets(store, *, temperature, rule, tail)                    # targets by sample id
+    DistillDataset(dataset, targets)                                  # map-style torch Dataset
+    StreamingDistillDataset(dataset, store, ...)                      # IterableDataset, any size
+    distillation_loss(student_logits, targets, labels, *, temperature, alpha)
+    verify_store(store), store_info(store)                            # the receiving team's checks
+
+Datasets: IDXDataset, ImageFolder, CIFAR, TokenSequences, from_tensors, wrap (docs/DATASETS.md).
+Names are imported on first use, so `import softtargets.store` (the format layer, numpy and zarr
+only) does not import torch. docs/API.md has runnable examples.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from softtargets.errors import (SofttargetsError, StoreError, StoreMetadataError,
+                                StoreMismatchError)
 
 __version__ = "0.1.0"
-__all__ = ["SofttargetsError", "__version__"]
+
+# public name -> module that defines it (imported lazily by __getattr__)
+_LAZY = {
+    **dict.fromkeys(("Dense", "TopK", "Sampled", "LogitWriter", "write_logits"),
+                    "softtargets.write"),
+    **dict.fromkeys(("SoftTargets", "DistillDataset", "StreamingDistillDataset",
+                     "distillation_loss", "DenseTarget", "SparseTargets", "PositionTargets"),
+                    "softtargets.read"),
+    **dict.fromkeys(("IDXDataset", "ImageFolder", "CIFAR", "TokenSequences", "from_tensors",
+                     "wrap"), "softtargets.datasets"),
+    "verify_store": "softtargets.verify",
+    "store_info": "softtargets.provenance",
+}
+
+__all__ = sorted([*_LAZY, "SofttargetsError", "StoreError", "StoreMetadataError",
+                  "StoreMismatchError", "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'softtargets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
