@@ -89,3 +89,8 @@ class StoreLockedError(StoreError):
 
 class RemoteStoreError(StoreError):
     """An fsspec URL cannot be reached: missing credentials, access denied, no such bucket."""
+
+
+class AppendError(StoreError, ValueError):
+    """Rows given to LogitWriter.append are wrong: unknown or repeated sample ids, a shape that
+    does not match the store, or a tensor attached to the autograd graph."""

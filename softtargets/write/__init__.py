@@ -5,5 +5,7 @@ docs/API.md, "Write a store from Python"."""
 
 from softtargets.write.targets import (Dense, Sampled, Targets, TopK, register,
                                        targets_from_json)
+from softtargets.write.writer import LogitWriter
 
-__all__ = ["Dense", "Sampled", "Targets", "TopK", "register", "targets_from_json"]
+__all__ = ["Dense", "LogitWriter", "Sampled", "Targets", "TopK", "register",
+           "targets_from_json"]
