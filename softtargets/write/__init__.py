@@ -3,9 +3,10 @@ inference loop, and `write_logits` to run a torch teacher over any softtargets d
 store kind is written through one write session (lease, resume, torchrun ranks). See
 docs/API.md, "Write a store from Python"."""
 
+from softtargets.write.api import write_logits
 from softtargets.write.targets import (Dense, Sampled, Targets, TopK, register,
                                        targets_from_json)
 from softtargets.write.writer import LogitWriter
 
 __all__ = ["Dense", "LogitWriter", "Sampled", "Targets", "TopK", "register",
-           "targets_from_json"]
+           "targets_from_json", "write_logits"]

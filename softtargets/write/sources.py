@@ -89,9 +89,25 @@ def _from_dataset(dataset: Any, positions: bool | int) -> Source:
 
 
 def source_of(dataset: Any, *, num_classes: int | None, class_names: Sequence[str] | None,
-              n: int | None, identity: dict[str, Any] | None,
-              positions: bool | int) -> Source:
-    """The Source of a LogitWriter's arguments: a dataset, or the classes, n and an identity."""
+              n: int | None, identity: dict[str, Any] | None, positions: bool | int,
+              dataset_id: str | None = None) -> Source:
+    """The Source of a LogitWriter's arguments: a dataset, or the classes, n and an identity;
+    `dataset_id` is added to the identity."""
+    source = _source(dataset, num_classes=num_classes, class_names=class_names, n=n,
+                     identity=identity, positions=positions)
+    if dataset_id is None:
+        return source
+    if not isinstance(dataset_id, str) or not dataset_id:
+        raise ConfigError(f"dataset_id must be a non-empty string, got {dataset_id!r}")
+    known = source.identity.get("dataset_id")
+    if known is not None and known != dataset_id:
+        raise ConfigError(f"dataset_id={dataset_id!r} but the dataset's own is {known!r}; drop "
+                          "one of them")
+    return dataclasses.replace(source, identity={**source.identity, "dataset_id": dataset_id})
+
+
+def _source(dataset: Any, *, num_classes: int | None, class_names: Sequence[str] | None,
+            n: int | None, identity: dict[str, Any] | None, positions: bool | int) -> Source:
     if dataset is not None:
         given = [k for k, v in (("num_classes", num_classes), ("class_names", class_names),
                                 ("n", n), ("dataset_identity", identity)) if v is not None]

@@ -39,7 +39,8 @@ class LogitWriter:
 
     The data: `dataset` (a softtargets dataset: its classes, sample ids, identity, and the input
     digest of each chunk's rows are recorded), or `num_classes`/`class_names`, `n` and an
-    optional `dataset_identity` dict. `positions`: rows per sequence position (True: the
+    optional `dataset_identity` dict; `dataset_id` (a name for this version of the data) is
+    added to the identity. `positions`: rows per sequence position (True: the
     dataset's L; an int L without a dataset), then `append` takes logits (B, L, C).
     `teacher`: a dict recorded as the store's teacher identity. `resume`: keep the verified
     units of an interrupted store and write the rest (`todo_rows()`).
@@ -51,10 +52,11 @@ class LogitWriter:
                  chunk_rows: int | None = None, shard_rows: int | None = None,
                  compressor: str = "zstd", overwrite: bool = False, resume: bool = False,
                  break_lock: bool = False, teacher: dict[str, Any] | None = None,
-                 positions: bool | int = False) -> None:
+                 positions: bool | int = False, dataset_id: str | None = None) -> None:
         self.targets = check_targets(targets)
         self.source = source_of(dataset, num_classes=num_classes, class_names=class_names, n=n,
-                                identity=dataset_identity, positions=positions)
+                                identity=dataset_identity, positions=positions,
+                                dataset_id=dataset_id)
         if self.source.rows.positions and not self.targets.positions_allowed:
             raise ConfigError(f"{type(self.targets).__name__}() targets have one row per sample; "
                               "rows per sequence position need TopK(k) or Sampled(k)")
@@ -92,12 +94,16 @@ class LogitWriter:
         """The store rows of the dataset's samples."""
         return self.source.rows
 
+    def todo_units(self) -> list[tuple[int, slice]]:
+        """(unit index, its dataset rows) of each unit this process still has to write."""
+        return [(index, self.rows.dataset_rows(self.session.writer.unit_slice(index)))
+                for index in sorted(self._todo - self._done)]
+
     def todo_rows(self) -> list[slice]:
         """The dataset rows whose logits this process still has to append: its units not yet
         written (all of them for a new store; those that failed verification on resume)."""
         out: list[slice] = []
-        for index in sorted(self._todo - self._done):
-            rows = self.rows.dataset_rows(self.session.writer.unit_slice(index))
+        for _, rows in self.todo_units():
             if out and out[-1].stop >= rows.start:
                 out[-1] = slice(out[-1].start, max(out[-1].stop, rows.stop))
             else:
