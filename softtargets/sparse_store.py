@@ -225,7 +225,8 @@ class SparseWriter(RowWriter):
         sample_ids = self.check_ids(what, sample_ids, count)
         if self.spec.position != (positions is not None):
             raise StoreError(f"store was created with position={self.spec.position}: pass "
-                             f"positions {'for' if self.spec.position else 'only with'} every chunk")
+                             f"positions {'for' if self.spec.position else 'only with'} every "
+                             "chunk")
         if (rows.counts is None) != (self.spec.kind == "topk"):
             raise StoreError(f"rows of the wrong kind for a {self.spec.kind!r} store")
         ids_name, logits_name, counts_name = array_names(self.spec.kind)

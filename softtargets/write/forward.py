@@ -26,7 +26,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available; use 'cpu' or 'auto'")
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available; use 'cpu' or "
+                          "'auto'")
     if name != "cpu" and not name.startswith("cuda"):
         raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}")
     return torch.device(name)
