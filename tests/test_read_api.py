@@ -12,15 +12,19 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "API.md"
 
 def test_the_examples_of_docs_api_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 7
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), scope)
-    assert capsys.readouterr().out == "dense 64 1000\n"
+    assert capsys.readouterr().out == "dense 64 1000\ndense 64 module\n"
     assert isinstance(scope["one"], DenseTarget) and scope["one"].logits.shape == (1000,)
     assert scope["x"].shape == (2, 8) and scope["y"].dtype == torch.int64
     assert isinstance(scope["target"], PositionTargets)
     assert scope["target"].sparse.ids.shape == (2, 8, 4)
     assert torch.isfinite(scope["loss"]) and scope["loss"].item() > 0
     assert (tmp_path / "teacher.zarr").is_dir() and (tmp_path / "tokens.zarr").is_dir()
+    # "Write a store from Python"
+    assert scope["top"].kind == "topk" and scope["top"].extra["sparse"]["k"] == 32
+    assert scope["writer"].meta.n == 64 and scope["writer"].meta.kind == "sampled"
+    assert "chunk 2 (dataset rows 32..47) does not match the student's data" in scope["refused"]
