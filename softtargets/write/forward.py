@@ -88,11 +88,17 @@ def input_batches(source: Any, chunks: Iterable[tuple[int, slice]], *, batch_siz
 
 
 @torch.inference_mode()
-def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Logits (B, C) (or (B, L, C) per position) float32: fp16 autocast with fp32 accumulation
-    on CUDA, cast up before the store's checked fp16 cast; fp32 on a CPU."""
+def model_output(model: Any, x: torch.Tensor, device: torch.device) -> Any:
+    """What `model(x)` returns, run the one way stage 1 runs a teacher: fp16 autocast with fp32
+    accumulation on CUDA, fp32 on a CPU (callers check the output)."""
     with autocast(device), fp32_accumulation(device):
-        return model(x).float()
+        return model(x)
+
+
+def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Logits (B, C) (or (B, L, C) per position) float32, cast up from the teacher's output
+    before the store's checked fp16 cast."""
+    return model_output(model, x, device).float()
 
 
 def infer(model: torch.nn.Module, inputs: np.ndarray, *, batch_size: int,
