@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from write_helpers import CHUNK, CLASSES, N, rgb_data, teacher, write
 
 from softtargets.datasets import TokenSequences, from_tensors, wrap
-from softtargets.errors import IncompleteStoreError, StoreMismatchError
+from softtargets.errors import AppendError, ConfigError, IncompleteStoreError, StoreMismatchError
 from softtargets.read import DistillDataset, SoftTargets
 from softtargets.store import LogitStore
 from softtargets.write import Dense, LogitWriter, TopK, write_logits
@@ -59,8 +59,8 @@ def units_written(store) -> int:
     return len(list(d.iterdir())) if d.exists() else 0
 
 
-@pytest.mark.parametrize("kind", ["topk", "sampled"])
-def test_sparse_stores_resume_after_sigkill_bit_identical(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["topk", "sampled", "ensemble"])
+def test_every_kind_resumes_after_sigkill_bit_identical(tmp_path, kind):
     write(str(tmp_path / "ref.zarr"), kind)  # uninterrupted
     store = tmp_path / "s.zarr"
     proc = start(store, kind, delay=0.3)
@@ -75,28 +75,30 @@ def test_sparse_stores_resume_after_sigkill_bit_identical(tmp_path, kind):
     before = {p.name: p.stat().st_mtime_ns for p in (store / "sample_id" / "c").iterdir()}
     meta = write(str(store), kind, resume=True)
     after = {p.name: p.stat().st_mtime_ns for p in (store / "sample_id" / "c").iterdir()}
-    assert meta.complete and meta.kind == kind and len(after) == 12
+    assert meta.complete and meta.kind == ("dense" if kind == "ensemble" else kind)
+    assert len(after) == 12
     assert sum(before[u] == after[u] for u in before) >= len(before) - 1  # kept, not redone
     assert chunk_files(store) == chunk_files(tmp_path / "ref.zarr")
     assert not (tmp_path / "s.zarr.lock").exists()
 
 
 def test_two_torchrun_ranks_write_what_one_process_writes(tmp_path):
-    for kind in ("topk", "sampled"):
+    for kind in ("topk", "sampled", "ensemble"):
         write(str(tmp_path / f"one-{kind}.zarr"), kind)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", str(HELPERS), str(tmp_path / "two-KIND.zarr"),
-                           "topk,sampled"], cwd=REPO, capture_output=True, text=True,
+                           "topk,sampled,ensemble"], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo",
                                             "OMP_NUM_THREADS": "1",
                                             "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for kind in ("topk", "sampled"):
+    # sparse: 5 or 6 arrays; ensemble: sample_id, logits, 2 members; their digests; inputs
+    for kind, objects in (("topk", 11), ("sampled", 13), ("ensemble", 9)):
         two, one = tmp_path / f"two-{kind}.zarr", tmp_path / f"one-{kind}.zarr"
-        arrays = 5 if kind == "topk" else 6  # and their digests, and the input digests
-        assert len(chunk_files(two)) == 12 * (2 * arrays + 1)
+        assert len(chunk_files(two)) == 12 * objects
         assert chunk_files(two) == chunk_files(one)
-        assert SoftTargets(str(two), temperature=1.0).kind == kind
+        assert SoftTargets(str(two), temperature=1.0).kind == \
+            ("dense" if kind == "ensemble" else kind)
 
 
 def test_a_student_whose_data_differs_in_one_row_is_refused_naming_the_chunk(tmp_path):
@@ -161,3 +163,34 @@ def test_a_per_position_topk_store_of_a_token_file(tmp_path):
                        r"sequence position need TopK\(k\) or Sampled\(k\)"):
         write_logits(CausalLM(300), text, tmp_path / "dense.zarr", targets=Dense(),
                      device="cpu")
+
+
+def test_an_ensemble_of_modules_and_a_writer_with_members_give_the_same_bytes(tmp_path):
+    images, labels = rgb_data()
+    data = from_tensors(images, labels, num_classes=CLASSES, name="rgb")
+    members = [teacher(0), teacher(1)]
+    meta = write_logits(members, data, tmp_path / "api.zarr", batch_size=8, chunk_rows=CHUNK,
+                        device="cpu")
+    ens = meta.extra["ensemble"]
+    assert [m["member"] for m in ens["members"]] == [0, 1] and ens["chunks"] == [1, 8, CLASSES]
+    assert meta.teacher["arch"] == "ensemble of 2: write_helpers.TinyCNN"
+    cpu = torch.device("cpu")
+    logits = torch.stack([torch.cat([forward(m.eval(), torch.from_numpy(images[a:a + 8]), cpu)
+                                     for a in range(0, N, 8)]) for m in members], dim=1)
+    with LogitWriter(tmp_path / "own.zarr", dataset=data, chunk_rows=CHUNK, members=2,
+                     teacher=[{k: v for k, v in m.items() if k != "member"}
+                              for m in ens["members"]]) as writer:
+        for a in range(0, N, 37):
+            writer.append(data.ids(slice(a, a + 37)), logits[a:a + 37])  # (B, M, C)
+        with pytest.raises(AppendError, match=r"logits \(B, M, C\) = \(1, 2, 1000\)"):
+            writer.append(np.array([0]), logits[0, 0])
+    assert chunk_files(tmp_path / "own.zarr") == chunk_files(tmp_path / "api.zarr")
+    stored = LogitStore.open(str(tmp_path / "own.zarr")).read_all()[1]
+    half = logits.numpy().astype(np.float16).astype(np.float64)
+    assert stored.tobytes() == half.mean(axis=1).astype(np.float16).tobytes()
+    rule = SoftTargets(str(tmp_path / "own.zarr"), temperature=2.0, rule="arithmetic")
+    assert rule.kind == "dense" and rule[5].log_probs.shape == (CLASSES,)
+    with pytest.raises(ConfigError, match=r"with members=2, teacher must be a list of 2 dicts"):
+        LogitWriter(tmp_path / "x.zarr", dataset=data, members=2, teacher={"arch": "a"})
+    with pytest.raises(ConfigError, match=r"members= needs Dense\(\) targets"):
+        write_logits(members, data, tmp_path / "y.zarr", targets=TopK(3), device="cpu")

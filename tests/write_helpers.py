@@ -15,7 +15,7 @@ from softtargets.write import Dense, Sampled, TopK, write_logits
 
 N, CLASSES, CHUNK = 96, 1000, 8  # 12 units of 8 rows
 KINDS = {"dense": Dense(), "topk": TopK(5, temperatures=(4.0,)),
-         "sampled": Sampled(6, temperature=2.0, seed=3)}
+         "sampled": Sampled(6, temperature=2.0, seed=3), "ensemble": Dense()}
 
 
 class TinyCNN(nn.Module):
@@ -46,7 +46,8 @@ def teacher(seed: int = 0) -> TinyCNN:
 def write(store: str, kind: str, *, resume: bool = False, batch_size: int = 8):
     images, labels = rgb_data()
     data = from_tensors(images, labels, num_classes=CLASSES, name="rgb")
-    return write_logits(teacher(), data, store, targets=KINDS[kind], batch_size=batch_size,
+    teachers = [teacher(0), teacher(1)] if kind == "ensemble" else teacher()
+    return write_logits(teachers, data, store, targets=KINDS[kind], batch_size=batch_size,
                         chunk_rows=CHUNK, device="cpu", resume=resume)
 
 

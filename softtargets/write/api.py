@@ -43,7 +43,19 @@ def module_identity(model: nn.Module, device: torch.device) -> dict[str, Any]:
             "precision": "fp16-autocast" if device.type == "cuda" else "fp32"}
 
 
-def _probe(model: nn.Module, dataset: BaseDataset, device: torch.device) -> None:
+class Members(nn.Module):
+    """An ensemble as one module: every member's logits of a batch, (B, M, C)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members], dim=1)
+
+
+def _probe(model: nn.Module, dataset: BaseDataset, device: torch.device,
+           members: int | None) -> None:
     """Refuse a teacher whose output does not fit the dataset, before any store is made."""
     x = as_input(dataset.inputs(slice(0, min(2, len(dataset))))).to(device)
     try:
@@ -53,22 +65,29 @@ def _probe(model: nn.Module, dataset: BaseDataset, device: torch.device) -> None
                               f"{tuple(x.shape)} {x.dtype} from dataset {dataset.name}: "
                               f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     L, c = dataset.positions, dataset.num_classes
-    want = (len(x), *((L,) if L else ()), c)
+    want = (len(x), *((L,) if L else ()), *((members,) if members else ()), c)
     if tuple(out.shape) != want:
+        axes = "batch, positions, " if L else "batch, members, " if members else "batch, "
         raise CheckpointError(f"teacher {type(model).__name__} returned logits "
                               f"{tuple(out.shape)} for a batch of {len(x)}, expected {want} "
-                              f"({'batch, positions, ' if L else 'batch, '}the dataset's {c} "
-                              "classes)")
+                              f"({axes}the dataset's {c} classes)")
 
 
-def _check_call(teacher: Any, dataset: Any, views: Any, mc_dropout: Any,
-                batch_size: Any) -> nn.Module:
-    if isinstance(teacher, (list, tuple)):
-        raise ConfigError("write_logits takes one nn.Module; an ensemble (a list of teachers) "
-                          "is written from the command line (teacher-logits --teacher a.pt "
-                          "--teacher b.pt)")
-    if not isinstance(teacher, nn.Module):
-        raise ConfigError(f"teacher must be a torch nn.Module, got {type(teacher).__name__}")
+def _teachers(teacher: Any) -> list[nn.Module]:
+    """The teacher, or the members of an ensemble (a list), each an nn.Module."""
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    if not teachers:
+        raise ConfigError("write_logits got an empty list of teachers; pass an nn.Module or a "
+                          "list of them (an ensemble)")
+    for i, t in enumerate(teachers):
+        if not isinstance(t, nn.Module):
+            which = f"teacher {i} of the ensemble" if isinstance(teacher, (list, tuple)) \
+                else "teacher"
+            raise ConfigError(f"{which} must be a torch nn.Module, got {type(t).__name__}")
+    return teachers
+
+
+def _check_call(dataset: Any, views: Any, mc_dropout: Any, batch_size: Any) -> None:
     if not isinstance(dataset, BaseDataset):
         raise ConfigError(f"dataset must be a softtargets dataset (softtargets.datasets), got "
                           f"{type(dataset).__name__}; wrap yours with softtargets.datasets."
@@ -78,7 +97,6 @@ def _check_call(teacher: Any, dataset: Any, views: Any, mc_dropout: Any,
                           "(teacher-logits --views V / --mc-dropout K); drop them here")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return teacher
 
 
 def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = Dense(),
@@ -89,28 +107,37 @@ def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = D
                  progress: bool = False) -> StoreMeta:
     """Run `teacher` over every row of `dataset` and write the store; its metadata (complete).
 
+    A list of teachers is an ensemble: every member's raw logits go to `member_logits` and
+    their mean to `logits` (docs/FORMAT.md, "Ensembles"); the targets must be Dense().
+
     A dataset of sequences (`dataset.positions` = L, e.g. TokenSequences) gets a row per
     position: the teacher returns (B, L, C) and `targets` must be TopK or Sampled. Under
     torchrun each rank computes and writes its own units. The teacher is moved to `device`
     and run in eval mode; its training flag is restored afterwards.
     """
-    model = _check_call(teacher, dataset, views, mc_dropout, batch_size)
+    teachers = _teachers(teacher)
+    _check_call(dataset, views, mc_dropout, batch_size)
     ranks = ranks_from_env()
     dev = resolve_device(device)
     if ranks.world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", ranks.local_rank)
-    was_training = model.training
+    ensemble = isinstance(teacher, (list, tuple))
+    members = len(teachers) if ensemble else None
+    modes = [t.training for t in teachers]
     try:
-        model = prepare_model(model, dev)
-        _probe(model, dataset, dev)
+        model = prepare_model(Members(teachers) if ensemble else teachers[0], dev)
+        _probe(model, dataset, dev, members)
+        identity = [module_identity(t, dev) for t in teachers]
         writer = LogitWriter(store, dataset=dataset, targets=targets, chunk_rows=chunk_rows,
                              shard_rows=shard_rows, compressor=compressor, overwrite=overwrite,
-                             resume=resume, teacher=module_identity(model, dev),
-                             positions=dataset.positions is not None, dataset_id=dataset_id)
+                             resume=resume, teacher=identity if ensemble else identity[0],
+                             positions=dataset.positions is not None, dataset_id=dataset_id,
+                             members=members)
         with writer:
             _run(writer, model, dataset, batch_size=batch_size, device=dev, progress=progress)
     finally:
-        teacher.train(was_training)
+        for t, mode in zip(teachers, modes):
+            t.train(mode)
     return writer.meta
 
 

@@ -57,6 +57,11 @@ class RowArray:
     row_shape: tuple[int, ...]
     dtype: str  # "float16" or "float32"
     dimension_names: tuple[str, ...]
+    members: int | None = None  # M: an (M, n, *row_shape) array, chunks of one member
+
+    def unit_shape(self, rows: int) -> tuple[int, ...]:
+        """Shape of one unit's values as `write` takes them: rows first."""
+        return (rows, *((self.members,) if self.members else ()), *self.row_shape)
 
 
 class WriteSession:
@@ -169,11 +174,12 @@ class WriteSession:
             teacher=self.spec["teacher"], config=self.config, chunk_rows=chunk_rows,
             compressor=cfg.compressor, overwrite=cfg.overwrite, shard_rows=shard_rows,
             extra=extra, position=self.rows is not None and self.rows.positions is not None)
-        for a in self.arrays:
+        for a in self.arrays:  # member arrays are never sharded: a chunk holds one member
             add_row_array(writer.group, a.name, n=n, row_shape=a.row_shape,
                           chunk_rows=writer.meta.chunk_rows, dtype=a.dtype,
                           codecs=compressor_codecs(cfg.compressor), fill_value=float("nan"),
-                          dimension_names=a.dimension_names, shard_rows=shard_rows)
+                          dimension_names=a.dimension_names, members=a.members,
+                          shard_rows=None if a.members else shard_rows)
         if self.inputs is not None:
             add_input_digest_array(writer.group, n=n, chunk_rows=writer.meta.chunk_rows,
                                    unit_rows=writer.unit_rows)
@@ -226,13 +232,16 @@ class WriteSession:
             positions = expected if positions is None else positions
         for a in self.arrays:  # extras first: sample_id, written last, marks the unit done
             values = np.asarray(rows[a.name])
-            if values.shape != (sl.stop - sl.start, *a.row_shape):
+            if values.shape != a.unit_shape(sl.stop - sl.start):
                 raise StoreError(f"unit {index} of {a.name!r} needs shape "
-                                 f"{(sl.stop - sl.start, *a.row_shape)}, got {values.shape}")
+                                 f"{a.unit_shape(sl.stop - sl.start)}, got {values.shape}")
             if a.dtype == "float16":
-                flat = to_float16(values.reshape(len(values), -1), first_row=sl.start)
-                values = flat.reshape(values.shape)
-            writer.digests.write(a.name, sl, values.astype(a.dtype))
+                values = to_float16(values, first_row=sl.start)
+            values = values.astype(a.dtype, copy=False)
+            for m in range(a.members or 1):  # (rows, M, ...): one member's chunks at a time
+                member = m if a.members else None
+                writer.digests.write(a.name, sl, values if member is None else values[:, m],
+                                     member=member)
         if self.inputs is not None:
             write_input_digests(writer, index, self.rows, self.inputs)
         writer.write_unit(index, sample_ids=sample_ids, logits=logits, positions=positions)

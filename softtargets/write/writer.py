@@ -24,9 +24,11 @@ from softtargets.datasets.base import as_numpy
 from softtargets.distributed import ranks_from_env
 from softtargets.errors import AppendError, ConfigError, IncompleteStoreError
 from softtargets.store import StoreMeta, unit_rows
-from softtargets.write.options import WriteOptions
+from softtargets.ensemble import MEMBER_LOGITS
+from softtargets.write.members import check_members, mean_of_members, member_layout
+from softtargets.write.options import WriteOptions, session_chunk_rows
 from softtargets.write.rows import RowMap
-from softtargets.write.session import WriteSession
+from softtargets.write.session import RowArray, WriteSession
 from softtargets.write.sources import source_of
 from softtargets.write.targets import Dense, Targets, check_targets
 
@@ -42,7 +44,9 @@ class LogitWriter:
     optional `dataset_identity` dict; `dataset_id` (a name for this version of the data) is
     added to the identity. `positions`: rows per sequence position (True: the
     dataset's L; an int L without a dataset), then `append` takes logits (B, L, C).
-    `teacher`: a dict recorded as the store's teacher identity. `resume`: keep the verified
+    `teacher`: a dict recorded as the store's teacher identity. `members`: M ensemble members
+    (Dense targets): `append` takes logits (B, M, C), kept per member in `member_logits` with
+    their mean as `logits`, and `teacher` is a list of M dicts. `resume`: keep the verified
     units of an interrupted store and write the rest (`todo_rows()`).
     """
 
@@ -51,8 +55,9 @@ class LogitWriter:
                  dataset_identity: dict[str, Any] | None = None, targets: Targets = Dense(),
                  chunk_rows: int | None = None, shard_rows: int | None = None,
                  compressor: str = "zstd", overwrite: bool = False, resume: bool = False,
-                 break_lock: bool = False, teacher: dict[str, Any] | None = None,
-                 positions: bool | int = False, dataset_id: str | None = None) -> None:
+                 break_lock: bool = False, teacher: Any = None,
+                 positions: bool | int = False, dataset_id: str | None = None,
+                 members: int | None = None) -> None:
         self.targets = check_targets(targets)
         self.source = source_of(dataset, num_classes=num_classes, class_names=class_names, n=n,
                                 identity=dataset_identity, positions=positions,
@@ -60,17 +65,16 @@ class LogitWriter:
         if self.source.rows.positions and not self.targets.positions_allowed:
             raise ConfigError(f"{type(self.targets).__name__}() targets have one row per sample; "
                               "rows per sequence position need TopK(k) or Sampled(k)")
-        if teacher is not None and not isinstance(teacher, dict):
-            raise ConfigError(f"teacher must be a dict identifying the teacher (e.g. {{'arch': "
-                              f"'resnet18', 'checkpoint_sha256': ...}}), got {teacher!r}")
+        self.members = check_members(members, self.targets, self.source.rows.positions)
         options = WriteOptions(store=str(store), overwrite=overwrite, resume=resume,
                                break_lock=break_lock, chunk_rows=chunk_rows,
                                shard_rows=shard_rows, compressor=compressor)
+        identity, arrays, extra = self._layout(teacher, options)
         self.session = WriteSession(
             options, n=self.source.rows.n, class_names=self.source.class_names,
-            dataset=self.source.identity, teacher=dict(teacher or {}), ranks=ranks_from_env(),
+            dataset=self.source.identity, teacher=identity, ranks=ranks_from_env(),
             targets=self.targets, config=self._config(options), rows=self.source.rows,
-            inputs=self.source.dataset)
+            inputs=self.source.dataset, arrays=arrays, extra=extra)
         self.session.__enter__()
         self._todo = set(self.session.todo)
         meta = self.session.writer.meta if self.session.writer is not None else self.session.meta
@@ -81,11 +85,26 @@ class LogitWriter:
             and self.session.meta.complete else None
         self._closed = False
 
+    def _layout(self, teacher: Any, options: WriteOptions,
+                ) -> tuple[dict[str, Any], tuple[RowArray, ...], dict[str, Any]]:
+        """(the store's teacher key, extra row arrays, extra attributes)."""
+        if self.members is None:
+            if teacher is not None and not isinstance(teacher, dict):
+                raise ConfigError(f"teacher must be a dict identifying the teacher (e.g. "
+                                  f"{{'arch': 'resnet18', 'checkpoint_sha256': ...}}), got "
+                                  f"{teacher!r}")
+            return dict(teacher or {}), (), {}
+        n, c = self.source.rows.n, len(self.source.class_names)
+        rows = session_chunk_rows(self.targets, options.chunk_rows, n=n, num_classes=c,
+                                  per_sample=1)
+        return member_layout(teacher, self.members, n=n, num_classes=c, chunk_rows=rows)
+
     def _config(self, options: WriteOptions) -> dict[str, Any]:
         """What the store records as its settings (compared by a resume)."""
         return {"writer": "LogitWriter", "targets": self.targets.to_json(),
-                "positions": self.source.rows.positions, "chunk_rows": options.chunk_rows,
-                "shard_rows": options.shard_rows, "compressor": options.compressor}
+                "positions": self.source.rows.positions, "members": self.members,
+                "chunk_rows": options.chunk_rows, "shard_rows": options.shard_rows,
+                "compressor": options.compressor}
 
     # -- what is left to do -------------------------------------------------------------------
 
@@ -137,17 +156,17 @@ class LogitWriter:
         if values.dtype.kind != "f":
             raise AppendError(f"LogitWriter.append: logits must be floating point, got dtype "
                               f"{values.dtype}")
-        L, c = self.rows.positions, len(self.source.class_names)
-        want = (len(ids), *((L,) if L else ()), c)
+        L, c, m = self.rows.positions, len(self.source.class_names), self.members
+        want = (len(ids), *((L,) if L else ()), *((m,) if m else ()), c)
         if ids.ndim != 1 or ids.dtype.kind not in "iu" or values.shape != want:
+            axes = "(B, L, C)" if L else "(B, M, C)" if m else "(B, C)"
             raise AppendError(f"LogitWriter.append: needs sample_ids (B,) integers and logits "
-                              f"{'(B, L, C)' if L else '(B, C)'} = {want}, got sample_ids of "
-                              f"shape {ids.shape} dtype {ids.dtype} and logits of shape "
-                              f"{values.shape}")
+                              f"{axes} = {want}, got sample_ids of shape {ids.shape} dtype "
+                              f"{ids.dtype} and logits of shape {values.shape}")
         ids = ids.astype(np.int64)
         per_row = np.repeat(ids, L) if L else ids
-        half = to_float16(values.reshape(-1, c), row_ids=per_row)  # (B * L, C)
-        return ids, half
+        rows = values.reshape(len(per_row), *want[1 + bool(L):])  # (B * L, [M,] C)
+        return ids, to_float16(rows, row_ids=per_row)
 
     def _refuse_repeats(self, rows: np.ndarray, units: np.ndarray, ids: np.ndarray) -> None:
         """A sample appended twice (in this batch, or before) is refused before any is kept."""
@@ -168,14 +187,18 @@ class LogitWriter:
         sl = self.session.writer.unit_slice(index)
         if index not in self._units:
             count = sl.stop - sl.start
-            self._units[index] = (np.empty((count, values.shape[1]), np.float16),
+            self._units[index] = (np.empty((count, *values.shape[1:]), np.float16),
                                   np.zeros(count, bool))
         buf, filled = self._units[index]
         buf[rows - sl.start] = values
         filled[rows - sl.start] = True
         if filled.all():
             del self._units[index]
-            self.session.write(index, logits=buf)
+            if self.members:  # (rows, M, C): the members, and their mean as the v1 logits
+                self.session.write(index, logits=mean_of_members(buf),
+                                   rows={MEMBER_LOGITS: buf})
+            else:
+                self.session.write(index, logits=buf)
             self._done.add(index)
 
     # -- closing ------------------------------------------------------------------------------
