@@ -72,7 +72,7 @@ class TrainingDivergedError(SofttargetsError):
     """The training loss became NaN or infinite."""
 
 
-# --- issue 4: verify, resume, locks, object storage ---
+# --- verify, resume, locks, object storage ---
 
 
 class VerifyError(StoreError):

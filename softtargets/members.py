@@ -248,7 +248,7 @@ def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
 
 
 class ViewWriter:
-    """Issue 7 for ensembles: every member's logits of V augmented views of each row, in
+    """Augmented views of ensembles: every member's logits of V augmented views of each row, in
     member_view_logits (M, N, V, C) with chunks (1, R, V, C) (one member writes whole chunks), and
     the views' parameters in view_params (N, V, P), shared by all members."""
 

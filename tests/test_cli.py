@@ -1,4 +1,4 @@
-"""The CLI end to end through click's CliRunner: happy paths and every bad input of issue 2."""
+"""The CLI end to end through click's CliRunner: happy paths and every bad input."""
 
 import json
 from pathlib import Path
