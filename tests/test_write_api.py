@@ -15,7 +15,8 @@ from torch.utils.data import TensorDataset
 from write_helpers import CHUNK, CLASSES, N, rgb_data, teacher, write
 
 from softtargets.datasets import TokenSequences, from_tensors, wrap
-from softtargets.errors import AppendError, ConfigError, IncompleteStoreError, StoreMismatchError
+from softtargets.errors import (AppendError, CheckpointError, ConfigError, IncompleteStoreError,
+                                StoreMismatchError)
 from softtargets.read import DistillDataset, SoftTargets
 from softtargets.store import LogitStore
 from softtargets.write import Dense, LogitWriter, TopK, write_logits
@@ -194,3 +195,26 @@ def test_an_ensemble_of_modules_and_a_writer_with_members_give_the_same_bytes(tm
         LogitWriter(tmp_path / "x.zarr", dataset=data, members=2, teacher={"arch": "a"})
     with pytest.raises(ConfigError, match=r"members= needs Dense\(\) targets"):
         write_logits(members, data, tmp_path / "y.zarr", targets=TopK(3), device="cpu")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"views": 2}, r"views= and mc_dropout= are written from the command line for now"),
+    ({"mc_dropout": 4}, r"views= and mc_dropout= are written from the command line for now"),
+    ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+])
+def test_what_write_logits_cannot_do_is_refused_in_one_line(tmp_path, kwargs, message):
+    images, labels = rgb_data(8)
+    data = from_tensors(images, labels, num_classes=CLASSES)
+    with pytest.raises(ConfigError, match=message):
+        write_logits(teacher(), data, tmp_path / "s.zarr", device="cpu", **kwargs)
+    with pytest.raises(ConfigError, match=r"teacher 1 of the ensemble must be a torch "
+                       r"nn.Module, got str"):
+        write_logits([teacher(), "b.pt"], data, tmp_path / "s.zarr", device="cpu")
+    with pytest.raises(ConfigError, match=r"dataset must be a softtargets dataset "
+                       r"\(softtargets.datasets\), got TensorDataset; wrap yours"):
+        write_logits(teacher(), TensorDataset(torch.zeros(2, 3)), tmp_path / "s.zarr")
+    with pytest.raises(CheckpointError, match=r"teacher TinyCNN returned logits \(2, 1000\) for "
+                       r"a batch of 2, expected \(2, 10\)"):
+        write_logits(teacher(), from_tensors(images, labels % 10, num_classes=10),
+                     tmp_path / "s.zarr", device="cpu")
+    assert not (tmp_path / "s.zarr").exists()

@@ -203,3 +203,14 @@ def test_a_datasets_own_sample_ids_place_its_rows(tmp_path):
     ids, stored = LogitStore.open(str(tmp_path / "s.zarr")).read_all()
     np.testing.assert_array_equal(ids, keys)  # row r holds dataset row r, under its id
     np.testing.assert_array_equal(stored, z.astype(np.float16))
+
+
+def test_resuming_a_complete_store_changes_nothing(data, tmp_path):
+    store = tmp_path / "s.zarr"
+    with LogitWriter(store, dataset=data, chunk_rows=8) as writer:
+        writer.append(np.arange(40), logits_of())
+    before = chunk_files(store)
+    with LogitWriter(store, dataset=data, chunk_rows=8, resume=True) as again:
+        assert again.todo_rows() == [] and again.meta.complete
+        again.append(np.arange(40), logits_of(seed=5))  # nothing left to write: ignored
+    assert again.meta == writer.meta and chunk_files(store) == before
