@@ -171,14 +171,20 @@ class LogitWriter:
     def _refuse_repeats(self, rows: np.ndarray, units: np.ndarray, ids: np.ndarray) -> None:
         """A sample appended twice (in this batch, or before) is refused before any is kept."""
         per = self.rows.per_sample
-        order = np.sort(rows[::per])
+        first, first_units = rows[::per], units[::per]  # one row per sample (its unit's too)
+        order = np.sort(first)
         twice = order[1:][order[1:] == order[:-1]]
-        again = [r for r, u in zip(rows[::per].tolist(), units[::per].tolist())
-                 if u in self._done or (u in self._units and self._units[u][1][
-                     r - u * self._unit_rows])]
-        if twice.size or again:
-            row = int(twice[0]) if twice.size else again[0]
-            sid = ids[np.flatnonzero(rows[::per] == row)[0]]
+        seen = twice[:1].tolist()
+        for unit in np.unique(first_units).tolist() if not seen else ():
+            mine = first[first_units == unit]
+            if unit in self._done:
+                seen = mine[:1].tolist()
+            elif unit in self._units:
+                seen = mine[self._units[unit][1][mine - unit * self._unit_rows]][:1].tolist()
+            if seen:
+                break
+        if seen:
+            sid = ids[np.flatnonzero(first == seen[0])[0]]
             raise AppendError(f"LogitWriter.append: sample id {int(sid)} was appended more than "
                               "once; append each sample once")
 
