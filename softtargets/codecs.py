@@ -40,18 +40,24 @@ def codec_chain(compressors: list[Any]) -> list[dict[str, Any]]:
             *(c.to_dict() for c in compressors)]
 
 
-def to_float16(logits: np.ndarray, *, first_row: int = 0) -> np.ndarray:
-    """Cast logits to float16, refusing non-finite values and values beyond float16's range."""
+def to_float16(logits: np.ndarray, *, first_row: int = 0,
+               row_ids: np.ndarray | None = None) -> np.ndarray:
+    """Cast logits (rows, ..., C) to float16, refusing non-finite values and values beyond
+    float16's range; the error names rows first_row.., or their sample ids when `row_ids`."""
     x = np.asarray(logits)
-    bad = ~np.isfinite(x).all(axis=-1)
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=-1)
     if bad.any():
-        rows = (np.flatnonzero(bad)[:5] + first_row).tolist()
-        raise LogitValueError(f"teacher produced non-finite logits (NaN/Inf) at rows {rows}; "
-                              "check the teacher checkpoint and its input preprocessing")
+        rows = np.flatnonzero(bad)[:5]
+        where = (f"rows {(rows + first_row).tolist()}" if row_ids is None
+                 else f"sample ids {np.asarray(row_ids)[rows].tolist()}")
+        raise LogitValueError(f"teacher produced non-finite logits (NaN/Inf) at {where}; check "
+                              "the teacher checkpoint and its input preprocessing")
     big = np.abs(x).max(initial=0.0)
     if big > FP16_MAX:
-        row = int(np.unravel_index(np.abs(x).argmax(), x.shape)[0]) + first_row
-        raise LogitValueError(f"logit magnitude {float(big):.4g} at row {row} overflows float16 "
+        row = int(np.unravel_index(np.abs(x).argmax(), x.shape)[0])
+        where = f"row {row + first_row}" if row_ids is None else \
+            f"sample id {np.asarray(row_ids)[row]}"
+        raise LogitValueError(f"logit magnitude {float(big):.4g} at {where} overflows float16 "
                               f"(max {FP16_MAX}); the teacher's logits are out of range for the "
                               "store (subtract the per-row max or rescale the teacher)")
     return x.astype(np.float16)

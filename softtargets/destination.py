@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from softtargets.digests import DIGESTS
+from softtargets.digests import DIGESTS, INPUT
 from softtargets.errors import (ForeignDataError, RemoteStoreError, SofttargetsError,
                                 StoreExistsError, StoreWriteError)
 from softtargets.remote import explain, filesystem, is_remote, local_path, redact
@@ -30,8 +30,11 @@ LISTED = 3  # foreign entries named in a refusal; the count is always given
 
 def _data_parts(parts: list[str]) -> list[str]:
     """Digest arrays mirror the data arrays under `digests/`: digests/<array>/... is checked as
-    <array>/..., and the subgroup's own zarr.json as the group's."""
-    return parts[1:] if parts[0] == DIGESTS and len(parts) > 1 else parts
+    <array>/..., and the subgroup's own zarr.json as the group's. The input digests
+    (digests/input, which mirror no data array) are checked as an array of the format."""
+    if parts[0] == DIGESTS and len(parts) > 1:
+        return [STORE_ARRAYS[0], *parts[2:]] if parts[1] == INPUT else parts[1:]
+    return parts
 
 
 def is_format_key(key: str) -> bool:

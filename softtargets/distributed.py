@@ -8,6 +8,7 @@ ever write parts of one storage object.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime as _dt
 import os
@@ -48,12 +49,23 @@ def my_units(num_units: int, ranks: Ranks) -> list[int]:
     return list(range(ranks.rank, num_units, ranks.world))
 
 
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class Comm:
-    """Collectives between the writers; trivial for one process."""
+    """Collectives between the writers; trivial for one process.
+
+    The process group a Comm starts stays up until the process exits, and later sessions of the
+    same process (a script writing several stores) use it: destroying it and starting another
+    on torchrun's shared rendezvous store can hang or reset a rank that reads the first
+    group's keys.
+    """
 
     def __init__(self, ranks: Ranks, *, device_type: str = "cpu") -> None:
         self.ranks = ranks
-        self.started = False
         if ranks.world > 1:
             import torch.distributed as dist
 
@@ -64,7 +76,7 @@ class Comm:
                     torch.cuda.set_device(ranks.local_rank)
                 dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world,
                                         timeout=_dt.timedelta(minutes=30))
-                self.started = True
+                atexit.register(_destroy_process_group)
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's `value` on every rank."""
@@ -85,10 +97,7 @@ class Comm:
         return out
 
     def close(self) -> None:
-        if self.started:
-            import torch.distributed as dist
-            dist.destroy_process_group()
-            self.started = False
+        """Nothing to release: the process group stays up for the process (see the class)."""
 
 
 def error_status(e: BaseException | None) -> tuple[str, str] | None:

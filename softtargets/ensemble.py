@@ -13,6 +13,7 @@ holds mean_m z_m, is the geometric-mean target at every T for readers that only 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -25,6 +26,28 @@ from softtargets.schema import (COMBINED_KEY, ENSEMBLE_KEY, MEMBER_LOGITS,  # no
                                 MEMBER_VIEW_LOGITS, RULES)
 from softtargets.chunks import read_rows
 from softtargets.store import LogitStore, chunk_slice
+
+
+MEAN_LOGITS = "mean_m member_logits[m] (the geometric-mean target at every T)"
+
+
+def ensemble_info(members: list[dict[str, Any]], *, n: int, num_classes: int, chunk_rows: int,
+                  default_rule: str = "arithmetic") -> dict[str, Any]:
+    """attributes["softtargets"]["ensemble"] of a store keeping every member's logits."""
+    return {"members": members, "array": MEMBER_LOGITS,
+            "shape": [len(members), n, num_classes], "chunks": [1, chunk_rows, num_classes],
+            "logits": MEAN_LOGITS, "default_rule": check_rule(default_rule)}
+
+
+def summary_identity(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """The v1 `teacher` key of an ensemble store: its members' architectures and a digest over
+    their checkpoints (and MC-dropout passes)."""
+    h = hashlib.sha256("\n".join(f"{m.get('checkpoint_sha256')}/{m.get('mc_pass')}"
+                                 for m in members).encode())
+    archs = sorted({str(m.get("arch")) for m in members})
+    return {"arch": f"ensemble of {len(members)}: " + ", ".join(archs), "model": None,
+            "checkpoint": None, "checkpoint_sha256": "sha256:" + h.hexdigest(),
+            "trained_on": None, "members": len(members)}
 
 
 def check_rule(rule: str) -> str:

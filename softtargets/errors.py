@@ -76,7 +76,7 @@ class TrainingDivergedError(SofttargetsError):
     """The training loss became NaN or infinite."""
 
 
-# --- issue 4: verify, resume, locks, object storage ---
+# --- verify, resume, locks, object storage ---
 
 
 class VerifyError(StoreError):
@@ -93,3 +93,8 @@ class StoreLockedError(StoreError):
 
 class RemoteStoreError(StoreError):
     """An fsspec URL cannot be reached: missing credentials, access denied, no such bucket."""
+
+
+class AppendError(StoreError, ValueError):
+    """Rows given to LogitWriter.append are wrong: unknown or repeated sample ids, a shape that
+    does not match the store, or a tensor attached to the autograd graph."""

@@ -137,14 +137,9 @@ def check_members(cfg: EnsembleLogitsConfig, split: Split) -> None:
 
 def _summary_identity(members: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
     """The v1 `teacher` key of an ensemble store: a digest over the member checkpoints."""
-    h = hashlib.sha256("\n".join(f"{m['checkpoint_sha256']}/{m['mc_pass']}"
-                                 for m in members).encode())
-    archs = sorted({m["arch"] for m in members})
-    return {"arch": f"ensemble of {len(members)}: " + ", ".join(archs), "model": None,
-            "checkpoint": None, "checkpoint_sha256": "sha256:" + h.hexdigest(),
-            "trained_on": None, "torch": str(torch.__version__), "device": str(device),
-            "precision": "fp16-autocast" if device.type == "cuda" else "fp32",
-            "members": len(members)}
+    return {**ensemble.summary_identity(members), "torch": str(torch.__version__),
+            "device": str(device),
+            "precision": "fp16-autocast" if device.type == "cuda" else "fp32"}
 
 
 def _extra(cfg: EnsembleLogitsConfig, members: list[dict[str, Any]], *, n: int, c: int,
@@ -154,11 +149,8 @@ def _extra(cfg: EnsembleLogitsConfig, members: list[dict[str, Any]], *, n: int, 
         what = ("T * log(mean_m softmax(z_m / T))" if t is not None else "mean_m z_m")
         return {ensemble.COMBINED_KEY: {"rule": cfg.combine, "temperature": t, "logits": what,
                                         "members": members}}
-    return {ensemble.ENSEMBLE_KEY: {
-        "members": members, "array": ensemble.MEMBER_LOGITS,
-        "shape": [len(members), n, c], "chunks": [1, rows, c],
-        "logits": "mean_m member_logits[m] (the geometric-mean target at every T)",
-        "default_rule": cfg.combine or "arithmetic"}}
+    return {ensemble.ENSEMBLE_KEY: ensemble.ensemble_info(
+        members, n=n, num_classes=c, chunk_rows=rows, default_rule=cfg.combine or "arithmetic")}
 
 
 def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -> StoreMeta:
@@ -257,7 +249,7 @@ def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
 
 
 class ViewWriter:
-    """Issue 7 for ensembles: every member's logits of V augmented views of each row, in
+    """Augmented views of ensembles: every member's logits of V augmented views of each row, in
     member_view_logits (M, N, V, C) with chunks (1, R, V, C) (one member writes whole chunks), and
     the views' parameters in view_params (N, V, P), shared by all members."""
 

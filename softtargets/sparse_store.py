@@ -13,7 +13,6 @@ numpy and zarr only, never torch. docs/FORMAT.md ("Sparse stores") is the normat
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import math
 from typing import Any
 
@@ -22,15 +21,12 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from softtargets import sparse as sp
-from softtargets.digests import META as DIGESTS_META
-from softtargets.digests import META_KEY as DIGESTS_KEY
-from softtargets.digests import DigestCheck, DigestWriter
+from softtargets.digests import DigestCheck
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
 from softtargets.schema import LSE, POSITION, SPARSE_KINDS, TAIL, sparse_names
-from softtargets.store import (FORMAT_NAME, FORMAT_VERSION, SAMPLE_ID, TARGET_CHUNK_BYTES,
-                               StoreMeta, _prepare_destination, add_row_array, check_dataset,
-                               chunk_slice, codec_chain, compressor_codecs, create_group, mark_complete,
-                               read_meta, software_versions)
+from softtargets.store import (SAMPLE_ID, TARGET_CHUNK_BYTES, RowWriter, StoreMeta,
+                               _prepare_destination, add_row_array, check_dataset, chunk_slice,
+                               codec_chain, compressor_codecs, create_group, new_meta, read_meta)
 
 KINDS = SPARSE_KINDS
 ID_COMPRESSORS = ("bitshuffle", "zstd", "none")
@@ -126,37 +122,38 @@ def default_chunk_rows(n: int, k: int, num_classes: int) -> int:
     return max(1, min(n, rows))
 
 
-class SparseWriter:
-    """Writes a sparse store chunk by chunk; same protocol as store.StoreWriter.
+class SparseWriter(RowWriter):
+    """Writes a sparse store unit by unit; same protocol as store.StoreWriter.
 
-    `write_chunk` takes dense (rows, C) values and converts them; `write_rows` takes rows
-    already converted (e.g. top-k of an ensemble's combined distribution).
+    `write_chunk` / `write_unit` take dense (rows, C) values and convert them; `write_rows`
+    takes rows already converted (e.g. top-k of an ensemble's combined distribution).
     """
 
-    def __init__(self, group: zarr.Group, meta: StoreMeta, spec: SparseSpec) -> None:
-        self.group, self.meta, self.spec = group, meta, spec
-        self.written: set[int] = set()
-        self.digests = DigestWriter(group, dataset=meta.dataset, chunk_rows=meta.chunk_rows)
+    def __init__(self, group: zarr.Group, meta: StoreMeta, spec: SparseSpec | None = None) -> None:
+        super().__init__(group, meta)
+        self.spec = spec if spec is not None else SparseSpec.from_json(meta.extra["sparse"])
 
     @classmethod
     def create(cls, url: str, *, spec: SparseSpec, n: int,
                class_names: tuple[str, ...] | list[str], dataset: dict[str, Any],
                teacher: dict[str, Any], config: dict[str, Any], chunk_rows: int | None = None,
-               compressor: str = "zstd", overwrite: bool = False) -> SparseWriter:
+               compressor: str = "zstd", overwrite: bool = False,
+               shard_rows: int | None = None,
+               extra: dict[str, Any] | None = None) -> SparseWriter:
         """Create an empty, incomplete sparse store at `url`."""
         if n <= 0:
             raise StoreError(f"a store needs n > 0 rows, got n={n}")
+        if shard_rows:
+            raise StoreError(f"sparse stores are not sharded (got shard_rows={shard_rows}); "
+                             "drop shard_rows: their units are chunks")
         rows = chunk_rows or default_chunk_rows(n, spec.k, len(class_names))
         floats = compressor_codecs(compressor)
         _prepare_destination(url, overwrite)
-        meta = StoreMeta(format=FORMAT_NAME, version=FORMAT_VERSION, kind=spec.kind, n=n,
-                         num_classes=len(class_names), class_names=tuple(class_names),
-                         dtype="float16", chunk_rows=rows, compressor=compressor,
-                         codecs=codec_chain(compressor_codecs(spec.value_compressor)),
-                         dataset=dataset, teacher=teacher, config=config,
-                         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         created_by=software_versions(), complete=False,
-                         extra={"sparse": spec.to_json(), DIGESTS_KEY: DIGESTS_META})
+        meta = new_meta(kind=spec.kind, n=n, class_names=class_names, chunk_rows=rows,
+                        compressor=compressor,
+                        codecs=codec_chain(compressor_codecs(spec.value_compressor)),
+                        dataset=dataset, teacher=teacher, config=config,
+                        extra={**(extra or {}), "sparse": spec.to_json()})
         group = create_group(url, meta)
         ids_name, logits_name, counts_name = array_names(spec.kind)
 
@@ -182,19 +179,24 @@ class SparseWriter:
             ("row", "temperature"))
         return cls(group, meta, spec)
 
-    @property
-    def num_chunks(self) -> int:
-        return math.ceil(self.meta.n / self.meta.chunk_rows)
-
-    def chunk_slice(self, index: int) -> slice:
-        return chunk_slice(self.meta, index)
-
     def write_chunk(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray,
                     positions: np.ndarray | None = None) -> None:
         """Convert dense values (rows, C) of chunk `index` to the store's kind and write them."""
-        sl = self.chunk_slice(index)
+        self._write_values(self.chunk_slice(index), f"chunk {index}", sample_ids=sample_ids,
+                           logits=logits, positions=positions)
+        self.written.add(index)
+
+    def write_unit(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray,
+                   positions: np.ndarray | None = None) -> None:
+        """Convert and write whole unit `index` (a chunk: sparse stores are not sharded)."""
+        self._write_values(self.unit_slice(index), f"write unit {index}", sample_ids=sample_ids,
+                           logits=logits, positions=positions)
+        self.mark_written(index)
+
+    def _write_values(self, sl: slice, what: str, *, sample_ids: np.ndarray,
+                      logits: np.ndarray, positions: np.ndarray | None) -> None:
         if logits.shape != (sl.stop - sl.start, self.meta.num_classes):
-            raise StoreError(f"chunk {index} needs values ({sl.stop - sl.start}, "
+            raise StoreError(f"{what} needs values ({sl.stop - sl.start}, "
                              f"{self.meta.num_classes}), got {logits.shape}")
         if self.spec.kind == "topk":
             rows = sp.to_topk(logits, k=self.spec.k, temperatures=self.spec.temperatures,
@@ -205,27 +207,30 @@ class SparseWriter:
                                  positions=positions,
                                  sample_temperature=self.spec.sample_temperature,
                                  first_row=sl.start)
-        self.write_rows(index, sample_ids=sample_ids, rows=rows, positions=positions)
+        self._write_converted(sl, what, sample_ids=sample_ids, rows=rows, positions=positions)
 
     def write_rows(self, index: int, *, sample_ids: np.ndarray, rows: sp.SparseRows,
                    positions: np.ndarray | None = None) -> None:
         """Write converted rows of chunk `index` (validated first)."""
-        sl = self.chunk_slice(index)
+        self._write_converted(self.chunk_slice(index), f"chunk {index}", sample_ids=sample_ids,
+                              rows=rows, positions=positions)
+        self.written.add(index)
+
+    def _write_converted(self, sl: slice, what: str, *, sample_ids: np.ndarray,
+                         rows: sp.SparseRows, positions: np.ndarray | None) -> None:
         count = sl.stop - sl.start
-        sample_ids = np.asarray(sample_ids)
-        if sample_ids.shape != (count,) or rows.ids.shape != (count, self.spec.k):
-            raise StoreError(f"chunk {index} needs sample_ids ({count},) and rows ({count}, "
-                             f"{self.spec.k}), got {sample_ids.shape} and {rows.ids.shape}")
-        if (sample_ids < 0).any() or (sample_ids >= self.meta.dataset["n"]).any():
-            raise StoreError(f"chunk {index}: sample ids must be in [0, {self.meta.dataset['n']})")
+        if rows.ids.shape != (count, self.spec.k):
+            raise StoreError(f"{what} needs sample_ids ({count},) and rows ({count}, "
+                             f"{self.spec.k}), got {np.shape(sample_ids)} and {rows.ids.shape}")
+        sample_ids = self.check_ids(what, sample_ids, count)
         if self.spec.position != (positions is not None):
             raise StoreError(f"store was created with position={self.spec.position}: pass "
-                             f"positions {'for' if self.spec.position else 'only with'} every chunk")
+                             f"positions {'for' if self.spec.position else 'only with'} every "
+                             "chunk")
         if (rows.counts is None) != (self.spec.kind == "topk"):
             raise StoreError(f"rows of the wrong kind for a {self.spec.kind!r} store")
         ids_name, logits_name, counts_name = array_names(self.spec.kind)
         write = self.digests.write
-        write(SAMPLE_ID, sl, sample_ids.astype(np.int64))
         if positions is not None:
             write(POSITION, sl, np.asarray(positions, dtype=np.int64))
         write(ids_name, sl, rows.ids.astype(self.spec.id_dtype))
@@ -234,13 +239,7 @@ class SparseWriter:
             write(counts_name, sl, rows.counts.astype(self.spec.count_dtype))
         write(LSE, sl, rows.lse.astype(np.float32))
         write(TAIL, sl, rows.tail.astype(np.float32))
-        self.written.add(index)
-
-    def finalize(self) -> StoreMeta:
-        """Mark the store complete; refuses while any chunk is unwritten."""
-        self.meta = mark_complete(self.group, self.meta, written=self.written,
-                                  num_chunks=self.num_chunks)
-        return self.meta
+        write(SAMPLE_ID, sl, sample_ids)  # last: it marks the unit written
 
 
 class SparseStore:

@@ -88,7 +88,7 @@ def _prepare_destination(url: str, overwrite: bool) -> None:
     prepare_destination(url, overwrite)
 
 
-# --- issue 6: building blocks of other array layouts (sparse_store.py) ---
+# --- building blocks of the other array layouts (sparse_store.py) ---
 
 def create_group(url: str, meta: StoreMeta) -> zarr.Group:
     """A new group at `url` whose attributes hold `meta` (incomplete); the caller adds arrays."""
@@ -99,61 +99,27 @@ def create_group(url: str, meta: StoreMeta) -> zarr.Group:
         raise StoreExistsError(f"store {url!r} already exists; pass --overwrite") from e
 
 
-class StoreWriter:
-    """Writes a v1 store chunk by chunk and marks it complete last.
+class RowWriter:
+    """Unit geometry and bookkeeping shared by the store writers of every kind.
 
-    Use `create`, then `write_chunk` for every chunk (any order, any process for disjoint chunks),
-    then `finalize`. A writer that raises or is killed leaves `complete: false`: readers refuse it.
+    A write unit is one storage object of every array: a shard when sharded, else a chunk.
+    Subclasses create the arrays and implement `write_unit`; a writer that raises or is killed
+    leaves `complete: false`, which readers refuse.
     """
 
     def __init__(self, group: zarr.Group, meta: StoreMeta) -> None:
         self.group = group
         self.meta = meta
-        self.logits = group[LOGITS]
-        self.sample_id = group[SAMPLE_ID]
-        self.written: set[int] = set()
+        self.written: set[int] = set()  # chunk indices
         self.digests = DigestWriter(group, dataset=meta.dataset, chunk_rows=meta.chunk_rows)
 
     @classmethod
-    def create(cls, url: str, *, n: int, class_names: tuple[str, ...] | list[str],
-               dataset: dict[str, Any], teacher: dict[str, Any], config: dict[str, Any],
-               chunk_rows: int | None = None, compressor: str = "zstd",
-               overwrite: bool = False, shard_rows: int | None = None,
-               extra: dict[str, Any] | None = None) -> StoreWriter:
-        """Create an empty, incomplete store at `url` (a path, file:// or fsspec URL).
-
-        shard_rows: when set, both arrays use the sharding codec with shards of that many rows
-        (a multiple of chunk_rows); writers then write whole shards only (`write_unit`).
-        """
-        num_classes = len(class_names)
-        if n <= 0 or num_classes <= 0:
-            raise StoreError(f"a store needs n > 0 rows and C > 0 classes, got n={n}, C={num_classes}")
-        rows = chunk_rows or default_chunk_rows(n, num_classes)
-        codecs = compressor_codecs(compressor)
-        check_shard_rows(shard_rows, rows)
-        _prepare_destination(url, overwrite)
-        meta = StoreMeta(format=FORMAT_NAME, version=FORMAT_VERSION, kind="dense", n=n,
-                         num_classes=num_classes, class_names=tuple(class_names),
-                         dtype="float16", chunk_rows=rows, compressor=compressor,
-                         codecs=codec_chain(codecs), dataset=dataset, teacher=teacher, config=config,
-                         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         created_by=software_versions(), complete=False,
-                         extra={**(extra or {}), DIGESTS_KEY: DIGESTS_META,
-                                **({"shard_rows": shard_rows} if shard_rows else {})})
-        group = create_group(url, meta)
-        # every chunk is written explicitly, so a deleted one is detectable; the NaN / -1 fill
-        # values make a chunk that was never written fail the reader's checks
-        add_row_array(group, LOGITS, n=n, row_shape=(num_classes,), chunk_rows=rows,
-                      dtype="float16", codecs=codecs, fill_value=float("nan"),
-                      dimension_names=("row", "class"), shard_rows=shard_rows)
-        add_row_array(group, SAMPLE_ID, n=n, row_shape=(), chunk_rows=rows, dtype="int64",
-                      codecs=compressor_codecs(compressor), fill_value=-1,
-                      dimension_names=("row",), shard_rows=shard_rows)
-        if shard_rows:  # issue 4: record the real chain, the sharding codec wrapping the v1 one
-            chain = json.loads(json.dumps(group[LOGITS].metadata.to_dict()["codecs"]))
-            meta = dataclasses.replace(meta, codecs=chain)
-            group.attrs.update({ATTR_KEY: meta.to_json()})
-        return cls(group, meta)
+    def open(cls, url: str) -> Any:
+        """Reopen an incomplete store to add units (resume, or a parallel writer's rank > 0)."""
+        meta, _ = read_meta(url)
+        if meta.complete:
+            raise StoreError(f"store {url!r} is already complete; nothing to write")
+        return cls(open_group(url, mode="r+"), meta)
 
     @property
     def num_chunks(self) -> int:
@@ -161,35 +127,6 @@ class StoreWriter:
 
     def chunk_slice(self, index: int) -> slice:
         return chunk_slice(self.meta, index)
-
-    def write_chunk(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
-        """Write whole chunk `index`: sample_ids (rows,) and logits (rows, C), validated first."""
-        self._write_rows(self.chunk_slice(index), f"chunk {index}", sample_ids=sample_ids,
-                         logits=logits)
-        self.written.add(index)
-
-    def _write_rows(self, sl: slice, what: str, *, sample_ids: np.ndarray,
-                    logits: np.ndarray) -> None:
-        rows = sl.stop - sl.start
-        sample_ids = np.asarray(sample_ids)
-        if logits.shape != (rows, self.meta.num_classes) or sample_ids.shape != (rows,):
-            raise StoreError(f"{what} needs logits ({rows}, {self.meta.num_classes}) and "
-                             f"sample_ids ({rows},), got {logits.shape} and {sample_ids.shape}")
-        if (sample_ids < 0).any() or (sample_ids >= self.meta.dataset["n"]).any():
-            raise StoreError(f"{what}: sample ids must be in [0, {self.meta.dataset['n']})")
-        half = to_float16(logits, first_row=sl.start)
-        self.digests.write(LOGITS, sl, half)  # sample_id last: it marks the unit written
-        self.digests.write(SAMPLE_ID, sl, sample_ids.astype(np.int64))
-
-    # --- issue 4: write units (whole shards, or chunks when unsharded) and reopening ---
-
-    @classmethod
-    def open(cls, url: str) -> StoreWriter:
-        """Reopen an incomplete store to add chunks (resume, or a parallel writer's rank > 0)."""
-        meta, _ = read_meta(url)
-        if meta.complete:
-            raise StoreError(f"store {url!r} is already complete; nothing to write")
-        return cls(open_group(url, mode="r+"), meta)
 
     @property
     def unit_rows(self) -> int:
@@ -212,21 +149,122 @@ class StoreWriter:
         return range(sl.start // self.meta.chunk_rows,
                      math.ceil(sl.stop / self.meta.chunk_rows))
 
-    def write_unit(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
-        """Write whole unit `index` (one shard object, or one chunk when unsharded)."""
-        self._write_rows(self.unit_slice(index), f"write unit {index}", sample_ids=sample_ids,
-                         logits=logits)
-        self.mark_written(index)
+    def write_unit(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray,
+                   positions: np.ndarray | None = None) -> None:
+        """Write whole unit `index` from dense values (rows, C), sample_id last."""
+        raise NotImplementedError
 
     def mark_written(self, index: int) -> None:
         """Record unit `index` as present (written here, or verified on disk)."""
         self.written.update(self.unit_chunks(index))
+
+    def check_ids(self, what: str, sample_ids: np.ndarray, rows: int) -> np.ndarray:
+        """sample_ids (rows,) as int64, each in [0, dataset n)."""
+        sample_ids = np.asarray(sample_ids)
+        if sample_ids.shape != (rows,):
+            raise StoreError(f"{what} needs sample_ids ({rows},), got {sample_ids.shape}")
+        if (sample_ids < 0).any() or (sample_ids >= self.meta.dataset["n"]).any():
+            raise StoreError(f"{what}: sample ids must be in [0, {self.meta.dataset['n']})")
+        return sample_ids.astype(np.int64)
 
     def finalize(self) -> StoreMeta:
         """Mark the store complete; refuses while any chunk is unwritten."""
         self.meta = mark_complete(self.group, self.meta, written=self.written,
                                   num_chunks=self.num_chunks)
         return self.meta
+
+
+class StoreWriter(RowWriter):
+    """Writes a dense v1 store unit by unit and marks it complete last.
+
+    Use `create`, then `write_chunk` (or `write_unit`) for every chunk (any order, any process
+    for disjoint units), then `finalize`.
+    """
+
+    def __init__(self, group: zarr.Group, meta: StoreMeta) -> None:
+        super().__init__(group, meta)
+        self.logits = group[LOGITS]
+        self.sample_id = group[SAMPLE_ID]
+
+    @classmethod
+    def create(cls, url: str, *, n: int, class_names: tuple[str, ...] | list[str],
+               dataset: dict[str, Any], teacher: dict[str, Any], config: dict[str, Any],
+               chunk_rows: int | None = None, compressor: str = "zstd",
+               overwrite: bool = False, shard_rows: int | None = None,
+               extra: dict[str, Any] | None = None) -> StoreWriter:
+        """Create an empty, incomplete store at `url` (a path, file:// or fsspec URL).
+
+        shard_rows: when set, both arrays use the sharding codec with shards of that many rows
+        (a multiple of chunk_rows); writers then write whole shards only (`write_unit`).
+        """
+        num_classes = len(class_names)
+        if n <= 0 or num_classes <= 0:
+            raise StoreError(f"a store needs n > 0 rows and C > 0 classes, got n={n}, C={num_classes}")
+        rows = chunk_rows or default_chunk_rows(n, num_classes)
+        codecs = compressor_codecs(compressor)
+        check_shard_rows(shard_rows, rows)
+        _prepare_destination(url, overwrite)
+        meta = new_meta(kind="dense", n=n, class_names=class_names, chunk_rows=rows,
+                        compressor=compressor, codecs=codec_chain(codecs), dataset=dataset,
+                        teacher=teacher, config=config, shard_rows=shard_rows, extra=extra)
+        group = create_group(url, meta)
+        # every chunk is written explicitly, so a deleted one is detectable; the NaN / -1 fill
+        # values make a chunk that was never written fail the reader's checks
+        add_row_array(group, LOGITS, n=n, row_shape=(num_classes,), chunk_rows=rows,
+                      dtype="float16", codecs=codecs, fill_value=float("nan"),
+                      dimension_names=("row", "class"), shard_rows=shard_rows)
+        add_row_array(group, SAMPLE_ID, n=n, row_shape=(), chunk_rows=rows, dtype="int64",
+                      codecs=compressor_codecs(compressor), fill_value=-1,
+                      dimension_names=("row",), shard_rows=shard_rows)
+        if shard_rows:  # record the real chain, the sharding codec wrapping the v1 one
+            chain = json.loads(json.dumps(group[LOGITS].metadata.to_dict()["codecs"]))
+            meta = dataclasses.replace(meta, codecs=chain)
+            group.attrs.update({ATTR_KEY: meta.to_json()})
+        return cls(group, meta)
+
+    def write_chunk(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
+        """Write whole chunk `index`: sample_ids (rows,) and logits (rows, C), validated first."""
+        self._write_rows(self.chunk_slice(index), f"chunk {index}", sample_ids=sample_ids,
+                         logits=logits)
+        self.written.add(index)
+
+    def _write_rows(self, sl: slice, what: str, *, sample_ids: np.ndarray,
+                    logits: np.ndarray) -> None:
+        rows = sl.stop - sl.start
+        if logits.shape != (rows, self.meta.num_classes):
+            raise StoreError(f"{what} needs logits ({rows}, {self.meta.num_classes}) and "
+                             f"sample_ids ({rows},), got {logits.shape} and "
+                             f"{np.shape(sample_ids)}")
+        sample_ids = self.check_ids(what, sample_ids, rows)
+        half = to_float16(logits, first_row=sl.start)
+        self.digests.write(LOGITS, sl, half)  # sample_id last: it marks the unit written
+        self.digests.write(SAMPLE_ID, sl, sample_ids)
+
+    def write_unit(self, index: int, *, sample_ids: np.ndarray, logits: np.ndarray,
+                   positions: np.ndarray | None = None) -> None:
+        """Write whole unit `index` (one shard object, or one chunk when unsharded)."""
+        if positions is not None:
+            raise StoreError("a dense store has no position array; per-position rows need "
+                             "top-k or sampled targets")
+        self._write_rows(self.unit_slice(index), f"write unit {index}", sample_ids=sample_ids,
+                         logits=logits)
+        self.mark_written(index)
+
+
+def new_meta(*, kind: str, n: int, class_names: tuple[str, ...] | list[str], chunk_rows: int,
+             compressor: str, codecs: list[dict[str, Any]], dataset: dict[str, Any],
+             teacher: dict[str, Any], config: dict[str, Any], shard_rows: int | None = None,
+             extra: dict[str, Any] | None = None) -> StoreMeta:
+    """The metadata of a new, incomplete store (chunk digests declared)."""
+    return StoreMeta(format=FORMAT_NAME, version=FORMAT_VERSION, kind=kind, n=n,
+                     num_classes=len(class_names), class_names=tuple(class_names),
+                     dtype="float16", chunk_rows=chunk_rows, compressor=compressor,
+                     codecs=codecs, dataset=dataset, teacher=teacher, config=config,
+                     created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     created_by=software_versions(), complete=False,
+                     extra={**(extra or {}),
+                            DIGESTS_KEY: {**DIGESTS_META, **(extra or {}).get(DIGESTS_KEY, {})},
+                            **({"shard_rows": shard_rows} if shard_rows else {})})
 
 
 def mark_complete(group: zarr.Group, meta: StoreMeta, *, written: set[int],
@@ -277,7 +315,7 @@ class LogitStore:
     def open(cls, url: str, *, allow_incomplete: bool = False) -> LogitStore:
         """Open the store at `url`; refuses other formats, newer versions and incomplete stores."""
         meta, group = read_meta(url)
-        if meta.kind != "dense":  # issue 6: sparse stores have no dense `logits` array
+        if meta.kind != "dense":  # sparse stores have no dense `logits` array
             raise SparseStoreError(
                 f"store {url!r} is a sparse {meta.kind!r} store (kind {meta.kind!r}, no dense "
                 "'logits' array); this reader reads only kind 'dense'. Open it with "

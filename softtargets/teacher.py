@@ -1,145 +1,31 @@
-"""Stage 1: run a teacher over a dataset split and write its logits to a store.
+"""Stage 1 from the command line: run a softtargets teacher checkpoint over an IDX split and
+write its logits (dense, top-k or sampled; with views) through the one write session.
 
-The forward pass is the only thing on the critical path: input batches are prepared ahead of it
-in a thread (pinned, copied non_blocking on CUDA) and finished chunks are cast, compressed and
-written behind it by a background writer with a bounded queue (`write_chunks`).
+The forward pass and its overlap with input preparation and writes are in softtargets.write.forward
+(re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from softtargets.config import LogitsConfig, to_dict
+from softtargets.config import LogitsConfig
 from softtargets.data import Split, check_not_trained_on_validation, load_split
 from softtargets.distributed import Ranks, ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import Checkpoint, load_checkpoint
-from softtargets.pipeline import BackgroundWorker, prefetch
 from softtargets.progress import bar as progress_bar
-from softtargets.session import RowArray, WriteSession
-from softtargets.sparse_store import SparseSpec, SparseWriter, make_spec
 from softtargets.store import StoreMeta
-
-WRITE_QUEUE = 2  # finished chunks waiting for the writer: bounds memory to a few chunks
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available; use 'cpu' or 'auto'")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}")
-    return torch.device(name)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """fp16 autocast on CUDA; fp32 on CPU (low precision there is ~400x slower than fp32)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def fp32_accumulation(device: torch.device) -> Iterator[None]:
-    """On CUDA, make fp16 matmuls accumulate in fp32 (cuBLAS may reduce in fp16 otherwise)."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul = torch.backends.cuda.matmul
-    before = matmul.allow_fp16_reduced_precision_reduction
-    matmul.allow_fp16_reduced_precision_reduction = False
-    try:
-        yield
-    finally:
-        matmul.allow_fp16_reduced_precision_reduction = before
-
-
-def prepare_model(model: torch.nn.Module, device: torch.device, *, channels_last: bool = False,
-                  compile: bool = False) -> torch.nn.Module:
-    """The model on `device` in eval mode, optionally channels_last and torch.compile'd."""
-    model = model.to(device).eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile else model
-
-
-def input_batches(split: Split, chunks: Iterable[tuple[int, slice]], *, batch_size: int,
-                  device: torch.device, channels_last: bool = False,
-                  ) -> Iterator[tuple[int, torch.Tensor, bool]]:
-    """(chunk index, inputs (B, D) float32 on device, last batch of the chunk?) in order."""
-    for index, sl in chunks:
-        for start in range(sl.start, sl.stop, batch_size):
-            stop = min(sl.stop, start + batch_size)
-            x = torch.from_numpy(split.inputs(slice(start, stop)))  # (B, H*W) float32
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if device.type == "cuda":
-                x = x.pin_memory().to(device, non_blocking=True)
-            yield index, x, stop == sl.stop
-
-
-@torch.inference_mode()
-def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Logits (B, C) float32 (fp16 autocast on CUDA, cast up before the store's fp16 cast)."""
-    with autocast(device), fp32_accumulation(device):
-        return model(x).float()
-
-
-def infer(model: torch.nn.Module, inputs: np.ndarray, *, batch_size: int,
-          device: torch.device) -> np.ndarray:
-    """Logits (R, C) float32 of in-memory inputs (R, D) float32, batch by batch (no overlap)."""
-    out = [forward(model, torch.from_numpy(inputs[i:i + batch_size]).to(device), device).cpu()
-           for i in range(0, len(inputs), batch_size)]
-    return torch.cat(out).numpy()
-
-
-WriteUnit = Callable[..., None]  # (index, *, sample_ids (rows,), logits (rows, C)) -> None
-
-
-def write_chunks(slice_of: Callable[[int], slice], write_unit: WriteUnit, model: torch.nn.Module,
-                 split: Split, chunks: Iterable[int], *, batch_size: int, device: torch.device,
-                 channels_last: bool = False, prefetch_batches: int = 2,
-                 on_rows: Callable[[int], object] | None = None) -> None:
-    """Compute and write the units `chunks` (rows `slice_of(i)`, any subset, any order).
-
-    `write_unit` is a store writer's or write session's whole-unit write; nothing is finalized.
-    Inputs are prepared `prefetch_batches` ahead in a thread; each finished unit goes to one
-    background writer thread (cast to fp16 with range checks, compression, write). An error in
-    either thread is raised here, and then the caller must not finalize the store.
-    """
-    spans = ((i, slice_of(i)) for i in chunks)
-    batches = prefetch(input_batches(split, spans, batch_size=batch_size, device=device,
-                                     channels_last=channels_last),
-                       depth=prefetch_batches, name="teacher-inputs")
-
-    def write(item: tuple[int, list[torch.Tensor]]) -> None:
-        index, parts = item
-        sl = slice_of(index)
-        logits = torch.cat(parts).cpu().numpy()  # (rows, C) float32; waits for the GPU here
-        write_unit(index, sample_ids=np.arange(sl.start, sl.stop), logits=logits)
-        if on_rows is not None:
-            on_rows(sl.stop - sl.start)
-
-    background: BackgroundWorker = BackgroundWorker(write, depth=WRITE_QUEUE, name="writer")
-    parts: list[torch.Tensor] = []
-    try:
-        for index, x, last in batches:
-            parts.append(forward(model, x, device))  # (B, C) float32
-            if last:
-                background.submit((index, parts))
-                parts = []
-    except BaseException:
-        background.abort()
-        raise
-    background.close()
+from softtargets.write.forward import (WRITE_QUEUE, WriteUnit, as_input,  # noqa: F401 re-exported
+                                       autocast, forward, fp32_accumulation, infer,
+                                       input_batches, prepare_model, resolve_device,
+                                       write_chunks)
+from softtargets.write.session import RowArray, WriteSession
+from softtargets.write.targets import targets_of_config
 
 
 def teacher_identity(ckpt: Checkpoint, device: torch.device) -> dict:
@@ -165,23 +51,19 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
         device = torch.device("cuda", ranks.local_rank)
     model = prepare_model(ckpt.model, device, channels_last=cfg.channels_last,
                           compile=cfg.compile)
-    if cfg.views is not None:  # issue 7: augmented views, one writer
+    if cfg.views is not None:  # augmented views: dense units of three arrays
         return write_views(cfg, split=split, model=model, ranks=ranks,
                            teacher=teacher_identity(ckpt, device), device=device,
                            progress=progress)
-    sparse = sparse_spec(cfg, num_classes=len(split.class_names))
-    if sparse is not None:  # issue 6: top-k / sampled store, one writer
-        return write_sparse(cfg, sparse, split=split, model=model, ranks=ranks,
-                            teacher=teacher_identity(ckpt, device), device=device,
-                            progress=progress)
     session = WriteSession(cfg, n=len(split), class_names=split.class_names,
                            dataset=split.identity(), teacher=teacher_identity(ckpt, device),
-                           ranks=ranks, device_type=device.type)
+                           ranks=ranks, device_type=device.type, targets=targets_of_config(cfg))
     with session:
         rows_todo = sum(session.writer.unit_slice(i).stop - session.writer.unit_slice(i).start
                         for i in session.todo)
         bar = progress_bar(total=rows_todo, desc="teacher-logits", unit="row", enabled=progress)
-        # whole chunks, or whole shards when sharded; forward pass overlapped with I/O
+        # whole chunks, or whole shards when sharded; forward pass overlapped with I/O; top-k
+        # and sampled units are converted from the dense values by the session's writer
         if session.todo:  # nothing to do (and no writer) when resuming a complete store
             write_chunks(session.writer.unit_slice, session.write, model, split, session.todo,
                          batch_size=cfg.batch_size, device=device,
@@ -190,40 +72,7 @@ def write_teacher_logits(cfg: LogitsConfig, *, progress: bool = True) -> StoreMe
     return session.meta
 
 
-# --- issue 6: sparse stores ------------------------------------------------------------------
-
-def sparse_spec(cfg: LogitsConfig, *, num_classes: int) -> SparseSpec | None:
-    """The sparse form asked for by --topk / --sample, or None for a dense store."""
-    if cfg.topk is None and cfg.sample is None:
-        return None
-    kind, k = ("topk", cfg.topk) if cfg.topk is not None else ("sampled", cfg.sample)
-    return make_spec(kind=kind, k=k, num_classes=num_classes, temperatures=cfg.temperatures,
-                     seed=cfg.sample_seed, sample_temperature=cfg.sample_temperature)
-
-
-def write_sparse(cfg: LogitsConfig, spec: SparseSpec, *, split: Split, model: torch.nn.Module,
-                 ranks: Ranks, teacher: dict[str, Any], device: torch.device,
-                 progress: bool) -> StoreMeta:
-    """Stage 1 into a sparse store: each dense chunk is converted, then written; finalize last.
-
-    Not yet available for sparse stores: --resume, sharding and several ranks (refused).
-    """
-    if cfg.resume or (cfg.shard_rows or 0) > 0 or ranks.world > 1:
-        raise ConfigError("--topk/--sample stores are written by one process without --resume "
-                          f"or --shard-rows (got resume={cfg.resume}, shard_rows={cfg.shard_rows}"
-                          f", world size {ranks.world}); drop those options")
-    writer = SparseWriter.create(
-        cfg.store, spec=spec, n=len(split), class_names=split.class_names,
-        dataset=split.identity(), teacher=teacher, config=to_dict(cfg),
-        chunk_rows=cfg.chunk_rows, compressor=cfg.compressor, overwrite=cfg.overwrite)
-    bar = progress_bar(total=len(split), desc="teacher-logits", unit="row", enabled=progress)
-    write_chunks(writer.chunk_slice, writer.write_chunk, model, split, range(writer.num_chunks),
-                 batch_size=cfg.batch_size, device=device, on_rows=bar.update)
-    bar.close()
-    return writer.finalize()
-
-
-# --- issue 7: augmented views ------------------------------------------------------------------
+# --- augmented views ----------------------------------------------------------------------------
 
 def write_views(cfg: LogitsConfig, *, split: Split, model: torch.nn.Module, ranks: Ranks,
                 teacher: dict[str, Any], device: torch.device,
@@ -238,7 +87,7 @@ def write_views(cfg: LogitsConfig, *, split: Split, model: torch.nn.Module, rank
     v, c = int(cfg.views or 0), len(split.class_names)
     arrays = (RowArray(vw.VIEW_LOGITS, (v, c), "float16", ("row", "view", "class")),
               RowArray(vw.VIEW_PARAMS, (v, len(spec.param_names)), "float32",
-                       ("row", "view", "param"), all_finite=False))  # NaN: user aug. off
+                       ("row", "view", "param")))  # NaN: a user augmentation is off
     session = WriteSession(cfg, n=len(split), class_names=split.class_names,
                            dataset=split.identity(), teacher=teacher, ranks=ranks,
                            device_type=device.type, arrays=arrays,

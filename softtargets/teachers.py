@@ -14,7 +14,6 @@ makes of them (e.g. `x.view(-1, 1, 28, 28)` for a CNN), and must return logits (
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import zipfile
@@ -28,6 +27,7 @@ from torch import nn
 
 from softtargets.errors import CheckpointError, ConfigError, LogitValueError
 from softtargets.models import file_sha256, load_checkpoint, safe_load
+from softtargets.write.forward import model_output
 
 KINDS = ("softtargets", "torchscript", "export", "factory")
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -161,15 +161,12 @@ def run_teacher(teacher: LoadedTeacher, inputs: np.ndarray, *, batch_size: int,
 
     first_row: dataset row of inputs[0], for error messages.
     """
-    autocast = (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda"
-                else contextlib.nullcontext())
     out = []
     for start in range(0, len(inputs), batch_size):
         x = torch.from_numpy(inputs[start:start + batch_size]).to(device)
         if teacher.transform is not None:
             x = teacher.transform(x)
-        with autocast:
-            logits = teacher.model(x)
+        logits = model_output(teacher.model, x, device)  # the one forward of stage 1
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or \
                 logits.shape[0] != len(x) or logits.shape[1] != num_classes:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__

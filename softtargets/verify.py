@@ -22,10 +22,10 @@ from softtargets.data import load_split
 from softtargets.digests import DigestCheck
 from softtargets.errors import StoreError
 from softtargets.meta_check import meta_problems, open_store_group
-from softtargets.schema import POSITION, SAMPLE_ID, SPARSE_KEY, row_arrays, sparse_names
+from softtargets.schema import POSITION, SAMPLE_ID, row_arrays
 from softtargets.store import StoreMeta
 from softtargets.verify_chunks import MAX_LISTED, ChunkPass, listed
-from softtargets.verify_rules import Context
+from softtargets.verify_rules import context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,10 +183,7 @@ def verify_store(url: str, *, identity: dict[str, Any] | None = None,
         check_identity(report, meta, identity, class_names)
     specs = row_arrays(raw)
     report.arrays = [s.name for s in specs]
-    sparse = raw.get(SPARSE_KEY) or {}
-    ctx = Context(dataset_n=int(meta.dataset["n"]), num_classes=meta.num_classes,
-                  draws=sparse.get("draws"),
-                  counts=sparse_names(meta.kind)[2] if meta.kind == "sampled" else None)
+    ctx = context(raw)
     try:
         digests = DigestCheck(group, meta, url)
     except StoreError as e:  # declared but stripped: check everything else all the same

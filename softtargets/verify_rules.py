@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
+
+from softtargets.schema import SPARSE_KEY, sparse_names
 
 Finding = tuple[str, np.ndarray, str]
 NEVER = "(never written, deleted or damaged)"
@@ -25,6 +28,14 @@ class Context:
     num_classes: int
     draws: int | None = None
     counts: str | None = None  # name of the counts array of a sampled store
+
+
+def context(meta: Mapping[str, Any]) -> Context:
+    """The numbers of a store whose metadata (attributes["softtargets"], checked) is `meta`."""
+    sparse = meta.get(SPARSE_KEY) or {}
+    return Context(dataset_n=int(meta["dataset"]["n"]), num_classes=int(meta["num_classes"]),
+                   draws=sparse.get("draws"),
+                   counts=sparse_names(meta["kind"])[2] if meta["kind"] == "sampled" else None)
 
 
 def _rows(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The CLI end to end through click's CliRunner: happy paths and every bad input of issue 2."""
+"""The CLI end to end through click's CliRunner: happy paths and every bad input."""
 
 import dataclasses
 import json
@@ -140,8 +140,9 @@ def test_sparse_stores_from_the_cli(pipeline):
               "--topk", 3, "--sample", 3, ok=False)
     assert "ConfigError" in res.output and "not both" in res.output
     res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--store", r / "x.zarr",
-              "--topk", 3, "--resume", ok=False)
-    assert "ConfigError" in res.output and "without --resume" in res.output
+              "--topk", 3, "--shard-rows", 16, ok=False)
+    assert res.exit_code == 1 and res.output.startswith(
+        "Error: StoreError: sparse stores are not sharded (got shard_rows=16)")
     res = run("teacher-logits", *d, "--teacher", r / "teacher.pt", "--teacher", r / "teacher.pt",
               "--store", r / "x.zarr", "--topk", 3, ok=False)
     assert "ConfigError" in res.output and "convert its combined log-probs" in res.output

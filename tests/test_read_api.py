@@ -12,12 +12,12 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "API.md"
 
 def test_the_examples_of_docs_api_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    assert len(blocks) == 6
+    assert len(blocks) == 9
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), scope)
-    assert capsys.readouterr().out == "dense 64 1000\n"
+    assert capsys.readouterr().out == "dense 64 1000\ndense 64 module\n"
     assert isinstance(scope["one"], DenseTarget) and scope["one"].logits.shape == (1000,)
     assert scope["x"].shape == (2, 8) and scope["y"].dtype == torch.int64
     assert isinstance(scope["target"], PositionTargets)
@@ -26,3 +26,7 @@ def test_the_examples_of_docs_api_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "teacher.zarr").is_dir() and (tmp_path / "tokens.zarr").is_dir()
     assert scope["state"]["epoch"] == 2 and scope["state"]["delivered"] == 1
     assert len(scope["rest"]) == 1 and isinstance(scope["rest"][0][2], PositionTargets)
+    # "Write a store from Python"
+    assert scope["top"].kind == "topk" and scope["top"].extra["sparse"]["k"] == 32
+    assert scope["writer"].meta.n == 64 and scope["writer"].meta.kind == "sampled"
+    assert "chunk 2 (dataset rows 32..47) does not match the student's data" in scope["refused"]

@@ -8,6 +8,14 @@
 
 A torch `Dataset`: works with any sampler (DistributedSampler included) and with DataLoader
 workers under fork and spawn (the targets pickle as their store URL and options).
+
+Input digests: when the store records them (written from a softtargets dataset) and `dataset`
+is a softtargets dataset, each row chunk is checked the first time one of its rows is read in a
+process: the chunk's rows are read from `dataset` once more and their input digest compared, so
+a student whose data differs from the rows the teacher saw is refused naming the chunk, without
+a pass over the data before training. Each process (DataLoader worker) checks the chunks it
+reads once (persistent_workers=True keeps that across epochs); `check_inputs()` checks every
+chunk at once.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from softtargets.datasets.base import as_numpy
+from softtargets.datasets.base import BaseDataset, as_numpy
+from softtargets.digests import INPUTS_KEY, InputCheck
+from softtargets.digests import META_KEY as DIGESTS_KEY
 from softtargets.errors import ConfigError, DatasetError, StoreMismatchError
 from softtargets.read.batch import Target, collate
 from softtargets.read.targets import SoftTargets
-from softtargets.store import StoreMeta, check_dataset
+from softtargets.store import StoreMeta, check_dataset, read_meta
 
 
 class DistillDataset(Dataset):
@@ -45,11 +55,39 @@ class DistillDataset(Dataset):
         self.dataset, self.targets = dataset, targets
         self.sample_ids = sample_ids_of(dataset)
         _check_pairing(dataset, targets, self.sample_ids)
+        digests = targets.meta.extra.get(DIGESTS_KEY) or {}
+        self.checks_inputs = isinstance(dataset, BaseDataset) and bool(digests.get(INPUTS_KEY))
+        self._input_check: InputCheck | None = None
+        self._checked: set[int] = set()  # chunks checked in this process
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a worker opens the store itself and checks the chunks it reads
+        return {**self.__dict__, "_input_check": None, "_checked": set()}
+
+    def _inputs(self) -> InputCheck:
+        if self._input_check is None:
+            meta, group = read_meta(self.targets.url)
+            self._input_check = InputCheck(group, meta, self.targets.url)
+        return self._input_check
+
+    def check_inputs(self, index: int | None = None) -> None:
+        """Check the input digests of the chunks holding row `index` (None: every chunk) not
+        checked yet in this process; refuses a difference naming the chunk."""
+        if not self.checks_inputs:
+            return
+        check = self._inputs()
+        chunks = range(check.num_chunks) if index is None else check.chunks_of(index)
+        for chunk in chunks:
+            if chunk not in self._checked:
+                check.check(chunk, self.dataset)
+                self._checked.add(chunk)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
 
     def __getitem__(self, index: int) -> tuple[Any, Any, Target]:
+        if self.checks_inputs:
+            self.check_inputs(int(index) % len(self))
         item = self.dataset[index]
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise DatasetError(f"row {index} of {type(self.dataset).__name__} is a "

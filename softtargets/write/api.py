@@ -1,0 +1,156 @@
+"""write_logits: run a torch teacher (a live nn.Module) over any softtargets dataset into a store.
+
+    meta = write_logits(teacher, data, "teacher.zarr", targets=TopK(32), batch_size=256)
+
+The teacher runs through the one forward function of stage 1 (write/forward.py: fp16 autocast
+with fp32 accumulation on CUDA, fp32 on a CPU) with inputs prepared ahead in a thread and units
+written behind it (`write_chunks`), into a LogitWriter, whose write session gives every store
+kind the lease, resume (bit-identical) and torchrun ranks. Inputs reach the teacher as
+`torch.from_numpy(dataset.inputs(rows))`: the dataset's own dtype and shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from softtargets.datasets.base import BaseDataset
+from softtargets.distributed import ranks_from_env
+from softtargets.errors import CheckpointError, ConfigError
+from softtargets.progress import bar as progress_bar
+from softtargets.store import StoreMeta
+from softtargets.write.forward import as_input, forward, prepare_model, resolve_device, write_chunks
+from softtargets.write.targets import Dense, Targets
+from softtargets.write.writer import LogitWriter
+
+
+def module_identity(model: nn.Module, device: torch.device) -> dict[str, Any]:
+    """What a store records about a live module: its class and a sha256 of its state dict
+    (names, dtypes, shapes and bytes), so a resume with other weights is refused."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    cls = type(model)
+    return {"kind": "module", "arch": f"{cls.__module__}.{cls.__qualname__}",
+            "checkpoint": None, "checkpoint_sha256": "sha256:" + h.hexdigest(),
+            "torch": str(torch.__version__), "device": str(device),
+            "precision": "fp16-autocast" if device.type == "cuda" else "fp32"}
+
+
+class Members(nn.Module):
+    """An ensemble as one module: every member's logits of a batch, (B, M, C)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members], dim=1)
+
+
+def _probe(model: nn.Module, dataset: BaseDataset, device: torch.device,
+           members: int | None) -> None:
+    """Refuse a teacher whose output does not fit the dataset, before any store is made."""
+    x = as_input(dataset.inputs(slice(0, min(2, len(dataset))))).to(device)
+    try:
+        out = forward(model, x, device)
+    except Exception as e:  # a user's model: shape or dtype errors
+        raise CheckpointError(f"teacher {type(model).__name__} failed on a batch of inputs "
+                              f"{tuple(x.shape)} {x.dtype} from dataset {dataset.name}: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    L, c = dataset.positions, dataset.num_classes
+    want = (len(x), *((L,) if L else ()), *((members,) if members else ()), c)
+    if tuple(out.shape) != want:
+        axes = "batch, positions, " if L else "batch, members, " if members else "batch, "
+        raise CheckpointError(f"teacher {type(model).__name__} returned logits "
+                              f"{tuple(out.shape)} for a batch of {len(x)}, expected {want} "
+                              f"({axes}the dataset's {c} classes)")
+
+
+def _teachers(teacher: Any) -> list[nn.Module]:
+    """The teacher, or the members of an ensemble (a list), each an nn.Module."""
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    if not teachers:
+        raise ConfigError("write_logits got an empty list of teachers; pass an nn.Module or a "
+                          "list of them (an ensemble)")
+    for i, t in enumerate(teachers):
+        if not isinstance(t, nn.Module):
+            which = f"teacher {i} of the ensemble" if isinstance(teacher, (list, tuple)) \
+                else "teacher"
+            raise ConfigError(f"{which} must be a torch nn.Module, got {type(t).__name__}")
+    return teachers
+
+
+def _check_call(dataset: Any, views: Any, mc_dropout: Any, batch_size: Any) -> None:
+    if not isinstance(dataset, BaseDataset):
+        raise ConfigError(f"dataset must be a softtargets dataset (softtargets.datasets), got "
+                          f"{type(dataset).__name__}; wrap yours with softtargets.datasets."
+                          "wrap(dataset, num_classes=C)")
+    if views is not None or mc_dropout is not None:
+        raise ConfigError("views= and mc_dropout= are written from the command line for now "
+                          "(teacher-logits --views V / --mc-dropout K); drop them here")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = Dense(),
+                 views: Any = None, mc_dropout: Any = None, batch_size: int = 256,
+                 device: str = "auto", resume: bool = False, dataset_id: str | None = None,
+                 chunk_rows: int | None = None, shard_rows: int | None = None,
+                 overwrite: bool = False, compressor: str = "zstd",
+                 progress: bool = False) -> StoreMeta:
+    """Run `teacher` over every row of `dataset` and write the store; its metadata (complete).
+
+    A list of teachers is an ensemble: every member's raw logits go to `member_logits` and
+    their mean to `logits` (docs/FORMAT.md, "Ensembles"); the targets must be Dense().
+
+    A dataset of sequences (`dataset.positions` = L, e.g. TokenSequences) gets a row per
+    position: the teacher returns (B, L, C) and `targets` must be TopK or Sampled. Under
+    torchrun each rank computes and writes its own units. The teacher is moved to `device`
+    and run in eval mode; its training flag is restored afterwards.
+    """
+    teachers = _teachers(teacher)
+    _check_call(dataset, views, mc_dropout, batch_size)
+    ranks = ranks_from_env()
+    dev = resolve_device(device)
+    if ranks.world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", ranks.local_rank)
+    ensemble = isinstance(teacher, (list, tuple))
+    members = len(teachers) if ensemble else None
+    modes = [t.training for t in teachers]
+    try:
+        model = prepare_model(Members(teachers) if ensemble else teachers[0], dev)
+        _probe(model, dataset, dev, members)
+        identity = [module_identity(t, dev) for t in teachers]
+        writer = LogitWriter(store, dataset=dataset, targets=targets, chunk_rows=chunk_rows,
+                             shard_rows=shard_rows, compressor=compressor, overwrite=overwrite,
+                             resume=resume, teacher=identity if ensemble else identity[0],
+                             positions=dataset.positions is not None, dataset_id=dataset_id,
+                             members=members)
+        with writer:
+            _run(writer, model, dataset, batch_size=batch_size, device=dev, progress=progress)
+    finally:
+        for t, mode in zip(teachers, modes):
+            t.train(mode)
+    return writer.meta
+
+
+def _run(writer: LogitWriter, model: nn.Module, dataset: BaseDataset, *, batch_size: int,
+         device: torch.device, progress: bool) -> None:
+    """This process's units: inputs read ahead, forward, rows appended behind (write_chunks)."""
+    units = dict(writer.todo_units())  # unit index -> dataset rows
+
+    def append(index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
+        writer.append(dataset.ids(units[index]), logits)
+
+    bar = progress_bar(total=sum(r.stop - r.start for r in units.values()),
+                       desc="teacher-logits", unit="row", enabled=progress)
+    write_chunks(units.__getitem__, append, model, dataset, list(units), batch_size=batch_size,
+                 device=device, on_rows=bar.update)
+    bar.close()
