@@ -27,7 +27,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except SofttargetsError as e:
             raise click.ClickException(f"{type(e).__name__}: {e}") from e
-        except Exception as e:  # issue 4: a storage back end failing mid-run (s3://, gs://)
+        except Exception as e:  # a storage back end failing mid-run (s3://, gs://)
             from softtargets.remote import explain, is_storage_error
             if not is_storage_error(e):
                 raise
@@ -136,7 +136,7 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
 
 
-# --- issue 3: ensembles, MC dropout and user teachers in stage 1 ---------------------------
+# --- ensembles, MC dropout and user teachers in stage 1 ------------------------------------
 def ensemble_options(fn: Callable) -> Callable:
     for option in reversed([
         click.option("--ensemble", "ensemble_spec", default=None,

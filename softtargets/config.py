@@ -118,7 +118,7 @@ class StudentTrainConfig:
     combine: str | None = None  # ensemble stores: arithmetic|geometric (None: the store's default)
     loader: str = "auto"  # auto: stream the store when its logits exceed 1 GiB, else load it
     loader_workers: int = 0  # DataLoader worker processes of the streaming loader
-    mixup: float = 0.0  # Beta(a, a) mixup of inputs and stored targets (issue 7); 0: off
+    mixup: float = 0.0  # Beta(a, a) mixup of inputs and stored targets; 0: off
 
     def __post_init__(self) -> None:
         _check_common(self.epochs, self.batch_size, self.lr)
@@ -152,11 +152,11 @@ class LogitsConfig:
     compressor: str = "zstd"
     overwrite: bool = False
     device: str = "auto"
-    # issue 4: resume an interrupted run, break a dead writer's lease, shard rows (None: auto)
+    # resume an interrupted run, break a dead writer's lease, shard rows (None: auto)
     resume: bool = False
     break_lock: bool = False
     shard_rows: int | None = None
-    # issue 6: sparse stores (docs/FORMAT.md "Sparse stores"): at most one of topk / sample
+    # sparse stores (docs/FORMAT.md "Sparse stores"): at most one of topk / sample
     topk: int | None = None
     sample: int | None = None
     temperatures: tuple[float, ...] = (1.0,)
@@ -164,7 +164,7 @@ class LogitsConfig:
     sample_temperature: float = 1.0
     channels_last: bool = False  # teacher weights and 4-D inputs in channels_last layout
     compile: bool = False  # torch.compile the teacher (worth it for long runs on a GPU)
-    # issue 7: V augmented views per sample (docs/FORMAT.md "Augmented views"); None: no views
+    # V augmented views per sample (docs/FORMAT.md "Augmented views"); None: no views
     views: int | None = None
     augment: str = "shift=2"
     view_seed: int = 0
@@ -211,7 +211,7 @@ def parse_widths(text: str) -> tuple[int, ...] | None:
 
 
 def check_views(views: int) -> None:
-    """Raise ConfigError unless views (augmented views per sample, issue 7) is positive."""
+    """Raise ConfigError unless views (augmented views per sample) is positive."""
     if views <= 0:
         raise ConfigError(f"--views must be a positive number of views per sample, got {views}")
 
@@ -249,7 +249,7 @@ def nested_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return from_dict(cls, data)
 
 
-# --- issue 3: ensembles, MC dropout and user teachers in stage 1 -------------------------------
+# --- ensembles, MC dropout and user teachers in stage 1 ----------------------------------------
 COMBINE_RULES = ("arithmetic", "geometric")
 
 
@@ -277,7 +277,7 @@ class EnsembleLogitsConfig:
     compressor: str = "zstd"
     overwrite: bool = False
     device: str = "auto"
-    # issue 7: V augmented views per sample for every member (member_view_logits); None: no views
+    # V augmented views per sample for every member (member_view_logits); None: no views
     views: int | None = None
     augment: str = "shift=2"
     view_seed: int = 0

@@ -44,7 +44,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                                             temperature=temperature, alpha=alpha)
 
 
-# --- issue 3: soft targets given as a distribution (ensembles, combined-only stores) -----------
+# --- soft targets given as a distribution (ensembles, combined-only stores) --------------------
 def soft_target_loss_from_log_probs(student_logits: torch.Tensor, target_log_probs: torch.Tensor,
                                     *, temperature: float) -> torch.Tensor:
     """T^2 * KL(p || softmax(s/T)) for a target distribution p given as log p, mean over batch.

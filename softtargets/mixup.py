@@ -1,4 +1,4 @@
-"""Mixup over stage-2 data, with the stored soft targets mixed by the same coefficient (issue 7).
+"""Mixup over stage-2 data, with the stored soft targets mixed by the same coefficient.
 
 Zhang et al. 2018: x = lam * x_i + (1 - lam) * x_j. A distilled student's target for the mixed
 input is the same mixture of the two samples' targets: the teacher distributions at T,

@@ -96,7 +96,7 @@ def fit(model: nn.Module, data: Any, test: Split, loss_fn: LossFn,
             if images.dtype == torch.uint8:
                 images = random_shift(images, max_shift=opts.jitter, generator=g)
                 x = images.flatten(1).float().div_(255.0)  # same scaling as data.to_inputs
-            else:  # issue 7: ViewData yields the rebuilt augmented inputs (B, D) already
+            else:  # ViewData yields the rebuilt augmented inputs (B, D) already
                 x = images
             loss = loss_fn(model(x), labels, teacher)
             if not torch.isfinite(loss):
@@ -123,7 +123,7 @@ def fit(model: nn.Module, data: Any, test: Split, loss_fn: LossFn,
 
 
 def has_views(store: Any) -> bool:
-    """Issue 7: a dense store written with --views (docs/FORMAT.md 'Augmented views')."""
+    """A dense store written with --views (docs/FORMAT.md 'Augmented views')."""
     return isinstance(store, LogitStore) and "views" in store.meta.extra
 
 
@@ -131,7 +131,7 @@ def student_data(split: Split, store: Any, cfg: StudentTrainConfig, *,
                  rows: np.ndarray | None) -> tuple[Any, bool, str | None]:
     """Stage-2 data for `store` (None: hard labels): (data, whether its targets are log-probs at
     T rather than raw logits, the ensemble combination rule or None)."""
-    if has_views(store):  # issue 7: replay stored augmented views
+    if has_views(store):  # replay stored augmented views
         members = ensemble.is_ensemble(store)
         if cfg.combine is not None and not members:
             raise ConfigError(f"--combine {cfg.combine} applies to ensemble stores, but store "
@@ -145,7 +145,7 @@ def student_data(split: Split, store: Any, cfg: StudentTrainConfig, *,
         data = ViewData(split, store.url, rows=rows, temperature=cfg.temperature,
                         rule=cfg.combine)
         return data, data.log_probs, data.rule if data.log_probs else None
-    targets = ensemble_targets(store, cfg)  # issue 3: combined log-probs of an ensemble, or None
+    targets = ensemble_targets(store, cfg)  # combined log-probs of an ensemble, or None
     if targets is not None:
         return DistillData(split, targets, rows=rows, temperature=cfg.temperature), True, \
             targets.rule
@@ -201,9 +201,9 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     t0 = time.perf_counter()
     split = load_split(cfg.data)
     test = load_split(cfg.data.for_test())
-    store = open_any(cfg.store) if cfg.store else None  # dense, or sparse (issue 6)
+    store = open_any(cfg.store) if cfg.store else None  # dense, or sparse
     data, log_probs, rule = student_data(split, store, cfg, rows=rows)
-    if cfg.mixup > 0:  # issue 7: targets mixed like the inputs, as log-probs at T
+    if cfg.mixup > 0:  # targets mixed like the inputs, as log-probs at T
         data = MixupData(data, alpha=cfg.mixup, temperature=cfg.temperature,
                          log_probs=log_probs, classes=len(split.class_names))
         log_probs = store is not None
@@ -222,7 +222,7 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
         role = "distilled"
     else:
         def loss_fn(s: torch.Tensor, y: torch.Tensor, t: Any) -> torch.Tensor:
-            if isinstance(t, SparseTargets):  # issue 6: top-k or sampled store, loss by its kind
+            if isinstance(t, SparseTargets):  # top-k or sampled store: loss by its kind
                 return sparse_distillation_loss(s, t, y, temperature=cfg.temperature,
                                                 alpha=cfg.alpha)
             return distillation_loss(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)
@@ -247,7 +247,7 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
 
 def ensemble_targets(store: LogitStore | None,
                      cfg: StudentTrainConfig) -> ensemble.EnsembleTargets | None:
-    """The combined-target view of an ensemble store (issue 3); None for a one-teacher store."""
+    """The combined-target view of an ensemble store; None for a one-teacher store."""
     if store is None or not ensemble.is_ensemble(store):
         if store is not None and cfg.combine is not None:
             raise ConfigError(f"--combine {cfg.combine} applies to ensemble stores, but store "

@@ -1,4 +1,4 @@
-"""Issue 7: augmentation-consistent soft targets (docs/FORMAT.md "Augmented views").
+"""Augmentation-consistent soft targets (docs/FORMAT.md "Augmented views").
 
 Parameters of view v of sample i are drawn from numpy's generator seeded by (seed, i, v) only, so
 they do not depend on chunking, order or process. `apply_views` rebuilds the exact input from
