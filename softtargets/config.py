@@ -241,14 +241,6 @@ def _check_common(epochs: int, batch_size: int, lr: float) -> None:
         raise ConfigError(f"lr must be > 0, got {lr}")
 
 
-def nested_from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Like from_dict, but rebuilds a nested `data` DataConfig too."""
-    data = dict(data)
-    if isinstance(data.get("data"), dict):
-        data["data"] = from_dict(DataConfig, data["data"])
-    return from_dict(cls, data)
-
-
 # --- ensembles, MC dropout and user teachers in stage 1 ----------------------------------------
 COMBINE_RULES = ("arithmetic", "geometric")
 
