@@ -107,11 +107,20 @@ class DigestWriter:
         self.chunk_rows = chunk_rows
         self.sub = _digest_arrays(group)
         self._arrays: dict[str, Any] = {}
+        self._targets: dict[str, Any] = {}
 
     def _array(self, name: str) -> Any:
         if name not in self._arrays:  # group[name] reads metadata every time
             self._arrays[name] = self.group[name]
         return self._arrays[name]
+
+    def _digests(self, name: str) -> Any:
+        """The digest array of `name`, or None in an unbound store; looked up once per name
+        (each lookup reads metadata from the store)."""
+        if name not in self._targets:
+            found = self.sub is not None and name in self.sub
+            self._targets[name] = self.sub[name] if found else None
+        return self._targets[name]
 
     def write(self, name: str, sl: slice, values: np.ndarray, *, member: int | None = None) -> None:
         """Write rows `sl` (chunk-aligned start) of `name` (of member `member`), then digests.
@@ -123,12 +132,12 @@ class DigestWriter:
             array[sl] = values
         else:
             array[member:member + 1, sl] = values[None]
-        if self.sub is None or name not in self.sub:  # a store from before digests: unbound
+        target = self._digests(name)
+        if target is None:  # a store from before digests: unbound
             return
         digests = digest_rows(self.key, name, member=member, start=sl.start, values=values,
                               chunk_rows=self.chunk_rows)  # (chunks, 16)
         first = sl.start // self.chunk_rows
-        target = self.sub[name]
         if member is None:
             target[first:first + len(digests)] = digests
         else:
@@ -176,25 +185,31 @@ class DigestCheck:
 
     def _stored(self, name: str, member: int | None, first: int, count: int) -> np.ndarray:
         """Stored digests (count, 16) of chunks first.. of `name` (of member `member`)."""
+        stored = self._cache.get(name)  # readers decode every chunk: no store lookup per check
+        if stored is None:
+            stored = self._read(name, member, first, count)
+            if not self.cache:
+                return stored
+            self._cache[name] = stored
+        stored = stored if member is None else stored[member]
+        return stored[first:first + count]
+
+    def _read(self, name: str, member: int | None, first: int, count: int) -> np.ndarray:
+        """All digests of `name` (cache=True), else those of chunks first.. of one member."""
         if self.sub is None or name not in self.sub:
             raise StoreError(f"store {self.url!r}: array {name!r} has no digests "
                              f"('{DIGESTS}/{name}' is missing); the store was damaged or "
                              "stripped")
         try:
+            array = self.sub[name]
             if self.cache:
-                if name not in self._cache:
-                    self._cache[name] = np.asarray(self.sub[name][...])
-                stored = self._cache[name]
-            else:
-                array = self.sub[name]
-                stored = np.asarray(array[first:first + count] if member is None
-                                    else array[member:member + 1, first:first + count])
-                return stored if member is None else stored[0]
+                return np.asarray(array[...])
+            stored = np.asarray(array[first:first + count] if member is None
+                                else array[member:member + 1, first:first + count])
+            return stored if member is None else stored[0]
         except Exception as e:  # a damaged digest object fails its crc32c
             raise StoreError(f"store {self.url!r}: the digests of {name!r} cannot be "
                              f"decoded: {e}") from e
-        stored = stored if member is None else stored[member]
-        return stored[first:first + count]
 
     def check_rows(self, name: str, start: int, values: np.ndarray, *,
                    member: int | None = None) -> None:
