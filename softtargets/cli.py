@@ -13,6 +13,7 @@ import click
 
 from softtargets import data as data_mod
 from softtargets import report
+from softtargets.cli_data import is_idx, pop_spec, resolve_spec, spec_options
 from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, LogitsConfig,
                                 StudentTrainConfig, TeacherTrainConfig, parse_widths)
 from softtargets.distributed import ranks_from_env
@@ -165,11 +166,17 @@ def ensemble_options(fn: Callable) -> Callable:
 
 @cli.command("teacher-logits")
 @data_options
+@spec_options
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--teacher", "teachers", multiple=True,
               help="Teacher file; repeat for an ensemble. A softtargets checkpoint (default "
                    "runs/{dataset}/teacher.pt), TorchScript file, torch.export .pt2 archive, "
                    "or a state dict with --factory.")
+@click.option("--teacher-factory", default=None, metavar="MODULE:FACTORY",
+              help="Your teacher: a zero-argument callable returning an nn.Module, run on the "
+                   "inputs as the dataset gives them (through softtargets.write.write_logits).")
+@click.option("--teacher-weights", default=None,
+              help="--teacher-factory: a state dict loaded into the module it builds.")
 @click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True,
               help="Where to write the Zarr v3 logit store.")
 @click.option("--batch-size", type=int, default=LogitsConfig.batch_size, show_default=True)
@@ -211,7 +218,8 @@ def ensemble_options(fn: Callable) -> Callable:
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: int, split: str,
-                       teachers: tuple[str, ...], store: str, batch_size: int,
+                       teachers: tuple[str, ...], teacher_factory: str | None,
+                       teacher_weights: str | None, store: str, batch_size: int,
                        chunk_rows: int | None, compressor: str, device: str, overwrite: bool,
                        resume: bool, break_lock: bool, shard_rows: int | None,
                        topk: int | None, sample: int | None, temperatures: str,
@@ -220,13 +228,35 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
                        threads: int | None, quiet: bool, **ens: Any) -> None:
     """Stage 1: run the teacher(s) over a split and write their raw logits to a store.
 
-    Under `torchrun --nproc_per_node N -m softtargets teacher-logits ...` the N processes
-    write disjoint whole chunks/shards of one store (single-teacher stores).
+    --data SPEC takes your own data (image folder, CIFAR, token file, module:factory) and
+    --teacher-factory your own teacher. Under `torchrun --nproc_per_node N -m softtargets
+    teacher-logits ...` the N processes write disjoint whole chunks/shards of one store.
     """
     from softtargets import teacher as teacher_mod
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
+    data_spec, data_opts = pop_spec(ens, split=split)
+    dataset = resolve_spec(data_spec, dataset)
+    if not is_idx(dataset) or teacher_factory is not None:
+        from softtargets.cli_user import targets_of
+        from softtargets.cli_user import teacher_logits as user_logits
+        refused = {"--val-rows": val_rows != 0, "--views": views is not None,
+                   "--break-lock": break_lock, "--channels-last": channels_last,
+                   "--compile": compile_, "--mc-dropout": ens.pop("mc_dropout") != 0,
+                   "--store-combined-only": ens.pop("combined_only"),
+                   **{f"--{k.replace('_', '-')}": ens.pop(k) is not None for k in
+                      ("ensemble_spec", "factory", "transform", "combine", "temperature")}}
+        targets = targets_of(topk, sample, parse_floats(temperatures), sample_seed=sample_seed,
+                             sample_temperature=sample_temperature)
+        meta, seconds, store, resumed = user_logits(
+            dataset, data_opts, store=store, teachers=teachers, teacher_factory=teacher_factory,
+            teacher_weights=teacher_weights, targets=targets, refused=refused,
+            progress=not quiet, batch_size=batch_size, chunk_rows=chunk_rows,
+            compressor=compressor, device=device, overwrite=overwrite, resume=resume,
+            shard_rows=shard_rows)
+        return _logits_summary(meta, seconds, store, k=topk or sample, resume=resume,
+                               resumed=resumed)
     store = store.replace("{dataset}", dataset)
     teachers = tuple(t.replace("{dataset}", dataset) for t in teachers)
     data = DataConfig(dataset=dataset, split=split, data_dir=data_dir, limit=limit,
@@ -261,10 +291,14 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
         from softtargets import members
         resumed = False
         meta, seconds = members.run(ens_cfg, progress=not quiet)
+    _logits_summary(meta, seconds, store, k=topk or sample, resume=resume, resumed=resumed)
+
+
+def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
     if ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
         from softtargets.remote import store_size
         click.echo(report.logits_line(meta, seconds=seconds, size=store_size(store), store=store,
-                                      k=topk or sample, resume=resume, resumed=resumed))
+                                      **how))
 
 
 def student_options(fn: Callable) -> Callable:
@@ -288,6 +322,13 @@ def student_options(fn: Callable) -> Callable:
 
 @cli.command("student")
 @student_options
+@spec_options
+@click.option("--student-factory", default=None, metavar="MODULE:FACTORY",
+              help="Train your own student: a zero-argument callable returning an nn.Module, "
+                   "given the inputs as the dataset gives them (any --data; default: the "
+                   "built-in --arch student, IDX datasets only).")
+@click.option("--optimizer", default=None, type=click.Choice(["sgd", "adam"]),
+              help="--student-factory: SGD (momentum 0.9) or Adam [default: sgd].")
 @click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True)
 @click.option("--temperature", "-T", type=float, default=StudentTrainConfig.temperature,
               show_default=True, help="Softmax temperature of the soft-target term.")
@@ -311,8 +352,24 @@ def student_options(fn: Callable) -> Callable:
               help="Mixup with Beta(a, a) coefficients; the stored targets are mixed with the "
                    "same coefficient (0: off; e.g. 0.2).")
 def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
-                tail: str, loader: str, loader_workers: int, mixup: float, **kw: Any) -> None:
-    """Stage 2: train the student (784-800-800-10) from a logit store (dense or sparse)."""
+                tail: str, loader: str, loader_workers: int, mixup: float,
+                student_factory: str | None, optimizer: str | None, **kw: Any) -> None:
+    """Stage 2: train a student from a logit store of any kind.
+
+    The built-in students (--arch) train on the IDX datasets; --student-factory trains your own
+    model on any --data through DistillDataset / StreamingDistillDataset.
+    """
+    data_spec, data_opts = pop_spec(kw, split="train")
+    kw["dataset"] = resolve_spec(data_spec, kw["dataset"])
+    if student_factory is not None or not is_idx(kw["dataset"]):
+        from softtargets.cli_user import student_command
+        return student_command(student_factory, data_opts, store=store, out=out,
+                               temperature=temperature, alpha=alpha, rule=combine, tail=tail,
+                               loader=loader, loader_workers=loader_workers, mixup=mixup,
+                               optimizer=optimizer, **kw)
+    if optimizer is not None:
+        raise ConfigError("--optimizer applies to --student-factory students; the built-in "
+                          "students use SGD with momentum (drop --optimizer)")
     _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
                    tail=tail, loader=loader, loader_workers=loader_workers, mixup=mixup, **kw)
 
