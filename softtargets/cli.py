@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,11 @@ import click
 from softtargets import data as data_mod
 from softtargets import report
 from softtargets.cli_data import is_idx, pop_spec, resolve_spec, spec_options
+from softtargets.cli_options import (data_options, ensemble_options, hidden_option, parse_floats,
+                                     parse_hidden, quiet_option, student_options,
+                                     threads_option)
 from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, LogitsConfig,
-                                StudentTrainConfig, TeacherTrainConfig, parse_widths)
+                                StudentTrainConfig, TeacherTrainConfig)
 from softtargets.distributed import ranks_from_env
 from softtargets.errors import ConfigError, SofttargetsError
 
@@ -28,7 +30,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except SofttargetsError as e:
             raise click.ClickException(f"{type(e).__name__}: {e}") from e
-        except Exception as e:  # issue 4: a storage back end failing mid-run (s3://, gs://)
+        except Exception as e:  # a storage back end failing mid-run (s3://, gs://)
             from softtargets.remote import explain, is_storage_error
             if not is_storage_error(e):
                 raise
@@ -39,45 +41,21 @@ class Group(click.Group):
 @click.group(cls=Group)
 @click.version_option(package_name="softtargets")
 def cli() -> None:
-    """softtargets: offline soft targets for knowledge distillation."""
+    """softtargets: offline soft targets for knowledge distillation.
 
-
-def data_options(fn: Callable) -> Callable:
-    """--dataset, --data-dir, --limit, --val-rows, shared by every command that reads a dataset."""
-    fn = click.option("--val-rows", type=int, default=0, show_default=True, help="Hold out the "
-                      "last N train rows for validation; train on the rows before them.")(fn)
-    fn = click.option("--limit", type=int, default=None,
-                      help="Use only the first N rows of the split (small runs, tests).")(fn)
-    fn = click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True,
-                      help="Folder holding <dataset>/ with the IDX files (only the default falls "
-                           "back to /usr/share/datasets/<dataset>).")(fn)
-    fn = click.option("--dataset", default="fashion-mnist", show_default=True,
-                      type=click.Choice(sorted(data_mod.DATASETS)))(fn)
-    return fn
-
-
-def hidden_option(default: str) -> Callable:
-    return click.option("--hidden", default=default, show_default=True,
-                        help="Hidden layer widths, comma separated.")
-
-
-def parse_hidden(text: str) -> tuple[int, ...]:
-    widths = parse_widths(text)
-    if widths is None:
-        raise click.BadParameter(f"--hidden needs comma-separated positive integers, got {text!r}")
-    return widths
-
-
-def parse_floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers (e.g. 1,4,20), got {text!r}")
-
-
-quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
-threads_option = click.option("--threads", type=int, default=None,
-                              help="torch intra-op threads (default: torch's choice).")
+    \b
+    Stage 1: teacher-logits writes a teacher's logits to a checked Zarr store.
+    Stage 2: student trains a student from it.
+    \b
+    --data SPEC (teacher-logits, student) names the data:
+      fashion-mnist | mnist | kmnist   the IDX datasets (also --dataset)
+      imagefolder:PATH                 PATH/<class>/*.png|jpg
+      cifar10:PATH | cifar100:PATH     CIFAR in its python format
+      tokens:PATH                      a flat uint16/uint32 token file (--seq-len L)
+      module:factory                   your dataset (plain ones with --num-classes)
+    Your own models: teacher-logits --teacher-factory module:factory [--teacher-weights
+    PATH], student --student-factory module:factory. See README.
+    """
 
 
 @cli.command("data")
@@ -123,7 +101,7 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
                       hidden: str, epochs: int, batch_size: int, lr: float, dropout: float,
                       input_dropout: float, jitter: int | None, max_norm: float, seed: int,
                       out: str, overwrite: bool, threads: int | None, quiet: bool) -> None:
-    """Train the paper's teacher (MLP 784-1200-1200-10, dropout, jitter, max-norm)."""
+    """Train the paper's teacher on an IDX dataset (an MLP with dropout, jitter, max-norm)."""
     from softtargets.train import train_teacher
     out = out.replace("{dataset}", dataset)
     jitter = data_mod.spec(dataset).teacher_jitter if jitter is None else jitter
@@ -135,33 +113,6 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
     m = train_teacher(cfg, out=out, overwrite=overwrite, progress=not quiet)
     click.echo(f"teacher: {m['model']}, {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
-
-
-# --- issue 3: ensembles, MC dropout and user teachers in stage 1 ---------------------------
-def ensemble_options(fn: Callable) -> Callable:
-    for option in reversed([
-        click.option("--ensemble", "ensemble_spec", default=None,
-                     help="JSON spec {\"teachers\": [...], \"factory\", \"transform\", "
-                          "\"mc_dropout\", \"mc_seed\"} (teacher paths relative to it)."),
-        click.option("--factory", default=None,
-                     help="module:function building the teacher module; --teacher is then a "
-                          "state dict."),
-        click.option("--transform", default=None,
-                     help="module:function applied to each input batch (B, H*W) float32 in "
-                          "[0, 1] before the teacher."),
-        click.option("--mc-dropout", type=int, default=0, show_default=True,
-                     help="Run each teacher K times with train-mode dropout (seeded masks)."),
-        click.option("--mc-seed", type=int, default=0, show_default=True),
-        click.option("--combine", default=None,
-                     help="arithmetic|geometric: rule recorded as the store's default, or the "
-                          "one written with --store-combined-only."),
-        click.option("--store-combined-only", "combined_only", is_flag=True,
-                     help="Keep only the combined target (no member logits)."),
-        click.option("--temperature", "-T", type=float, default=None,
-                     help="T of an arithmetic --store-combined-only target."),
-    ]):
-        fn = option(fn)
-    return fn
 
 
 @cli.command("teacher-logits")
@@ -299,25 +250,6 @@ def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
         from softtargets.remote import store_size
         click.echo(report.logits_line(meta, seconds=seconds, size=store_size(store), store=store,
                                       **how))
-
-
-def student_options(fn: Callable) -> Callable:
-    for option in reversed([
-        click.option("--arch", default="mlp", show_default=True,
-                     type=click.Choice(ARCHS), help="Student architecture (cnn: "
-                     "--hidden C1,C2,FC)."),
-        hidden_option("800,800"),
-        click.option("--epochs", type=int, default=StudentTrainConfig.epochs, show_default=True),
-        click.option("--batch-size", type=int, default=StudentTrainConfig.batch_size,
-                     show_default=True),
-        click.option("--lr", type=float, default=StudentTrainConfig.lr, show_default=True),
-        click.option("--clip-grad", type=float, default=StudentTrainConfig.clip_grad,
-                     show_default=True, help="Max gradient norm (0 disables)."),
-        click.option("--seed", type=int, default=0, show_default=True),
-        threads_option, quiet_option,
-    ]):
-        fn = option(fn)
-    return data_options(fn)
 
 
 @cli.command("student")
