@@ -187,7 +187,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
-    data_spec, data_opts = pop_spec(ens, split=split)
+    data_spec, data_opts = pop_spec(ens, split=split, data_dir=data_dir, limit=limit)
     dataset = resolve_spec(data_spec, dataset)
     if not is_idx(dataset) or teacher_factory is not None:
         from softtargets.cli_user import targets_of
@@ -291,7 +291,8 @@ def student_cmd(store: str, temperature: float, alpha: float, out: str, combine:
     The built-in students (--arch) train on the IDX datasets; --student-factory trains your own
     model on any --data through DistillDataset / StreamingDistillDataset.
     """
-    data_spec, data_opts = pop_spec(kw, split="train")
+    data_spec, data_opts = pop_spec(kw, split="train", data_dir=kw["data_dir"],
+                                    limit=kw["limit"])
     kw["dataset"] = resolve_spec(data_spec, kw["dataset"])
     if student_factory is not None or not is_idx(kw["dataset"]):
         from softtargets.cli_user import student_command

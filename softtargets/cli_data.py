@@ -64,10 +64,10 @@ def spec_options(fn: Callable) -> Callable:
     return fn
 
 
-def pop_spec(kw: dict[str, Any], *, split: str) -> tuple[str | None, DataOptions]:
+def pop_spec(kw: dict[str, Any], *, split: str, data_dir: str,
+             limit: int | None) -> tuple[str | None, DataOptions]:
     """(--data, the DataOptions) taken out of a command's keyword arguments."""
-    options = DataOptions(split=split, data_dir=kw.get("data_dir", DEFAULT_DATA_DIR),
-                          limit=kw.get("limit"), seq_len=kw.pop("seq_len"),
+    options = DataOptions(split=split, data_dir=data_dir, limit=limit, seq_len=kw.pop("seq_len"),
                           token_dtype=kw.pop("token_dtype"), vocab_size=kw.pop("vocab_size"),
                           num_classes=kw.pop("num_classes"))
     return kw.pop("data_spec"), options

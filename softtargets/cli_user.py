@@ -17,11 +17,13 @@ from softtargets.errors import ConfigError
 
 
 def refuse_flags(given: dict[str, bool], *, where: str, fix: str) -> None:
-    """One line naming the flags that do not apply on this path (`given`: flag -> set?)."""
+    """One line naming the flags that do not apply on this path (`given`: flag -> set?);
+    `fix` may say {it} (it or them)."""
     bad = [flag for flag, is_set in given.items() if is_set]
     if bad:
-        raise ConfigError(f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to "
-                          f"{where}; {fix}")
+        one = len(bad) == 1
+        raise ConfigError(f"{', '.join(bad)} {'does' if one else 'do'} not apply to {where}; "
+                          + fix.format(it="it" if one else "them"))
 
 
 def user_teacher(teachers: tuple[str, ...], factory: str | None, weights: str | None) -> Any:
@@ -74,7 +76,7 @@ def teacher_logits(spec: str, options: DataOptions, *, store: str, teachers: tup
     from softtargets.session import store_exists
     from softtargets.write import write_logits
     refuse_flags(refused, where=f"--data {spec} / --teacher-factory (written through "
-                 "softtargets.write.write_logits)", fix="drop them, or use an IDX dataset with "
+                 "softtargets.write.write_logits)", fix="drop {it}, or use an IDX dataset with "
                  "a softtargets teacher checkpoint")
     dataset = load_data(spec, options)
     teacher = user_teacher(teachers, teacher_factory, teacher_weights)
@@ -129,7 +131,7 @@ def student_command(factory: str | None, options: DataOptions, *, store: str, ou
         raise ConfigError(f"the built-in students train on the IDX datasets; for --data "
                           f"{dataset!r} pass --student-factory module:factory")
     refuse_flags({"--val-rows": val_rows != 0, "--mixup": mixup != 0},
-                 where="--student-factory students", fix="drop them")
+                 where="--student-factory students", fix="drop {it}")
     if threads is not None:
         import torch
         torch.set_num_threads(threads)

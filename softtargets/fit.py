@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -26,6 +25,7 @@ from softtargets.progress import bar as progress_bar
 from softtargets.read import (DistillDataset, SoftTargets, StreamingDistillDataset,
                               distillation_loss)
 from softtargets.store import read_meta
+from softtargets.write.forward import as_input
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -121,8 +121,8 @@ def held_out_errors(model: nn.Module, test: Any, *, batch_size: int) -> dict[str
     errors = count = 0
     for start in range(0, len(test), batch_size):
         x, y = test.read(slice(start, min(len(test), start + batch_size)))
-        pred = model(torch.from_numpy(np.ascontiguousarray(x))).argmax(-1)  # (B,) or (B, L)
-        errors += int((pred != torch.from_numpy(y)).sum())
+        pred = model(as_input(x)).argmax(-1)  # (B,) or (B, L)
+        errors += int((pred != as_input(y)).sum())
         count += int(y.size)
     return {"test_errors": errors, "test_n": count,
             "test_accuracy": 1 - errors / count if count else math.nan}

@@ -74,3 +74,14 @@ def not_a_module() -> str:
 
 
 NOT_CALLABLE = 3
+
+
+def idx_teacher() -> nn.Module:
+    """uint8 IDX images (B, 28, 28) -> logits (B, 10); also used as a student."""
+    torch.manual_seed(3)
+    return nn.Sequential(Scale(), nn.Flatten(), nn.Linear(28 * 28, 10))
+
+
+class Scale(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() / 255
