@@ -10,36 +10,28 @@ import pytest
 import torch
 
 from conftest import make_dataset
+from dataset_helpers import write_cifar10, write_images, write_tokens
 from conftest import run_cli as run
 from softtargets.cli_data import DataOptions, load_data
 from softtargets.errors import ConfigError
 from softtargets.store import read_meta
 from user_models import IMAGE, VOCAB
 
-PIL = pytest.importorskip("PIL.Image")
+pytest.importorskip("PIL.Image")
 
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    """An image folder of 2 classes x 6 PNGs (8x8 RGB); class 'b' has a bright top half."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "images"
-    for c in ("a", "b"):
-        (root / c).mkdir(parents=True)
-        for i in range(6):
-            pixels = rng.integers(0, 256, IMAGE, dtype=np.uint8)
-            if c == "b":
-                pixels[:4] = 255
-            PIL.fromarray(pixels).save(root / c / f"{i}.png")
-    return root
+    """An image folder of 2 classes x 6 PNGs (8x8 RGB)."""
+    write_images(tmp_path / "images", {"a": 6, "b": 6}, size=IMAGE[1::-1])
+    return tmp_path / "images"
 
 
 @pytest.fixture
 def tokens(tmp_path: Path) -> Path:
     """A flat uint16 token file: 4 sequences of 8 tokens (+1 for the last target)."""
-    path = tmp_path / "train.bin"
-    np.random.default_rng(1).integers(0, VOCAB, 4 * 8 + 1).astype("<u2").tofile(path)
-    return path
+    rng = np.random.default_rng(1)
+    return write_tokens(tmp_path / "train.bin", rng.integers(0, VOCAB, 4 * 8 + 1).astype("<u2"))
 
 
 TOKEN_ARGS = ("--seq-len", 8, "--vocab-size", VOCAB)
@@ -114,6 +106,21 @@ def test_idx_student_factory_reports_test_errors(tmp_path):
     assert "/16 test errors (" in res.output
     m = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert m["test_n"] == 16 and 0 <= m["test_errors"] <= 16
+
+
+def test_cifar10_store_and_student_test_errors(tmp_path):
+    write_cifar10(tmp_path / "c", per_batch=4, n_test=3)
+    d, store = ("--data", f"cifar10:{tmp_path / 'c'}"), tmp_path / "c.zarr"
+    res = run("teacher-logits", *d, "--teacher-factory", "user_models:cifar_net", "--store",
+              store, "--quiet")
+    assert res.output.startswith("teacher-logits: 20 x 10 float16 logits in ")
+    res = run("student", *d, "--student-factory", "user_models:cifar_net", "--store", store,
+              "--out", tmp_path / "s", "--epochs", 1, "--batch-size", 8, "--quiet")
+    assert "/3 test errors (" in res.output
+    wrong = run("teacher-logits", "--data", f"cifar100:{tmp_path / 'c'}", "--teacher-factory",
+                "user_models:cifar_net", "--store", tmp_path / "x.zarr", ok=False)
+    assert wrong.output == (f"Error: ConfigError: --data cifar100:{tmp_path / 'c'} holds "
+                            f"cifar10; use cifar10:{tmp_path / 'c'}\n")
 
 
 def test_factory_dataset_and_plain_dataset_with_num_classes():

@@ -85,3 +85,10 @@ def idx_teacher() -> nn.Module:
 class Scale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.float() / 255
+
+
+def cifar_net() -> nn.Module:
+    """uint8 CIFAR images (B, 3, 32, 32) -> logits (B, 10)."""
+    torch.manual_seed(4)
+    return nn.Sequential(Scale(), nn.Conv2d(3, 4, 5, stride=4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 7 * 7, 10))
