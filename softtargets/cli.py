@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,12 @@ import click
 
 from softtargets import data as data_mod
 from softtargets import report
+from softtargets.cli_data import is_idx, pop_spec, resolve_spec, spec_options
+from softtargets.cli_options import (data_options, ensemble_options, hidden_option, parse_floats,
+                                     parse_hidden, quiet_option, student_options,
+                                     threads_option)
 from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, LogitsConfig,
-                                StudentTrainConfig, TeacherTrainConfig, parse_widths)
+                                StudentTrainConfig, TeacherTrainConfig)
 from softtargets.distributed import ranks_from_env
 from softtargets.errors import ConfigError, SofttargetsError
 
@@ -38,45 +41,21 @@ class Group(click.Group):
 @click.group(cls=Group)
 @click.version_option(package_name="softtargets")
 def cli() -> None:
-    """softtargets: offline soft targets for knowledge distillation."""
+    """softtargets: offline soft targets for knowledge distillation.
 
-
-def data_options(fn: Callable) -> Callable:
-    """--dataset, --data-dir, --limit, --val-rows, shared by every command that reads a dataset."""
-    fn = click.option("--val-rows", type=int, default=0, show_default=True, help="Hold out the "
-                      "last N train rows for validation; train on the rows before them.")(fn)
-    fn = click.option("--limit", type=int, default=None,
-                      help="Use only the first N rows of the split (small runs, tests).")(fn)
-    fn = click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True,
-                      help="Folder holding <dataset>/ with the IDX files (only the default falls "
-                           "back to /usr/share/datasets/<dataset>).")(fn)
-    fn = click.option("--dataset", default="fashion-mnist", show_default=True,
-                      type=click.Choice(sorted(data_mod.DATASETS)))(fn)
-    return fn
-
-
-def hidden_option(default: str) -> Callable:
-    return click.option("--hidden", default=default, show_default=True,
-                        help="Hidden layer widths, comma separated.")
-
-
-def parse_hidden(text: str) -> tuple[int, ...]:
-    widths = parse_widths(text)
-    if widths is None:
-        raise click.BadParameter(f"--hidden needs comma-separated positive integers, got {text!r}")
-    return widths
-
-
-def parse_floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers (e.g. 1,4,20), got {text!r}")
-
-
-quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
-threads_option = click.option("--threads", type=int, default=None,
-                              help="torch intra-op threads (default: torch's choice).")
+    \b
+    Stage 1: teacher-logits writes a teacher's logits to a checked Zarr store.
+    Stage 2: student trains a student from it.
+    \b
+    --data SPEC (teacher-logits, student) names the data:
+      fashion-mnist | mnist | kmnist   the IDX datasets (also --dataset)
+      imagefolder:PATH                 PATH/<class>/*.png|jpg
+      cifar10:PATH | cifar100:PATH     CIFAR in its python format
+      tokens:PATH                      a flat uint16/uint32 token file (--seq-len L)
+      module:factory                   your dataset (plain ones with --num-classes)
+    Your own models: teacher-logits --teacher-factory module:factory [--teacher-weights
+    PATH], student --student-factory module:factory. See README.
+    """
 
 
 @cli.command("data")
@@ -122,7 +101,7 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
                       hidden: str, epochs: int, batch_size: int, lr: float, dropout: float,
                       input_dropout: float, jitter: int | None, max_norm: float, seed: int,
                       out: str, overwrite: bool, threads: int | None, quiet: bool) -> None:
-    """Train the paper's teacher (MLP 784-1200-1200-10, dropout, jitter, max-norm)."""
+    """Train the paper's teacher on an IDX dataset (an MLP with dropout, jitter, max-norm)."""
     from softtargets.train import train_teacher
     out = out.replace("{dataset}", dataset)
     jitter = data_mod.spec(dataset).teacher_jitter if jitter is None else jitter
@@ -136,40 +115,19 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
 
 
-# --- ensembles, MC dropout and user teachers in stage 1 ------------------------------------
-def ensemble_options(fn: Callable) -> Callable:
-    for option in reversed([
-        click.option("--ensemble", "ensemble_spec", default=None,
-                     help="JSON spec {\"teachers\": [...], \"factory\", \"transform\", "
-                          "\"mc_dropout\", \"mc_seed\"} (teacher paths relative to it)."),
-        click.option("--factory", default=None,
-                     help="module:function building the teacher module; --teacher is then a "
-                          "state dict."),
-        click.option("--transform", default=None,
-                     help="module:function applied to each input batch (B, H*W) float32 in "
-                          "[0, 1] before the teacher."),
-        click.option("--mc-dropout", type=int, default=0, show_default=True,
-                     help="Run each teacher K times with train-mode dropout (seeded masks)."),
-        click.option("--mc-seed", type=int, default=0, show_default=True),
-        click.option("--combine", default=None,
-                     help="arithmetic|geometric: rule recorded as the store's default, or the "
-                          "one written with --store-combined-only."),
-        click.option("--store-combined-only", "combined_only", is_flag=True,
-                     help="Keep only the combined target (no member logits)."),
-        click.option("--temperature", "-T", type=float, default=None,
-                     help="T of an arithmetic --store-combined-only target."),
-    ]):
-        fn = option(fn)
-    return fn
-
-
 @cli.command("teacher-logits")
 @data_options
+@spec_options
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--teacher", "teachers", multiple=True,
               help="Teacher file; repeat for an ensemble. A softtargets checkpoint (default "
                    "runs/{dataset}/teacher.pt), TorchScript file, torch.export .pt2 archive, "
                    "or a state dict with --factory.")
+@click.option("--teacher-factory", default=None, metavar="MODULE:FACTORY",
+              help="Your teacher: a zero-argument callable returning an nn.Module, run on the "
+                   "inputs as the dataset gives them (through softtargets.write.write_logits).")
+@click.option("--teacher-weights", default=None,
+              help="--teacher-factory: a state dict loaded into the module it builds.")
 @click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True,
               help="Where to write the Zarr v3 logit store.")
 @click.option("--batch-size", type=int, default=LogitsConfig.batch_size, show_default=True)
@@ -211,7 +169,8 @@ def ensemble_options(fn: Callable) -> Callable:
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: int, split: str,
-                       teachers: tuple[str, ...], store: str, batch_size: int,
+                       teachers: tuple[str, ...], teacher_factory: str | None,
+                       teacher_weights: str | None, store: str, batch_size: int,
                        chunk_rows: int | None, compressor: str, device: str, overwrite: bool,
                        resume: bool, break_lock: bool, shard_rows: int | None,
                        topk: int | None, sample: int | None, temperatures: str,
@@ -220,13 +179,35 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
                        threads: int | None, quiet: bool, **ens: Any) -> None:
     """Stage 1: run the teacher(s) over a split and write their raw logits to a store.
 
-    Under `torchrun --nproc_per_node N -m softtargets teacher-logits ...` the N processes
-    write disjoint whole chunks/shards of one store (single-teacher stores).
+    --data SPEC takes your own data (image folder, CIFAR, token file, module:factory) and
+    --teacher-factory your own teacher. Under `torchrun --nproc_per_node N -m softtargets
+    teacher-logits ...` the N processes write disjoint whole chunks/shards of one store.
     """
     from softtargets import teacher as teacher_mod
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
+    data_spec, data_opts = pop_spec(ens, split=split, data_dir=data_dir, limit=limit)
+    dataset = resolve_spec(data_spec, dataset)
+    if not is_idx(dataset) or teacher_factory is not None:
+        from softtargets.cli_user import targets_of
+        from softtargets.cli_user import teacher_logits as user_logits
+        refused = {"--val-rows": val_rows != 0, "--views": views is not None,
+                   "--break-lock": break_lock, "--channels-last": channels_last,
+                   "--compile": compile_, "--mc-dropout": ens.pop("mc_dropout") != 0,
+                   "--store-combined-only": ens.pop("combined_only"),
+                   **{f"--{k.replace('_', '-')}": ens.pop(k) is not None for k in
+                      ("ensemble_spec", "factory", "transform", "combine", "temperature")}}
+        targets = targets_of(topk, sample, parse_floats(temperatures), sample_seed=sample_seed,
+                             sample_temperature=sample_temperature)
+        meta, seconds, store, resumed = user_logits(
+            dataset, data_opts, store=store, teachers=teachers, teacher_factory=teacher_factory,
+            teacher_weights=teacher_weights, targets=targets, refused=refused,
+            progress=not quiet, batch_size=batch_size, chunk_rows=chunk_rows,
+            compressor=compressor, device=device, overwrite=overwrite, resume=resume,
+            shard_rows=shard_rows)
+        return _logits_summary(meta, seconds, store, k=topk or sample, resume=resume,
+                               resumed=resumed)
     store = store.replace("{dataset}", dataset)
     teachers = tuple(t.replace("{dataset}", dataset) for t in teachers)
     data = DataConfig(dataset=dataset, split=split, data_dir=data_dir, limit=limit,
@@ -261,33 +242,25 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
         from softtargets import members
         resumed = False
         meta, seconds = members.run(ens_cfg, progress=not quiet)
+    _logits_summary(meta, seconds, store, k=topk or sample, resume=resume, resumed=resumed)
+
+
+def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
     if ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
         from softtargets.remote import store_size
         click.echo(report.logits_line(meta, seconds=seconds, size=store_size(store), store=store,
-                                      k=topk or sample, resume=resume, resumed=resumed))
-
-
-def student_options(fn: Callable) -> Callable:
-    for option in reversed([
-        click.option("--arch", default="mlp", show_default=True,
-                     type=click.Choice(ARCHS), help="Student architecture (cnn: "
-                     "--hidden C1,C2,FC)."),
-        hidden_option("800,800"),
-        click.option("--epochs", type=int, default=StudentTrainConfig.epochs, show_default=True),
-        click.option("--batch-size", type=int, default=StudentTrainConfig.batch_size,
-                     show_default=True),
-        click.option("--lr", type=float, default=StudentTrainConfig.lr, show_default=True),
-        click.option("--clip-grad", type=float, default=StudentTrainConfig.clip_grad,
-                     show_default=True, help="Max gradient norm (0 disables)."),
-        click.option("--seed", type=int, default=0, show_default=True),
-        threads_option, quiet_option,
-    ]):
-        fn = option(fn)
-    return data_options(fn)
+                                      **how))
 
 
 @cli.command("student")
 @student_options
+@spec_options
+@click.option("--student-factory", default=None, metavar="MODULE:FACTORY",
+              help="Train your own student: a zero-argument callable returning an nn.Module, "
+                   "given the inputs as the dataset gives them (any --data; default: the "
+                   "built-in --arch student, IDX datasets only).")
+@click.option("--optimizer", default=None, type=click.Choice(["sgd", "adam"]),
+              help="--student-factory: SGD (momentum 0.9) or Adam [default: sgd].")
 @click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True)
 @click.option("--temperature", "-T", type=float, default=StudentTrainConfig.temperature,
               show_default=True, help="Softmax temperature of the soft-target term.")
@@ -311,8 +284,25 @@ def student_options(fn: Callable) -> Callable:
               help="Mixup with Beta(a, a) coefficients; the stored targets are mixed with the "
                    "same coefficient (0: off; e.g. 0.2).")
 def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
-                tail: str, loader: str, loader_workers: int, mixup: float, **kw: Any) -> None:
-    """Stage 2: train the student (784-800-800-10) from a logit store (dense or sparse)."""
+                tail: str, loader: str, loader_workers: int, mixup: float,
+                student_factory: str | None, optimizer: str | None, **kw: Any) -> None:
+    """Stage 2: train a student from a logit store of any kind.
+
+    The built-in students (--arch) train on the IDX datasets; --student-factory trains your own
+    model on any --data through DistillDataset / StreamingDistillDataset.
+    """
+    data_spec, data_opts = pop_spec(kw, split="train", data_dir=kw["data_dir"],
+                                    limit=kw["limit"])
+    kw["dataset"] = resolve_spec(data_spec, kw["dataset"])
+    if student_factory is not None or not is_idx(kw["dataset"]):
+        from softtargets.cli_user import student_command
+        return student_command(student_factory, data_opts, store=store, out=out,
+                               temperature=temperature, alpha=alpha, rule=combine, tail=tail,
+                               loader=loader, loader_workers=loader_workers, mixup=mixup,
+                               optimizer=optimizer, **kw)
+    if optimizer is not None:
+        raise ConfigError("--optimizer applies to --student-factory students; the built-in "
+                          "students use SGD with momentum (drop --optimizer)")
     _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
                    tail=tail, loader=loader, loader_workers=loader_workers, mixup=mixup, **kw)
 

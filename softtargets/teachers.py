@@ -131,7 +131,13 @@ def _from_factory(path: str, factory: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--factory {factory!r} returned {type(model).__name__}, not an "
                           "nn.Module")
-    state = safe_load(path, fix="--teacher with --factory needs a state dict saved with "
+    return load_weights(model, path, factory, flag="--teacher with --factory")
+
+
+def load_weights(model: nn.Module, path: str, factory: str, *, flag: str) -> nn.Module:
+    """Load the state dict in `path` (a plain one, or a checkpoint's "state_dict") into the
+    module `factory` built; `flag` names the option that gave the file, for the message."""
+    state = safe_load(path, fix=f"{flag} needs a state dict saved with "
                       "torch.save(model.state_dict(), path)")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # softtargets checkpoints and Lightning-style files

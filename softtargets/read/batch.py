@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 
@@ -107,5 +108,13 @@ def _stack(items: list[Any]) -> Any:
 def collate(items: Sequence[tuple[Any, Any, Target]]) -> tuple[Any, Any, Target]:
     """DataLoader collate_fn for (input, label, target) samples: (inputs (B, ...), labels (B,)
     or (B, L), a batch target). Inputs and labels are collated as torch's default does."""
-    inputs, labels = default_collate([(x, y) for x, y, _ in items])
+    inputs, labels = default_collate([(_writable(x), y) for x, y, _ in items])
     return inputs, labels, stack_targets([t for _, _, t in items])
+
+
+def _writable(x: Any) -> Any:
+    """A read-only numpy row (e.g. of a memory-mapped split) copied: torch warns on wrapping
+    non-writable arrays, and the batch is a copy anyway."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        return x.copy()
+    return x
