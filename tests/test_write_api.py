@@ -17,7 +17,7 @@ from write_helpers import CHUNK, CLASSES, N, rgb_data, teacher, write
 from softtargets.datasets import TokenSequences, from_tensors, wrap
 from softtargets.errors import (AppendError, CheckpointError, ConfigError, IncompleteStoreError,
                                 StoreMismatchError)
-from softtargets.read import DistillDataset, SoftTargets
+from softtargets.read import DistillDataset, SoftTargets, StreamingDistillDataset
 from softtargets.store import LogitStore
 from softtargets.write import Dense, LogitWriter, TopK, write_logits
 from softtargets.write.forward import forward
@@ -119,6 +119,12 @@ def test_a_student_whose_data_differs_in_one_row_is_refused_naming_the_chunk(tmp
                        r"match the student's data: the student's data differs from the rows "
                        r"the teacher saw"):
         student[44]
+    # streamed: the same refusal when the batch holding row 45 is read, in any order
+    stream = StreamingDistillDataset(wrap(TensorDataset(x, y), num_classes=CLASSES, name="rgb"),
+                                     str(tmp_path / "t.zarr"), temperature=4.0, batch_size=16)
+    with pytest.raises(StoreMismatchError, match=r"chunk 5 \(dataset rows 40\.\.47\) does not "
+                       r"match the student's data"):
+        list(stream)
     # in-memory data carries a whole-data fingerprint, which refuses it at once
     write_logits(teacher(), from_tensors(images, labels, num_classes=CLASSES, name="rgb"),
                  tmp_path / "f.zarr", chunk_rows=CHUNK, device="cpu")

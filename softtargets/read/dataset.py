@@ -55,44 +55,72 @@ class DistillDataset(Dataset):
         self.dataset, self.targets = dataset, targets
         self.sample_ids = sample_ids_of(dataset)
         _check_pairing(dataset, targets, self.sample_ids)
-        digests = targets.meta.extra.get(DIGESTS_KEY) or {}
-        self.checks_inputs = isinstance(dataset, BaseDataset) and bool(digests.get(INPUTS_KEY))
-        self._input_check: InputCheck | None = None
-        self._checked: set[int] = set()  # chunks checked in this process
+        self.inputs = InputChecks(dataset, targets.url, targets.meta)
 
-    def __getstate__(self) -> dict[str, Any]:
-        # a worker opens the store itself and checks the chunks it reads
-        return {**self.__dict__, "_input_check": None, "_checked": set()}
-
-    def _inputs(self) -> InputCheck:
-        if self._input_check is None:
-            meta, group = read_meta(self.targets.url)
-            self._input_check = InputCheck(group, meta, self.targets.url)
-        return self._input_check
+    @property
+    def checks_inputs(self) -> bool:
+        """Whether the store's input digests are checked against this dataset."""
+        return self.inputs.active
 
     def check_inputs(self, index: int | None = None) -> None:
         """Check the input digests of the chunks holding row `index` (None: every chunk) not
         checked yet in this process; refuses a difference naming the chunk."""
-        if not self.checks_inputs:
-            return
-        check = self._inputs()
-        chunks = range(check.num_chunks) if index is None else check.chunks_of(index)
-        for chunk in chunks:
-            if chunk not in self._checked:
-                check.check(chunk, self.dataset)
-                self._checked.add(chunk)
+        self.inputs.check(None if index is None else np.array([index]))
 
     def __len__(self) -> int:
         return len(self.sample_ids)
 
     def __getitem__(self, index: int) -> tuple[Any, Any, Target]:
-        if self.checks_inputs:
-            self.check_inputs(int(index) % len(self))
+        if self.inputs.active:
+            self.inputs.check(np.array([int(index) % len(self)]))
         item = self.dataset[index]
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise DatasetError(f"row {index} of {type(self.dataset).__name__} is a "
                                f"{type(item).__name__}, not an (input, label) pair")
         return item[0], item[1], self.targets[int(self.sample_ids[index])]
+
+
+class InputChecks:
+    """A store's input digests checked against the student's data, each row chunk once per
+    process, when its rows are first read (no pass over the data before training).
+
+    Active for a softtargets dataset and a store that records input digests. Pickled without
+    its state: a DataLoader worker opens the store and checks the chunks it reads itself.
+    """
+
+    def __init__(self, dataset: Any, url: str, meta: Any) -> None:
+        digests = meta.extra.get(DIGESTS_KEY) or {}
+        self.active = isinstance(dataset, BaseDataset) and bool(digests.get(INPUTS_KEY))
+        self.dataset, self.url = dataset, url
+        self._check: InputCheck | None = None
+        self._checked: set[int] = set()  # chunks checked in this process
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_check": None, "_checked": set()}
+
+    def _opened(self) -> InputCheck:
+        if self._check is None:
+            meta, group = read_meta(self.url)
+            self._check = InputCheck(group, meta, self.url)
+        return self._check
+
+    def check(self, rows: np.ndarray | None) -> None:
+        """Check the chunks holding dataset rows `rows` (None: every chunk) not checked yet."""
+        if not self.active:
+            return
+        check = self._opened()
+        if rows is None:
+            chunks: Any = range(check.num_chunks)
+        else:  # first and last store row of each dataset row, as chunk indices
+            first = np.asarray(rows, dtype=np.int64) * check.per_sample
+            last = np.minimum(check.n, first + check.per_sample) - 1
+            chunks = sorted({c for a, b in zip(first // check.chunk_rows,
+                                              last // check.chunk_rows)
+                             for c in range(int(a), int(b) + 1)} - self._checked)
+        for chunk in chunks:
+            if chunk not in self._checked:
+                check.check(chunk, self.dataset)
+                self._checked.add(chunk)
 
 
 def sample_ids_of(dataset: Any) -> np.ndarray:

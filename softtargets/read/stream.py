@@ -32,7 +32,7 @@ from softtargets.errors import ConfigError, DatasetError, SofttargetsError
 from softtargets.pipeline import prefetch
 from softtargets.read.batch import DenseTarget, Target
 from softtargets.read.convert import RowIndex, fetch, make_target, sequence_length
-from softtargets.read.dataset import (check_pairing, dataset_name, refuse_missing,
+from softtargets.read.dataset import (InputChecks, check_pairing, dataset_name, refuse_missing,
                                       sample_ids_of)
 from softtargets.read.load import ReadOptions, open_source
 from softtargets.read.units import ARRAYS_KIND, UnitSpec, scan
@@ -108,6 +108,7 @@ class StreamingDistillDataset(IterableDataset):
             self._units = UnitSpec(self.url, ARRAYS_KIND, temperature=temperature,
                                    arrays=(VIEW_LOGITS, VIEW_PARAMS))
         check_pairing(dataset, self.url, source.meta, positions=length)
+        self.inputs = InputChecks(dataset, self.url, source.meta)
         self._select(sample_ids)
         self.gauge = ChunkGauge()  # units held by this process's iterations (held, peak, read)
         self._position: dict[str, Any] | None = None  # of this epoch, counted here
@@ -202,7 +203,9 @@ class StreamingDistillDataset(IterableDataset):
 
     def _batches(self, source: Iterator[tuple[np.ndarray, ...]]) -> Iterator[tuple[Any, ...]]:
         for ids, *arrays in source:
-            x, y = fetch(self.dataset, self._rows(ids))
+            rows = self._rows(ids)
+            self.inputs.check(rows)  # the chunks' inputs are the rows the teacher saw
+            x, y = fetch(self.dataset, rows)
             target: Target
             if self._replay is not None:  # view_logits (B, V, C), view_params (B, V, P)
                 x, logits = self._replay(ids, x, *arrays, seed=self.seed, epoch=self.epoch)
