@@ -212,3 +212,19 @@ class BaseDataset:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"num_classes={self.num_classes})")
+
+
+class ArrayDataset(BaseDataset):
+    """A dataset whose inputs `_x` (N, ...) and labels `_y` (N,) are numpy arrays in memory."""
+
+    _x: np.ndarray
+    _y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self._y.shape[0])
+
+    def _inputs(self, start: int, stop: int) -> np.ndarray:
+        return self._x[start:stop]
+
+    def _labels(self, start: int, stop: int) -> np.ndarray:
+        return self._y[start:stop]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from softtargets.datasets.base import BaseDataset
+from softtargets.datasets.base import ArrayDataset
 from softtargets.datasets.digest import fingerprint
 from softtargets.errors import DatasetError, DatasetNotFoundError
 
@@ -72,7 +72,7 @@ def find_variant(path: Path) -> tuple[str, Path]:
         f"{' or '.join(FOLDERS)} below it")
 
 
-class CIFAR(BaseDataset):
+class CIFAR(ArrayDataset):
     """CIFAR-10 or CIFAR-100 (detected from the files): inputs uint8 (3, 32, 32), labels
     int64; identity with an xxh3-128 fingerprint of every row (the data is in memory)."""
 
@@ -92,15 +92,6 @@ class CIFAR(BaseDataset):
             ys.append(y)
         self._x = np.concatenate(xs)  # (N, 3, 32, 32) uint8
         self._y = np.concatenate(ys)  # (N,)
-
-    def __len__(self) -> int:
-        return int(self._y.shape[0])
-
-    def _inputs(self, start: int, stop: int) -> np.ndarray:
-        return self._x[start:stop]
-
-    def _labels(self, start: int, stop: int) -> np.ndarray:
-        return self._y[start:stop]
 
     @cached_property
     def fingerprint(self) -> str:

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from softtargets.datasets.base import (BaseDataset, MapDataset, as_numpy, check_labels,
-                                       check_sample_ids, integer_labels, row_range)
+from softtargets.datasets.base import (ArrayDataset, BaseDataset, MapDataset, as_numpy,
+                                       check_labels, check_sample_ids, integer_labels, row_range)
 from softtargets.datasets.digest import fingerprint
 from softtargets.errors import DatasetError
 
@@ -29,7 +29,7 @@ def _classes(num_classes: int | None, class_names: Sequence[str] | None, *,
     return num_classes, names
 
 
-class TensorDataset(BaseDataset):
+class TensorDataset(ArrayDataset):
     """Inputs (N, ...) and labels (N,) (or (N, L) per position) held in memory."""
 
     def __init__(self, inputs: Any, labels: Any, *, num_classes: int | None = None,
@@ -50,15 +50,6 @@ class TensorDataset(BaseDataset):
         self.positions = int(labels.shape[1]) if labels.ndim == 2 else None
         if sample_ids is not None:
             self._sample_ids = check_sample_ids(sample_ids, len(labels), name=name)
-
-    def __len__(self) -> int:
-        return int(self._y.shape[0])
-
-    def _inputs(self, start: int, stop: int) -> np.ndarray:
-        return self._x[start:stop]
-
-    def _labels(self, start: int, stop: int) -> np.ndarray:
-        return self._y[start:stop]
 
     def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) of rows (B,), indexed in memory (labels were checked up front)."""
