@@ -261,6 +261,9 @@ def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
                    "built-in --arch student, IDX datasets only).")
 @click.option("--optimizer", default=None, type=click.Choice(["sgd", "adam"]),
               help="--student-factory: SGD (momentum 0.9) or Adam [default: sgd].")
+@click.option("--resume", is_flag=True,
+              help="--student-factory: go on from OUT/train-state.pt (saved every 100 batches "
+                   "and each epoch), mid-epoch, with the batches not trained on yet.")
 @click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True)
 @click.option("--temperature", "-T", type=float, default=StudentTrainConfig.temperature,
               show_default=True, help="Softmax temperature of the soft-target term.")
@@ -285,7 +288,8 @@ def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
                    "same coefficient (0: off; e.g. 0.2).")
 def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
                 tail: str, loader: str, loader_workers: int, mixup: float,
-                student_factory: str | None, optimizer: str | None, **kw: Any) -> None:
+                student_factory: str | None, optimizer: str | None, resume: bool,
+                **kw: Any) -> None:
     """Stage 2: train a student from a logit store of any kind.
 
     The built-in students (--arch) train on the IDX datasets; --student-factory trains your own
@@ -299,10 +303,11 @@ def student_cmd(store: str, temperature: float, alpha: float, out: str, combine:
         return student_command(student_factory, data_opts, store=store, out=out,
                                temperature=temperature, alpha=alpha, rule=combine, tail=tail,
                                loader=loader, loader_workers=loader_workers, mixup=mixup,
-                               optimizer=optimizer, **kw)
-    if optimizer is not None:
-        raise ConfigError("--optimizer applies to --student-factory students; the built-in "
-                          "students use SGD with momentum (drop --optimizer)")
+                               optimizer=optimizer, resume=resume, **kw)
+    if optimizer is not None or resume:
+        raise ConfigError("--optimizer and --resume apply to --student-factory students; the "
+                          "built-in students use SGD with momentum and train in one go (drop "
+                          f"{'--optimizer' if optimizer is not None else '--resume'})")
     _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
                    tail=tail, loader=loader, loader_workers=loader_workers, mixup=mixup, **kw)
 

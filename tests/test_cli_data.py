@@ -58,6 +58,14 @@ def test_image_folder_dense_store_and_own_student(images, tmp_path):
     ckpt = torch.load(out / "student.pt", weights_only=True)
     assert ckpt["factory"] == "user_models:image_student"
     assert ckpt["state_dict"]["net.1.weight"].shape == (8, int(np.prod(IMAGE)))
+    state = torch.load(out / "train-state.pt", weights_only=True)  # after the last epoch
+    assert (state["epoch"], state["batches_done"], len(state["losses"])) == (3, 0, 3)
+    again = run("student", "--data", f"imagefolder:{images}", "--student-factory",
+                "user_models:image_student", "--store", store, "--out", out, "--epochs", 3,
+                "--batch-size", 4, "-T", 2, "--optimizer", "adam", "--lr", 0.01, "--quiet",
+                "--resume")  # nothing left to train: the saved weights and losses come back
+    assert json.loads((out / "metrics.json").read_text())["train_losses"] == m["train_losses"]
+    assert "(no test split) -> " in again.output
 
 
 def test_teacher_weights_are_loaded(images, tmp_path):
@@ -209,12 +217,13 @@ def test_bad_student_one_line(images, tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_optimizer_refused_for_builtin_student():
-    res = run("student", "--optimizer", "adam", ok=False)
-    assert res.exit_code == 1
-    assert res.output == ("Error: ConfigError: --optimizer applies to --student-factory "
-                          "students; the built-in students use SGD with momentum (drop "
-                          "--optimizer)\n")
+def test_optimizer_and_resume_refused_for_builtin_student():
+    for flag, value in (("--optimizer", "adam"), ("--resume", None)):
+        res = run("student", flag, *([value] if value else []), ok=False)
+        assert res.exit_code == 1
+        assert res.output == ("Error: ConfigError: --optimizer and --resume apply to "
+                              "--student-factory students; the built-in students use SGD with "
+                              f"momentum and train in one go (drop {flag})\n")
 
 
 def test_helps_describe_data():
