@@ -154,6 +154,8 @@ def test_unknown_rule_and_bad_spec(setup, tmp_path):
 
 MEMBER_RUNS = {"ensemble": lambda t: ["--teacher", t[1]],
                "mc-dropout": lambda t: ["--mc-dropout", 2, "--mc-seed", 5]}
+VIEWS = {"ensemble-views": lambda t: ["--teacher", t[1], "--views", 2, "--augment",
+                                      "shift=1,flip=1"]}
 
 
 @pytest.fixture
@@ -164,7 +166,8 @@ def member_setup(tiny_data, tmp_path):
                 for i in range(2)]
 
     def args(kind, store, *extra):
-        return stage1_args(tiny_data, teachers[0], store, *MEMBER_RUNS[kind](teachers), *extra)
+        runs = {**MEMBER_RUNS, **VIEWS}
+        return stage1_args(tiny_data, teachers[0], store, *runs[kind](teachers), *extra)
     return args
 
 
@@ -202,7 +205,7 @@ def test_members_sigkill_then_resume_is_bit_identical(member_setup, tmp_path, ki
     assert not (tmp_path / "s.zarr.lock").exists()
 
 
-@pytest.mark.parametrize("kind", list(MEMBER_RUNS))
+@pytest.mark.parametrize("kind", [*MEMBER_RUNS, *VIEWS])
 def test_members_two_process_torchrun_matches_one_process(member_setup, tmp_path, kind):
     from stage1_helpers import chunk_files
     from test_distributed import torchrun
@@ -216,3 +219,8 @@ def test_members_two_process_torchrun_matches_one_process(member_setup, tmp_path
     assert a.meta.complete and a.meta.extra["shard_rows"] == 16
     np.testing.assert_array_equal(a.group["member_logits"][:], b.group["member_logits"][:])
     np.testing.assert_array_equal(a.read_all()[1], b.read_all()[1])
+    if kind in VIEWS:  # every member's views, and their parameters, through the session
+        assert a.group["member_view_logits"].shape == (2, 96, 2, 10)
+        np.testing.assert_array_equal(a.group["member_view_logits"][:],
+                                      b.group["member_view_logits"][:])
+        np.testing.assert_array_equal(a.group["view_params"][:], b.group["view_params"][:])
