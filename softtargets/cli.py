@@ -222,7 +222,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
         raise ConfigError("--topk/--sample work with one softtargets teacher checkpoint; for an "
                           "ensemble, convert its combined log-probs with softtargets.sparse "
                           "(README, 'Sparse stores')")
-    if views is not None and ens_cfg is not None:  # every member's views (members.ViewWriter)
+    if views is not None and ens_cfg is not None:  # every member's views (members.py)
         ens_cfg = dataclasses.replace(ens_cfg, views=views, augment=augment, view_seed=view_seed)
     elif views is not None:
         sparse.update(views=views, augment=augment, view_seed=view_seed)
@@ -234,13 +234,12 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
         from softtargets.session import store_exists
         resumed = resume and store_exists(store)  # else --resume starts a new store
         meta, seconds = teacher_mod.run(cfg, progress=not quiet)
-    elif resume or break_lock or shard_rows is not None:
-        raise ConfigError("--resume, --break-lock and --shard-rows work with one softtargets "
-                          "teacher checkpoint only, not with ensembles, MC dropout or user "
-                          "teachers; drop them or run one teacher")
     else:
         from softtargets import members
-        resumed = False
+        from softtargets.session import store_exists
+        ens_cfg = dataclasses.replace(ens_cfg, resume=resume, break_lock=break_lock,
+                                      shard_rows=shard_rows)
+        resumed = resume and store_exists(store)  # else --resume starts a new store
         meta, seconds = members.run(ens_cfg, progress=not quiet)
     _logits_summary(meta, seconds, store, k=topk or sample, resume=resume, resumed=resumed)
 

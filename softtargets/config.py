@@ -269,6 +269,10 @@ class EnsembleLogitsConfig:
     compressor: str = "zstd"
     overwrite: bool = False
     device: str = "auto"
+    # resume an interrupted run, break a dead writer's lease, shard rows (None: auto)
+    resume: bool = False
+    break_lock: bool = False
+    shard_rows: int | None = None
     # V augmented views per sample for every member (member_view_logits); None: no views
     views: int | None = None
     augment: str = "shift=2"
@@ -286,6 +290,11 @@ class EnsembleLogitsConfig:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.chunk_rows is not None and self.chunk_rows <= 0:
             raise ConfigError(f"chunk_rows must be positive, got {self.chunk_rows}")
+        if self.shard_rows is not None and self.shard_rows < 0:
+            raise ConfigError(f"shard_rows must be >= 0 (0: no sharding), got {self.shard_rows}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues an existing store and --overwrite deletes it: "
+                              "pass only one of them")
         if self.mc_dropout < 0:
             raise ConfigError(f"mc_dropout must be >= 0 passes (0 = off), got {self.mc_dropout}")
         if self.combine is not None and self.combine not in COMBINE_RULES:

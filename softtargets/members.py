@@ -12,29 +12,33 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from softtargets import ensemble
-from softtargets.config import DataConfig, EnsembleLogitsConfig, to_dict
+from softtargets import views as vw
+from softtargets.config import DataConfig, EnsembleLogitsConfig
 from softtargets.data import Split, check_not_trained_on_validation, load_split
 from softtargets.destination import delete_array
+from softtargets.distributed import Ranks, ranks_from_env
+from softtargets.ensemble import MEMBER_LOGITS
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
 from softtargets.schema import COMBINED_ONLY_VERSION
-from softtargets import views as vw
-from softtargets.store import (ATTR_KEY, StoreMeta, StoreWriter, add_row_array, compressor_codecs,
-                               to_float16)
-from softtargets.teacher import resolve_device
-from softtargets.teachers import LoadedTeacher, enable_mc_dropout, load_teacher, run_teacher
-
+from softtargets.store import StoreMeta
+from softtargets.teachers import LoadedTeacher, load_teacher
+from softtargets.write.forward import resolve_device, write_chunks
+from softtargets.write.options import session_chunk_rows
+from softtargets.write.passes import mc_seed as mc_seed  # re-exported: the seeding rule
+from softtargets.write.passes import CheckedTeacher, check_finite, require_mc_dropout, seeder
+from softtargets.write.session import RowArray, WriteSession
+from softtargets.write.targets import Dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,12 +81,6 @@ def load_ensemble_spec(path: str) -> dict[str, Any]:
     return spec
 
 
-def mc_seed(base: int, mc_pass: int, chunk: int) -> int:
-    """Dropout-mask seed of (pass, chunk): independent of other chunks, so any chunk can be redone."""
-    digest = hashlib.sha256(f"softtargets.mc/{base}/{mc_pass}/{chunk}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 def _load(cfg: EnsembleLogitsConfig, t: int) -> LoadedTeacher:
     name = f"member teacher {t + 1} ({cfg.teachers[t]})" if len(cfg.teachers) > 1 \
         else cfg.teachers[t]
@@ -109,9 +107,11 @@ def _probe(teacher: LoadedTeacher, split: Split) -> int:
     return int(out.shape[1])
 
 
-def check_members(cfg: EnsembleLogitsConfig, split: Split) -> None:
-    """Load each teacher in turn (one in memory) and refuse disagreeing classes before any work."""
+def check_members(cfg: EnsembleLogitsConfig, split: Split) -> list[dict[str, Any]]:
+    """Load each teacher in turn (one in memory) and refuse disagreeing classes before any work;
+    the identity of each teacher."""
     seen: list[tuple[str, int, tuple[str, ...] | None]] = []
+    identities: list[dict[str, Any]] = []
     for t in range(len(cfg.teachers)):
         teacher = _load(cfg, t)
         check_not_trained_on_validation(teacher.identity.get("trained_on"), split, teacher.name)
@@ -124,6 +124,7 @@ def check_members(cfg: EnsembleLogitsConfig, split: Split) -> None:
                     f"{c0} {list(names0) if names0 else '(names not recorded)'}; all members "
                     "must be trained on the same classes in the same order")
         seen.append((teacher.name, c, names))
+        identities.append(dict(teacher.identity))
         del teacher
         gc.collect()
     name, c, names = seen[0]
@@ -133,6 +134,7 @@ def check_members(cfg: EnsembleLogitsConfig, split: Split) -> None:
     if names and tuple(names) != tuple(split.class_names):
         raise CheckpointError(f"teacher {name!r} was trained on classes {list(names)}, dataset "
                               f"{split.name} has {list(split.class_names)}")
+    return identities
 
 
 def _summary_identity(members: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
@@ -154,148 +156,203 @@ def _extra(cfg: EnsembleLogitsConfig, members: list[dict[str, Any]], *, n: int, 
 
 
 def write_ensemble_logits(cfg: EnsembleLogitsConfig, *, progress: bool = True) -> StoreMeta:
-    """Run every member one at a time, then write the combined `logits`; finalize last."""
+    """Write the store through one WriteSession: each member in turn writes its chunks of
+    `member_logits` (and `member_view_logits`) of this rank's units, then each unit gets the
+    combined `logits`; finalized last. --resume keeps every verified unit and member chunk."""
     split = load_split(cfg.data)
-    check_members(cfg, split)
+    identities = check_members(cfg, split)
+    ranks = ranks_from_env()  # torchrun: each rank writes whole units of every member
     device = resolve_device(cfg.device)
+    if ranks.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
     plan = plan_members(cfg)
-    n, c = len(split), len(split.class_names)
-    # one plain teacher: a v1 store (with views: an ensemble of one, keeping member_view_logits)
-    single = len(plan) == 1 and not cfg.mc_dropout and cfg.views is None
-    writer = StoreWriter.create(cfg.store, n=n, class_names=split.class_names,
-                                dataset=split.identity(), teacher={}, config=to_dict(cfg),
-                                chunk_rows=cfg.chunk_rows, compressor=cfg.compressor,
-                                overwrite=cfg.overwrite)
-    rows = writer.meta.chunk_rows
-    bar = progress_bar(total=n * (len(plan) + (0 if single else 1)), desc="teacher-logits",
+    if len(plan) == 1 and not cfg.mc_dropout and cfg.views is None:
+        return _write_single(cfg, split, identities[0], ranks, device, progress=progress)
+    members = [{"member": m.index, **identities[m.teacher], "mc_pass": m.mc_pass,
+                "mc_seed": cfg.mc_seed if m.mc_pass is not None else None} for m in plan]
+    layout = MemberLayout.of(cfg, split, members, device)
+    session = WriteSession(cfg, n=len(split), class_names=split.class_names,
+                           dataset=split.identity(), teacher=layout.teacher, ranks=ranks,
+                           device_type=device.type, arrays=layout.arrays, extra=layout.extra,
+                           version=layout.version,
+                           before_finalize=(lambda: delete_array(cfg.store, MEMBER_LOGITS))
+                           if cfg.combined_only else None)  # scratch: keep the combined target
+    with session:
+        if session.todo:
+            _run_members(cfg, plan, split, session, device, layout, progress=progress)
+            _write_combined(cfg, session, layout, progress=progress)
+    return session.meta
+
+
+def _write_single(cfg: EnsembleLogitsConfig, split: Split, identity: dict[str, Any],
+                  ranks: Ranks, device: torch.device, *, progress: bool) -> StoreMeta:
+    """One plain (user) teacher: a v1 store, written as teacher.py writes a checkpoint's."""
+    teacher = {**identity, "device": str(device),
+               "precision": "fp16-autocast" if device.type == "cuda" else "fp32"}
+    session = WriteSession(cfg, n=len(split), class_names=split.class_names,
+                           dataset=split.identity(), teacher=teacher, ranks=ranks,
+                           device_type=device.type)
+    with session:
+        if session.todo:
+            loaded = _load(cfg, 0)
+            model = _checked(loaded, loaded.name, len(split.class_names), device)
+            writer = session.writer
+
+            def write(index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
+                check_finite(logits, name=loaded.name, first_row=writer.unit_slice(index).start)
+                session.write(index, sample_ids=sample_ids, logits=logits)
+
+            bar = progress_bar(total=_rows(writer, session.todo), desc="teacher-logits",
+                               unit="row", enabled=progress)
+            write_chunks(writer.unit_slice, write, model, split, session.todo,
+                         batch_size=cfg.batch_size, device=device, on_rows=bar.update)
+            bar.close()
+    return session.meta
+
+
+def _checked(teacher: LoadedTeacher, name: str, num_classes: int,
+             device: torch.device) -> CheckedTeacher:
+    if isinstance(teacher.model, torch.nn.Module):
+        teacher.model.to(device)
+    return CheckedTeacher(teacher.model, teacher.transform, name=name, num_classes=num_classes)
+
+
+def _rows(writer: Any, units: list[int]) -> int:
+    return sum(writer.unit_slice(i).stop - writer.unit_slice(i).start for i in units)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberLayout:
+    """The store's teacher key, per-member and view arrays, attributes and format version."""
+
+    teacher: dict[str, Any]
+    arrays: tuple[RowArray, ...]
+    extra: dict[str, Any]
+    version: int | None
+    views: Any = None  # the augmentation spec with --views, else None
+
+    @classmethod
+    def of(cls, cfg: EnsembleLogitsConfig, split: Split, members: list[dict[str, Any]],
+           device: torch.device) -> MemberLayout:
+        n, c, m = len(split), len(split.class_names), len(members)
+        rows = session_chunk_rows(Dense(), cfg.chunk_rows, n=n, num_classes=c, per_sample=1)
+        arrays = [RowArray(MEMBER_LOGITS, (c,), "float16", ("member", "row", "class"),
+                           members=m, per_member=True)]
+        extra = _extra(cfg, members, n=n, c=c, rows=rows)
+        spec = None
+        if cfg.views is not None:
+            spec, v = vw.parse_spec(cfg.augment), int(cfg.views)
+            arrays += [RowArray(vw.MEMBER_VIEW_LOGITS, (v, c), "float16",
+                                ("member", "row", "view", "class"), members=m, per_member=True),
+                       RowArray(vw.VIEW_PARAMS, (v, len(spec.param_names)), "float32",
+                                ("row", "view", "param"))]  # NaN: a user augmentation is off
+            extra["views"] = vw.views_info(spec, views=v, seed=cfg.view_seed)
+        arithmetic_only = cfg.combined_only and cfg.combine == "arithmetic"
+        return cls(teacher=_summary_identity(members, device), arrays=tuple(arrays),
+                   extra=extra, version=COMBINED_ONLY_VERSION if arithmetic_only else None,
+                   views=spec)
+
+
+def view_params(spec: Any, rows: slice, *, views: int, seed: int) -> np.ndarray:
+    """(R, V, P) float32 view parameters of rows `rows` (row r has sample id r)."""
+    return vw.draw_params(spec, seed=seed, sample_ids=np.arange(rows.start, rows.stop),
+                          views=views).astype(np.float32)
+
+
+class ViewInputs:
+    """The V augmented views of rows, (R*V, D) float32, from parameters of (seed, id, view):
+    what every member of a --views ensemble sees."""
+
+    def __init__(self, split: Split, spec: Any, *, views: int, seed: int) -> None:
+        self.split, self.spec, self.views, self.seed = split, spec, views, seed
+
+    def inputs(self, rows: slice) -> np.ndarray:
+        params = view_params(self.spec, rows, views=self.views, seed=self.seed)
+        images = np.repeat(self.split.images[rows], self.views, axis=0)  # (R*V, H, W)
+        return vw.apply_views(images, params.reshape(-1, params.shape[-1]),
+                              spec=self.spec).numpy()
+
+
+def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
+                 session: WriteSession, device: torch.device, layout: MemberLayout, *,
+                 progress: bool) -> None:
+    """Each member's chunks of this rank's units (those not kept by a resume); one teacher in
+    memory at a time, inputs prepared ahead and chunks written behind the forward pass."""
+    writer = session.writer
+    chunks = [i for u in session.todo for i in writer.unit_chunks(u)]
+    views = layout.views
+    source = split if views is None else ViewInputs(split, views, views=int(cfg.views),
+                                                    seed=cfg.view_seed)
+    names = [MEMBER_LOGITS] + ([vw.MEMBER_VIEW_LOGITS] if views is not None else [])
+    bar = progress_bar(total=_rows(writer, session.todo) * len(plan), desc="teacher-logits",
                        unit="row", enabled=progress)
-    if single:
-        teacher = _load(cfg, 0)
-        identity = {**teacher.identity, "device": str(device),
-                    "precision": "fp16-autocast" if device.type == "cuda" else "fp32"}
-        _set_meta(writer, teacher=identity, extra={})
-        for i in range(writer.num_chunks):
-            sl = writer.chunk_slice(i)
-            z = run_teacher(teacher, split.inputs(sl), batch_size=cfg.batch_size, device=device,
-                            num_classes=c, first_row=sl.start)
-            writer.write_chunk(i, sample_ids=np.arange(sl.start, sl.stop), logits=z)
-            bar.update(sl.stop - sl.start)
-        bar.close()
-        return writer.finalize()
-    members_arr = add_row_array(writer.group, ensemble.MEMBER_LOGITS, n=n, row_shape=(c,),
-                                chunk_rows=rows, dtype="float16",
-                                codecs=compressor_codecs(cfg.compressor),
-                                fill_value=float("nan"),
-                                dimension_names=("member", "row", "class"), members=len(plan))
-    views = ViewWriter.create(cfg, writer, members=len(plan)) if cfg.views else None
-    identities = _run_members(cfg, plan, split, writer, device, bar, views)
-    extra = _extra(cfg, identities, n=n, c=c, rows=rows)
-    if views is not None:
-        extra["views"] = views.info
-    _set_meta(writer, teacher=_summary_identity(identities, device), extra=extra,
-              version=COMBINED_ONLY_VERSION if cfg.combined_only and cfg.combine == "arithmetic"
-              else None)
-    for i in range(writer.num_chunks):  # combination pass, one row chunk of all members at a time
-        sl = writer.chunk_slice(i)
-        z = np.asarray(members_arr[:, sl]).astype(np.float64)  # (M, rows, C)
+    for t in range(len(cfg.teachers)):
+        todo = {m.index: [i for i in chunks if not all(
+            session.member_done(a, m.index, writer.chunk_slice(i)) for a in names)]
+            for m in plan if m.teacher == t}
+        bar.update(sum(_rows_of(writer, chunks) - _rows_of(writer, c) for c in todo.values()))
+        if not any(todo.values()):
+            continue  # every chunk of this teacher's members was kept
+        teacher = _load(cfg, t)
+        if cfg.mc_dropout:
+            require_mc_dropout(teacher.model, what=repr(teacher.name), passes=cfg.mc_dropout)
+        for member in (m for m in plan if m.teacher == t):
+            name = teacher.name if member.mc_pass is None else \
+                f"{teacher.name} MC pass {member.mc_pass + 1}"
+            model = _checked(teacher, f"ensemble member {member.index + 1}: {name}",
+                             len(split.class_names), device)
+            write_chunks(writer.chunk_slice, _member_writer(session, member.index, model.name,
+                                                            views is not None, int(cfg.views or 0)),
+                         model, source, todo[member.index],
+                         batch_size=max(1, cfg.batch_size // int(cfg.views or 1)),
+                         device=device, on_rows=bar.update,
+                         before_unit=seeder(cfg.mc_seed, member.mc_pass))
+        del teacher, model
+        gc.collect()  # free this teacher before the next is loaded: peak memory is one teacher
+    bar.close()
+
+
+def _rows_of(writer: Any, chunks: list[int]) -> int:
+    return sum(writer.chunk_slice(i).stop - writer.chunk_slice(i).start for i in chunks)
+
+
+def _member_writer(session: WriteSession, member: int, name: str, views: bool,
+                   v: int) -> Callable[..., None]:
+    """write_chunks' write of one member's chunk: (R, C), or (R*V, C) with views (then
+    member_view_logits, and view 0 in member_logits, which is written last)."""
+    def write(index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
+        sl = session.writer.chunk_slice(index)
+        check_finite(logits, name=name, first_row=sl.start)
+        if views:
+            z = logits.reshape(sl.stop - sl.start, v, -1)  # (R, V, C)
+            session.write_member(vw.MEMBER_VIEW_LOGITS, member, sl, z)
+            logits = z[:, 0]
+        session.write_member(MEMBER_LOGITS, member, sl, logits)
+    return write
+
+
+def _write_combined(cfg: EnsembleLogitsConfig, session: WriteSession, layout: MemberLayout, *,
+                    progress: bool) -> None:
+    """The v1 `logits` of each unit from the stored members (and its view parameters)."""
+    writer = session.writer
+    members = writer.group[MEMBER_LOGITS]
+    bar = progress_bar(total=_rows(writer, session.todo), desc="combine", unit="row",
+                       enabled=progress)
+    for index in session.todo:
+        sl = writer.unit_slice(index)
+        z = np.asarray(members[:, sl]).astype(np.float64)  # (M, rows, C)
         if cfg.combined_only and cfg.combine == "arithmetic":
             out = cfg.temperature * ensemble.combine_log_probs(z, rule="arithmetic",
                                                                temperature=cfg.temperature)
         else:
             out = z.mean(axis=0)  # (rows, C): geometric-mean target at every T
-        writer.write_chunk(i, sample_ids=np.arange(sl.start, sl.stop), logits=out)
+        rows = {}
+        if layout.views is not None:
+            rows[vw.VIEW_PARAMS] = view_params(layout.views, sl, views=int(cfg.views),
+                                               seed=cfg.view_seed)
+        session.write(index, logits=out, rows=rows)
         bar.update(sl.stop - sl.start)
     bar.close()
-    if cfg.combined_only:
-        delete_array(cfg.store, ensemble.MEMBER_LOGITS)  # scratch: only the combined target is kept
-    return writer.finalize()
-
-
-def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
-                 writer: StoreWriter, device: torch.device,
-                 bar: tqdm, views: ViewWriter | None = None) -> list[dict[str, Any]]:
-    """Write member_logits[m] for every member (and its views); one teacher at a time."""
-    identities: list[dict[str, Any]] = []
-    for t in range(len(cfg.teachers)):
-        teacher = _load(cfg, t)
-        if isinstance(teacher.model, torch.nn.Module):
-            teacher.model.to(device)
-        if cfg.mc_dropout and enable_mc_dropout(teacher.model) == 0:
-            raise ConfigError(f"--mc-dropout {cfg.mc_dropout}: teacher {teacher.name!r} has no "
-                              "dropout layers, so its passes would all be equal")
-        for member in (m for m in plan if m.teacher == t):
-            name = teacher.name if member.mc_pass is None else \
-                f"{teacher.name} MC pass {member.mc_pass + 1}"
-            run = dataclasses.replace(teacher, name=f"ensemble member {member.index + 1}: {name}")
-            for i in range(writer.num_chunks):
-                sl = writer.chunk_slice(i)
-                if member.mc_pass is not None:
-                    torch.manual_seed(mc_seed(cfg.mc_seed, member.mc_pass, i))
-                m = member.index
-                x = split.inputs(sl) if views is None else views.inputs(split, sl, member=m)
-                z = run_teacher(run, x, batch_size=cfg.batch_size, device=device,  # (R[*V], C)
-                                num_classes=len(split.class_names), first_row=sl.start)
-                if views is not None:  # (R*V, C) -> member_view_logits; member_logits: view 0
-                    z = views.write(m, sl, z)
-                writer.digests.write(ensemble.MEMBER_LOGITS, sl,
-                                     to_float16(z, first_row=sl.start), member=m)  # (rows, C)
-                bar.update(sl.stop - sl.start)
-            identities.append({"member": member.index, **teacher.identity,
-                               "mc_pass": member.mc_pass,
-                               "mc_seed": cfg.mc_seed if member.mc_pass is not None else None})
-        del teacher, run
-        gc.collect()  # free this teacher before the next is loaded: peak memory is one teacher
-    return identities
-
-
-class ViewWriter:
-    """Augmented views of ensembles: every member's logits of V augmented views of each row, in
-    member_view_logits (M, N, V, C) with chunks (1, R, V, C) (one member writes whole chunks), and
-    the views' parameters in view_params (N, V, P), shared by all members."""
-
-    def __init__(self, spec: Any, *, views: int, seed: int, digests: Any) -> None:
-        self.spec, self.views, self.seed = spec, views, seed
-        self.digests = digests  # the store writer's DigestWriter
-        self.info = vw.views_info(spec, views=views, seed=seed)
-
-    @classmethod
-    def create(cls, cfg: EnsembleLogitsConfig, writer: StoreWriter, *, members: int) -> ViewWriter:
-        spec, v = vw.parse_spec(cfg.augment), int(cfg.views or 0)
-        n, c, rows = writer.meta.n, writer.meta.num_classes, writer.meta.chunk_rows
-        codecs = compressor_codecs(cfg.compressor)  # codec objects are immutable: shared
-        add_row_array(writer.group, vw.MEMBER_VIEW_LOGITS, n=n, row_shape=(v, c),
-                      chunk_rows=rows, dtype="float16", codecs=codecs, fill_value=float("nan"),
-                      dimension_names=("member", "row", "view", "class"), members=members)
-        add_row_array(writer.group, vw.VIEW_PARAMS, n=n, row_shape=(v, len(spec.param_names)),
-                      chunk_rows=rows, dtype="float32", codecs=codecs, fill_value=float("nan"),
-                      dimension_names=("row", "view", "param"))
-        return cls(spec, views=v, seed=cfg.view_seed, digests=writer.digests)
-
-    def inputs(self, split: Split, sl: slice, *, member: int) -> np.ndarray:
-        """The V views of rows `sl`, (R*V, D) float32, from parameters of (seed, id, view);
-        the first member also stores those parameters (they are the same for every member)."""
-        params = vw.draw_params(self.spec, seed=self.seed, sample_ids=np.arange(sl.start, sl.stop),
-                                views=self.views)  # (R, V, P)
-        if member == 0:
-            self.digests.write(vw.VIEW_PARAMS, sl, params.astype(np.float32))
-        images = np.repeat(split.images[sl], self.views, axis=0)  # (R*V, H, W)
-        return vw.apply_views(images, params.reshape(-1, params.shape[-1]), spec=self.spec).numpy()
-
-    def write(self, member: int, sl: slice, logits: np.ndarray) -> np.ndarray:
-        """Store member `member`'s view logits (R*V, C) of rows `sl`; returns view 0's (R, C)."""
-        z = logits.reshape(sl.stop - sl.start, self.views, -1)  # (R, V, C)
-        half = to_float16(z.reshape(len(logits), -1), first_row=sl.start).reshape(z.shape)
-        self.digests.write(vw.MEMBER_VIEW_LOGITS, sl, half, member=member)
-        return z[:, 0]
-
-
-def _set_meta(writer: StoreWriter, *, teacher: dict[str, Any], extra: dict[str, Any],
-              version: int | None = None) -> None:
-    """Record the teacher identity and ensemble keys; the store stays incomplete."""
-    writer.meta = dataclasses.replace(writer.meta, teacher=teacher,
-                                      extra={**writer.meta.extra, **extra},
-                                      version=version or writer.meta.version)
-    writer.group.attrs.update({ATTR_KEY: writer.meta.to_json()})
 
 
 def run(cfg: EnsembleLogitsConfig, *, progress: bool = True) -> tuple[StoreMeta, float]:

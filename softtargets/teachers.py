@@ -21,13 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from softtargets.errors import CheckpointError, ConfigError, LogitValueError
+from softtargets.errors import CheckpointError, ConfigError
 from softtargets.models import file_sha256, load_checkpoint, safe_load
-from softtargets.write.forward import model_output
 
 KINDS = ("softtargets", "torchscript", "export", "factory")
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -158,32 +156,3 @@ def enable_mc_dropout(model: Any) -> int:
     for m in layers:
         m.train()
     return len(layers)
-
-
-@torch.inference_mode()
-def run_teacher(teacher: LoadedTeacher, inputs: np.ndarray, *, batch_size: int,
-                device: torch.device, num_classes: int, first_row: int = 0) -> np.ndarray:
-    """Logits (R, C) float32 of inputs (R, D); checks shape (batch, C) and finiteness per batch.
-
-    first_row: dataset row of inputs[0], for error messages.
-    """
-    out = []
-    for start in range(0, len(inputs), batch_size):
-        x = torch.from_numpy(inputs[start:start + batch_size]).to(device)
-        if teacher.transform is not None:
-            x = teacher.transform(x)
-        logits = model_output(teacher.model, x, device)  # the one forward of stage 1
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or \
-                logits.shape[0] != len(x) or logits.shape[1] != num_classes:
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise CheckpointError(f"teacher {teacher.name!r} returned {got} for a batch of "
-                                  f"{len(x)}; expected logits of shape (batch, C) = ({len(x)}, "
-                                  f"{num_classes}) for the dataset's {num_classes} classes")
-        logits = logits.float()
-        if not torch.isfinite(logits).all():
-            row = first_row + start + int((~torch.isfinite(logits)).any(dim=1).nonzero()[0, 0])
-            raise LogitValueError(f"teacher {teacher.name!r} produced NaN/Inf logits (first at "
-                                  f"input row {row}); refusing it. Check the model and its "
-                                  "preprocessing (--transform)")
-        out.append(logits.cpu().numpy())
-    return np.concatenate(out)

@@ -16,11 +16,12 @@ from softtargets.models import ModelSpec, build, save_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_teacher(path: Path, data_cfg, *, seed: int = 0, hidden=(32,)) -> Path:
+def make_teacher(path: Path, data_cfg, *, seed: int = 0, hidden=(32,),
+                 dropout: float = 0.0) -> Path:
     """An untrained, seeded MLP checkpoint: enough for stage 1 (its logits are what they are)."""
     split = load_split(data_cfg)
     torch.manual_seed(seed)
-    spec = ModelSpec(inputs=784, hidden=tuple(hidden), classes=10)
+    spec = ModelSpec(inputs=784, hidden=tuple(hidden), classes=10, dropout=dropout)
     save_checkpoint(path, model=build(spec), spec=spec, config={}, dataset=split.identity(),
                     class_names=split.class_names, metrics={})
     return path

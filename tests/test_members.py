@@ -148,3 +148,79 @@ def test_unknown_rule_and_bad_spec(setup, tmp_path):
     res = run("teacher-logits", *args, "--ensemble", spec, "--store", tmp_path / "x.zarr",
               ok=False)
     assert res.exit_code == 1 and "unknown keys ['members']" in res.output
+
+
+# --- one write session: --resume after SIGKILL and torchrun ranks ------------------------------
+
+MEMBER_RUNS = {"ensemble": lambda t: ["--teacher", t[1]],
+               "mc-dropout": lambda t: ["--mc-dropout", 2, "--mc-seed", 5]}
+VIEWS = {"ensemble-views": lambda t: ["--teacher", t[1], "--views", 2, "--augment",
+                                      "shift=1,flip=1"]}
+
+
+@pytest.fixture
+def member_setup(tiny_data, tmp_path):
+    """A dropout teacher and a second teacher; stage-1 args of an ensemble or MC run."""
+    from stage1_helpers import make_teacher, stage1_args
+    teachers = [make_teacher(tmp_path / f"t{i}.pt", tiny_data, seed=i, dropout=0.3)
+                for i in range(2)]
+
+    def args(kind, store, *extra):
+        runs = {**MEMBER_RUNS, **VIEWS}
+        return stage1_args(tiny_data, teachers[0], store, *runs[kind](teachers), *extra)
+    return args
+
+
+def member_chunks(store):
+    d = store / "member_logits" / "c"
+    return sum(1 for p in d.rglob("*") if p.is_file()) if d.exists() else 0
+
+
+@pytest.mark.parametrize("kind", list(MEMBER_RUNS))
+def test_members_sigkill_then_resume_is_bit_identical(member_setup, tmp_path, kind):
+    import signal
+    from stage1_helpers import chunk_files, start_stage1, wait_for
+    ref, store = tmp_path / "ref.zarr", tmp_path / "s.zarr"
+    run(*member_setup(kind, ref))  # uninterrupted: 2 members x 12 chunks of 8 rows
+    proc = start_stage1(member_setup(kind, store), delay=0.15)
+    try:  # killed while the second member writes its chunks
+        wait_for(lambda: member_chunks(store) >= 15, what="15 member chunks written")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    written = member_chunks(store)
+    assert 15 <= written < 24 and not (store / "logits" / "c").exists()
+    res = run(*member_setup(kind, store), ok=False)  # no --resume: refused
+    assert res.exit_code == 1 and "(or --resume to continue an interrupted run)" in res.output
+    before = {p: p.stat().st_mtime_ns for p in (store / "member_logits" / "c").rglob("0")}
+    run(*member_setup(kind, store, "--resume"))
+    after = {p: p.stat().st_mtime_ns for p in (store / "member_logits" / "c").rglob("0")}
+    kept = [p for p in before if after.get(p) == before[p]]
+    assert len(kept) >= written - 2 and member_chunks(store) == 24  # verified chunks kept
+    assert chunk_files(store) == chunk_files(ref)  # every chunk object byte-identical
+    a, b = LogitStore.open(str(store)), LogitStore.open(str(ref))
+    np.testing.assert_array_equal(a.group["member_logits"][:], b.group["member_logits"][:])
+    assert a.read_all()[1].tobytes() == b.read_all()[1].tobytes()
+    assert not (tmp_path / "s.zarr.lock").exists()
+
+
+@pytest.mark.parametrize("kind", [*MEMBER_RUNS, *VIEWS])
+def test_members_two_process_torchrun_matches_one_process(member_setup, tmp_path, kind):
+    from stage1_helpers import chunk_files
+    from test_distributed import torchrun
+    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
+    run(*member_setup(kind, one, "--shard-rows", 16))
+    proc = torchrun(member_setup(kind, two, "--shard-rows", 16))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("teacher-logits: 96 x 10 float16 logits") == 1  # rank 0 only
+    assert chunk_files(two) == chunk_files(one)
+    a, b = LogitStore.open(str(two)), LogitStore.open(str(one))
+    assert a.meta.complete and a.meta.extra["shard_rows"] == 16
+    np.testing.assert_array_equal(a.group["member_logits"][:], b.group["member_logits"][:])
+    np.testing.assert_array_equal(a.read_all()[1], b.read_all()[1])
+    if kind in VIEWS:  # every member's views, and their parameters, through the session
+        assert a.group["member_view_logits"].shape == (2, 96, 2, 10)
+        np.testing.assert_array_equal(a.group["member_view_logits"][:],
+                                      b.group["member_view_logits"][:])
+        np.testing.assert_array_equal(a.group["view_params"][:], b.group["view_params"][:])

@@ -203,9 +203,33 @@ def test_an_ensemble_of_modules_and_a_writer_with_members_give_the_same_bytes(tm
         write_logits(members, data, tmp_path / "y.zarr", targets=TopK(3), device="cpu")
 
 
+def test_mc_dropout_members_are_seeded_per_pass_and_chunk(tmp_path):
+    from softtargets.write.passes import mc_seed
+    images, labels = rgb_data()
+    data = from_tensors(images, labels, num_classes=CLASSES, name="rgb")
+    model = torch.nn.Sequential(teacher(), torch.nn.Dropout(0.5))
+    meta = write_logits(model, data, tmp_path / "mc.zarr", mc_dropout=2, mc_seed=3,
+                        batch_size=8, chunk_rows=CHUNK, device="cpu")
+    ens = meta.extra["ensemble"]["members"]
+    assert [(m["mc_pass"], m["mc_seed"]) for m in ens] == [(0, 3), (1, 3)]
+    assert model.training and model[1].training  # modes given back
+    stored = LogitStore.open(str(tmp_path / "mc.zarr")).group["member_logits"][:]  # (2, N, C)
+    model.eval()
+    model[1].train()  # only dropout in train mode, as the passes ran
+    for k in range(2):
+        for i in range(N // CHUNK):
+            torch.manual_seed(mc_seed(3, k, i))
+            with torch.inference_mode():
+                want = model(torch.from_numpy(images[i * CHUNK:(i + 1) * CHUNK]))
+            np.testing.assert_array_equal(stored[k, i * CHUNK:(i + 1) * CHUNK],
+                                          want.numpy().astype(np.float16))
+    assert not np.array_equal(stored[0], stored[1])  # the passes differ
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    ({"views": 2}, r"views= and mc_dropout= are written from the command line for now"),
-    ({"mc_dropout": 4}, r"views= and mc_dropout= are written from the command line for now"),
+    ({"views": 2}, r"views= is written from the command line for now"),
+    ({"mc_dropout": 0}, r"mc_dropout must be a positive number of passes, got 0"),
+    ({"mc_dropout": 2}, r"--mc-dropout 2: teacher 0 \(TinyCNN\) has no dropout layers"),
     ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
 ])
 def test_what_write_logits_cannot_do_is_refused_in_one_line(tmp_path, kwargs, message):

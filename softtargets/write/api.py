@@ -24,6 +24,8 @@ from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
 from softtargets.store import StoreMeta
 from softtargets.write.forward import as_input, forward, prepare_model, resolve_device, write_chunks
+from softtargets.write.passes import chunk_logits, require_mc_dropout
+from softtargets.write.passes import mc_seed as mc_seed_of
 from softtargets.write.targets import Dense, Targets
 from softtargets.write.writer import LogitWriter
 
@@ -87,20 +89,26 @@ def _teachers(teacher: Any) -> list[nn.Module]:
     return teachers
 
 
-def _check_call(dataset: Any, views: Any, mc_dropout: Any, batch_size: Any) -> None:
+def _check_call(dataset: Any, views: Any, mc_dropout: Any, batch_size: Any) -> int | None:
     if not isinstance(dataset, BaseDataset):
         raise ConfigError(f"dataset must be a softtargets dataset (softtargets.datasets), got "
                           f"{type(dataset).__name__}; wrap yours with softtargets.datasets."
                           "wrap(dataset, num_classes=C)")
-    if views is not None or mc_dropout is not None:
-        raise ConfigError("views= and mc_dropout= are written from the command line for now "
-                          "(teacher-logits --views V / --mc-dropout K); drop them here")
+    if views is not None:
+        raise ConfigError("views= is written from the command line for now (teacher-logits "
+                          "--views V --augment SPEC); drop it here")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if mc_dropout is None:
+        return None
+    if isinstance(mc_dropout, bool) or not isinstance(mc_dropout, int) or mc_dropout < 1:
+        raise ConfigError(f"mc_dropout must be a positive number of passes, got {mc_dropout!r}")
+    return mc_dropout
 
 
 def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = Dense(),
-                 views: Any = None, mc_dropout: Any = None, batch_size: int = 256,
+                 views: Any = None, mc_dropout: Any = None, mc_seed: int = 0,
+                 batch_size: int = 256,
                  device: str = "auto", resume: bool = False, dataset_id: str | None = None,
                  chunk_rows: int | None = None, shard_rows: int | None = None,
                  overwrite: bool = False, compressor: str = "zstd",
@@ -109,6 +117,9 @@ def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = D
 
     A list of teachers is an ensemble: every member's raw logits go to `member_logits` and
     their mean to `logits` (docs/FORMAT.md, "Ensembles"); the targets must be Dense().
+    mc_dropout=K runs each teacher K times with only its dropout layers in train mode, the
+    masks of pass k over chunk i seeded by (mc_seed, k, i) as on the command line: members
+    teacher x pass, in `member_logits` like an ensemble's.
 
     A dataset of sequences (`dataset.positions` = L, e.g. TokenSequences) gets a row per
     position: the teacher returns (B, L, C) and `targets` must be TopK or Sampled. Under
@@ -116,25 +127,36 @@ def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = D
     and run in eval mode; its training flag is restored afterwards.
     """
     teachers = _teachers(teacher)
-    _check_call(dataset, views, mc_dropout, batch_size)
+    passes = _check_call(dataset, views, mc_dropout, batch_size)
     ranks = ranks_from_env()
     dev = resolve_device(device)
     if ranks.world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", ranks.local_rank)
-    ensemble = isinstance(teacher, (list, tuple))
-    members = len(teachers) if ensemble else None
+    ensemble = isinstance(teacher, (list, tuple)) or passes is not None
+    members = len(teachers) * (passes or 1) if ensemble else None
     modes = [t.training for t in teachers]
     try:
-        model = prepare_model(Members(teachers) if ensemble else teachers[0], dev)
-        _probe(model, dataset, dev, members)
+        model = prepare_model(Members(teachers), dev) if ensemble else \
+            prepare_model(teachers[0], dev)
+        _probe(model, dataset, dev, len(teachers) if ensemble else None)
         identity = [module_identity(t, dev) for t in teachers]
+        if passes is not None:  # members teacher x pass, as plan_members orders them
+            identity = [{**i, "mc_pass": k, "mc_seed": mc_seed} for i in identity
+                        for k in range(passes)]
+            for i, t in enumerate(teachers):
+                require_mc_dropout(t, what=f"{i} ({type(t).__name__})", passes=passes)
         writer = LogitWriter(store, dataset=dataset, targets=targets, chunk_rows=chunk_rows,
                              shard_rows=shard_rows, compressor=compressor, overwrite=overwrite,
                              resume=resume, teacher=identity if ensemble else identity[0],
                              positions=dataset.positions is not None, dataset_id=dataset_id,
                              members=members)
         with writer:
-            _run(writer, model, dataset, batch_size=batch_size, device=dev, progress=progress)
+            if passes is None:
+                _run(writer, model, dataset, batch_size=batch_size, device=dev,
+                     progress=progress)
+            else:
+                _run_passes(writer, teachers, dataset, passes=passes, seed=mc_seed,
+                            batch_size=batch_size, device=dev, progress=progress)
     finally:
         for t, mode in zip(teachers, modes):
             t.train(mode)
@@ -153,4 +175,25 @@ def _run(writer: LogitWriter, model: nn.Module, dataset: BaseDataset, *, batch_s
                        desc="teacher-logits", unit="row", enabled=progress)
     write_chunks(units.__getitem__, append, model, dataset, list(units), batch_size=batch_size,
                  device=device, on_rows=bar.update)
+    bar.close()
+
+
+def _run_passes(writer: LogitWriter, teachers: list[nn.Module], dataset: BaseDataset, *,
+                passes: int, seed: int, batch_size: int, device: torch.device,
+                progress: bool) -> None:
+    """This process's units of MC-dropout members: every (teacher, pass) over each chunk of a
+    unit, seeded per (seed, pass, chunk), then the unit's (rows, M, C) appended."""
+    chunk_rows = writer.session.writer.meta.chunk_rows
+    todo = writer.todo_units()
+    bar = progress_bar(total=sum(r.stop - r.start for _, r in todo), desc="teacher-logits",
+                       unit="row", enabled=progress)
+    for _, rows in todo:
+        chunks = [slice(a, min(rows.stop, a + chunk_rows))
+                  for a in range(rows.start, rows.stop, chunk_rows)]
+        z = np.stack([np.concatenate([
+            chunk_logits(t, dataset, c, batch_size=batch_size, device=device,
+                         seed=mc_seed_of(seed, k, c.start // chunk_rows)) for c in chunks])
+            for t in teachers for k in range(passes)], axis=1)  # (rows, M, C)
+        writer.append(dataset.ids(rows), z)
+        bar.update(rows.stop - rows.start)
     bar.close()

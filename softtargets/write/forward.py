@@ -115,13 +115,16 @@ WriteUnit = Callable[..., None]  # (index, *, sample_ids (rows,), logits (rows, 
 def write_chunks(slice_of: Callable[[int], slice], write_unit: WriteUnit, model: torch.nn.Module,
                  split: Any, chunks: Iterable[int], *, batch_size: int, device: torch.device,
                  channels_last: bool = False, prefetch_batches: int = 2,
-                 on_rows: Callable[[int], object] | None = None) -> None:
+                 on_rows: Callable[[int], object] | None = None,
+                 before_unit: Callable[[int], object] | None = None) -> None:
     """Compute and write the units `chunks` (rows `slice_of(i)`, any subset, any order).
 
     `write_unit` is a store writer's or write session's whole-unit write; nothing is finalized.
     Inputs are prepared `prefetch_batches` ahead in a thread; each finished unit goes to one
     background writer thread (cast to fp16 with range checks, compression, write). An error in
     either thread is raised here, and then the caller must not finalize the store.
+    `before_unit(i)` runs before unit i's first forward, in this thread (e.g. to seed
+    MC-dropout masks per unit).
     """
     spans = ((i, slice_of(i)) for i in chunks)
     batches = prefetch(input_batches(split, spans, batch_size=batch_size, device=device,
@@ -140,6 +143,8 @@ def write_chunks(slice_of: Callable[[int], slice], write_unit: WriteUnit, model:
     parts: list[torch.Tensor] = []
     try:
         for index, x, last in batches:
+            if before_unit is not None and not parts:
+                before_unit(index)
             parts.append(forward(model, x, device))  # (B, [L,] C) float32
             if last:
                 background.submit((index, parts))

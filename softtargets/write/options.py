@@ -22,7 +22,7 @@ from softtargets.write.targets import Targets
 AUTO_SHARD_MIN_CHUNKS = 256  # above this many chunks a store is sharded automatically
 SHARD_BYTES = 64 * 1024 * 1024  # target size of one shard object
 # Config keys that may differ between a run and its resumption (they do not change the bytes).
-RESUME_IGNORED = ("overwrite", "resume", "break_lock", "store", "teacher")
+RESUME_IGNORED = ("overwrite", "resume", "break_lock", "store", "teacher", "teachers")
 # Teacher keys that must match to resume (device and paths may change between runs).
 TEACHER_KEYS = ("checkpoint_sha256", "arch", "precision")
 DATASET_KEYS = ("name", "split", "n", "limit", "fingerprint")  # reported first when they differ

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ import numpy as np
 from softtargets.codecs import compressor_codecs, to_float16
 from softtargets.config import to_dict
 from softtargets.destination import sweep_partial_files
-from softtargets.digests import INPUT, INPUTS_KEY, add_input_digest_array
+from softtargets.digests import INPUT, INPUTS_KEY, DigestCheck, add_input_digest_array
 from softtargets.digests import META as DIGESTS_META
 from softtargets.digests import META_KEY as DIGESTS_KEY
 from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_status
@@ -37,7 +38,7 @@ from softtargets.errors import (ForeignDataError, IncompleteStoreError, StoreErr
                                 StoreExistsError)
 from softtargets.lock import StoreLock
 from softtargets.schema import row_arrays
-from softtargets.store import RowWriter, StoreMeta, add_row_array, read_meta
+from softtargets.store import ATTR_KEY, RowWriter, StoreMeta, add_row_array, read_meta
 from softtargets.write.options import (check_resumable, effective_shard_rows,
                                        session_chunk_rows, store_exists)
 from softtargets.write.rows import RowMap, expected_ids, unit_ok, write_input_digests
@@ -58,6 +59,9 @@ class RowArray:
     dtype: str  # "float16" or "float32"
     dimension_names: tuple[str, ...]
     members: int | None = None  # M: an (M, n, *row_shape) array, chunks of one member
+    # written member by member (`WriteSession.write_member`) before the unit's `write`, so a
+    # caller needs one member's model in memory at a time; `write` then takes no values of it
+    per_member: bool = False
 
     def unit_shape(self, rows: int) -> tuple[int, ...]:
         """Shape of one unit's values as `write` takes them: rows first."""
@@ -78,7 +82,8 @@ class WriteSession:
                  device_type: str = "cpu", arrays: tuple[RowArray, ...] = (),
                  extra: dict[str, Any] | None = None, targets: Targets | None = None,
                  config: dict[str, Any] | None = None, rows: RowMap | None = None,
-                 inputs: Any = None) -> None:
+                 inputs: Any = None, version: int | None = None,
+                 before_finalize: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self.targets = check_targets(targets if targets is not None else Dense())
         self.arrays = arrays  # extra row arrays beside the kind's own
@@ -86,6 +91,8 @@ class WriteSession:
         self.config = config if config is not None else to_dict(cfg)
         self.rows = rows
         self.inputs = inputs
+        self.version = version  # the store's format version, when not the kind's default
+        self.before_finalize = before_finalize  # rank 0, after every unit, before `complete`
         if rows is not None and rows.n != n:  # internal invariant, not user input
             raise RuntimeError(f"write session of {n} rows given a row map of {rows.n}")
         self.spec = {"n": n, "class_names": tuple(class_names), "dataset": dataset,
@@ -183,6 +190,9 @@ class WriteSession:
         if self.inputs is not None:
             add_input_digest_array(writer.group, n=n, chunk_rows=writer.meta.chunk_rows,
                                    unit_rows=writer.unit_rows)
+        if self.version is not None:  # e.g. a combined-only ensemble store
+            writer.meta = dataclasses.replace(writer.meta, version=self.version)
+            writer.group.attrs.update({ATTR_KEY: writer.meta.to_json()})
         return writer
 
     def _plan(self) -> None:
@@ -223,6 +233,39 @@ class WriteSession:
         if self.delay:
             time.sleep(self.delay)
 
+    def write_member(self, name: str, member: int, rows: slice, values: np.ndarray) -> None:
+        """Write member `member`'s rows `rows` (chunk-aligned, inside this rank's units) of
+        per-member array `name`: values (rows, *row_shape). Refreshes the lease."""
+        if self.lock is not None:
+            self.lock.check()
+        a = next(a for a in self.arrays if a.name == name and a.per_member)
+        values = np.asarray(values)
+        if values.shape != (rows.stop - rows.start, *a.row_shape):
+            raise StoreError(f"rows {rows.start}..{rows.stop - 1} of {name!r} (member {member}) "
+                             f"need shape {(rows.stop - rows.start, *a.row_shape)}, "
+                             f"got {values.shape}")
+        if a.dtype == "float16":
+            values = to_float16(values, first_row=rows.start)
+        self._writer().digests.write(name, rows, values.astype(a.dtype, copy=False),
+                                     member=member)
+        if self.lock is not None:
+            self.lock.heartbeat()
+        if self.delay:
+            time.sleep(self.delay)
+
+    def member_done(self, name: str, member: int, rows: slice) -> bool:
+        """On resume, whether member `member`'s rows `rows` of `name` are written and match
+        their digests (then they are kept); False for a new store."""
+        if not self.cfg.resume:
+            return False
+        writer = self._writer()
+        try:
+            data = np.asarray(writer.group[name][member, rows])
+            check = DigestCheck(writer.group, writer.meta, "", cache=False)
+            return check.mismatch(name, rows.start, data, member=member) is None
+        except Exception:  # a damaged or unfinished chunk: rewrite it
+            return False
+
     def _write_unit(self, index: int, *, sample_ids: np.ndarray | None, logits: np.ndarray,
                     positions: np.ndarray | None, rows: dict[str, np.ndarray]) -> None:
         writer = self._writer()
@@ -230,7 +273,8 @@ class WriteSession:
         if sample_ids is None:
             sample_ids, expected = expected_ids(self.rows, sl)
             positions = expected if positions is None else positions
-        for a in self.arrays:  # extras first: sample_id, written last, marks the unit done
+        # extras first: sample_id, written last, marks the unit done
+        for a in (a for a in self.arrays if not a.per_member):
             values = np.asarray(rows[a.name])
             if values.shape != a.unit_shape(sl.stop - sl.start):
                 raise StoreError(f"unit {index} of {a.name!r} needs shape "
@@ -291,6 +335,8 @@ class WriteSession:
             writer.mark_written(index)
         if self.lock is not None:
             self.lock.heartbeat()  # a writer whose lease was taken over must not finalize
+        if self.before_finalize is not None:
+            self.before_finalize()
         return writer.finalize()
 
     def _release(self) -> None:
