@@ -1,6 +1,8 @@
 """StreamingDistillDataset: every store kind streamed unit by unit, split across DataLoader
 workers and ranks, resumed mid-epoch, in bounded memory, through the checked readers."""
 
+import copy
+import pickle
 import shutil
 from collections import Counter
 
@@ -234,6 +236,9 @@ def test_epochs_in_one_process_reuse_the_reader_opened_at_construction(tmp_path,
         ds.set_epoch(epoch)
         epochs.append(sum(batches(ds), []))
     assert opened == [str(url)]  # the scan's reader, read with in every epoch
+    again = copy.copy(ds)  # as StreamingDistillData makes one per epoch: shares the reader
+    assert sum(batches(again), []) == epochs[2] and opened == [str(url)]
+    assert not pickle.loads(pickle.dumps(ds))._readers  # another process opens its own
     assert all(sorted(e) == list(range(96)) for e in epochs) and epochs[0] != epochs[1]
     # worker processes open their own reader (in their process: `opened` here is unchanged)
     assert sorted(sum(batches(ds, ds.loader(num_workers=2)), [])) == list(range(96))

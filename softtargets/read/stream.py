@@ -44,6 +44,15 @@ LAYOUT = ("seed", "batch_size", "rank", "world_size", "shuffle", "drop_last", "b
           "rows")
 
 
+class OpenReaders(dict):
+    """Unit readers opened in this process, by UnitSpec. Copies of a dataset (copy.copy, as
+    StreamingDistillData makes per epoch) share it; a pickled one arrives empty, so another
+    process opens its own readers."""
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return OpenReaders, ()
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerFailure:
     """A softtargets error of a DataLoader worker, sent to the main process as an item so it
@@ -128,9 +137,8 @@ class StreamingDistillDataset(IterableDataset):
         reader = self._units.open()
         kept, seen = scan(reader, keep=keep, dataset_n=n)
         # this process's epochs reuse the open reader: opening a store and reading its chunk
-        # digests again every epoch cost the stream ~10% of its speed. A dict, so that the
-        # per-epoch shallow copies (StreamingDistillData) share it.
-        self._readers = {self._units: reader}
+        # digests again every epoch cost the stream ~10% of its speed
+        self._readers = OpenReaders({self._units: reader})
         missing = np.setdiff1d(chosen, inside)
         refuse_missing(self.dataset, self.url, chosen,
                        np.union1d(missing, inside[~seen[inside]]))
@@ -264,8 +272,7 @@ class StreamingDistillDataset(IterableDataset):
         self._resume, self._position = dict(state), dict(state)
 
     def __getstate__(self) -> dict[str, Any]:
-        # counters and open readers stay with their process
-        return {**self.__dict__, "gauge": ChunkGauge(), "_readers": {}}
+        return {**self.__dict__, "gauge": ChunkGauge()}  # counters stay with their process
 
 
 class StreamLoader:
