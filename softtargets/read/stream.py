@@ -36,7 +36,8 @@ from softtargets.read.dataset import (check_pairing, dataset_name, refuse_missin
                                       sample_ids_of)
 from softtargets.read.load import ReadOptions, open_source
 from softtargets.read.units import ARRAYS_KIND, UnitSpec, scan
-from softtargets.stream import ChunkGauge, StreamPlan, resume_point, worker_batches
+from softtargets.stream import (ChunkGauge, StreamPlan, UnitReader, resume_point,
+                                worker_batches)
 from softtargets.views import VIEW_LOGITS, VIEW_PARAMS
 
 # what a saved position must match to continue the same order
@@ -215,7 +216,7 @@ class StreamingDistillDataset(IterableDataset):
                                 skip_batches=skip[logical], gauge=self.gauge, reader=reader)
         yield from prefetch(self._batches(source), depth=self.prefetch_batches, name="stream")
 
-    def _reader(self) -> Any:
+    def _reader(self) -> UnitReader:
         """The unit reader of this process, opened once (the store was checked at __init__)."""
         if self._units not in self._readers:  # unpickled in another process
             self._readers[self._units] = self._units.open()
