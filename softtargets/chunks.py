@@ -8,8 +8,10 @@ chunk digests; a chunk that fails names the store, the array and the chunk. nump
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -136,23 +138,55 @@ class ChunkReader:
         except FileNotFoundError as e:
             raise StoreError(f"store {self.url!r}: {where} is missing ({key}); the chunk was "
                              "never written or was deleted") from e
-        steps = list(reversed(self._fast[name]))  # type: ignore[arg-type]  # decode order
         try:
-            for codec in steps[:-1]:
-                raw = codec.decode(raw)
-            last = steps[-1] if steps else None
-            if isinstance(last, (numcodecs.Zstd, numcodecs.Blosc)):
-                got = last.decode(raw, out=out)
-                size = np.frombuffer(got, dtype=np.uint8).size
-            else:
-                raw = last.decode(raw) if last is not None else raw
-                size = len(memoryview(raw).cast("B"))
-                out.reshape(-1).view(np.uint8)[:size] = np.frombuffer(raw, dtype=np.uint8)
-            if size != out.nbytes:
-                raise ValueError(f"decoded {size} bytes, expected {out.nbytes}")
+            decode_chunk(self._fast[name], raw, out)  # type: ignore[arg-type]
         except Exception as e:  # a bad checksum or a truncated chunk
             raise StoreError(f"store {self.url!r}: {where} cannot be decoded, the stored bytes "
                              f"are damaged: {e}") from e
+
+
+def decode_chunk(chain: list[numcodecs.abc.Codec], raw: bytes, out: np.ndarray) -> None:
+    """Decode the stored bytes of one chunk through `chain` (the array's codecs in store order)
+    into `out` (contiguous, the chunk's shape); the crc32c step checks the checksum. Raises
+    (numcodecs' error, or ValueError for a wrong size) when the bytes are damaged."""
+    steps = list(reversed(chain))  # decode order
+    for codec in steps[:-1]:
+        raw = codec.decode(raw)
+    last = steps[-1] if steps else None
+    if isinstance(last, (numcodecs.Zstd, numcodecs.Blosc)):
+        got = last.decode(raw, out=out)  # decompresses straight into `out`
+        size = np.frombuffer(got, dtype=np.uint8).size
+    else:
+        raw = last.decode(raw) if last is not None else raw
+        size = len(memoryview(raw).cast("B"))
+        out.reshape(-1).view(np.uint8)[:size] = np.frombuffer(raw, dtype=np.uint8)
+    if size != out.nbytes:
+        raise ValueError(f"decoded {size} bytes, expected {out.nbytes}")
+
+
+def read_whole(array: Any) -> np.ndarray:
+    """Every value of a small array (a digest array: (..., chunks, 16)), each chunk checked
+    like any other. On a local store with the v1 codecs the chunk files are read directly:
+    zarr spends ~0.2 ms of event-loop work per chunk, 50x the read of a 16-byte digest, and a
+    store has one digest object per chunk. A chunk never written reads as the fill value, as
+    through zarr. Raises on damaged bytes."""
+    chain, root = _numcodecs_chain(array), _local_root(array)
+    if root is None or chain is None or array.shards is not None:
+        return np.asarray(array[...])
+    dtype = np.dtype(array.dtype).newbyteorder("<")  # the bytes codec's order (little)
+    shape, chunks, folder = array.shape, array.chunks, root / array.path
+    out = np.full(shape, array.fill_value, dtype=dtype)
+    block = np.empty(chunks, dtype=dtype)  # edge chunks are stored whole too
+    grid = [range(math.ceil(s / c)) for s, c in zip(shape, chunks)]
+    for coords in itertools.product(*grid):
+        try:
+            raw = (folder / array.metadata.encode_chunk_key(coords)).read_bytes()
+        except FileNotFoundError:
+            continue  # never written: the fill value
+        decode_chunk(chain, raw, block)
+        where = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(coords, chunks, shape))
+        out[where] = block[tuple(slice(0, w.stop - w.start) for w in where)]
+    return out
 
 
 def chunk_label(index: int, sl: slice, name: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,9 @@ DIGEST_BYTES = 16
 PREFIX = b"softtargets.digest/v1\n"
 META_KEY = "digests"  # attributes["softtargets"]["digests"]: {"algorithm", "group", "version"}
 META = {"algorithm": ALGORITHM, "group": DIGESTS, "version": 1}
+# held while a DigestCheck fills its cache (rare: once per array and reader); a module lock keeps
+# the checks picklable
+_FILLING = threading.Lock()
 
 
 def store_key(dataset: dict[str, Any]) -> str:
@@ -96,6 +100,13 @@ def _digest_arrays(group: zarr.Group) -> zarr.Group | None:
     except KeyError:
         return None
     return sub if isinstance(sub, zarr.Group) else None
+
+
+def _read_whole(array: zarr.Array) -> np.ndarray:
+    """All digests of one digest array, its chunk files read directly where they are local."""
+    # imported here: chunks.py imports the stores, which import this module
+    from softtargets.chunks import read_whole
+    return read_whole(array)
 
 
 class DigestWriter:
@@ -187,10 +198,12 @@ class DigestCheck:
         """Stored digests (count, 16) of chunks first.. of `name` (of member `member`)."""
         stored = self._cache.get(name)  # readers decode every chunk: no store lookup per check
         if stored is None:
-            stored = self._read(name, member, first, count)
             if not self.cache:
-                return stored
-            self._cache[name] = stored
+                return self._read(name, member, first, count)
+            with _FILLING:  # decode threads share the reader: the first reads, the others wait
+                stored = self._cache.get(name)
+                if stored is None:
+                    stored = self._cache[name] = self._read(name, member, first, count)
         stored = stored if member is None else stored[member]
         return stored[first:first + count]
 
@@ -203,7 +216,7 @@ class DigestCheck:
         try:
             array = self.sub[name]
             if self.cache:
-                return np.asarray(array[...])
+                return _read_whole(array)
             stored = np.asarray(array[first:first + count] if member is None
                                 else array[member:member + 1, first:first + count])
             return stored if member is None else stored[0]
@@ -310,7 +323,7 @@ class InputCheck:
                                  f"'{DIGESTS}/{INPUT}' is missing; the store was damaged or "
                                  "stripped")
             try:
-                self._stored = np.asarray(sub[INPUT][...])
+                self._stored = _read_whole(sub[INPUT])
             except Exception as e:  # a damaged digest object fails its crc32c
                 raise StoreError(f"store {self.url!r}: the input digests cannot be decoded: "
                                  f"{e}") from e

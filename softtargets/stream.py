@@ -157,13 +157,15 @@ class ChunkGauge:
 
 
 def worker_batches(plan: StreamPlan, *, epoch: int, worker: int, skip_batches: int = 0,
-                   gauge: ChunkGauge | None = None) -> Iterator[Rows]:
+                   gauge: ChunkGauge | None = None,
+                   reader: UnitReader | None = None) -> Iterator[Rows]:
     """Batches of logical `worker` in `epoch`, after skipping its first `skip_batches`.
 
-    Opens the store itself (call it inside the process that iterates). Groups wholly inside the
-    skipped prefix are not read at all. The next group is queued for decoding before the current
-    one is awaited, so the decode threads never idle at a group boundary; its buffer is free by
-    then (every yielded batch is a copy).
+    Reads with `reader`, a reader of the plan's units opened in this process (reused across
+    epochs), else opens the store itself (call it inside the process that iterates). Groups
+    wholly inside the skipped prefix are not read at all. The next group is queued for decoding
+    before the current one is awaited, so the decode threads never idle at a group boundary;
+    its buffer is free by then (every yielded batch is a copy).
     """
     chunks = plan.worker_chunks(epoch, worker)
     groups = [chunks[i:i + plan.buffer_chunks] for i in range(0, len(chunks), plan.buffer_chunks)]
@@ -175,7 +177,7 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int, skip_batches: i
     if first == len(groups):
         return
     gauge = gauge or ChunkGauge()
-    reader = plan.open_reader()
+    reader = plan.open_reader() if reader is None else reader
     size, rows = reader.capacity, plan.buffer_chunks * reader.capacity
     # two group buffers: one being emitted, one being decoded into (memory: 2 groups)
     buffers = [(np.empty(rows, dtype=np.int64),  # (K*R,)

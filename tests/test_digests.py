@@ -98,3 +98,45 @@ def test_inspect_and_verify_say_whether_a_store_is_bound(tmp_path):
     assert ("digests:    UNBOUND: no chunk digests (written before they existed); a chunk in "
             "the wrong place would go unnoticed") in run_cli("inspect", golden).output
     assert "UNBOUND: no chunk digests" in run_cli("verify", golden).output
+
+
+def test_digest_arrays_read_whole_as_zarr_reads_them(tmp_path):
+    from softtargets.chunks import read_whole
+    write_store(tmp_path / "s.zarr")  # 3 chunks: one digest object each
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    for name in ("logits", "sample_id"):
+        whole = read_whole(g[f"digests/{name}"])
+        assert whole.shape == (3, 16) and whole.dtype == np.uint8
+        np.testing.assert_array_equal(whole, g[f"digests/{name}"][...])
+    (tmp_path / "s.zarr" / "digests" / "logits" / "c" / "1" / "0").unlink()
+    whole = read_whole(g["digests/logits"])  # never written: the fill value, as through zarr
+    assert not whole[1].any() and whole[0].any() and whole[2].any()
+    with pytest.raises(StoreError, match=r"chunk 1 \(rows 2\.\.3\) of 'logits' has no digest"):
+        LogitStore.open(str(tmp_path / "s.zarr")).read_all()
+
+
+def test_a_damaged_digest_object_is_refused_naming_its_array(tmp_path):
+    write_store(tmp_path / "s.zarr")
+    obj = tmp_path / "s.zarr" / "digests" / "logits" / "c" / "2" / "0"
+    raw = bytearray(obj.read_bytes())
+    raw[3] ^= 0xFF
+    obj.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match=r"the digests of 'logits' cannot be decoded: .*"
+                                         r"checksum"):
+        LogitStore.open(str(tmp_path / "s.zarr")).read_all()
+
+
+def test_decode_threads_sharing_a_check_read_each_digest_array_once(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from softtargets.chunks import ChunkReader
+    write_store(tmp_path / "s.zarr")
+    reads = []
+    real = dg.DigestCheck._read
+    monkeypatch.setattr(dg.DigestCheck, "_read",
+                        lambda self, name, *a: reads.append(name) or real(self, name, *a))
+    reader = ChunkReader(str(tmp_path / "s.zarr"))
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(reader.read, [0, 1, 2, 0, 1, 2, 0, 1]))
+    assert sorted(reads) == ["logits", "sample_id"]
+    np.testing.assert_array_equal(np.concatenate([g[0] for g in got[:3]]), GOLDEN_IDS)

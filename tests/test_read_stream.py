@@ -1,6 +1,8 @@
 """StreamingDistillDataset: every store kind streamed unit by unit, split across DataLoader
 workers and ranks, resumed mid-epoch, in bounded memory, through the checked readers."""
 
+import copy
+import pickle
 import shutil
 from collections import Counter
 
@@ -220,6 +222,26 @@ def test_memory_is_bounded_by_two_groups_of_units(tmp_path):
     seqs = StreamingDistillDataset(text, tokens, temperature=2.0, batch_size=2, buffer_chunks=2)
     assert sum(len(x) for x, _, _ in seqs) == S
     assert (seqs.gauge.read, seqs.gauge.peak, seqs.gauge.held) == (16, 4, 0)
+
+
+def test_epochs_in_one_process_reuse_the_reader_opened_at_construction(tmp_path, monkeypatch):
+    from softtargets.read.units import UnitSpec
+    data, url = ids_store(tmp_path)
+    opened = []
+    real = UnitSpec.open
+    monkeypatch.setattr(UnitSpec, "open", lambda self: opened.append(self.url) or real(self))
+    ds = StreamingDistillDataset(data, url, batch_size=5, decode_threads=2)
+    epochs = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        epochs.append(sum(batches(ds), []))
+    assert opened == [str(url)]  # the scan's reader, read with in every epoch
+    again = copy.copy(ds)  # as StreamingDistillData makes one per epoch: shares the reader
+    assert sum(batches(again), []) == epochs[2] and opened == [str(url)]
+    assert not pickle.loads(pickle.dumps(ds))._readers  # another process opens its own
+    assert all(sorted(e) == list(range(96)) for e in epochs) and epochs[0] != epochs[1]
+    # worker processes open their own reader (in their process: `opened` here is unchanged)
+    assert sorted(sum(batches(ds, ds.loader(num_workers=2)), [])) == list(range(96))
 
 
 def test_a_damaged_chunk_is_one_line_in_the_main_process_also_from_a_worker(tmp_path):
