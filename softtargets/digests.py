@@ -2,9 +2,9 @@
 
 crc32c catches a damaged chunk but not a whole, valid chunk in the wrong place (two chunk files
 swapped, a chunk duplicated, chunks copied from a store of another split). So writers also store,
-for chunk i of array X, the xxh3-128 hash of a header naming the store's dataset identity, X, the member,
-i and its rows, followed by the chunk's stored bytes; readers recompute it for every chunk they
-decode. The digests of X live in `digests/X`, shape (*lead, num_chunks, 16) uint8 (lead: the
+for chunk i of array X, the xxh3-128 hash of a header naming the store's dataset identity, X,
+the member, i and its rows, followed by the chunk's stored bytes; readers recompute it for every
+chunk they decode. The digests of X live in `digests/X`, shape (*lead, num_chunks, 16) uint8 (lead: the
 member axis of member arrays), chunked so that one write unit (a chunk, or a shard) of X has one
 digest object written by the same writer right after the data. numpy, zarr, hashlib and xxhash only.
 """

@@ -35,7 +35,6 @@ from softtargets.store import StoreMeta
 from softtargets.teachers import LoadedTeacher, load_teacher
 from softtargets.write.forward import resolve_device, write_chunks
 from softtargets.write.options import session_chunk_rows
-from softtargets.write.passes import mc_seed as mc_seed  # re-exported: the seeding rule
 from softtargets.write.passes import CheckedTeacher, check_finite, require_mc_dropout, seeder
 from softtargets.write.session import RowArray, WriteSession
 from softtargets.write.targets import Dense

@@ -8,7 +8,7 @@ import torch
 
 from softtargets.config import DataConfig
 from softtargets.data import load_split
-from softtargets.members import mc_seed
+from softtargets.write.passes import mc_seed
 from softtargets.models import MLP, ModelSpec, save_checkpoint
 from softtargets.store import LogitStore
 
