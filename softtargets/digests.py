@@ -329,12 +329,6 @@ class InputCheck:
                                  f"{e}") from e
         return self._stored
 
-    def chunks_of(self, row: int) -> range:
-        """The row chunks holding dataset row `row`."""
-        first = row * self.per_sample
-        last = min(self.n, first + self.per_sample) - 1
-        return range(first // self.chunk_rows, last // self.chunk_rows + 1)
-
     def check(self, chunk: int, dataset: Any) -> None:
         """Refuse (StoreMismatchError) when `dataset`'s rows of chunk `chunk` differ from those
         the store was computed on."""

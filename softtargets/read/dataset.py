@@ -57,11 +57,6 @@ class DistillDataset(Dataset):
         _check_pairing(dataset, targets, self.sample_ids)
         self.inputs = InputChecks(dataset, targets.url, targets.meta)
 
-    @property
-    def checks_inputs(self) -> bool:
-        """Whether the store's input digests are checked against this dataset."""
-        return self.inputs.active
-
     def check_inputs(self, index: int | None = None) -> None:
         """Check the input digests of the chunks holding row `index` (None: every chunk) not
         checked yet in this process; refuses a difference naming the chunk."""
