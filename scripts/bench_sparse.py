@@ -173,7 +173,7 @@ def fashion_teacher(path: str | None, workdir: Path) -> str:
     if path:
         return path
     from softtargets.config import DataConfig, TeacherTrainConfig
-    from softtargets.train import train_teacher
+    from softtargets.recipes.hinton2015.train import train_teacher
     out = str(workdir / "teacher.pt")
     cfg = TeacherTrainConfig(data=DataConfig(dataset="fashion-mnist", limit=20000), epochs=5)
     m = train_teacher(cfg, out=out, progress=False)
@@ -187,7 +187,7 @@ def fashion_values(teacher: str) -> tuple[np.ndarray, dict[str, Any]]:
     import torch
     from softtargets.config import DataConfig
     from softtargets.data import load_split
-    from softtargets.models import load_checkpoint
+    from softtargets.recipes.hinton2015.models import load_checkpoint
     from softtargets.teacher import infer
     split = load_split(DataConfig(dataset="fashion-mnist"))
     model = load_checkpoint(teacher, expect_classes=10).model.eval()
@@ -201,7 +201,7 @@ def students(teacher: str, workdir: Path, *, rows: int, epochs: int, k: int,
     """Students of one teacher from dense, top-k (rest / renormalise) and sampled stores."""
     from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig
     from softtargets.teacher import write_teacher_logits
-    from softtargets.train import train_student
+    from softtargets.recipes.hinton2015.train import train_student
     data = DataConfig(dataset="fashion-mnist", limit=rows)
     many = 10 * k  # more draws: same unbiased estimate, lower variance
     stores = {"dense": {}, "topk": {"topk": k},

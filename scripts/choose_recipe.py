@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Choose the student's T and alpha on held-out validation rows; then 3 seeds of it and the
-baseline (softtargets/recipe.py). Prints the tables; a rerun resumes from the saved students.
+baseline (softtargets/recipes/hinton2015/recipe.py). Prints the tables; a rerun resumes from the saved students.
 
     make choose-recipe                                    # the make-student teacher's store
     python scripts/choose_recipe.py --store runs/fashion-mnist/teacher-logits.zarr \\
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from softtargets.config import parse_widths
 from softtargets.errors import ConfigError, SofttargetsError
-from softtargets.recipe import RecipeConfig, run, table
+from softtargets.recipes.hinton2015.recipe import RecipeConfig, run, table
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

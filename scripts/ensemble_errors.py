@@ -14,7 +14,7 @@ import torch
 
 from softtargets.config import DataConfig
 from softtargets.data import load_split
-from softtargets.models import load_checkpoint
+from softtargets.recipes.hinton2015.models import load_checkpoint
 
 
 def probabilities(path: str, inputs: torch.Tensor) -> np.ndarray:

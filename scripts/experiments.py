@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the paper's experiments and write reports/ (see softtargets/experiments.py, plots.py).
+"""Run the paper's experiments and write reports/ (see softtargets/recipes/hinton2015/experiments.py, plots.py).
 
     python scripts/experiments.py --quick                 # a few minutes on 2 cores
     python scripts/experiments.py                         # default settings (about an hour)
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from softtargets.config import parse_widths
 from softtargets.errors import ConfigError, SofttargetsError
-from softtargets.experiments import ExperimentConfig, run
-from softtargets.plots import write_report
+from softtargets.recipes.hinton2015.experiments import ExperimentConfig, run
+from softtargets.recipes.hinton2015.plots import write_report
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -29,7 +29,7 @@ if args["stage"] == 1:
     write_ensemble_logits(EnsembleLogitsConfig(data=data, teachers=tuple(args["teachers"]),
                           store=args["store"], overwrite=True, device="cpu"), progress=False)
 else:
-    from softtargets.train import train_student
+    from softtargets.recipes.hinton2015.train import train_student
     train_student(StudentTrainConfig(data=data, store=args["store"], hidden=(800, 800),
                   epochs=1), out_dir=args["out"], progress=False)
 print(json.dumps({"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -48,7 +48,7 @@ def make_teachers(root: Path, count: int, hidden: tuple[int, ...]) -> tuple[list
     import torch
     from softtargets.config import DataConfig
     from softtargets.data import load_split
-    from softtargets.models import MLP, ModelSpec, save_checkpoint
+    from softtargets.recipes.hinton2015.models import MLP, ModelSpec, save_checkpoint
     split = load_split(DataConfig(dataset="fashion-mnist", limit=10))
     paths, params = [], 0
     for seed in range(count):

@@ -2,7 +2,7 @@
 
 (a) clean inputs + stored targets, (b) augmented inputs + clean-input targets (inconsistent),
 (c) stored views replayed (consistent), (d) online teacher on the augmented inputs (reference).
-All four train through softtargets.train.fit (same SGD, schedule, clipping, batches, seed);
+All four train through softtargets.recipes.hinton2015.train.fit (same SGD, schedule, clipping, batches, seed);
 (a) and (c) are exactly `softtargets student` on a plain and on a views store. Prints a markdown
 table of test errors and wall times (stage 1 time counted where it is paid).
 
@@ -24,9 +24,9 @@ import torch
 from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig
 from softtargets.data import load_split
 from softtargets.distill import distillation_loss
-from softtargets.models import ModelSpec, build, load_checkpoint
+from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint
 from softtargets.teacher import write_teacher_logits
-from softtargets.train import FitOptions, fit, train_student
+from softtargets.recipes.hinton2015.train import FitOptions, fit, train_student
 from softtargets.view_loader import ViewData
 from softtargets.views import apply_views, draw_params, parse_spec
 

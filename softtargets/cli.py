@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from softtargets import data as data_mod
-from softtargets import report
+from softtargets.recipes.hinton2015 import report
 from softtargets.cli_data import is_idx, pop_spec, resolve_spec, spec_options
 from softtargets.cli_options import (data_options, ensemble_options, hidden_option, parse_floats,
                                      parse_hidden, quiet_option, student_options,
@@ -102,7 +102,7 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
                       input_dropout: float, jitter: int | None, max_norm: float, seed: int,
                       out: str, overwrite: bool, threads: int | None, quiet: bool) -> None:
     """Train the paper's teacher on an IDX dataset (an MLP with dropout, jitter, max-norm)."""
-    from softtargets.train import train_teacher
+    from softtargets.recipes.hinton2015.train import train_teacher
     out = out.replace("{dataset}", dataset)
     jitter = data_mod.spec(dataset).teacher_jitter if jitter is None else jitter
     cfg = TeacherTrainConfig(
@@ -323,7 +323,7 @@ def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, 
                    arch: str, hidden: str, epochs: int, batch_size: int, lr: float,
                    clip_grad: float, seed: int, threads: int | None, quiet: bool,
                    store: str | None, **loss: Any) -> None:
-    from softtargets.train import train_student
+    from softtargets.recipes.hinton2015.train import train_student
     out = out.replace("{dataset}", dataset)
     store = None if store is None else store.replace("{dataset}", dataset)
     data = DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, val_rows=val_rows)

@@ -111,7 +111,7 @@ def train_user_student(factory: str, dataset: Any, store: str, out: str, *, test
 def student_line(m: dict[str, Any], *, epochs: int, temperature: float, alpha: float,
                  out: str) -> str:
     """The summary line of `student --student-factory`."""
-    from softtargets import report
+    from softtargets.recipes.hinton2015 import report
     result = report.errors_text(m) if "test_errors" in m else \
         f"training loss {m['train_loss']:.4f} (no test split)"
     return (f"student: {m['model']} (T={temperature:g}, alpha={alpha:g}), {epochs} epochs on "

@@ -17,7 +17,7 @@ from softtargets.config import LogitsConfig
 from softtargets.data import Split, check_not_trained_on_validation, load_split
 from softtargets.distributed import Ranks, ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
-from softtargets.models import Checkpoint, load_checkpoint
+from softtargets.recipes.hinton2015.models import Checkpoint, load_checkpoint
 from softtargets.progress import bar as progress_bar
 from softtargets.store import StoreMeta
 from softtargets.write.forward import (WRITE_QUEUE, WriteUnit, as_input,  # noqa: F401 re-exported

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from softtargets.errors import CheckpointError, ConfigError
-from softtargets.models import file_sha256, load_checkpoint, safe_load
+from softtargets.recipes.hinton2015.models import file_sha256, load_checkpoint, safe_load
 
 KINDS = ("softtargets", "torchscript", "export", "factory")
 Transform = Callable[[torch.Tensor], torch.Tensor]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from softtargets.data import load_split
-from softtargets.models import ModelSpec, build, save_checkpoint
+from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from softtargets.augment import random_shift
+from softtargets.recipes.hinton2015.augment import random_shift
 
 
 def reference_shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:

@@ -246,7 +246,7 @@ def test_val_rows_on_every_step(tiny_data, tmp_path):
     16, and record val_rows; a student without it, or a teacher that saw those rows, is refused."""
     import re
     import torch
-    from softtargets.models import load_checkpoint
+    from softtargets.recipes.hinton2015.models import load_checkpoint
     d, v, r = data_args(tiny_data), ["--val-rows", 16], tmp_path / "run"
     res = run("train-teacher", *d, *v, "--hidden", "32,32", "--epochs", 3, "--batch-size", 16,
               "--dropout", 0.2, "--out", r / "teacher.pt", "--quiet")

@@ -13,7 +13,7 @@ from softtargets.ensemble import (EnsembleTargets, check_rule, combine_log_probs
                                   open_targets)
 from softtargets.errors import ConfigError
 from softtargets.members import write_ensemble_logits
-from softtargets.models import MLP, ModelSpec, save_checkpoint
+from softtargets.recipes.hinton2015.models import MLP, ModelSpec, save_checkpoint
 from softtargets.store import LogitStore
 
 LN = math.log
@@ -113,7 +113,7 @@ def teachers(tmp_path, split, seeds=(0, 1, 2)):
 
 
 def raw_logits(path, split):
-    from softtargets.models import load_checkpoint
+    from softtargets.recipes.hinton2015.models import load_checkpoint
     with torch.no_grad():
         return load_checkpoint(path).model(torch.from_numpy(split.inputs())).numpy()
 
@@ -210,7 +210,7 @@ def test_combined_only_geometric_is_exact_at_every_temperature(ensemble_store, t
 
 
 def test_student_trains_from_ensemble_store(ensemble_store, tiny_data, tmp_path):
-    from softtargets.train import train_student
+    from softtargets.recipes.hinton2015.train import train_student
     _, _, store = ensemble_store
     cfg = StudentTrainConfig(data=tiny_data, store=store.url, hidden=(16,), epochs=2,
                              batch_size=16, temperature=3.0, combine="geometric")

@@ -10,8 +10,8 @@ import torch
 
 from softtargets.config import from_dict
 from softtargets.errors import ConfigError
-from softtargets.experiments import ExperimentConfig, run
-from softtargets.plots import collect, gap_closed, markdown, write_report
+from softtargets.recipes.hinton2015.experiments import ExperimentConfig, run
+from softtargets.recipes.hinton2015.plots import collect, gap_closed, markdown, write_report
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from softtargets.config import DataConfig
 from softtargets.data import load_split
 from softtargets.write.passes import mc_seed
-from softtargets.models import MLP, ModelSpec, save_checkpoint
+from softtargets.recipes.hinton2015.models import MLP, ModelSpec, save_checkpoint
 from softtargets.store import LogitStore
 
 from conftest import run_cli as run

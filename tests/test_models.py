@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from softtargets.errors import CheckpointError
-from softtargets.models import (MLP, ModelSpec, apply_max_norm, load_checkpoint, save_checkpoint)
+from softtargets.recipes.hinton2015.models import (MLP, ModelSpec, apply_max_norm, load_checkpoint, save_checkpoint)
 
 
 def test_mlp_shapes_and_layers():
@@ -88,7 +88,7 @@ def test_random_bytes_and_pickles_are_not_checkpoints_and_never_loaded_unsafely(
 
 
 def test_cnn_teacher_shapes_round_trip_and_bad_specs(tmp_path):
-    from softtargets.models import build
+    from softtargets.recipes.hinton2015.models import build
     spec = ModelSpec(arch="cnn", hidden=(4, 8, 16), dropout=0.2)
     model = build(spec).eval()
     assert spec.describe() == "cnn 784-4-8-16-10"

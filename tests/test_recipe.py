@@ -1,4 +1,4 @@
-"""The recipe choice on held-out rows (softtargets/recipe.py, scripts/choose_recipe.py)."""
+"""The recipe choice on held-out rows (softtargets/recipes/hinton2015/recipe.py, scripts/choose_recipe.py)."""
 
 import json
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from softtargets import recipe
+from softtargets.recipes.hinton2015 import recipe
 from softtargets.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_grid_choice_seeds_and_resume(tiny_data, store, tmp_path, monkeypatch):
 
     def no_training(*a, **k):
         raise AssertionError("a saved student was trained again")
-    monkeypatch.setattr("softtargets.recipe.train_student", no_training)
+    monkeypatch.setattr("softtargets.recipes.hinton2015.recipe.train_student", no_training)
     assert recipe.run(cfg) == json.loads((tmp_path / "recipe" / "results.json").read_text())
     with pytest.raises(ConfigError, match=r"holds results of other settings \(epochs: saved 2, "
                                           r"now 3\); pass another --out"):

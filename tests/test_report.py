@@ -2,7 +2,7 @@
 
 import json
 
-from softtargets.report import errors_text, gap_closed, gap_text, summary_table
+from softtargets.recipes.hinton2015.report import errors_text, gap_closed, gap_text, summary_table
 
 
 def metrics(role, model, test, val=None, **extra):

@@ -5,7 +5,7 @@ import torch
 from softtargets.config import LogitsConfig
 from softtargets.data import load_split
 from softtargets.errors import IncompleteStoreError
-from softtargets.models import ModelSpec, build, save_checkpoint
+from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint
 from softtargets.store import LogitStore, StoreWriter, read_meta
 from softtargets.teacher import prepare_model, resolve_device, write_chunks, write_teacher_logits
 

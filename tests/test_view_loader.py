@@ -16,11 +16,11 @@ from softtargets.data import load_split
 from softtargets.errors import ConfigError, StoreError, StoreMismatchError
 from softtargets.loader import StreamingDistillData, StreamOptions
 from softtargets.members import write_ensemble_logits
-from softtargets.mixup import MixupData, mix_log_probs
-from softtargets.models import load_checkpoint
+from softtargets.recipes.hinton2015.mixup import MixupData, mix_log_probs
+from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.store import LogitStore, read_meta
 from softtargets.teacher import write_teacher_logits
-from softtargets.train import train_student
+from softtargets.recipes.hinton2015.train import train_student
 from softtargets.view_loader import ViewData, ViewReplay
 from softtargets.views import AugmentSpec, apply_views, choose_views
 

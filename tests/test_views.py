@@ -13,7 +13,7 @@ import torch
 from softtargets.config import LogitsConfig
 from softtargets.data import load_split
 from softtargets.errors import ConfigError
-from softtargets.models import load_checkpoint
+from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.store import LogitStore, read_meta
 from softtargets.teacher import write_teacher_logits
 from softtargets.view_loader import ViewData
@@ -138,7 +138,7 @@ def test_cli_writes_views_and_refuses_zero(tmp_path: Path, tiny_data) -> None:
 
 def test_student_trains_from_views_store(tmp_path: Path, tiny_data) -> None:
     from softtargets.config import StudentTrainConfig
-    from softtargets.train import train_student
+    from softtargets.recipes.hinton2015.train import train_student
     teacher = _teacher(tmp_path, tiny_data)
     cfg = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "v.zarr"),
                        device="cpu", views=3, augment="shift=1,rotate=5")

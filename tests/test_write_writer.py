@@ -13,7 +13,7 @@ from softtargets.data import load_split
 from softtargets.datasets import TokenSequences, from_tensors
 from softtargets.errors import (AppendError, ConfigError, IncompleteStoreError, LogitValueError,
                                 ResumeMismatchError, StoreError)
-from softtargets.models import load_checkpoint
+from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.read import SoftTargets
 from softtargets.store import LogitStore
 from softtargets.write import Dense, LogitWriter, Sampled, TopK

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from softtargets.errors import ConfigError
-from softtargets.report import gap_closed
+from softtargets.recipes.hinton2015.report import gap_closed
 
 
 def _load(path: str | Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softtargets.augment import random_shift
+from softtargets.recipes.hinton2015.augment import random_shift
 from softtargets.config import DataConfig, StudentTrainConfig, TeacherTrainConfig, to_dict
 from softtargets.data import Split, load_split, load_validation
 from softtargets import ensemble
@@ -22,8 +22,8 @@ from softtargets.distill import (SparseTargets, distillation_loss,
                                  distillation_loss_from_log_probs, sparse_distillation_loss)
 from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
-from softtargets.mixup import MixupData
-from softtargets.models import (ModelSpec, apply_max_norm, build, check_replaceable,
+from softtargets.recipes.hinton2015.mixup import MixupData
+from softtargets.recipes.hinton2015.models import (ModelSpec, apply_max_norm, build, check_replaceable,
                                 save_checkpoint)
 from softtargets.sparse_store import open_any
 from softtargets.store import LogitStore

@@ -7,7 +7,7 @@
 3. Less data: distil on 3% of the transfer set vs. hard labels on the same 3%.
 
 Every step writes its metrics JSON under `out` and is skipped when that file exists, so an
-interrupted run resumes. `softtargets.plots` turns `out/results.json` into reports/.
+interrupted run resumes. `softtargets.recipes.hinton2015.plots` turns `out/results.json` into reports/.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, EnsembleLog
                                 StudentTrainConfig, TeacherTrainConfig, parse_widths, to_dict)
 from softtargets.data import Split, load_split, load_validation, spec
 from softtargets.errors import ConfigError
-from softtargets.models import load_checkpoint
+from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.store import LogitStore
-from softtargets.train import evaluate, train_student, train_teacher
+from softtargets.recipes.hinton2015.train import evaluate, train_student, train_teacher
 
 
 @dataclasses.dataclass(frozen=True)

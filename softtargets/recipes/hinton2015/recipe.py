@@ -21,10 +21,10 @@ from typing import Any
 from softtargets.config import (DataConfig, StudentTrainConfig, check_alpha, check_temperature,
                                 to_dict)
 from softtargets.errors import ConfigError
-from softtargets.experiments import cached_json, check_run_dir, log, write_json
-from softtargets.report import gap_closed, gap_text
+from softtargets.recipes.hinton2015.experiments import cached_json, check_run_dir, log, write_json
+from softtargets.recipes.hinton2015.report import gap_closed, gap_text
 from softtargets.store import read_meta
-from softtargets.train import train_student
+from softtargets.recipes.hinton2015.train import train_student
 
 
 @dataclasses.dataclass(frozen=True)
