@@ -46,7 +46,7 @@ from softtargets.data import Split, load_split  # noqa: E402
 from softtargets.distill import distillation_loss  # noqa: E402
 from softtargets.loader import DistillData, StreamingDistillData, StreamOptions  # noqa: E402
 from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint  # noqa: E402
-from softtargets.store import LOGITS, SAMPLE_ID, LogitStore, StoreWriter, read_meta  # noqa: E402
+from softtargets.format.store import LOGITS, SAMPLE_ID, LogitStore, StoreWriter, read_meta  # noqa: E402
 from softtargets.teacher import write_teacher_logits  # noqa: E402
 
 

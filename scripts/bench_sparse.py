@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from softtargets import sparse as sp
-from softtargets import sparse_store as ss
-from softtargets import store as st
-from softtargets.remote import store_size
+from softtargets.format import sparse as sp
+from softtargets.format import sparse_store as ss
+from softtargets.format import store as st
+from softtargets.format.remote import store_size
 
 TEMPS = (1.0, 4.0, 20.0)
 KS = (8, 32, 128)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from softtargets.remote import count_objects
-from softtargets.store import StoreWriter
-from softtargets.verify import verify_store
+from softtargets.format.remote import count_objects
+from softtargets.format.store import StoreWriter
+from softtargets.tools.verify import verify_store
 
 
 def write(url: str, logits: np.ndarray, *, chunk_rows: int, shard_rows: int | None) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 
-from softtargets.store import LOGITS, SAMPLE_ID, chunk_slice
+from softtargets.format.store import LOGITS, SAMPLE_ID, chunk_slice
 from softtargets.chunks import ChunkReader, check_chunk
 
 
@@ -85,7 +85,7 @@ def threaded(url: str, batch_size: int, rounds: int = 2) -> None:
     from bench_loader import loader_rows_per_s, raw_decode_rows_per_s, synthetic_store
 
     from softtargets.loader import StreamingDistillData, StreamOptions
-    from softtargets.store import LogitStore
+    from softtargets.format.store import LogitStore
     store = LogitStore.open(url)
     n = store.meta.n
     # the benchmark's synthetic store and split (made by scripts/bench_loader.py in that folder)

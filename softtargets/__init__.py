@@ -12,7 +12,7 @@ student's data loader and loss. The public API:
     verify_store(store), store_info(store)                            # the receiving team's checks
 
 Datasets: IDXDataset, ImageFolder, CIFAR, TokenSequences, from_tensors, wrap (docs/DATASETS.md).
-Names are imported on first use, so `import softtargets.store` (the format layer, numpy and zarr
+Names are imported on first use, so `import softtargets.format.store` (the format layer, numpy and zarr
 only) does not import torch. docs/API.md has runnable examples.
 """
 
@@ -35,8 +35,8 @@ _LAZY = {
                     "softtargets.read"),
     **dict.fromkeys(("IDXDataset", "ImageFolder", "CIFAR", "TokenSequences", "from_tensors",
                      "wrap"), "softtargets.datasets"),
-    "verify_store": "softtargets.verify",
-    "store_info": "softtargets.provenance",
+    "verify_store": "softtargets.tools.verify",
+    "store_info": "softtargets.tools.provenance",
 }
 
 __all__ = sorted([*_LAZY, "SofttargetsError", "StoreError", "StoreMetadataError",

@@ -19,8 +19,8 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from softtargets.errors import StoreError
-from softtargets.sparse_store import open_any
-from softtargets.store import LOGITS, SAMPLE_ID, chunk_slice
+from softtargets.format.sparse_store import open_any
+from softtargets.format.store import LOGITS, SAMPLE_ID, chunk_slice
 
 FP16_EXP = np.uint16(0x7C00)  # all-ones exponent: Inf or NaN
 

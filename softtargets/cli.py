@@ -31,7 +31,7 @@ class Group(click.Group):
         except SofttargetsError as e:
             raise click.ClickException(f"{type(e).__name__}: {e}") from e
         except Exception as e:  # a storage back end failing mid-run (s3://, gs://)
-            from softtargets.remote import explain, is_storage_error
+            from softtargets.format.remote import explain, is_storage_error
             if not is_storage_error(e):
                 raise
             message = explain(None, e, action="access")
@@ -220,7 +220,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
                   sample_seed=sample_seed, sample_temperature=sample_temperature)
     if ens_cfg is not None and (topk is not None or sample is not None):
         raise ConfigError("--topk/--sample work with one softtargets teacher checkpoint; for an "
-                          "ensemble, convert its combined log-probs with softtargets.sparse "
+                          "ensemble, convert its combined log-probs with softtargets.format.sparse "
                           "(README, 'Sparse stores')")
     if views is not None and ens_cfg is not None:  # every member's views (members.py)
         ens_cfg = dataclasses.replace(ens_cfg, views=views, augment=augment, view_seed=view_seed)
@@ -246,7 +246,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
 
 def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
     if ranks_from_env().is_main:  # torchrun: one summary line, from rank 0
-        from softtargets.remote import store_size
+        from softtargets.format.remote import store_size
         click.echo(report.logits_line(meta, seconds=seconds, size=store_size(store), store=store,
                                       **how))
 
@@ -349,7 +349,7 @@ def summary_cmd(run_dir: str) -> None:
               help="Print the metadata plus a `storage` section as JSON.")
 def inspect_cmd(store: str, as_json: bool) -> None:
     """Print a store's provenance and layout (metadata and listings only, no chunk data)."""
-    from softtargets import provenance
+    from softtargets.tools import provenance
     info = provenance.store_info(store)
     click.echo(json.dumps(info, indent=2) if as_json else provenance.describe(info))
 
@@ -373,9 +373,9 @@ def verify_cmd(store: str, dataset: str | None, data_dir: str, split: str | None
 
     Exits 1 with the chunk and rows of every problem.
     """
-    from softtargets import verify
+    from softtargets.tools import verify
     from softtargets.errors import VerifyError
-    from softtargets.store import read_meta
+    from softtargets.format.store import read_meta
     identity = names = None
     if dataset is not None:
         meta, _ = read_meta(store)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from softtargets import sparse
+from softtargets.format import sparse
 from softtargets.config import check_alpha, check_temperature
 from softtargets.errors import ConfigError
 
@@ -76,7 +76,7 @@ def distillation_loss_from_log_probs(student_logits: torch.Tensor, target_log_pr
     return loss
 
 
-# ---- sparse targets (top-k / sampled stores; numpy side in softtargets/sparse.py) ----
+# ---- sparse targets (top-k / sampled stores; numpy side in softtargets/format/sparse.py) ----
 
 def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """A copy of frozen dataclass `obj` with `fn` applied to each of its tensor fields (and to

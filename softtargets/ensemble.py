@@ -22,10 +22,10 @@ import numpy as np
 from softtargets.errors import ConfigError, StoreError
 # attributes["softtargets"]["ensemble"]: member list and layout; ["combined"]: rule and T of a
 # combined-only store
-from softtargets.schema import (COMBINED_KEY, ENSEMBLE_KEY, MEMBER_LOGITS,  # noqa: F401
+from softtargets.format.schema import (COMBINED_KEY, ENSEMBLE_KEY, MEMBER_LOGITS,  # noqa: F401
                                 MEMBER_VIEW_LOGITS, RULES)
 from softtargets.chunks import read_rows
-from softtargets.store import LogitStore, chunk_slice
+from softtargets.format.store import LogitStore, chunk_slice
 
 
 MEAN_LOGITS = "mean_m member_logits[m] (the geometric-mean target at every T)"

@@ -27,7 +27,7 @@ from softtargets.loader import StreamOptions
 from softtargets.progress import bar as progress_bar
 from softtargets.read import (DistillDataset, SoftTargets, StreamingDistillDataset,
                               distillation_loss)
-from softtargets.store import read_meta
+from softtargets.format.store import read_meta
 from softtargets.write.forward import as_input
 
 OPTIMIZERS = ("sgd", "adam")

@@ -22,8 +22,8 @@ from softtargets.datasets.idx import IDXDataset
 from softtargets.distill import SparseTargets, sparse_targets
 from softtargets.errors import ConfigError, StoreMismatchError
 from softtargets.read.stream import StreamingDistillDataset
-from softtargets.sparse_store import SparseStore
-from softtargets.store import LogitStore
+from softtargets.format.sparse_store import SparseStore
+from softtargets.format.store import LogitStore
 from softtargets.view_loader import ViewReplay
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | SparseTargets | None]

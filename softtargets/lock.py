@@ -25,9 +25,9 @@ import socket
 import time
 from typing import Any
 
-from softtargets.destination import unwritable
+from softtargets.format.destination import unwritable
 from softtargets.errors import ForeignDataError, RemoteStoreError, StoreError, StoreLockedError
-from softtargets.remote import explain, filesystem, is_remote, local_path, redact
+from softtargets.format.remote import explain, filesystem, is_remote, local_path, redact
 
 LOCK_SUFFIX = ".lock"
 STALE_AFTER_S = 600.0

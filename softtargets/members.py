@@ -25,13 +25,13 @@ from softtargets import ensemble
 from softtargets import views as vw
 from softtargets.config import DataConfig, EnsembleLogitsConfig
 from softtargets.data import Split, check_not_trained_on_validation, load_split
-from softtargets.destination import delete_array
+from softtargets.format.destination import delete_array
 from softtargets.distributed import Ranks, ranks_from_env
 from softtargets.ensemble import MEMBER_LOGITS
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
-from softtargets.schema import COMBINED_ONLY_VERSION
-from softtargets.store import StoreMeta
+from softtargets.format.schema import COMBINED_ONLY_VERSION
+from softtargets.format.store import StoreMeta
 from softtargets.teachers import LoadedTeacher, load_teacher
 from softtargets.write.forward import resolve_device, write_chunks
 from softtargets.write.options import session_chunk_rows

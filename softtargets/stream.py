@@ -30,7 +30,7 @@ import numpy as np
 # the checked reader of the stream's units; re-exported for the modules that import it here
 from softtargets.chunks import ChunkReader, check_chunk, chunk_label, read_rows  # noqa: F401
 from softtargets.errors import StoreError
-from softtargets.store import LOGITS, StoreMeta
+from softtargets.format.store import LOGITS, StoreMeta
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -19,7 +19,7 @@ from softtargets.distributed import Ranks, ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.recipes.hinton2015.models import Checkpoint, load_checkpoint
 from softtargets.progress import bar as progress_bar
-from softtargets.store import StoreMeta
+from softtargets.format.store import StoreMeta
 from softtargets.write.forward import (WRITE_QUEUE, WriteUnit, as_input,  # noqa: F401 re-exported
                                        autocast, forward, fp32_accumulation, infer,
                                        input_batches, prepare_model, resolve_device,

@@ -27,7 +27,7 @@ from softtargets.config import check_views
 from softtargets.errors import ConfigError
 # view_logits (N, V, C) float16, view_params (N, V, P) float32; ensembles: member_view_logits
 # (M, N, V, C) float16, chunks (1, R, V, C)
-from softtargets.schema import MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS  # noqa: F401
+from softtargets.format.schema import MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS  # noqa: F401
 
 # Columns of view_params (N, V, P): the built-in augmentations, in this order, then user ones.
 PARAM_NAMES = ("dy", "dx", "angle", "scale", "flip")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from softtargets import sparse_store as ss
-from softtargets.store import StoreWriter
+from softtargets.format import sparse_store as ss
+from softtargets.format.store import StoreWriter
 
 
 def identity(n: int, name: str = "synthetic") -> dict:

@@ -14,7 +14,7 @@ from dataset_helpers import write_cifar10, write_images, write_tokens
 from conftest import run_cli as run
 from softtargets.cli_data import DataOptions, load_data
 from softtargets.errors import ConfigError
-from softtargets.store import read_meta
+from softtargets.format.store import read_meta
 from user_models import IMAGE, VOCAB
 
 pytest.importorskip("PIL.Image")

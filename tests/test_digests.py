@@ -11,9 +11,9 @@ import xxhash
 import zarr
 from test_store import DATASET, GOLDEN_IDS, GOLDEN_LOGITS, write_store
 
-from softtargets import digests as dg
+from softtargets.format import digests as dg
 from softtargets.errors import StoreError
-from softtargets.store import LogitStore
+from softtargets.format.store import LogitStore
 
 
 GOLDEN_LAST_CHUNK = "2c7b5f4396fc11300f5d71945f4080aa"  # xxh3-128 of chunk 2 of the golden store

@@ -11,7 +11,7 @@ from stage1_helpers import REPO, chunk_files, make_teacher, stage1_args
 
 from softtargets.cli import cli
 from softtargets.distributed import Ranks, my_units
-from softtargets.store import LogitStore
+from softtargets.format.store import LogitStore
 
 
 def torchrun(args, nproc=2):

@@ -14,7 +14,7 @@ from softtargets.ensemble import (EnsembleTargets, check_rule, combine_log_probs
 from softtargets.errors import ConfigError
 from softtargets.members import write_ensemble_logits
 from softtargets.recipes.hinton2015.models import MLP, ModelSpec, save_checkpoint
-from softtargets.store import LogitStore
+from softtargets.format.store import LogitStore
 
 LN = math.log
 # two members, two rows: row 0 has 3 classes' worth of hand-checkable logits

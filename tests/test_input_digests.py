@@ -10,9 +10,9 @@ from conftest import run_cli
 from torch.utils.data import TensorDataset
 
 from softtargets.datasets import unit_input_digest, wrap
-from softtargets.digests import InputCheck, input_rows
+from softtargets.format.digests import InputCheck, input_rows
 from softtargets.errors import StoreError, StoreMismatchError
-from softtargets.store import read_meta
+from softtargets.format.store import read_meta
 from softtargets.write import LogitWriter
 
 

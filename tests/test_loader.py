@@ -6,7 +6,7 @@ from softtargets.config import DataConfig
 from softtargets.data import load_split
 from softtargets.errors import ConfigError, StoreError, StoreMismatchError
 from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
-from softtargets.store import LogitStore, StoreWriter
+from softtargets.format.store import LogitStore, StoreWriter
 
 
 def make_store(url, split, *, perm, logits, chunk_rows=32, class_names=None):
@@ -75,7 +75,7 @@ def test_transfer_subset(tiny_data, tmp_path):
 
 
 def make_sparse_store(url, split, *, perm, logits, kind="topk", k=3, temperatures=(1.0, 4.0)):
-    from softtargets.sparse_store import SparseStore, SparseWriter, make_spec
+    from softtargets.format.sparse_store import SparseStore, SparseWriter, make_spec
     spec = make_spec(kind=kind, k=k, num_classes=10, temperatures=temperatures)
     w = SparseWriter.create(str(url), spec=spec, n=len(perm), class_names=split.class_names,
                             dataset=split.identity(), teacher={}, config={}, chunk_rows=32)

@@ -10,7 +10,7 @@ from softtargets.config import DataConfig
 from softtargets.data import load_split
 from softtargets.write.passes import mc_seed
 from softtargets.recipes.hinton2015.models import MLP, ModelSpec, save_checkpoint
-from softtargets.store import LogitStore
+from softtargets.format.store import LogitStore
 
 from conftest import run_cli as run
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from softtargets.store import COMPRESSORS, LogitStore, StoreWriter
+from softtargets.format.store import COMPRESSORS, LogitStore, StoreWriter
 
 ts = pytest.importorskip("tensorstore")
 GOLDEN = Path(__file__).parent / "fixtures" / "golden-v1.zarr"

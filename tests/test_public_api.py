@@ -21,8 +21,8 @@ def test_every_public_name_resolves():
 
 
 def test_the_format_layer_imports_no_torch():
-    code = ("import sys, softtargets, softtargets.store, softtargets.sparse_store, "
-            "softtargets.verify, softtargets.provenance; print('torch' in sys.modules)")
+    code = ("import sys, softtargets, softtargets.format.store, softtargets.format.sparse_store, "
+            "softtargets.tools.verify, softtargets.tools.provenance; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"

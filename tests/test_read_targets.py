@@ -10,8 +10,8 @@ import zarr
 
 from conftest import run_cli
 from read_helpers import identity, write_dense, write_positions
-from softtargets import sparse as sp
-from softtargets import sparse_store as ss
+from softtargets.format import sparse as sp
+from softtargets.format import sparse_store as ss
 from softtargets.distill import sparse_targets
 from softtargets.errors import (ConfigError, SparseTemperatureError, StoreError,
                                 StoreMismatchError)

@@ -11,7 +11,7 @@ from conftest import run_cli
 from stage1_helpers import chunk_files, make_teacher, stage1_args, start_stage1, wait_for
 
 from softtargets.errors import IncompleteStoreError
-from softtargets.store import LogitStore
+from softtargets.format.store import LogitStore
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from stage1_helpers import make_teacher, stage1_args
 
 from softtargets.config import LogitsConfig
 from softtargets.session import effective_shard_rows
-from softtargets.store import LogitStore
-from softtargets.verify import verify_store
+from softtargets.format.store import LogitStore
+from softtargets.tools.verify import verify_store
 
 
 def test_sharded_store_matches_unsharded_and_has_few_objects(tiny_data, tmp_path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from softtargets import sparse as sp
+from softtargets.format import sparse as sp
 from softtargets.errors import ConfigError, LogitValueError, SparseTemperatureError
 
 TEMPS = (1.0, 4.0, 20.0)

@@ -7,9 +7,9 @@ import pytest
 import zarr
 from conftest import DELETE, edit_json
 
-from softtargets import sparse as sp
-from softtargets import sparse_store as ss
-from softtargets import store as st
+from softtargets.format import sparse as sp
+from softtargets.format import sparse_store as ss
+from softtargets.format import store as st
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError,
                                 StoreMetadataError)
 
@@ -96,7 +96,7 @@ def test_dense_reader_refuses_a_sparse_store_clearly(tmp_path):
     with pytest.raises(SparseStoreError, match=r"is a sparse 'topk' store .*sparse_store.SparseStore"):
         st.LogitStore.open(str(tmp_path / "s.zarr"))
     assert st.read_meta(str(tmp_path / "s.zarr"))[0].kind == "topk"  # metadata stays readable
-    from softtargets.verify import verify_store
+    from softtargets.tools.verify import verify_store
     rep = verify_store(str(tmp_path / "s.zarr"), allow_subset=True)  # 30 of the 50 dataset rows
     assert rep.ok and rep.kind == "topk" and rep.chunks_ok == 5
 

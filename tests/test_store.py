@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from conftest import DELETE, edit_attrs, edit_json, run_cli
-from softtargets import store as st
+from softtargets.format import store as st
 from softtargets.errors import (IncompleteStoreError, LogitValueError, StoreError,
                                 StoreExistsError, StoreMetadataError, StoreMismatchError)
 
@@ -344,8 +344,10 @@ def test_not_a_store_gives_one_line_naming_the_fix(tmp_path):
 
 
 def test_every_reader_refuses_with_the_same_line(tmp_path):
-    from softtargets import provenance, sparse_store, stream, view_loader
-    from softtargets.verify import verify_store
+    from softtargets import stream, view_loader
+    from softtargets.format import sparse_store
+    from softtargets.tools import provenance
+    from softtargets.tools.verify import verify_store
     write_store(tmp_path / "s.zarr")
     edit_attrs(tmp_path / "s.zarr", complete="true")  # truthy, but not the boolean true
     url = str(tmp_path / "s.zarr")

@@ -3,7 +3,7 @@ import pytest
 import zarr
 
 from softtargets.errors import StoreError
-from softtargets.store import LogitStore, StoreWriter
+from softtargets.format.store import LogitStore, StoreWriter
 from softtargets.stream import ChunkReader, StreamPlan, resume_point, worker_batches
 
 

@@ -22,10 +22,10 @@ from softtargets import ensemble
 from softtargets.config import DataConfig
 from softtargets.data import load_split
 from softtargets.errors import StoreError
-from softtargets.sparse_store import SparseStore
-from softtargets.store import LogitStore
+from softtargets.format.sparse_store import SparseStore
+from softtargets.format.store import LogitStore
 from softtargets.stream import ChunkReader
-from softtargets.verify import verify_store
+from softtargets.tools.verify import verify_store
 from softtargets.view_loader import ViewData
 
 ROWS = 16  # chunk rows: 96 train rows -> 6 chunks, 48 test rows -> 3

@@ -10,7 +10,7 @@ from torch import nn
 
 from softtargets.data import load_split
 from softtargets.errors import CheckpointError, ConfigError
-from softtargets.store import LogitStore
+from softtargets.format.store import LogitStore
 from softtargets.teachers import detect_kind, import_object, load_teacher
 
 from conftest import run_cli as run

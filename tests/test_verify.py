@@ -18,8 +18,8 @@ from test_sparse_store import write as write_sparse
 from softtargets.cli import cli
 from softtargets.config import DataConfig
 from softtargets.data import load_split
-from softtargets.store import StoreWriter
-from softtargets.verify import verify_store
+from softtargets.format.store import StoreWriter
+from softtargets.tools.verify import verify_store
 
 
 def run(*args):

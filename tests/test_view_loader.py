@@ -18,7 +18,7 @@ from softtargets.loader import StreamingDistillData, StreamOptions
 from softtargets.members import write_ensemble_logits
 from softtargets.recipes.hinton2015.mixup import MixupData, mix_log_probs
 from softtargets.recipes.hinton2015.models import load_checkpoint
-from softtargets.store import LogitStore, read_meta
+from softtargets.format.store import LogitStore, read_meta
 from softtargets.teacher import write_teacher_logits
 from softtargets.recipes.hinton2015.train import train_student
 from softtargets.view_loader import ViewData, ViewReplay

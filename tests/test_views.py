@@ -14,7 +14,7 @@ from softtargets.config import LogitsConfig
 from softtargets.data import load_split
 from softtargets.errors import ConfigError
 from softtargets.recipes.hinton2015.models import load_checkpoint
-from softtargets.store import LogitStore, read_meta
+from softtargets.format.store import LogitStore, read_meta
 from softtargets.teacher import write_teacher_logits
 from softtargets.view_loader import ViewData
 from softtargets.views import AugmentSpec, apply_views, draw_params, parse_spec
@@ -243,7 +243,7 @@ def test_views_resume_after_sigkill_is_bit_identical(tmp_path: Path, tiny_data) 
 
 
 def test_verify_checks_the_views_arrays(tmp_path: Path, tiny_data) -> None:
-    from softtargets.verify import verify_store
+    from softtargets.tools.verify import verify_store
     teacher = _teacher(tmp_path, tiny_data)
     cfg = LogitsConfig(data=tiny_data, teacher=teacher, store=str(tmp_path / "v.zarr"),
                        chunk_rows=32, device="cpu", views=2, augment="shift=1,user=user_augs:dim")

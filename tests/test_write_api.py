@@ -18,7 +18,7 @@ from softtargets.datasets import TokenSequences, from_tensors, wrap
 from softtargets.errors import (AppendError, CheckpointError, ConfigError, IncompleteStoreError,
                                 StoreMismatchError)
 from softtargets.read import DistillDataset, SoftTargets, StreamingDistillDataset
-from softtargets.store import LogitStore
+from softtargets.format.store import LogitStore
 from softtargets.write import Dense, LogitWriter, TopK, write_logits
 from softtargets.write.forward import forward
 

@@ -15,7 +15,7 @@ from softtargets.errors import (AppendError, ConfigError, IncompleteStoreError, 
                                 ResumeMismatchError, StoreError)
 from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.read import SoftTargets
-from softtargets.store import LogitStore
+from softtargets.format.store import LogitStore
 from softtargets.write import Dense, LogitWriter, Sampled, TopK
 from softtargets.write.forward import forward
 

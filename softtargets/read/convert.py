@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from softtargets import sparse as sp
+from softtargets.format import sparse as sp
 from softtargets.datasets.base import BaseDataset, as_numpy
 from softtargets.distill import SparseTargets, map_tensors
 from softtargets.errors import DatasetError

@@ -26,12 +26,12 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from softtargets.datasets.base import BaseDataset, as_numpy
-from softtargets.digests import INPUTS_KEY, InputCheck
-from softtargets.digests import META_KEY as DIGESTS_KEY
+from softtargets.format.digests import INPUTS_KEY, InputCheck
+from softtargets.format.digests import META_KEY as DIGESTS_KEY
 from softtargets.errors import ConfigError, DatasetError, StoreMismatchError
 from softtargets.read.batch import Target, collate
 from softtargets.read.targets import SoftTargets
-from softtargets.store import StoreMeta, check_dataset, read_meta
+from softtargets.format.store import StoreMeta, check_dataset, read_meta
 
 
 class DistillDataset(Dataset):

@@ -22,7 +22,7 @@ from softtargets.distill import map_tensors
 from softtargets.errors import ConfigError, StoreMismatchError
 from softtargets.read.batch import Target
 from softtargets.read.load import ReadOptions, Source, Table, open_source
-from softtargets.store import StoreMeta, check_dataset
+from softtargets.format.store import StoreMeta, check_dataset
 
 
 class SoftTargets:

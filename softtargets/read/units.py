@@ -26,9 +26,9 @@ import numpy as np
 from softtargets import ensemble
 from softtargets.chunks import ChunkReader
 from softtargets.errors import StoreError, StoreMismatchError
-from softtargets.schema import POSITION
-from softtargets.sparse_store import SparseStore
-from softtargets.store import LOGITS, LogitStore, StoreMeta
+from softtargets.format.schema import POSITION
+from softtargets.format.sparse_store import SparseStore
+from softtargets.format.store import LOGITS, LogitStore, StoreMeta
 from softtargets.views import VIEW_LOGITS
 
 Layouts = list[tuple[tuple[int, ...], np.dtype]]  # (item shape, dtype) of each output array

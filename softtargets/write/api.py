@@ -22,7 +22,7 @@ from softtargets.datasets.base import BaseDataset
 from softtargets.distributed import ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
-from softtargets.store import StoreMeta
+from softtargets.format.store import StoreMeta
 from softtargets.write.forward import as_input, forward, prepare_model, resolve_device, write_chunks
 from softtargets.write.passes import chunk_logits, require_mc_dropout
 from softtargets.write.passes import mc_seed as mc_seed_of

@@ -12,11 +12,11 @@ import math
 import os
 from typing import Any
 
-from softtargets.codecs import default_chunk_rows
+from softtargets.format.codecs import default_chunk_rows
 from softtargets.config import LogitsConfig, to_dict
 from softtargets.errors import ConfigError, ResumeMismatchError
-from softtargets.remote import filesystem, is_remote, local_path
-from softtargets.store import StoreMeta
+from softtargets.format.remote import filesystem, is_remote, local_path
+from softtargets.format.store import StoreMeta
 from softtargets.write.targets import Targets
 
 AUTO_SHARD_MIN_CHUNKS = 256  # above this many chunks a store is sharded automatically

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from softtargets.digests import INPUT, DigestCheck, input_digests
+from softtargets.format.digests import INPUT, DigestCheck, input_digests
 from softtargets.errors import StoreError
-from softtargets.schema import POSITION, SAMPLE_ID, row_arrays
-from softtargets.store import RowWriter
-from softtargets.verify_rules import RULES, context
+from softtargets.format.schema import POSITION, SAMPLE_ID, row_arrays
+from softtargets.format.store import RowWriter
+from softtargets.tools.verify_rules import RULES, context
 
 
 @dataclasses.dataclass(frozen=True)

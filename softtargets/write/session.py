@@ -27,18 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from softtargets.codecs import compressor_codecs, to_float16
+from softtargets.format.codecs import compressor_codecs, to_float16
 from softtargets.config import to_dict
-from softtargets.destination import sweep_partial_files
-from softtargets.digests import INPUT, INPUTS_KEY, DigestCheck, add_input_digest_array
-from softtargets.digests import META as DIGESTS_META
-from softtargets.digests import META_KEY as DIGESTS_KEY
+from softtargets.format.destination import sweep_partial_files
+from softtargets.format.digests import INPUT, INPUTS_KEY, DigestCheck, add_input_digest_array
+from softtargets.format.digests import META as DIGESTS_META
+from softtargets.format.digests import META_KEY as DIGESTS_KEY
 from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_status
 from softtargets.errors import (ForeignDataError, IncompleteStoreError, StoreError,
                                 StoreExistsError)
 from softtargets.lock import StoreLock
-from softtargets.schema import row_arrays
-from softtargets.store import ATTR_KEY, RowWriter, StoreMeta, add_row_array, read_meta
+from softtargets.format.schema import row_arrays
+from softtargets.format.store import ATTR_KEY, RowWriter, StoreMeta, add_row_array, read_meta
 from softtargets.write.options import (check_resumable, effective_shard_rows,
                                        session_chunk_rows, store_exists)
 from softtargets.write.rows import RowMap, expected_ids, unit_ok, write_input_digests

@@ -14,13 +14,13 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
-from softtargets import sparse as sp
-from softtargets.codecs import default_chunk_rows as dense_chunk_rows
+from softtargets.format import sparse as sp
+from softtargets.format.codecs import default_chunk_rows as dense_chunk_rows
 from softtargets.errors import ConfigError
-from softtargets.sparse_store import SparseSpec, SparseWriter
-from softtargets.sparse_store import default_chunk_rows as sparse_chunk_rows
-from softtargets.sparse_store import make_spec
-from softtargets.store import RowWriter, StoreWriter
+from softtargets.format.sparse_store import SparseSpec, SparseWriter
+from softtargets.format.sparse_store import default_chunk_rows as sparse_chunk_rows
+from softtargets.format.sparse_store import make_spec
+from softtargets.format.store import RowWriter, StoreWriter
 
 _REGISTRY: dict[str, type[Targets]] = {}
 

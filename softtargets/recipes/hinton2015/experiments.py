@@ -27,7 +27,7 @@ from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, EnsembleLog
 from softtargets.data import Split, load_split, load_validation, spec
 from softtargets.errors import ConfigError
 from softtargets.recipes.hinton2015.models import load_checkpoint
-from softtargets.store import LogitStore
+from softtargets.format.store import LogitStore
 from softtargets.recipes.hinton2015.train import evaluate, train_student, train_teacher
 
 

@@ -23,7 +23,7 @@ from softtargets.config import (DataConfig, StudentTrainConfig, check_alpha, che
 from softtargets.errors import ConfigError
 from softtargets.recipes.hinton2015.experiments import cached_json, check_run_dir, log, write_json
 from softtargets.recipes.hinton2015.report import gap_closed, gap_text
-from softtargets.store import read_meta
+from softtargets.format.store import read_meta
 from softtargets.recipes.hinton2015.train import train_student
 
 

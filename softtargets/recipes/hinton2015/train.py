@@ -25,8 +25,8 @@ from softtargets.loader import DistillData, StreamingDistillData, StreamOptions,
 from softtargets.recipes.hinton2015.mixup import MixupData
 from softtargets.recipes.hinton2015.models import (ModelSpec, apply_max_norm, build, check_replaceable,
                                 save_checkpoint)
-from softtargets.sparse_store import open_any
-from softtargets.store import LogitStore
+from softtargets.format.sparse_store import open_any
+from softtargets.format.store import LogitStore
 from softtargets.progress import bar as progress_bar
 from softtargets.view_loader import ViewData, ViewReplay
 

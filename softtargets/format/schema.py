@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from softtargets.codecs import COMPRESSORS
+from softtargets.format.codecs import COMPRESSORS
 
 FORMAT_NAME = "softtargets.logits"
 FORMAT_VERSION = 1

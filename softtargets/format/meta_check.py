@@ -18,9 +18,9 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from softtargets import schema
+from softtargets.format import schema
 from softtargets.errors import StoreError, StoreMetadataError
-from softtargets.remote import is_remote, local_path, open_group
+from softtargets.format.remote import is_remote, local_path, open_group
 
 
 def open_store_group(url: str) -> tuple[dict[str, Any], zarr.Group]:

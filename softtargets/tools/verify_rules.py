@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from softtargets.schema import SPARSE_KEY, sparse_names
+from softtargets.format.schema import SPARSE_KEY, sparse_names
 
 Finding = tuple[str, np.ndarray, str]
 NEVER = "(never written, deleted or damaged)"

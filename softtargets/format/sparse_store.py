@@ -20,11 +20,11 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from softtargets import sparse as sp
-from softtargets.digests import DigestCheck
+from softtargets.format import sparse as sp
+from softtargets.format.digests import DigestCheck
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
-from softtargets.schema import LSE, POSITION, SPARSE_KINDS, TAIL, sparse_names
-from softtargets.store import (SAMPLE_ID, TARGET_CHUNK_BYTES, RowWriter, StoreMeta,
+from softtargets.format.schema import LSE, POSITION, SPARSE_KINDS, TAIL, sparse_names
+from softtargets.format.store import (SAMPLE_ID, TARGET_CHUNK_BYTES, RowWriter, StoreMeta,
                                _prepare_destination, add_row_array, check_dataset, chunk_slice,
                                codec_chain, compressor_codecs, create_group, new_meta, read_meta)
 
@@ -256,7 +256,7 @@ class SparseStore:
         meta, group = read_meta(url)
         if meta.kind not in KINDS:
             raise SparseStoreError(f"store {url!r} is of kind {meta.kind!r}, not a sparse store "
-                                   f"({list(KINDS)}); open it with softtargets.store.LogitStore")
+                                   f"({list(KINDS)}); open it with softtargets.format.store.LogitStore")
         if not meta.complete:
             raise IncompleteStoreError(
                 f"store {url!r} is incomplete (complete: false): its writer crashed or is still "
@@ -322,6 +322,6 @@ class SparseStore:
 
 def open_any(url: str) -> Any:
     """LogitStore for a dense store, SparseStore for a sparse one."""
-    from softtargets.store import LogitStore
+    from softtargets.format.store import LogitStore
     meta, _ = read_meta(url)
     return SparseStore.open(url) if meta.kind in KINDS else LogitStore.open(url)

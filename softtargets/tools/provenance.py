@@ -10,12 +10,12 @@ from typing import Any
 
 import zarr
 
-from softtargets.digests import DIGESTS
-from softtargets.digests import META_KEY as DIGESTS_KEY
-from softtargets.meta_check import codec_names
-from softtargets.remote import object_sizes, redact
-from softtargets.schema import SPARSE_KINDS, row_arrays, sparse_names
-from softtargets.store import LOGITS, StoreMeta, read_meta, unit_rows
+from softtargets.format.digests import DIGESTS
+from softtargets.format.digests import META_KEY as DIGESTS_KEY
+from softtargets.format.meta_check import codec_names
+from softtargets.format.remote import object_sizes, redact
+from softtargets.format.schema import SPARSE_KINDS, row_arrays, sparse_names
+from softtargets.format.store import LOGITS, StoreMeta, read_meta, unit_rows
 
 # Keys of later format additions (ensembles, views, sparse forms) that inspect lists if present.
 MEMBER_KEYS = ("teachers", "members", "ensemble", "views")

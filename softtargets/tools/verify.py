@@ -19,13 +19,13 @@ import numpy as np
 
 from softtargets.config import DataConfig
 from softtargets.data import load_split
-from softtargets.digests import DigestCheck
+from softtargets.format.digests import DigestCheck
 from softtargets.errors import StoreError
-from softtargets.meta_check import meta_problems, open_store_group
-from softtargets.schema import POSITION, SAMPLE_ID, row_arrays
-from softtargets.store import StoreMeta
-from softtargets.verify_chunks import MAX_LISTED, ChunkPass, listed
-from softtargets.verify_rules import context
+from softtargets.format.meta_check import meta_problems, open_store_group
+from softtargets.format.schema import POSITION, SAMPLE_ID, row_arrays
+from softtargets.format.store import StoreMeta
+from softtargets.tools.verify_chunks import MAX_LISTED, ChunkPass, listed
+from softtargets.tools.verify_rules import context
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 import xxhash
 import zarr
 
-from softtargets.codecs import compressor_codecs
+from softtargets.format.codecs import compressor_codecs
 from softtargets.errors import StoreError, StoreMismatchError
 
 DIGESTS = "digests"  # subgroup holding one digest array per data array

@@ -11,14 +11,14 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from softtargets.digests import DigestCheck
+from softtargets.format.digests import DigestCheck
 from softtargets.errors import StoreError
-from softtargets.schema import ArraySpec
-from softtargets.store import StoreMeta, chunk_slice, unit_rows
-from softtargets.verify_rules import RULES, Context
+from softtargets.format.schema import ArraySpec
+from softtargets.format.store import StoreMeta, chunk_slice, unit_rows
+from softtargets.tools.verify_rules import RULES, Context
 
 if TYPE_CHECKING:
-    from softtargets.verify import VerifyReport
+    from softtargets.tools.verify import VerifyReport
 
 MAX_LISTED = 10  # ids/rows listed per problem; the count is always given
 

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from softtargets.errors import ConfigError, SparseTemperatureError
-from softtargets.store import to_float16
+from softtargets.format.store import to_float16
 
 SOURCES = ("logits", "log_probs")
 TAIL_MODES = ("rest", "renormalise")

@@ -20,16 +20,16 @@ import numcodecs
 import numpy as np
 import zarr
 
-from softtargets.codecs import (COMPRESSORS, FP16_MAX, TARGET_CHUNK_BYTES,  # noqa: F401 re-exported
+from softtargets.format.codecs import (COMPRESSORS, FP16_MAX, TARGET_CHUNK_BYTES,  # noqa: F401 re-exported
                                 codec_chain, compressor_codecs, default_chunk_rows, to_float16)
-from softtargets.digests import META as DIGESTS_META
-from softtargets.digests import META_KEY as DIGESTS_KEY
-from softtargets.digests import DigestCheck, DigestWriter, add_row_array  # noqa: F401 re-exported
+from softtargets.format.digests import META as DIGESTS_META
+from softtargets.format.digests import META_KEY as DIGESTS_KEY
+from softtargets.format.digests import DigestCheck, DigestWriter, add_row_array  # noqa: F401 re-exported
 from softtargets.errors import (IncompleteStoreError, SparseStoreError, StoreError,
                                 StoreExistsError, StoreMismatchError)
-from softtargets.meta_check import check_meta, open_store_group
-from softtargets.remote import is_remote, local_path, open_group
-from softtargets.schema import (ATTR_KEY, FORMAT_NAME, FORMAT_VERSION,  # noqa: F401 re-exported
+from softtargets.format.meta_check import check_meta, open_store_group
+from softtargets.format.remote import is_remote, local_path, open_group
+from softtargets.format.schema import (ATTR_KEY, FORMAT_NAME, FORMAT_VERSION,  # noqa: F401 re-exported
                                 LOGITS, MAX_READ_VERSION, SAMPLE_ID, STORE_ARRAYS)
 
 
@@ -84,7 +84,7 @@ def software_versions() -> dict[str, str]:
 
 def _prepare_destination(url: str, overwrite: bool) -> None:
     """Refuse an existing path unless overwrite; delete only a softtargets store (destination.py)."""
-    from softtargets.destination import prepare_destination  # it imports this module
+    from softtargets.format.destination import prepare_destination  # it imports this module
     prepare_destination(url, overwrite)
 
 
@@ -319,7 +319,7 @@ class LogitStore:
             raise SparseStoreError(
                 f"store {url!r} is a sparse {meta.kind!r} store (kind {meta.kind!r}, no dense "
                 "'logits' array); this reader reads only kind 'dense'. Open it with "
-                "softtargets.sparse_store.SparseStore (the student command accepts it)")
+                "softtargets.format.sparse_store.SparseStore (the student command accepts it)")
         if not meta.complete and not allow_incomplete:
             raise IncompleteStoreError(
                 f"store {url!r} is incomplete (complete: false): its writer crashed or is still "

@@ -17,11 +17,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from softtargets.digests import DIGESTS, INPUT
+from softtargets.format.digests import DIGESTS, INPUT
 from softtargets.errors import (ForeignDataError, RemoteStoreError, SofttargetsError,
                                 StoreExistsError, StoreWriteError)
-from softtargets.remote import explain, filesystem, is_remote, local_path, redact
-from softtargets.store import ATTR_KEY, FORMAT_NAME, STORE_ARRAYS
+from softtargets.format.remote import explain, filesystem, is_remote, local_path, redact
+from softtargets.format.store import ATTR_KEY, FORMAT_NAME, STORE_ARRAYS
 
 # zarr's LocalStore writes `<name>.<uuid hex>.partial`, then renames it; a SIGKILL leaves it.
 _PARTIAL = re.compile(r"^(zarr|\d+)\.[0-9a-f]+\.partial$")
