@@ -65,16 +65,17 @@ class UnitReader:
         if name not in self.cache or self.cache[name][0] != unit:
             usl = slice(unit * rows, min(self.meta.n, (unit + 1) * rows))
             try:
-                self.cache[name] = (unit, usl.start, _rows_first(array, spec, usl))
+                self.cache[name] = (unit, usl.start, rows_first(array, spec, usl))
             except Exception:  # some chunk of the unit is damaged: find it chunk by chunk
                 self.cache[name] = (unit, usl.start, None)
         _unit, start, data = self.cache[name]
         if data is None:
-            return _rows_first(array, spec, sl)
+            return rows_first(array, spec, sl)
         return data[sl.start - start:sl.stop - start]
 
 
-def _rows_first(array: zarr.Array, spec: ArraySpec, sl: slice) -> np.ndarray:
+def rows_first(array: zarr.Array, spec: ArraySpec, sl: slice) -> np.ndarray:
+    """Rows `sl` of `array` along its row axis, rows first."""
     data = np.asarray(array[(slice(None),) * spec.row_axis + (sl,)])
     return np.moveaxis(data, spec.row_axis, 0)  # (R, ...) e.g. member arrays (R, M, C)
 

@@ -16,6 +16,7 @@ from softtargets.format.digests import INPUT, DigestCheck, input_digests
 from softtargets.errors import StoreError
 from softtargets.format.schema import POSITION, SAMPLE_ID, row_arrays
 from softtargets.format.store import RowWriter
+from softtargets.tools.verify_chunks import rows_first
 from softtargets.tools.verify_rules import RULES, context
 
 
@@ -57,11 +58,6 @@ def expected_ids(rowmap: RowMap | None, rows: slice) -> tuple[np.ndarray, np.nda
     return rowmap.ids(rows)
 
 
-def _rows_first(array: Any, row_axis: int, rows: slice) -> np.ndarray:
-    data = np.asarray(array[(slice(None),) * row_axis + (rows,)])
-    return np.moveaxis(data, row_axis, 0)  # member arrays (M, R, ...) -> (R, M, ...)
-
-
 def unit_ok(writer: RowWriter, index: int, rowmap: RowMap | None = None,
             inputs: Any = None) -> bool:
     """Whether unit `index` of every array of the store decodes (crc32c), passes its array's row
@@ -73,7 +69,7 @@ def unit_ok(writer: RowWriter, index: int, rowmap: RowMap | None = None,
     try:
         chunk = {}
         for spec in row_arrays(meta):
-            data = _rows_first(writer.group[spec.name], spec.row_axis, sl)
+            data = rows_first(writer.group[spec.name], spec, sl)
             chunk[spec.name] = data
             members = range(spec.members) if spec.row_axis else [None]
             for m in members:
