@@ -42,12 +42,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from softtargets.config import DataConfig, LogitsConfig  # noqa: E402
-from softtargets.data import Split, load_split  # noqa: E402
-from softtargets.distill import distillation_loss  # noqa: E402
-from softtargets.loader import DistillData, StreamingDistillData, StreamOptions  # noqa: E402
+from softtargets.datasets.idx_files import Split, load_split  # noqa: E402
+from softtargets.read.distill import distillation_loss  # noqa: E402
+from softtargets.read.loader import DistillData, StreamingDistillData, StreamOptions  # noqa: E402
 from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint  # noqa: E402
 from softtargets.format.store import LOGITS, SAMPLE_ID, LogitStore, StoreWriter, read_meta  # noqa: E402
-from softtargets.teacher import write_teacher_logits  # noqa: E402
+from softtargets.write.idx_teacher import write_teacher_logits  # noqa: E402
 
 
 def synthetic_split(root: Path, n: int, classes: int) -> Split:

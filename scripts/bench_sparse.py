@@ -186,9 +186,9 @@ def fashion_values(teacher: str) -> tuple[np.ndarray, dict[str, Any]]:
     """(60000, 10) float32 teacher logits on the Fashion-MNIST train split, and its identity."""
     import torch
     from softtargets.config import DataConfig
-    from softtargets.data import load_split
+    from softtargets.datasets.idx_files import load_split
     from softtargets.recipes.hinton2015.models import load_checkpoint
-    from softtargets.teacher import infer
+    from softtargets.write.idx_teacher import infer
     split = load_split(DataConfig(dataset="fashion-mnist"))
     model = load_checkpoint(teacher, expect_classes=10).model.eval()
     z = infer(model, split.inputs(slice(0, len(split))), batch_size=4096,
@@ -200,7 +200,7 @@ def students(teacher: str, workdir: Path, *, rows: int, epochs: int, k: int,
              temperature: float) -> list[dict[str, Any]]:
     """Students of one teacher from dense, top-k (rest / renormalise) and sampled stores."""
     from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig
-    from softtargets.teacher import write_teacher_logits
+    from softtargets.write.idx_teacher import write_teacher_logits
     from softtargets.recipes.hinton2015.train import train_student
     data = DataConfig(dataset="fashion-mnist", limit=rows)
     many = 10 * k  # more draws: same unbiased estimate, lower variance

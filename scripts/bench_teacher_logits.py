@@ -28,10 +28,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from softtargets.config import DataConfig  # noqa: E402
-from softtargets.data import Split, load_split  # noqa: E402
+from softtargets.datasets.idx_files import Split, load_split  # noqa: E402
 from softtargets.recipes.hinton2015.models import ModelSpec, build  # noqa: E402
 from softtargets.format.store import StoreWriter  # noqa: E402
-from softtargets.teacher import autocast, prepare_model, resolve_device, write_chunks  # noqa: E402
+from softtargets.write.idx_teacher import autocast, prepare_model, resolve_device, write_chunks  # noqa: E402
 
 
 class SmallCNN(nn.Module):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from softtargets.config import DataConfig
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.recipes.hinton2015.models import load_checkpoint
 
 

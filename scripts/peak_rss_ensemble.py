@@ -25,7 +25,7 @@ args = json.loads(sys.argv[1])
 from softtargets.config import DataConfig, EnsembleLogitsConfig, StudentTrainConfig
 data = DataConfig(dataset="fashion-mnist", limit=args["limit"])
 if args["stage"] == 1:
-    from softtargets.members import write_ensemble_logits
+    from softtargets.write.ensemble_run import write_ensemble_logits
     write_ensemble_logits(EnsembleLogitsConfig(data=data, teachers=tuple(args["teachers"]),
                           store=args["store"], overwrite=True, device="cpu"), progress=False)
 else:
@@ -47,7 +47,7 @@ def measure(**args: object) -> float:
 def make_teachers(root: Path, count: int, hidden: tuple[int, ...]) -> tuple[list[str], int]:
     import torch
     from softtargets.config import DataConfig
-    from softtargets.data import load_split
+    from softtargets.datasets.idx_files import load_split
     from softtargets.recipes.hinton2015.models import MLP, ModelSpec, save_checkpoint
     split = load_split(DataConfig(dataset="fashion-mnist", limit=10))
     paths, params = [], 0

@@ -22,7 +22,7 @@ import numcodecs
 import numpy as np
 
 from softtargets.format.store import LOGITS, SAMPLE_ID, chunk_slice
-from softtargets.chunks import ChunkReader, check_chunk
+from softtargets.format.chunks import ChunkReader, check_chunk
 
 
 def main() -> None:
@@ -84,7 +84,7 @@ def threaded(url: str, batch_size: int, rounds: int = 2) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_loader import loader_rows_per_s, raw_decode_rows_per_s, synthetic_store
 
-    from softtargets.loader import StreamingDistillData, StreamOptions
+    from softtargets.read.loader import StreamingDistillData, StreamOptions
     from softtargets.format.store import LogitStore
     store = LogitStore.open(url)
     n = store.meta.n

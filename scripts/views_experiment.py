@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig
-from softtargets.data import load_split
-from softtargets.distill import distillation_loss
+from softtargets.datasets.idx_files import load_split
+from softtargets.read.distill import distillation_loss
 from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint
-from softtargets.teacher import write_teacher_logits
+from softtargets.write.idx_teacher import write_teacher_logits
 from softtargets.recipes.hinton2015.train import FitOptions, fit, train_student
-from softtargets.view_loader import ViewData
-from softtargets.views import apply_views, draw_params, parse_spec
+from softtargets.read.view_loader import ViewData
+from softtargets.augment.views import apply_views, draw_params, parse_spec
 
 
 class FreshAugmentData:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from softtargets.cli import cli
 from softtargets.config import DataConfig
-from softtargets.data import FILES, find_file
+from softtargets.datasets.idx_files import FILES, find_file
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

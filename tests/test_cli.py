@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from conftest import run_cli as run
-from softtargets import data as data_mod
+from softtargets.datasets import idx_files as data_mod
 
 
 def data_args(cfg, limit=None):

@@ -12,7 +12,7 @@ import torch
 from conftest import make_dataset
 from dataset_helpers import write_cifar10, write_images, write_tokens
 from conftest import run_cli as run
-from softtargets.cli_data import DataOptions, load_data
+from softtargets.cli.data import DataOptions, load_data
 from softtargets.errors import ConfigError
 from softtargets.format.store import read_meta
 from user_models import IMAGE, VOCAB

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from softtargets import data
+from softtargets.datasets import idx_files as data
 from softtargets.config import DataConfig
 from softtargets.errors import (ConfigError, DatasetError, DatasetNotFoundError,
                                 ValidationLeakError)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from softtargets import data
+from softtargets.datasets import idx_files as data
 from softtargets.datasets import (BaseDataset, IDXDataset, MapDataset, check_labels,
                                   from_tensors, wrap)
 from softtargets.errors import DatasetError, LabelError

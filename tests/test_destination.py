@@ -10,7 +10,8 @@ from conftest import run_cli
 from stage1_helpers import make_teacher, stage1_args
 from test_store import GOLDEN_LOGITS, write_store
 
-from softtargets import ensemble, views
+from softtargets.augment import views
+from softtargets.format import ensemble
 
 from softtargets.format import sparse_store, store as st
 from softtargets.format.destination import delete_array, is_format_key, sweep_partial_files

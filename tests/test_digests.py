@@ -101,7 +101,7 @@ def test_inspect_and_verify_say_whether_a_store_is_bound(tmp_path):
 
 
 def test_digest_arrays_read_whole_as_zarr_reads_them(tmp_path):
-    from softtargets.chunks import read_whole
+    from softtargets.format.chunks import read_whole
     write_store(tmp_path / "s.zarr")  # 3 chunks: one digest object each
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
     for name in ("logits", "sample_id"):
@@ -129,7 +129,7 @@ def test_a_damaged_digest_object_is_refused_naming_its_array(tmp_path):
 def test_decode_threads_sharing_a_check_read_each_digest_array_once(tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from softtargets.chunks import ChunkReader
+    from softtargets.format.chunks import ChunkReader
     write_store(tmp_path / "s.zarr")
     reads = []
     real = dg.DigestCheck._read

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from softtargets.format import sparse
-from softtargets.distill import (distillation_loss, sampled_soft_target_loss, soft_target_loss,
+from softtargets.read.distill import (distillation_loss, sampled_soft_target_loss, soft_target_loss,
                                  sparse_distillation_loss, sparse_targets, topk_soft_target_loss)
 from softtargets.errors import ConfigError, SparseTemperatureError
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from stage1_helpers import REPO, chunk_files, make_teacher, stage1_args
 
 from softtargets.cli import cli
-from softtargets.distributed import Ranks, my_units
+from softtargets.write.distributed import Ranks, my_units
 from softtargets.format.store import LogitStore
 
 

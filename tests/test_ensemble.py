@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from softtargets.config import DataConfig, EnsembleLogitsConfig, StudentTrainConfig
-from softtargets.data import load_split
-from softtargets.distill import distillation_loss, soft_target_loss_from_log_probs
-from softtargets.ensemble import (EnsembleTargets, check_rule, combine_log_probs, combine_probs,
+from softtargets.datasets.idx_files import load_split
+from softtargets.read.distill import distillation_loss, soft_target_loss_from_log_probs
+from softtargets.format.ensemble import (EnsembleTargets, check_rule, combine_log_probs, combine_probs,
                                   open_targets)
 from softtargets.errors import ConfigError
-from softtargets.members import write_ensemble_logits
+from softtargets.write.ensemble_run import write_ensemble_logits
 from softtargets.recipes.hinton2015.models import MLP, ModelSpec, save_checkpoint
 from softtargets.format.store import LogitStore
 
@@ -228,7 +228,7 @@ def test_student_trains_from_ensemble_store(ensemble_store, tiny_data, tmp_path)
 
 def test_other_dataset_still_refused(ensemble_store, tiny_data):
     from softtargets.errors import StoreMismatchError
-    from softtargets.loader import DistillData
+    from softtargets.read.loader import DistillData
     _, _, store = ensemble_store
     fewer = load_split(DataConfig(dataset="mnist", data_dir=tiny_data.data_dir, limit=50))
     with pytest.raises(StoreMismatchError, match="n differs"):

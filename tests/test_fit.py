@@ -9,7 +9,7 @@ from torch import nn
 
 from softtargets.datasets import from_tensors
 from softtargets.errors import ConfigError
-from softtargets.fit import Checkpointer, FitConfig, fit_student
+from softtargets.read.fit import Checkpointer, FitConfig, fit_student
 from softtargets.write import write_logits
 
 

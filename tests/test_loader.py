@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from softtargets.config import DataConfig
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.errors import ConfigError, StoreError, StoreMismatchError
-from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
+from softtargets.read.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
 from softtargets.format.store import LogitStore, StoreWriter
 
 
@@ -88,7 +88,7 @@ def make_sparse_store(url, split, *, perm, logits, kind="topk", k=3, temperature
 
 @pytest.mark.parametrize("kind", ["topk", "sampled"])
 def test_sparse_store_joins_through_sample_id(tiny_data, tmp_path, kind):
-    from softtargets.distill import SparseTargets
+    from softtargets.read.distill import SparseTargets
     split = load_split(tiny_data)
     n = len(split)
     perm = np.random.default_rng(0).permutation(n)[:80]  # a subset, in shuffled order

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from softtargets.errors import StoreLockedError
-from softtargets.lock import StoreLock, lock_url
+from softtargets.write.lock import StoreLock, lock_url
 
 
 def write_lease(path, *, pid, host, age):

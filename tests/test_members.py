@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from softtargets.config import DataConfig
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.write.passes import mc_seed
 from softtargets.recipes.hinton2015.models import MLP, ModelSpec, save_checkpoint
 from softtargets.format.store import LogitStore

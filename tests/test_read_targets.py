@@ -12,7 +12,7 @@ from conftest import run_cli
 from read_helpers import identity, write_dense, write_positions
 from softtargets.format import sparse as sp
 from softtargets.format import sparse_store as ss
-from softtargets.distill import sparse_targets
+from softtargets.read.distill import sparse_targets
 from softtargets.errors import (ConfigError, SparseTemperatureError, StoreError,
                                 StoreMismatchError)
 from softtargets.read import DenseTarget, PositionTargets, SoftTargets, SparseTargets

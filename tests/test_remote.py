@@ -113,7 +113,7 @@ def test_stage1_into_a_missing_bucket_fails_cleanly(s3, tiny_data, tmp_path):
 
 def test_lease_on_object_storage_refuses_a_second_writer(s3):
     from softtargets.errors import StoreLockedError
-    from softtargets.lock import StoreLock
+    from softtargets.write.lock import StoreLock
     url = "s3://teams/locked.zarr"
     with StoreLock(url):
         assert s3fs.S3FileSystem().exists("teams/locked.zarr.lock")

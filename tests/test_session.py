@@ -136,7 +136,7 @@ def test_exception_mid_run_never_finalizes_and_resume_completes_shards(setup, tm
     tiny_data, teacher, _ref = setup
     ref, store = tmp_path / "ref-sh.zarr", tmp_path / "sh.zarr"
     run_cli(*stage1_args(tiny_data, teacher, ref, "--shard-rows", 16))
-    from softtargets import session as session_mod
+    from softtargets.write import session as session_mod
     real_write = session_mod.WriteSession.write
     calls = []
 
@@ -204,7 +204,7 @@ def test_resume_rewrites_a_swapped_unit_and_one_without_its_digest(setup, tmp_pa
 def test_a_writer_whose_lease_is_taken_over_stops_with_one_line(tiny_data, tmp_path,
                                                                 monkeypatch):
     import re
-    from softtargets.session import DELAY_ENV
+    from softtargets.write.session import DELAY_ENV
     teacher = make_teacher(tmp_path / "teacher.pt", tiny_data)
     store = tmp_path / "s.zarr"
     args = stage1_args(tiny_data, teacher, store, "--views", 2, "--limit", 24)
@@ -228,8 +228,8 @@ def test_a_write_into_a_store_deleted_by_the_new_lease_holder_names_the_holder(t
     import shutil
     from softtargets.config import LogitsConfig
     from softtargets.errors import StoreLockedError
-    from softtargets.lock import StoreLock
-    from softtargets.session import RowArray, WriteSession
+    from softtargets.write.lock import StoreLock
+    from softtargets.write.session import RowArray, WriteSession
     cfg = LogitsConfig(data=tiny_data, store=str(tmp_path / "s.zarr"), chunk_rows=8)
     extra = RowArray("view_logits", (2, 10), "float16", ("row", "view", "class"))
     session = WriteSession(cfg, n=16, class_names=tuple("abcdefghij"), teacher={},

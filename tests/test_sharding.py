@@ -10,7 +10,7 @@ from conftest import run_cli
 from stage1_helpers import make_teacher, stage1_args
 
 from softtargets.config import LogitsConfig
-from softtargets.session import effective_shard_rows
+from softtargets.write.session import effective_shard_rows
 from softtargets.format.store import LogitStore
 from softtargets.tools.verify import verify_store
 

@@ -344,7 +344,7 @@ def test_not_a_store_gives_one_line_naming_the_fix(tmp_path):
 
 
 def test_every_reader_refuses_with_the_same_line(tmp_path):
-    from softtargets import stream, view_loader
+    from softtargets.read import order as stream, view_loader
     from softtargets.format import sparse_store
     from softtargets.tools import provenance
     from softtargets.tools.verify import verify_store

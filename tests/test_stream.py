@@ -4,7 +4,7 @@ import zarr
 
 from softtargets.errors import StoreError
 from softtargets.format.store import LogitStore, StoreWriter
-from softtargets.stream import ChunkReader, StreamPlan, resume_point, worker_batches
+from softtargets.read.order import ChunkReader, StreamPlan, resume_point, worker_batches
 
 
 def write_store(url, *, n=50, classes=4, chunk_rows=8, compressor="zstd", seed=0):

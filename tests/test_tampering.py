@@ -18,15 +18,15 @@ import zarr
 
 from conftest import make_dataset, run_cli
 from stage1_helpers import make_teacher
-from softtargets import ensemble
+from softtargets.format import ensemble
 from softtargets.config import DataConfig
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.errors import StoreError
 from softtargets.format.sparse_store import SparseStore
 from softtargets.format.store import LogitStore
-from softtargets.stream import ChunkReader
+from softtargets.read.order import ChunkReader
 from softtargets.tools.verify import verify_store
-from softtargets.view_loader import ViewData
+from softtargets.read.view_loader import ViewData
 
 ROWS = 16  # chunk rows: 96 train rows -> 6 chunks, 48 test rows -> 3
 KINDS = {  # kind -> (extra stage-1 flags, the array whose chunks are attacked, member)

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from softtargets.config import LogitsConfig
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.errors import IncompleteStoreError
 from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint
 from softtargets.format.store import LogitStore, StoreWriter, read_meta
-from softtargets.teacher import prepare_model, resolve_device, write_chunks, write_teacher_logits
+from softtargets.write.idx_teacher import prepare_model, resolve_device, write_chunks, write_teacher_logits
 
 
 @pytest.fixture

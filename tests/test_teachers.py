@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.format.store import LogitStore
-from softtargets.teachers import detect_kind, import_object, load_teacher
+from softtargets.write.teachers import detect_kind, import_object, load_teacher
 
 from conftest import run_cli as run
 

@@ -17,7 +17,7 @@ from test_sparse_store import write as write_sparse
 
 from softtargets.cli import cli
 from softtargets.config import DataConfig
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.format.store import StoreWriter
 from softtargets.tools.verify import verify_store
 

@@ -10,19 +10,19 @@ import torch
 from conftest import run_cli
 from stage1_helpers import make_teacher
 
-from softtargets import ensemble
+from softtargets.format import ensemble
 from softtargets.config import EnsembleLogitsConfig, LogitsConfig, StudentTrainConfig
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.errors import ConfigError, StoreError, StoreMismatchError
-from softtargets.loader import StreamingDistillData, StreamOptions
-from softtargets.members import write_ensemble_logits
+from softtargets.read.loader import StreamingDistillData, StreamOptions
+from softtargets.write.ensemble_run import write_ensemble_logits
 from softtargets.recipes.hinton2015.mixup import MixupData, mix_log_probs
 from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.format.store import LogitStore, read_meta
-from softtargets.teacher import write_teacher_logits
+from softtargets.write.idx_teacher import write_teacher_logits
 from softtargets.recipes.hinton2015.train import train_student
-from softtargets.view_loader import ViewData, ViewReplay
-from softtargets.views import AugmentSpec, apply_views, choose_views
+from softtargets.read.view_loader import ViewData, ViewReplay
+from softtargets.augment.views import AugmentSpec, apply_views, choose_views
 
 AUG = "shift=2,rotate=8,flip=1"
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from softtargets.config import LogitsConfig
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.errors import ConfigError
 from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.format.store import LogitStore, read_meta
-from softtargets.teacher import write_teacher_logits
-from softtargets.view_loader import ViewData
-from softtargets.views import AugmentSpec, apply_views, draw_params, parse_spec
+from softtargets.write.idx_teacher import write_teacher_logits
+from softtargets.read.view_loader import ViewData
+from softtargets.augment.views import AugmentSpec, apply_views, draw_params, parse_spec
 
 SPEC = AugmentSpec(shift=2, rotate=10.0, scale=1.2, flip=1)
 
@@ -189,7 +189,7 @@ def test_user_augmentation_errors_name_the_fix() -> None:
         parse_spec("user=nocolon")
     with pytest.raises(ConfigError, match="cannot be imported .* PYTHONPATH"):
         parse_spec("user=no_such_module_xyz:aug")
-    with pytest.raises(ConfigError, match="is a int, not a softtargets.views.Augmentation"):
+    with pytest.raises(ConfigError, match="is a int, not a softtargets.augment.views.Augmentation"):
         parse_spec("user=user_augs:not_an_augmentation")
     spec = parse_spec("shift=1,user=user_augs:dim")
     with pytest.raises(ConfigError, match="view parameters have 5 columns, the augment spec "

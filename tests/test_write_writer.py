@@ -9,7 +9,7 @@ import torch
 from conftest import run_cli
 from stage1_helpers import chunk_files, make_teacher, stage1_args
 
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.datasets import TokenSequences, from_tensors
 from softtargets.errors import (AppendError, ConfigError, IncompleteStoreError, LogitValueError,
                                 ResumeMismatchError, StoreError)

@@ -2,7 +2,7 @@
 
 import torch
 
-from softtargets.views import Augmentation
+from softtargets.augment.views import Augmentation
 
 # scales the image by a drawn factor in [0.5, 1]: one plain number per view
 dim = Augmentation(param_names=("factor",), draw=lambda rng: (rng.uniform(0.5, 1.0),),

@@ -1,4 +1,4 @@
-"""The IDX datasets (Fashion-MNIST, MNIST, KMNIST) of softtargets.data as softtargets datasets."""
+"""The IDX datasets (Fashion-MNIST, MNIST, KMNIST) of softtargets.datasets.idx_files as softtargets datasets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from softtargets.config import DataConfig
-from softtargets.data import Split, load_split
+from softtargets.datasets.idx_files import Split, load_split
 from softtargets.datasets.base import BaseDataset, check_labels
 
 

@@ -105,7 +105,7 @@ def _digest_arrays(group: zarr.Group) -> zarr.Group | None:
 def _read_whole(array: zarr.Array) -> np.ndarray:
     """All digests of one digest array, its chunk files read directly where they are local."""
     # imported here: chunks.py imports the stores, which import this module
-    from softtargets.chunks import read_whole
+    from softtargets.format.chunks import read_whole
     return read_whole(array)
 
 

@@ -2,7 +2,7 @@
 with its targets (`DistillDataset`, or streamed in bounded memory: `StreamingDistillDataset`),
 the batch types, and the distillation loss for each. See docs/API.md."""
 
-from softtargets.distill import SparseTargets
+from softtargets.read.distill import SparseTargets
 from softtargets.read.batch import DenseTarget, PositionTargets, collate, stack_targets
 from softtargets.read.dataset import DistillDataset
 from softtargets.read.loss import distillation_loss

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from softtargets.distill import SparseTargets, map_tensors
+from softtargets.read.distill import SparseTargets, map_tensors
 from softtargets.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import default_collate
 
 from softtargets.format import sparse as sp
 from softtargets.datasets.base import BaseDataset, as_numpy
-from softtargets.distill import SparseTargets, map_tensors
+from softtargets.read.distill import SparseTargets, map_tensors
 from softtargets.errors import DatasetError
 from softtargets.read.batch import DenseTarget, PositionTargets, Target
 from softtargets.read.units import ENSEMBLE_KIND, SPARSE_KIND, UnitSpec

@@ -16,15 +16,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from softtargets import ensemble
+from softtargets.format import ensemble
 from softtargets.format import sparse as sp
-from softtargets.distill import SparseTargets, map_tensors, sparse_targets
+from softtargets.read.distill import SparseTargets, map_tensors, sparse_targets
 from softtargets.errors import ConfigError, StoreError
 from softtargets.read.batch import DenseTarget, PositionTargets, Target
 from softtargets.read.units import ENSEMBLE_KIND, LOGITS_KIND, SPARSE_KIND, UnitSpec
 from softtargets.format.sparse_store import KINDS, SparseStore
 from softtargets.format.store import LogitStore, StoreMeta, read_meta
-from softtargets.views import check_view
+from softtargets.augment.views import check_view
 
 
 @dataclasses.dataclass(frozen=True)

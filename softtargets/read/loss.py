@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from softtargets import distill
+from softtargets.read import distill
 from softtargets.config import check_alpha, check_temperature
-from softtargets.distill import SparseTargets
+from softtargets.read.distill import SparseTargets
 from softtargets.errors import ConfigError
 from softtargets.read.batch import DenseTarget, PositionTargets, Target
 

@@ -10,7 +10,7 @@
 
 A torch `IterableDataset` of batches for every store kind, read unit by unit (a unit is a store
 chunk, softtargets/read/units.py) in bounded memory: two groups of `buffer_chunks` units per
-process, whatever the store's size. The order of an epoch is softtargets/stream.py's: units
+process, whatever the store's size. The order of an epoch is softtargets/read/order.py's: units
 permuted by (seed, epoch), split across torch.distributed ranks and DataLoader workers, rows
 shuffled within groups of units; every row is delivered exactly once per epoch across all
 workers and ranks. `state_dict()` / `load_state_dict()` resume in the middle of an epoch.
@@ -36,9 +36,9 @@ from softtargets.read.dataset import (InputChecks, check_pairing, dataset_name, 
                                       sample_ids_of)
 from softtargets.read.load import ReadOptions, open_source
 from softtargets.read.units import ARRAYS_KIND, UnitSpec, scan
-from softtargets.stream import (ChunkGauge, StreamPlan, UnitReader, resume_point,
+from softtargets.read.order import (ChunkGauge, StreamPlan, UnitReader, resume_point,
                                 worker_batches)
-from softtargets.views import VIEW_LOGITS, VIEW_PARAMS
+from softtargets.augment.views import VIEW_LOGITS, VIEW_PARAMS
 
 # what a saved position must match to continue the same order
 LAYOUT = ("seed", "batch_size", "rank", "world_size", "shuffle", "drop_last", "buffer_chunks",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softtargets.distill import map_tensors
+from softtargets.read.distill import map_tensors
 from softtargets.errors import ConfigError, StoreMismatchError
 from softtargets.read.batch import Target
 from softtargets.read.load import ReadOptions, Source, Table, open_source

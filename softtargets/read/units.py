@@ -23,13 +23,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from softtargets import ensemble
-from softtargets.chunks import ChunkReader
+from softtargets.format import ensemble
+from softtargets.format.chunks import ChunkReader
 from softtargets.errors import StoreError, StoreMismatchError
 from softtargets.format.schema import POSITION
 from softtargets.format.sparse_store import SparseStore
 from softtargets.format.store import LOGITS, LogitStore, StoreMeta
-from softtargets.views import VIEW_LOGITS
+from softtargets.augment.views import VIEW_LOGITS
 
 Layouts = list[tuple[tuple[int, ...], np.dtype]]  # (item shape, dtype) of each output array
 LOGITS_KIND, ENSEMBLE_KIND, SPARSE_KIND, ARRAYS_KIND = "logits", "ensemble", "sparse", "arrays"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from softtargets.config import DataConfig
-from softtargets.data import load_split
+from softtargets.datasets.idx_files import load_split
 from softtargets.format.digests import DigestCheck
 from softtargets.errors import StoreError
 from softtargets.format.meta_check import meta_problems, open_store_group

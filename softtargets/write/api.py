@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from softtargets.datasets.base import BaseDataset
-from softtargets.distributed import ranks_from_env
+from softtargets.write.distributed import ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
 from softtargets.format.store import StoreMeta

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from softtargets.ensemble import ENSEMBLE_KEY, MEMBER_LOGITS, ensemble_info, summary_identity
+from softtargets.format.ensemble import ENSEMBLE_KEY, MEMBER_LOGITS, ensemble_info, summary_identity
 from softtargets.errors import ConfigError
 from softtargets.write.session import RowArray
 from softtargets.write.targets import Dense, Targets

@@ -26,7 +26,7 @@ def mc_seed(base: int, mc_pass: int, chunk: int) -> int:
 def require_mc_dropout(model: Any, *, what: str, passes: int) -> None:
     """Put the dropout layers of `model` in train mode for MC passes; refuse a model without
     any (its passes would all be equal). `what` names the teacher in errors."""
-    from softtargets.teachers import enable_mc_dropout
+    from softtargets.write.teachers import enable_mc_dropout
     if enable_mc_dropout(model) == 0:
         raise ConfigError(f"--mc-dropout {passes}: teacher {what} has no dropout layers, so its "
                           "passes would all be equal")

@@ -33,10 +33,10 @@ from softtargets.format.destination import sweep_partial_files
 from softtargets.format.digests import INPUT, INPUTS_KEY, DigestCheck, add_input_digest_array
 from softtargets.format.digests import META as DIGESTS_META
 from softtargets.format.digests import META_KEY as DIGESTS_KEY
-from softtargets.distributed import Comm, Ranks, error_status, my_units, raise_status
+from softtargets.write.distributed import Comm, Ranks, error_status, my_units, raise_status
 from softtargets.errors import (ForeignDataError, IncompleteStoreError, StoreError,
                                 StoreExistsError)
-from softtargets.lock import StoreLock
+from softtargets.write.lock import StoreLock
 from softtargets.format.schema import row_arrays
 from softtargets.format.store import ATTR_KEY, RowWriter, StoreMeta, add_row_array, read_meta
 from softtargets.write.options import (check_resumable, effective_shard_rows,

@@ -21,10 +21,10 @@ import numpy as np
 
 from softtargets.format.codecs import to_float16
 from softtargets.datasets.base import as_numpy
-from softtargets.distributed import ranks_from_env
+from softtargets.write.distributed import ranks_from_env
 from softtargets.errors import AppendError, ConfigError, IncompleteStoreError
 from softtargets.format.store import StoreMeta, unit_rows
-from softtargets.ensemble import MEMBER_LOGITS
+from softtargets.format.ensemble import MEMBER_LOGITS
 from softtargets.write.members import check_members, mean_of_members, member_layout
 from softtargets.write.options import WriteOptions, session_chunk_rows
 from softtargets.write.rows import RowMap

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from softtargets import ensemble, members
+from softtargets.format import ensemble
+from softtargets.write import ensemble_run as members
 from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, EnsembleLogitsConfig,
                                 StudentTrainConfig, TeacherTrainConfig, parse_widths, to_dict)
-from softtargets.data import Split, load_split, load_validation, spec
+from softtargets.datasets.idx_files import Split, load_split, load_validation, spec
 from softtargets.errors import ConfigError
 from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.format.store import LogitStore

@@ -196,7 +196,7 @@ def plot_per_class(d: dict[str, Any], path: Path, class_names: list[str] | None 
 
 def write_report(results_path: str | Path, reports_dir: str | Path) -> Path:
     """Write table.md and three PNGs under reports_dir; returns the table's path."""
-    from softtargets.data import DATASETS
+    from softtargets.datasets.idx_files import DATASETS
     d = collect(Path(results_path))
     out = Path(reports_dir)
     out.mkdir(parents=True, exist_ok=True)

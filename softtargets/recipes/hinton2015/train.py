@@ -16,19 +16,19 @@ from torch import nn
 
 from softtargets.recipes.hinton2015.augment import random_shift
 from softtargets.config import DataConfig, StudentTrainConfig, TeacherTrainConfig, to_dict
-from softtargets.data import Split, load_split, load_validation
-from softtargets import ensemble
-from softtargets.distill import (SparseTargets, distillation_loss,
+from softtargets.datasets.idx_files import Split, load_split, load_validation
+from softtargets.format import ensemble
+from softtargets.read.distill import (SparseTargets, distillation_loss,
                                  distillation_loss_from_log_probs, sparse_distillation_loss)
 from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
-from softtargets.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
+from softtargets.read.loader import DistillData, StreamingDistillData, StreamOptions, distill_data
 from softtargets.recipes.hinton2015.mixup import MixupData
 from softtargets.recipes.hinton2015.models import (ModelSpec, apply_max_norm, build, check_replaceable,
                                 save_checkpoint)
 from softtargets.format.sparse_store import open_any
 from softtargets.format.store import LogitStore
 from softtargets.progress import bar as progress_bar
-from softtargets.view_loader import ViewData, ViewReplay
+from softtargets.read.view_loader import ViewData, ViewReplay
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from softtargets import ensemble
+from softtargets.format import ensemble
 from softtargets.format.digests import DigestCheck
 from softtargets.errors import StoreMismatchError
 from softtargets.format.store import check_dataset, chunk_slice, read_meta
-from softtargets.chunks import ChunkReader, check_chunk, read_rows
-from softtargets.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS, AugmentSpec,
+from softtargets.format.chunks import ChunkReader, check_chunk, read_rows
+from softtargets.augment.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS, AugmentSpec,
                                apply_views, choose_views, views_spec)
 
 

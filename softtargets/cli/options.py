@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from softtargets import data as data_mod
+from softtargets.datasets import idx_files as data_mod
 from softtargets.config import ARCHS, DEFAULT_DATA_DIR, StudentTrainConfig, parse_widths
 
 

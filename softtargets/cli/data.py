@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from softtargets import data as data_mod
+from softtargets.datasets import idx_files as data_mod
 from softtargets.config import DEFAULT_DATA_DIR
 from softtargets.errors import ConfigError
 
@@ -144,7 +144,7 @@ def _factory_data(spec: str, options: DataOptions) -> Any:
 
 def call_factory(ref: str, *, what: str) -> Any:
     """`module:factory()`: the object a user's zero-argument callable returns."""
-    from softtargets.teachers import import_object
+    from softtargets.write.teachers import import_object
     make = import_object(ref, what=what)
     if not callable(make):
         raise ConfigError(f"{what} {ref!r} is a {type(make).__name__}, not a callable; name a "
@@ -161,7 +161,7 @@ def make_module(ref: str, *, what: str, weights: str | None = None,
     """The nn.Module a user's `module:factory` builds, with the state dict `weights` loaded."""
     from torch import nn
 
-    from softtargets.teachers import load_weights
+    from softtargets.write.teachers import load_weights
     model = call_factory(ref, what=what)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{what} {ref!r} returned {type(model).__name__}, not a torch "

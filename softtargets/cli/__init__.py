@@ -10,15 +10,15 @@ from typing import Any
 
 import click
 
-from softtargets import data as data_mod
+from softtargets.datasets import idx_files as data_mod
 from softtargets.recipes.hinton2015 import report
-from softtargets.cli_data import is_idx, pop_spec, resolve_spec, spec_options
-from softtargets.cli_options import (data_options, ensemble_options, hidden_option, parse_floats,
+from softtargets.cli.data import is_idx, pop_spec, resolve_spec, spec_options
+from softtargets.cli.options import (data_options, ensemble_options, hidden_option, parse_floats,
                                      parse_hidden, quiet_option, student_options,
                                      threads_option)
 from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, LogitsConfig,
                                 StudentTrainConfig, TeacherTrainConfig)
-from softtargets.distributed import ranks_from_env
+from softtargets.write.distributed import ranks_from_env
 from softtargets.errors import ConfigError, SofttargetsError
 
 
@@ -183,15 +183,15 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
     --teacher-factory your own teacher. Under `torchrun --nproc_per_node N -m softtargets
     teacher-logits ...` the N processes write disjoint whole chunks/shards of one store.
     """
-    from softtargets import teacher as teacher_mod
+    from softtargets.write import idx_teacher as teacher_mod
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
     data_spec, data_opts = pop_spec(ens, split=split, data_dir=data_dir, limit=limit)
     dataset = resolve_spec(data_spec, dataset)
     if not is_idx(dataset) or teacher_factory is not None:
-        from softtargets.cli_user import targets_of
-        from softtargets.cli_user import teacher_logits as user_logits
+        from softtargets.cli.user import targets_of
+        from softtargets.cli.user import teacher_logits as user_logits
         refused = {"--val-rows": val_rows != 0, "--views": views is not None,
                    "--break-lock": break_lock, "--channels-last": channels_last,
                    "--compile": compile_, "--mc-dropout": ens.pop("mc_dropout") != 0,
@@ -214,7 +214,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
                       val_rows=val_rows)
     common = dict(store=store, batch_size=batch_size, chunk_rows=chunk_rows,
                   compressor=compressor, overwrite=overwrite, device=device)
-    from softtargets.members import ensemble_config
+    from softtargets.write.ensemble_run import ensemble_config
     ens_cfg = ensemble_config(data, teachers, common, **ens)
     sparse = dict(topk=topk, sample=sample, temperatures=parse_floats(temperatures),
                   sample_seed=sample_seed, sample_temperature=sample_temperature)
@@ -231,12 +231,12 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
                            f"runs/{dataset}/teacher.pt", resume=resume, break_lock=break_lock,
                            shard_rows=shard_rows, channels_last=channels_last,
                            compile=compile_, **common, **sparse)
-        from softtargets.session import store_exists
+        from softtargets.write.session import store_exists
         resumed = resume and store_exists(store)  # else --resume starts a new store
         meta, seconds = teacher_mod.run(cfg, progress=not quiet)
     else:
-        from softtargets import members
-        from softtargets.session import store_exists
+        from softtargets.write import ensemble_run as members
+        from softtargets.write.session import store_exists
         ens_cfg = dataclasses.replace(ens_cfg, resume=resume, break_lock=break_lock,
                                       shard_rows=shard_rows)
         resumed = resume and store_exists(store)  # else --resume starts a new store
@@ -298,7 +298,7 @@ def student_cmd(store: str, temperature: float, alpha: float, out: str, combine:
                                     limit=kw["limit"])
     kw["dataset"] = resolve_spec(data_spec, kw["dataset"])
     if student_factory is not None or not is_idx(kw["dataset"]):
-        from softtargets.cli_user import student_command
+        from softtargets.cli.user import student_command
         return student_command(student_factory, data_opts, store=store, out=out,
                                temperature=temperature, alpha=alpha, rule=combine, tail=tail,
                                loader=loader, loader_workers=loader_workers, mixup=mixup,

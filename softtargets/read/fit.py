@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from softtargets.config import check_alpha, check_temperature
 from softtargets.errors import ConfigError, TrainingDivergedError
-from softtargets.loader import StreamOptions
+from softtargets.read.loader import StreamOptions
 from softtargets.progress import bar as progress_bar
 from softtargets.read import (DistillDataset, SoftTargets, StreamingDistillDataset,
                               distillation_loss)

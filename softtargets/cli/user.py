@@ -2,7 +2,7 @@
 --teacher-factory, --student-factory): flags turned into calls of the public API.
 
 Stage 1 goes through softtargets.write.write_logits (the one write path), stage 2 through
-DistillDataset / StreamingDistillDataset and distillation_loss (softtargets/fit.py).
+DistillDataset / StreamingDistillDataset and distillation_loss (softtargets/read/fit.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from softtargets.cli_data import DataOptions, load_data, make_module
+from softtargets.cli.data import DataOptions, load_data, make_module
 from softtargets.errors import ConfigError
 
 
@@ -30,7 +30,7 @@ def user_teacher(teachers: tuple[str, ...], factory: str | None, weights: str | 
     """The nn.Module (or list of them: an ensemble) that --teacher-factory or --teacher name."""
     from torch import nn
 
-    from softtargets.teachers import load_teacher
+    from softtargets.write.teachers import load_teacher
     if weights is not None and factory is None:
         raise ConfigError("--teacher-weights is the state dict of a --teacher-factory module; "
                           "pass --teacher-factory module:factory too")
@@ -73,7 +73,7 @@ def teacher_logits(spec: str, options: DataOptions, *, store: str, teachers: tup
     """Stage 1 of --data SPEC through write_logits; (metadata, seconds, store, resumed?).
 
     `refused`: flags of the IDX path (flag -> set?), refused in one line when set."""
-    from softtargets.session import store_exists
+    from softtargets.write.session import store_exists
     from softtargets.write import write_logits
     refuse_flags(refused, where=f"--data {spec} / --teacher-factory (written through "
                  "softtargets.write.write_logits)", fix="drop {it}, or use an IDX dataset with "
@@ -94,7 +94,7 @@ def train_user_student(factory: str, dataset: Any, store: str, out: str, *, test
     is saved to OUT/train-state.pt as it goes; `resume` goes on from it."""
     import torch
 
-    from softtargets.fit import fit_student
+    from softtargets.read.fit import fit_student
     torch.manual_seed(cfg.seed)  # the student's initial weights follow --seed
     model = make_module(factory, what="--student-factory")
     where = Path(out)
@@ -128,8 +128,8 @@ def student_command(factory: str | None, options: DataOptions, *, store: str, ou
     `_model`: the built-in student's --arch/--hidden, which a factory's model replaces."""
     import click
 
-    from softtargets.cli_data import held_out_split
-    from softtargets.fit import FitConfig
+    from softtargets.cli.data import held_out_split
+    from softtargets.read.fit import FitConfig
     if factory is None:
         raise ConfigError(f"the built-in students train on the IDX datasets; for --data "
                           f"{dataset!r} pass --student-factory module:factory")

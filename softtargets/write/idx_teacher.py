@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from softtargets.config import LogitsConfig
-from softtargets.data import Split, check_not_trained_on_validation, load_split
-from softtargets.distributed import Ranks, ranks_from_env
+from softtargets.datasets.idx_files import Split, check_not_trained_on_validation, load_split
+from softtargets.write.distributed import Ranks, ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.recipes.hinton2015.models import Checkpoint, load_checkpoint
 from softtargets.progress import bar as progress_bar
@@ -80,7 +80,7 @@ def write_views(cfg: LogitsConfig, *, split: Split, model: torch.nn.Module, rank
     """Dense store plus view_logits (N, V, C) float16 and view_params (N, V, P) float32; `logits`
     holds view 0. Written in a WriteSession, so sharding, --resume and torchrun ranks work as for
     plain stores (each rank writes whole units of all three arrays)."""
-    from softtargets import views as vw
+    from softtargets.augment import views as vw
     if cfg.topk is not None or cfg.sample is not None:
         raise ConfigError("--views stores are dense: drop --topk/--sample or --views")
     spec = vw.parse_spec(cfg.augment)

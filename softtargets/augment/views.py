@@ -57,7 +57,7 @@ def load_augmentation(name: str) -> Augmentation:
                           "on PYTHONPATH in both stages") from e
     if not isinstance(obj, Augmentation):
         raise ConfigError(f"user augmentation {name!r} is a {type(obj).__name__}, not a "
-                          "softtargets.views.Augmentation")
+                          "softtargets.augment.views.Augmentation")
     return obj
 
 

@@ -24,7 +24,7 @@ from softtargets.errors import ConfigError, StoreError
 # combined-only store
 from softtargets.format.schema import (COMBINED_KEY, ENSEMBLE_KEY, MEMBER_LOGITS,  # noqa: F401
                                 MEMBER_VIEW_LOGITS, RULES)
-from softtargets.chunks import read_rows
+from softtargets.format.chunks import read_rows
 from softtargets.format.store import LogitStore, chunk_slice
 
 
@@ -131,7 +131,7 @@ class EnsembleTargets:
     def _open_view(self, view: int) -> None:
         """Read view `view` of every member from member_view_logits (M, N, V, C) instead."""
         # imported here: views needs torch, and torch-free callers never read views
-        from softtargets.views import check_view
+        from softtargets.augment.views import check_view
         self.view = check_view(self.url, self.meta.extra, view)  # combined-only: no views
         if self.members is None:  # a combined-only store keeps no members, so no member views
             raise StoreError(f"store {self.url!r} keeps no member logits, so no member views")

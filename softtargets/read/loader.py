@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from softtargets.data import Split
+from softtargets.datasets.idx_files import Split
 from softtargets.datasets.idx import IDXDataset
-from softtargets.distill import SparseTargets, sparse_targets
+from softtargets.read.distill import SparseTargets, sparse_targets
 from softtargets.errors import ConfigError, StoreMismatchError
 from softtargets.read.stream import StreamingDistillDataset
 from softtargets.format.sparse_store import SparseStore
 from softtargets.format.store import LogitStore
-from softtargets.view_loader import ViewReplay
+from softtargets.read.view_loader import ViewReplay
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | SparseTargets | None]
 

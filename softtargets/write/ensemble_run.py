@@ -21,18 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from softtargets import ensemble
-from softtargets import views as vw
+from softtargets.format import ensemble
+from softtargets.augment import views as vw
 from softtargets.config import DataConfig, EnsembleLogitsConfig
-from softtargets.data import Split, check_not_trained_on_validation, load_split
+from softtargets.datasets.idx_files import Split, check_not_trained_on_validation, load_split
 from softtargets.format.destination import delete_array
-from softtargets.distributed import Ranks, ranks_from_env
-from softtargets.ensemble import MEMBER_LOGITS
+from softtargets.write.distributed import Ranks, ranks_from_env
+from softtargets.format.ensemble import MEMBER_LOGITS
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.progress import bar as progress_bar
 from softtargets.format.schema import COMBINED_ONLY_VERSION
 from softtargets.format.store import StoreMeta
-from softtargets.teachers import LoadedTeacher, load_teacher
+from softtargets.write.teachers import LoadedTeacher, load_teacher
 from softtargets.write.forward import resolve_device, write_chunks
 from softtargets.write.options import session_chunk_rows
 from softtargets.write.passes import CheckedTeacher, check_finite, require_mc_dropout, seeder
@@ -366,7 +366,7 @@ def ensemble_config(data: DataConfig, teachers: tuple[str, ...], common: dict[st
                     mc_dropout: int, mc_seed: int, combine: str | None, combined_only: bool,
                     temperature: float | None) -> EnsembleLogitsConfig | None:
     """The stage-1 flags as an EnsembleLogitsConfig, or None for the plain one-checkpoint path."""
-    from softtargets.teachers import detect_kind
+    from softtargets.write.teachers import detect_kind
     spec: dict[str, Any] = {}
     if ensemble_spec:
         spec = load_ensemble_spec(ensemble_spec)

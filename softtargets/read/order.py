@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 # the checked reader of the stream's units; re-exported for the modules that import it here
-from softtargets.chunks import ChunkReader, check_chunk, chunk_label, read_rows  # noqa: F401
+from softtargets.format.chunks import ChunkReader, check_chunk, chunk_label, read_rows  # noqa: F401
 from softtargets.errors import StoreError
 from softtargets.format.store import LOGITS, StoreMeta
 

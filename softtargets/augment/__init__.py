@@ -1,0 +1,1 @@
+"""Augmentations for stored views: parameters drawn per (sample, view), replayed exactly."""
