@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Peak RSS of stage 1 and stage 2 for an ensemble of M big teachers vs. one (issue 3).
+"""Peak RSS of stage 1 and stage 2 for an ensemble of M big teachers vs. one.
 
 Stage 2 never loads a teacher: its memory grows only with the stored logits (M x N x C float16,
 read one row chunk at a time), not with the members' parameters. Stage 1 runs members one at a

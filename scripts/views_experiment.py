@@ -1,4 +1,4 @@
-"""Issue 7 experiment: same student and budget, four ways to give it targets under augmentation.
+"""Views experiment: same student and budget, four ways to give it targets under augmentation.
 
 (a) clean inputs + stored targets, (b) augmented inputs + clean-input targets (inconsistent),
 (c) stored views replayed (consistent), (d) online teacher on the augmented inputs (reference).

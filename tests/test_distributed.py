@@ -1,4 +1,4 @@
-"""Parallel stage-1 writers under torchrun with gloo on CPU (issue 4)."""
+"""Parallel stage-1 writers under torchrun with gloo on CPU."""
 
 import os
 import subprocess

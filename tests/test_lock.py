@@ -1,4 +1,4 @@
-"""The write lease of a store (issue 4): exclusive, stale after death or silence, breakable."""
+"""The write lease of a store: exclusive, stale after death or silence, breakable."""
 
 import json
 import os

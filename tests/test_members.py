@@ -1,4 +1,4 @@
-"""Stage 1 for ensembles and MC dropout through the CLI, and every bad input of issue 3."""
+"""Stage 1 for ensembles and MC dropout through the CLI, and every bad input they refuse."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""A second Zarr v3 implementation (tensorstore, test-only) reads every store layout (issue 4)."""
+"""A second Zarr v3 implementation (tensorstore, test-only) reads every store layout."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Stores on object storage (issue 4): an S3 server on loopback (moto), used through s3fs."""
+"""Stores on object storage: an S3 server on loopback (moto), used through s3fs."""
 
 import os
 import subprocess

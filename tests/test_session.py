@@ -1,4 +1,4 @@
-"""Crash-safe, resumable, locked stage 1 (issue 4): SIGKILL mid-run, --resume, refusals."""
+"""Crash-safe, resumable, locked stage 1: SIGKILL mid-run, --resume, refusals."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Sharded stores (issue 4): many chunks per object, whole shards per writer, v1 readers work."""
+"""Sharded stores: many chunks per object, whole shards per writer, v1 readers work."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Issue 7, stage 2: streamed view replay, ensembles of views, and mixup of stored targets."""
+"""Stage 2 of views stores: streamed view replay, ensembles of views, and mixup of stored targets."""
 
 from __future__ import annotations
 
