@@ -117,7 +117,7 @@ bench-sparse: setup
 	$(PY) scripts/bench_sparse.py --out runs/bench-sparse \
 		$$(test -f $(RUN)/teacher.pt && echo --teacher $(RUN)/teacher.pt)
 
-# Speed goals of issue 5: ratios measured side by side in one run (a few minutes on 2 cores).
+# Speed goals: ratios measured side by side in one run (a few minutes on 2 cores).
 # Full size: make bench BENCH_ARGS="--n 1000000 --student-rows 60000 --cnn-rows 10000"
 bench: setup bench-sparse
 	$(PY) scripts/bench.py $(BENCH_ARGS)
@@ -125,7 +125,7 @@ bench: setup bench-sparse
 clean:
 	rm -rf runs
 
-# --- issue 3: ensembles and the paper's experiments ----------------------------------------------
+# --- ensembles and the paper's experiments ----------------------------------------------
 ENSEMBLE ?= 5
 TEACHER_SEEDS := $(shell seq 0 $$(( $(ENSEMBLE) - 1 )))
 TEACHER_FILES := $(foreach s,$(TEACHER_SEEDS),$(RUN)/teachers/teacher-$(s).pt)
@@ -162,7 +162,7 @@ report-long: report-setup data
 report-quick: report-setup data
 	$(PY) scripts/experiments.py --quick --dataset $(DATASET) $(EXPERIMENT_FLAGS)
 
-# issue 7: augmentation-consistent soft targets, (a)-(d) side by side; QUICK=1 for a small run
+# augmentation-consistent soft targets, (a)-(d) side by side; QUICK=1 for a small run
 # VIEWS_TEACHER: any softtargets checkpoint, e.g. a CNN of `make report`:
 #   make views-experiment VIEWS_TEACHER=runs/fashion-mnist/paper/teachers/teacher-0.pt
 VIEWS_TEACHER ?= $(RUN)/teacher.pt

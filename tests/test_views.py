@@ -1,4 +1,4 @@
-"""Issue 7: augmented views: deterministic parameters, exact replay, the store, refusals."""
+"""Augmented views: deterministic parameters, exact replay, the store, refusals."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def test_user_augmentation_errors_name_the_fix() -> None:
         apply_views(np.zeros((1, 28, 28), np.uint8), np.zeros((1, 5), np.float32), spec=spec)
 
 
-# --- sharding and --resume (issue 4's write session) ------------------------------------------
+# --- sharding and --resume (the write session) ------------------------------------------
 
 def test_views_store_sharded_equals_unsharded(tmp_path: Path, tiny_data) -> None:
     teacher = _teacher(tmp_path, tiny_data)
