@@ -55,6 +55,13 @@ def cli() -> None:
       module:factory                   your dataset (plain ones with --num-classes)
     Your own models: teacher-logits --teacher-factory module:factory [--teacher-weights
     PATH], student --student-factory module:factory. See README.
+
+    Alignment: a store records its data's identity and a digest of each write unit's inputs
+    and labels; student re-checks both for the units it reads and refuses a store computed on
+    other data, naming the unit (docs/FORMAT.md "Chunk digests").
+
+    From Python (docs/API.md): write_logits, LogitWriter, SoftTargets, DistillDataset,
+    StreamingDistillDataset, distillation_loss, verify_store and store_info in `softtargets`.
     """
 
 
