@@ -229,7 +229,7 @@ def test_mc_dropout_members_are_seeded_per_pass_and_chunk(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"views": 2}, r"views= is written from the command line for now"),
+    ({"views": 2}, r"views must be softtargets.Views\(count=V, augment=...\), got int"),
     ({"mc_dropout": 0}, r"mc_dropout must be a positive number of passes, got 0"),
     ({"mc_dropout": 2}, r"--mc-dropout 2: teacher 0 \(TinyCNN\) has no dropout layers"),
     ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
