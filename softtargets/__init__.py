@@ -4,9 +4,11 @@ Stage 1 writes a teacher's outputs into a checked Zarr v3 store; stage 2 reads t
 student's data loader and loss. The public API:
 
     write_logits(teacher, dataset, store, *, targets=Dense() | TopK(k) | Sampled(k), ...)
+    write_logits(..., views=Views(count=V, augment=AugmentSpec(...) | "shift=2,flip=1"))
     LogitWriter(store, ...).append(sample_ids, logits); .close()     # your own inference loop
-    SoftTargets(store, *, temperature, rule, tail)                    # targets by sample id
+    SoftTargets(store, *, temperature, rule, tail, view)              # targets by sample id
     DistillDataset(dataset, targets)                                  # map-style torch Dataset
+    DistillDataset(dataset, SoftTargets(store, view="replay"))        # replay stored views
     StreamingDistillDataset(dataset, store, ...)                      # IterableDataset, any size
     distillation_loss(student_logits, targets, labels, *, temperature, alpha)
     verify_store(store), store_info(store)                            # the receiving team's checks
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 _LAZY = {
     **dict.fromkeys(("Dense", "TopK", "Sampled", "LogitWriter", "write_logits"),
                     "softtargets.write"),
+    **dict.fromkeys(("Views", "AugmentSpec"), "softtargets.augment"),
     **dict.fromkeys(("SoftTargets", "DistillDataset", "StreamingDistillDataset",
                      "distillation_loss", "DenseTarget", "SparseTargets", "PositionTargets"),
                     "softtargets.read"),

@@ -1,4 +1,5 @@
-"""Helpers shared by the issue-4 stage-1 tests: a tiny teacher checkpoint and CLI arguments."""
+"""Helpers shared by the stage-1 tests: a tiny teacher checkpoint, CLI arguments, and a run
+slowed by its teacher to be killed mid-way."""
 
 from __future__ import annotations
 
@@ -34,10 +35,14 @@ def stage1_args(data_cfg, teacher: Path, store, *extra) -> list[str]:
 
 
 def start_stage1(args: list[str], *, delay: float, env: dict | None = None) -> subprocess.Popen:
-    """`python -m softtargets ...` in a subprocess that sleeps `delay` s after each unit."""
-    full_env = {**os.environ, **(env or {}), "SOFTTARGETS_TEST_UNIT_DELAY": str(delay)}
-    return subprocess.Popen([sys.executable, "-m", "softtargets", *args], cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """The command line `softtargets ...` in a subprocess whose teacher sleeps `delay` s before
+    each batch (tests/slow.py: torch's forward hooks, nothing in softtargets)."""
+    full_env = {**os.environ, **(env or {}),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"),
+                                                            os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, str(REPO / "tests" / "slow.py"), str(delay), *args],
+                            cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(predicate, *, timeout: float = 60.0, what: str = "condition") -> None:

@@ -12,7 +12,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "API.md"
 
 def test_the_examples_of_docs_api_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    assert len(blocks) == 9
+    assert len(blocks) == 10
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     for block in blocks:
@@ -30,3 +30,8 @@ def test_the_examples_of_docs_api_run(tmp_path, monkeypatch, capsys):
     assert scope["top"].kind == "topk" and scope["top"].extra["sparse"]["k"] == 32
     assert scope["writer"].meta.n == 64 and scope["writer"].meta.kind == "sampled"
     assert "chunk 2 (dataset rows 32..47) does not match the student's data" in scope["refused"]
+    # "Augmented views": every view stored, then replayed through the public read path
+    assert scope["views_meta"].extra["views"]["views"] == 4
+    assert scope["every"].logits.shape == (2, 4, 1000) and scope["params"].shape == (2, 4, 5)
+    assert scope["vx"].shape == (16, 3, 32, 32) and scope["vt"].logits.shape == (16, 1000)
+    assert scope["sx"].shape == (16, 3, 32, 32) and scope["st"].logits.shape == (16, 1000)

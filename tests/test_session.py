@@ -204,15 +204,15 @@ def test_resume_rewrites_a_swapped_unit_and_one_without_its_digest(setup, tmp_pa
 def test_a_writer_whose_lease_is_taken_over_stops_with_one_line(tiny_data, tmp_path,
                                                                 monkeypatch):
     import re
-    from softtargets.write.session import DELAY_ENV
+    from slow import slow_forwards
     teacher = make_teacher(tmp_path / "teacher.pt", tiny_data)
     store = tmp_path / "s.zarr"
     args = stage1_args(tiny_data, teacher, store, "--views", 2, "--limit", 24)
     first = start_stage1(args, delay=1.0)
     try:
         wait_for(lambda: (store / "sample_id" / "c" / "0").exists(), what="the first unit")
-        monkeypatch.setenv(DELAY_ENV, "0.5")  # the second writer holds the lease for a while
-        run_cli(*args, "--break-lock", "--overwrite")
+        with slow_forwards(0.5):  # the second writer holds the lease for a while
+            run_cli(*args, "--break-lock", "--overwrite")
     finally:
         out, err = first.communicate(timeout=60)
     assert first.returncode == 1 and out == ""

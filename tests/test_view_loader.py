@@ -21,7 +21,7 @@ from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.format.store import LogitStore, read_meta
 from softtargets.write.idx_teacher import write_teacher_logits
 from softtargets.recipes.hinton2015.train import train_student
-from softtargets.read.view_loader import ViewData, ViewReplay
+from softtargets.read.view_loader import ViewData
 from softtargets.augment.views import AugmentSpec, apply_views, choose_views
 
 AUG = "shift=2,rotate=8,flip=1"
@@ -49,7 +49,7 @@ def test_streamed_replay_gives_the_stored_logits_and_every_row_once(tmp_path, ti
     teacher, url = _views_store(tmp_path, tiny_data)
     split = load_split(tiny_data)
     model = load_checkpoint(teacher).model.eval()
-    stream = StreamingDistillData(split, LogitStore.open(url), replay=ViewReplay.of_store(url, split),
+    stream = StreamingDistillData(split, LogitStore.open(url), replay=True,
                                   options=StreamOptions(loader="stream", buffer_chunks=2))
     memory = ViewData(split, url)
     for epoch in range(2):
@@ -73,8 +73,8 @@ def test_replay_refuses_a_store_without_views_or_of_other_data(tmp_path, tiny_da
                          device="cpu")
     write_teacher_logits(plain, progress=False)
     split = load_split(tiny_data)
-    with pytest.raises(StoreMismatchError, match="not a complete views store .* without views"):
-        ViewReplay.of_store(plain.store, split)
+    with pytest.raises(ConfigError, match="holds no augmented views .* view='replay' needs"):
+        StreamingDistillData(split, LogitStore.open(plain.store), replay=True)
     _, url = _views_store(tmp_path, tiny_data)
     test_split = load_split(dataclasses.replace(tiny_data, split="test"))
     with pytest.raises(StoreMismatchError, match="test"):

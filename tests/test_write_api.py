@@ -49,10 +49,12 @@ def test_write_logits_and_append_in_batches_of_37_give_the_same_bytes(tmp_path):
 
 
 def start(store, kinds: str, *, delay: float) -> subprocess.Popen:
-    env = {**os.environ, "SOFTTARGETS_TEST_UNIT_DELAY": str(delay), "OMP_NUM_THREADS": "1",
+    """write_helpers.py in a subprocess whose teacher sleeps `delay` s before each batch."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    return subprocess.Popen([sys.executable, str(HELPERS), str(store), kinds], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, str(HELPERS), str(store), kinds, "--slow",
+                             str(delay)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def units_written(store) -> int:
@@ -227,7 +229,7 @@ def test_mc_dropout_members_are_seeded_per_pass_and_chunk(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"views": 2}, r"views= is written from the command line for now"),
+    ({"views": 2}, r"views must be softtargets.Views\(count=V, augment=...\), got int"),
     ({"mc_dropout": 0}, r"mc_dropout must be a positive number of passes, got 0"),
     ({"mc_dropout": 2}, r"--mc-dropout 2: teacher 0 \(TinyCNN\) has no dropout layers"),
     ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),

@@ -5,17 +5,20 @@ KIND [--resume]`)."""
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 import torch
 from torch import nn
 
+from softtargets import Views
 from softtargets.datasets import from_tensors
 from softtargets.write import Dense, Sampled, TopK, write_logits
 
 N, CLASSES, CHUNK = 96, 1000, 8  # 12 units of 8 rows
 KINDS = {"dense": Dense(), "topk": TopK(5, temperatures=(4.0,)),
-         "sampled": Sampled(6, temperature=2.0, seed=3), "ensemble": Dense()}
+         "sampled": Sampled(6, temperature=2.0, seed=3), "ensemble": Dense(), "views": Dense()}
+VIEWS = Views(count=3, augment="shift=2,rotate=10,flip=1", seed=5)  # the "views" kind's
 
 
 class TinyCNN(nn.Module):
@@ -43,20 +46,33 @@ def teacher(seed: int = 0) -> TinyCNN:
     return TinyCNN()
 
 
-def write(store: str, kind: str, *, resume: bool = False, batch_size: int = 8):
+def slowed(model: nn.Module, seconds: float) -> nn.Module:
+    """The same teacher (class and weights), sleeping `seconds` before each batch: a torch
+    forward pre-hook, so a test can kill a run mid-way."""
+    if seconds:
+        model.register_forward_pre_hook(lambda module, args: time.sleep(seconds))
+    return model
+
+
+def write(store: str, kind: str, *, resume: bool = False, batch_size: int = 8,
+          slow: float = 0.0):
     images, labels = rgb_data()
     data = from_tensors(images, labels, num_classes=CLASSES, name="rgb")
-    teachers = [teacher(0), teacher(1)] if kind == "ensemble" else teacher()
+    teachers = [slowed(teacher(0), slow), teacher(1)] if kind == "ensemble" \
+        else slowed(teacher(), slow)
     return write_logits(teachers, data, store, targets=KINDS[kind], batch_size=batch_size,
-                        chunk_rows=CHUNK, device="cpu", resume=resume)
+                        chunk_rows=CHUNK, device="cpu", resume=resume,
+                        views=VIEWS if kind == "views" else None)
 
 
 def main(argv: list[str]) -> None:
-    """STORE KINDS [--resume]: write a store of each of the comma-separated KINDS (KIND in the
-    store path is replaced by the kind)."""
+    """STORE KINDS [--resume] [--slow SECONDS]: write a store of each of the comma-separated
+    KINDS (KIND in the store path is replaced by the kind), the teacher sleeping SECONDS before
+    each batch."""
     torch.set_num_threads(1)
+    slow = float(argv[argv.index("--slow") + 1]) if "--slow" in argv else 0.0
     for name in argv[1].split(","):
-        write(argv[0].replace("KIND", name), name, resume="--resume" in argv)
+        write(argv[0].replace("KIND", name), name, resume="--resume" in argv, slow=slow)
 
 
 if __name__ == "__main__":

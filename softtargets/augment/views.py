@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from softtargets.augment.images import image_batch
 from softtargets.config import check_views
 from softtargets.errors import ConfigError
 # view_logits (N, V, C) float16, view_params (N, V, P) float32; ensembles: member_view_logits
@@ -36,8 +37,10 @@ PARAM_NAMES = ("dy", "dx", "angle", "scale", "flip")
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """A user augmentation. `draw(rng)` returns one view's parameters (len(param_names) plain
-    numbers); `apply(x, p)` maps float32 images x (B, H, W) in [0, 1] and p (B, K) to (B, H, W).
-    apply must be deterministic: stage 2 rebuilds the teacher's input from the stored p."""
+    numbers); `apply(x, p)` maps float32 images x and p (B, K) to images of x's shape, x in the
+    dataset's layout: (B, H, W) for grayscale items (H, W), (B, C, H, W) for items (C, H, W);
+    in [0, 1] for uint8 data. apply must be deterministic: stage 2 rebuilds the teacher's input
+    from the stored p."""
 
     param_names: tuple[str, ...]
     draw: Callable[[np.random.Generator], Sequence[float]]
@@ -162,30 +165,35 @@ def draw_params(spec: AugmentSpec, *, seed: int, sample_ids: np.ndarray,
     return out
 
 
-def _shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, s: int) -> torch.Tensor:
-    """Integer shift with zero fill by one gather (exact). images (B, H, W)."""
-    b, h, w = images.shape
-    padded = F.pad(images, (s, s, s, s))  # (B, H+2s, W+2s)
-    rows = (s - dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-    cols = (s - dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
-    return padded[torch.arange(b)[:, None, None], rows, cols]
+def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, s: int) -> torch.Tensor:
+    """Integer shift with zero fill by one gather (exact). x (B, C, H, W)."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (s, s, s, s))  # (B, C, H+2s, W+2s)
+    rows = (s - dy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (s - dx[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                  rows, cols]
 
 
-def apply_views(images: np.ndarray | torch.Tensor, params: np.ndarray, *,
-                spec: AugmentSpec | None = None) -> torch.Tensor:
-    """Augmented float32 inputs (B, H*W) in [0, 1] of uint8 images (B, H, W) and params (B, P).
+def augment_images(images: np.ndarray | torch.Tensor, params: np.ndarray, *,
+                   spec: AugmentSpec | None = None) -> torch.Tensor:
+    """Augmented float32 images in the layout given, (B, H, W) or (B, C, H, W), of images
+    (uint8, scaled by 1/255, or float) and params (B, P).
 
     Order: flip, rotate+zoom (bilinear grid_sample, float32 CPU), integer shift, then the spec's
-    user augmentations (rows whose user parameters are NaN, clean views, skip them).
+    user augmentations (rows whose user parameters are NaN, clean views, skip them). Every
+    channel of an image gets the same parameters.
     """
-    x = torch.from_numpy(np.asarray(images, dtype=np.float32)) / 255.0  # (B, H, W), a copy
+    x, gray = image_batch(images)  # (B, C, H, W) float32, a copy
     p = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32))  # (B, P)
     want = len(spec.param_names) if spec is not None else len(PARAM_NAMES)
     if p.shape[-1] != want:
         raise ConfigError(f"view parameters have {p.shape[-1]} columns, the augment spec "
                           f"expects {want}; pass the store's spec (views_spec(meta))")
+    if len(p) != len(x):  # internal invariant: one parameter row per image
+        raise RuntimeError(f"{len(p)} view parameter rows for {len(x)} images")
     flip = p[:, 4] > 0.5
-    x = torch.where(flip[:, None, None], x.flip(-1), x)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     affine = (p[:, 2] != 0) | (p[:, 3] != 1)
     if affine.any():
         sel = torch.nonzero(affine).flatten()
@@ -195,21 +203,32 @@ def apply_views(images: np.ndarray | torch.Tensor, params: np.ndarray, *,
         zeros = torch.zeros_like(cos)
         theta = torch.stack([torch.stack([cos, -sin, zeros], 1),
                              torch.stack([sin, cos, zeros], 1)], 1)  # (b, 2, 3)
-        sub = x[sel][:, None]  # (b, 1, H, W)
+        sub = x[sel]  # (b, C, H, W)
         grid = F.affine_grid(theta, list(sub.shape), align_corners=False)
         x = x.clone()
         x[sel] = F.grid_sample(sub, grid, mode="bilinear", padding_mode="zeros",
-                               align_corners=False)[:, 0]
+                               align_corners=False)
     s = int(p[:, :2].abs().max().item()) if len(p) else 0
     if s:
         x = _shift(x, p[:, 0].long(), p[:, 1].long(), s)
+    x = x[:, 0] if gray else x  # the caller's layout: user augmentations see it too
     if spec is not None and spec.user:
         x = _apply_user(x, p[:, len(PARAM_NAMES):], spec)
+    return x.contiguous()
+
+
+def apply_views(images: np.ndarray | torch.Tensor, params: np.ndarray, *,
+                spec: AugmentSpec | None = None) -> torch.Tensor:
+    """Augmented float32 inputs flattened, (B, H*W) (or (B, C*H*W)), in [0, 1] for uint8
+    images (B, H, W) (or (B, C, H, W)) and params (B, P): `augment_images`, one row per input,
+    as the command line's IDX teachers and students take them."""
+    x = augment_images(images, params, spec=spec)
     return x.reshape(x.shape[0], -1).contiguous()
 
 
 def _apply_user(x: torch.Tensor, p: torch.Tensor, spec: AugmentSpec) -> torch.Tensor:
-    """x (B, H, W), p (B, K_total): each user augmentation on the rows whose params are set."""
+    """x (B, H, W) or (B, C, H, W), p (B, K_total): each user augmentation on the rows whose
+    params are set."""
     col = 0
     for name, aug in zip(spec.user, spec.augmentations):
         cols = p[:, col:col + len(aug.param_names)]

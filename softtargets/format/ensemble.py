@@ -103,18 +103,21 @@ def members_of(store: LogitStore) -> list[dict[str, Any]]:
     return list((extra.get(ENSEMBLE_KEY) or extra.get(COMBINED_KEY) or {}).get("members", []))
 
 
+ALL_VIEWS = "all"  # EnsembleTargets(view=ALL_VIEWS): every stored view, each combined
+
 class EnsembleTargets:
     """A read view of an ensemble store giving the combined target at temperature T.
 
     Has the read interface of LogitStore (meta, url, num_chunks, read_chunk, read_all,
     check_dataset), but read_chunk returns log-probabilities (rows, C) float32 of the combined
     target at `temperature` instead of raw logits: train with a loss on target log-probs.
-    view: None for the members' `member_logits` (view 0 of a views store), or the index of the
-    stored augmented view to combine (`member_view_logits`, views stores only).
+    view: None for the members' `member_logits` (view 0 of a views store), the index of the
+    stored augmented view to combine (`member_view_logits`, views stores only), or ALL_VIEWS:
+    every view combined on its own, log-probs (rows, V, C).
     """
 
     def __init__(self, store: LogitStore, *, rule: str, temperature: float,
-                 view: int | None = None) -> None:
+                 view: int | str | None = None) -> None:
         self.store, self.meta, self.url = store, store.meta, store.url
         self.rule, self.temperature = check_rule(rule), temperature
         combined = store.meta.extra.get(COMBINED_KEY)
@@ -132,7 +135,9 @@ class EnsembleTargets:
         """Read view `view` of every member from member_view_logits (M, N, V, C) instead."""
         # imported here: views needs torch, and torch-free callers never read views
         from softtargets.augment.views import check_view
-        self.view = check_view(self.url, self.meta.extra, view)  # combined-only: no views
+        # combined-only stores hold no views; ALL_VIEWS needs view 0 like any views store
+        checked = check_view(self.url, self.meta.extra, 0 if view == ALL_VIEWS else view)
+        self.view = ALL_VIEWS if view == ALL_VIEWS else checked
         if self.members is None:  # a combined-only store keeps no members, so no member views
             raise StoreError(f"store {self.url!r} keeps no member logits, so no member views")
         # (M, N, V, C); presence and shape checked at open (check_meta)
@@ -160,6 +165,11 @@ class EnsembleTargets:
                              f"non-finite rows for members {bad}; the store is damaged")
         for m in range(len(z)):  # digests cover the whole stored chunk, every view
             self.store.digests.check_rows(self.array, sl.start, z[m], member=m)
+        if self.view == ALL_VIEWS:  # every view combined on its own: (rows, V, C)
+            m, r, v, c = z.shape
+            out = combine_log_probs(z.reshape(m, r * v, c), rule=self.rule,
+                                    temperature=self.temperature)
+            return ids, out.reshape(r, v, c).astype(np.float32)
         if self.view is not None:
             z = z[:, :, self.view]  # (M, rows, C)
         out = combine_log_probs(z, rule=self.rule, temperature=self.temperature)
@@ -189,7 +199,7 @@ def _check_combined(url: str, combined: dict[str, Any], *, rule: str, temperatur
 
 
 def open_targets(store: LogitStore, *, rule: str | None, temperature: float,
-                 view: int | None = None) -> EnsembleTargets:
+                 view: int | str | None = None) -> EnsembleTargets:
     """The combined-target view of an ensemble store (of stored view `view` when given); rule
     None = the store's own (or arithmetic)."""
     combined = store.meta.extra.get(COMBINED_KEY)

@@ -41,11 +41,17 @@ class DistillDataset(Dataset):
     (input, label)`) whose row i has sample id i. Refused in one line: a store computed on
     other data (when the dataset has an `identity()`), of another class count, or without a
     target for one of the dataset's sample ids.
+
+    Targets of a views store read with view="replay": row i's input is rebuilt as the view
+    sample i draws this epoch (read.replay; images (H, W) or (C, H, W) as stage 1 took them,
+    float32) and its target is that view's. The view depends on (seed, epoch, sample id):
+    call `set_epoch(epoch)` before each epoch (DataLoader workers receive the dataset anew
+    each epoch; not with persistent_workers=True).
     """
 
     collate = staticmethod(collate)
 
-    def __init__(self, dataset: Any, targets: SoftTargets) -> None:
+    def __init__(self, dataset: Any, targets: SoftTargets, *, seed: int = 0) -> None:
         if not isinstance(targets, SoftTargets):
             raise ConfigError(f"DistillDataset takes SoftTargets, got {type(targets).__name__}; "
                               "pass SoftTargets(store, temperature=...)")
@@ -56,6 +62,15 @@ class DistillDataset(Dataset):
         self.sample_ids = sample_ids_of(dataset)
         _check_pairing(dataset, targets, self.sample_ids)
         self.inputs = InputChecks(dataset, targets.url, targets.meta)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+        self.replay, self.seed, self.epoch = targets.replay, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Replay the views of epoch `epoch` next (views stores read with view="replay")."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ConfigError(f"epoch must be an integer >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
 
     def check_inputs(self, index: int | None = None) -> None:
         """Check the input digests of the chunks holding row `index` (None: every chunk) not
@@ -72,7 +87,14 @@ class DistillDataset(Dataset):
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise DatasetError(f"row {index} of {type(self.dataset).__name__} is a "
                                f"{type(item).__name__}, not an (input, label) pair")
-        return item[0], item[1], self.targets[int(self.sample_ids[index])]
+        sample_id = int(self.sample_ids[index])
+        target = self.targets[sample_id]
+        if self.replay is None:
+            return item[0], item[1], target
+        v = int(self.replay.choose(np.array([sample_id]), seed=self.seed, epoch=self.epoch)[0])
+        params = self.targets.view_params([sample_id])[:, v]  # (1, P)
+        x = self.replay.inputs(as_numpy(item[0])[None], params)[0]  # the view's input
+        return x, item[1], target[v]
 
 
 class InputChecks:

@@ -25,6 +25,7 @@ from softtargets.read.units import ENSEMBLE_KIND, LOGITS_KIND, SPARSE_KIND, Unit
 from softtargets.format.sparse_store import KINDS, SparseStore
 from softtargets.format.store import LogitStore, StoreMeta, read_meta
 from softtargets.augment.views import check_view
+from softtargets.read.replay import REPLAY, views_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,7 @@ class ReadOptions:
     temperature: float = 1.0
     rule: str | None = None
     tail: str = "rest"
-    view: int | None = None
+    view: int | str | None = None  # a stored view, or "replay": every view (read.replay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Table:
     sample_ids: np.ndarray  # (S,) int64, increasing
     target: Target
     positions: int | None = None  # L of per-position stores
+    view_params: np.ndarray | None = None  # (S, V, P) float32 when replaying views
 
     def __post_init__(self) -> None:
         self.sample_ids.setflags(write=False)  # lookups rely on it staying sorted
@@ -68,6 +70,8 @@ def open_source(url: str, opts: ReadOptions) -> Source:
     if meta.kind in KINDS:
         return _sparse_source(url, opts)
     store = LogitStore.open(url)
+    if opts.view == REPLAY:
+        return _replay_source(url, store, opts)
     if opts.view is not None:
         check_view(url, store.meta.extra, opts.view)
     if ensemble.is_ensemble(store):
@@ -94,9 +98,10 @@ def _check_options(opts: ReadOptions) -> None:
         ensemble.check_rule(opts.rule)
     if opts.tail not in sp.TAIL_MODES:
         raise ConfigError(f"tail must be one of {list(sp.TAIL_MODES)}, got {opts.tail!r}")
-    if opts.view is not None and (isinstance(opts.view, bool)
-                                  or not isinstance(opts.view, (int, np.integer))):
-        raise ConfigError(f"view must be a view index (an integer) or None, got {opts.view!r}")
+    if opts.view is not None and opts.view != REPLAY and (
+            isinstance(opts.view, bool) or not isinstance(opts.view, (int, np.integer))):
+        raise ConfigError(f"view must be a view index (an integer), 'replay' or None, got "
+                          f"{opts.view!r}")
 
 
 def _refuse_rule(url: str, opts: ReadOptions, what: str) -> None:
@@ -123,6 +128,30 @@ def _dense_table(url: str, read: Callable[[], tuple[np.ndarray, np.ndarray]],
     target = (DenseTarget(temperature, log_probs=tensor) if log_probs
               else DenseTarget(temperature, logits=tensor))
     return Table(ids[order], target)
+
+
+def _replay_source(url: str, store: LogitStore, opts: ReadOptions) -> Source:
+    """Every stored view of each sample (its target and parameters), to replay."""
+    views_of(url, store.meta)
+    rule = None
+    if ensemble.is_ensemble(store):  # refuses a rule or T the store cannot give
+        rule = ensemble.open_targets(store, rule=opts.rule, temperature=opts.temperature,
+                                     view=ensemble.ALL_VIEWS).rule
+    else:
+        _refuse_rule(url, opts, "holds one teacher's views")
+    units = UnitSpec(url, ENSEMBLE_KIND if rule else LOGITS_KIND, temperature=opts.temperature,
+                     rule=rule, view=REPLAY)
+    return Source(store.meta, rule, functools.partial(_replay_table, units), units)
+
+
+def _replay_table(units: UnitSpec) -> Table:
+    """Targets (S, V, C) of every view, in sample id order, and their parameters (S, V, P)."""
+    ids, values, params = units.open().read_all()  # type: ignore[union-attr]
+    order = _order(units.url, ids)
+    tensor = torch.from_numpy(np.ascontiguousarray(values[order]))
+    target = DenseTarget(units.temperature, log_probs=tensor) if units.kind == ENSEMBLE_KIND \
+        else DenseTarget(units.temperature, logits=tensor)
+    return Table(ids[order], target, view_params=np.ascontiguousarray(params[order]))
 
 
 def _read_units(units: UnitSpec) -> tuple[np.ndarray, np.ndarray]:

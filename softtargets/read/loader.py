@@ -24,7 +24,6 @@ from softtargets.errors import ConfigError, StoreMismatchError
 from softtargets.read.stream import StreamingDistillDataset
 from softtargets.format.sparse_store import SparseStore
 from softtargets.format.store import LogitStore
-from softtargets.read.view_loader import ViewReplay
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | SparseTargets | None]
 
@@ -160,12 +159,13 @@ class StreamingDistillData:
     `load_state_dict` to resume in the middle of an epoch: the stage-2 commands' face of
     read.stream.StreamingDistillDataset, which does the streaming (the store's chunk order,
     ranks, workers, checks). Teacher logits come as float16 (the losses cast). rows: the
-    transfer set (sample ids), default every row the store holds.
+    transfer set (sample ids), default every row the store holds. replay: replay a views
+    store's views (one teacher), inputs flattened.
     """
 
     def __init__(self, split: Split, store: LogitStore, *, rows: np.ndarray | None = None,
                  options: StreamOptions = StreamOptions(), rank: int | None = None,
-                 world_size: int | None = None, replay: ViewReplay | None = None) -> None:
+                 world_size: int | None = None, replay: bool = False) -> None:
         self.options = options
         if rows is None and store.meta.n != len(split):  # a store of a subset: its own rows
             rows = np.asarray(store.sample_id[:])
@@ -174,7 +174,8 @@ class StreamingDistillData:
             IDXDataset.from_split(split), store.url, sample_ids=rows, with_ids=True, rank=rank,
             world_size=world_size, buffer_chunks=options.buffer_chunks,
             decode_threads=options.decode_threads, prefetch_batches=options.prefetch_batches,
-            replay=replay)
+            view="replay" if replay else None)
+        self.replay = replay
         self.rank, self.world_size = self.stream.rank, self.stream.world_size
         self.kept = self.stream._kept  # (num_chunks,) rows streamed of each chunk
         self._current = self.stream
@@ -225,5 +226,7 @@ class StreamingDistillData:
                                prefetch_factor=max(1, self.options.prefetch_batches // 2),
                                pin_memory=torch.cuda.is_available()) if workers else stream
         for ids, x, labels, target in loader:
+            if self.replay:  # the command line's students take flat inputs (B, H*W)
+                x = x.flatten(1)
             batch = (ids, x, labels, target.logits)
             yield batch if with_ids else batch[1:]

@@ -30,15 +30,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from softtargets.datasets.base import as_numpy
 from softtargets.errors import ConfigError, DatasetError, SofttargetsError
 from softtargets.pipeline import prefetch
-from softtargets.read.batch import DenseTarget, Target
+from softtargets.read.batch import Target
 from softtargets.read.convert import RowIndex, fetch, make_target, sequence_length
 from softtargets.read.dataset import (InputChecks, check_pairing, dataset_name, refuse_missing,
                                       sample_ids_of)
 from softtargets.read.load import ReadOptions, open_source
-from softtargets.read.units import ARRAYS_KIND, UnitSpec, scan
+from softtargets.read.replay import REPLAY, Replay
+from softtargets.read.units import ENSEMBLE_KIND, scan
 from softtargets.read.order import (ChunkGauge, StreamPlan, UnitReader, resume_point,
                                 worker_batches)
-from softtargets.augment.views import VIEW_LOGITS, VIEW_PARAMS
 
 # what a saved position must match to continue the same order
 LAYOUT = ("seed", "batch_size", "rank", "world_size", "shuffle", "drop_last", "buffer_chunks",
@@ -85,18 +85,19 @@ class StreamingDistillDataset(IterableDataset):
     (sample ids, input, label, target). rank, world_size: this process's share (default: the
     initialised torch.distributed group, else the whole data). buffer_chunks: units shuffled
     together (two groups are held at once); decode_threads per process; prefetch_batches made
-    ahead in a background thread of each process that iterates. replay: a view_loader.ViewReplay
-    of a views store over IDX images (the student command's view replay): each row's input is
-    rebuilt from the view it draws this epoch, its target is that view's logits.
+    ahead in a background thread of each process that iterates. view="replay" (views stores):
+    each row's input is rebuilt as the view it draws this epoch (by (seed, epoch, sample id),
+    read.replay), its target is that view's logits or, for an ensemble, the members'
+    combination of that view at T.
     """
 
     def __init__(self, dataset: Any, store: str | os.PathLike[str], *, temperature: float = 1.0,
-                 rule: str | None = None, tail: str = "rest", view: int | None = None,
+                 rule: str | None = None, tail: str = "rest", view: int | str | None = None,
                  batch_size: int = 256, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                  drop_last: bool = False, sample_ids: Any = None, with_ids: bool = False,
                  rank: int | None = None, world_size: int | None = None,
-                 buffer_chunks: int = 8, decode_threads: int = 1, prefetch_batches: int = 0,
-                 replay: Any = None) -> None:
+                 buffer_chunks: int = 8, decode_threads: int = 1,
+                 prefetch_batches: int = 0) -> None:
         _check_options(dataset, store, batch_size=batch_size, seed=seed,
                        buffer_chunks=buffer_chunks, decode_threads=decode_threads,
                        prefetch_batches=prefetch_batches)
@@ -112,11 +113,8 @@ class StreamingDistillDataset(IterableDataset):
         per_position = bool(source.meta.extra.get("sparse", {}).get("position"))
         length = sequence_length(dataset) if per_position else None
         self._units = dataclasses.replace(source.units, positions=length)
-        # view replay (the CLI's IDX students): the stored views and their parameters as stored
-        self._replay = replay
-        if replay is not None:
-            self._units = UnitSpec(self.url, ARRAYS_KIND, temperature=temperature,
-                                   arrays=(VIEW_LOGITS, VIEW_PARAMS))
+        # view replay: units of every view's values (R, V, C) and parameters (R, V, P)
+        self._replay = Replay.of_store(self.url, source.meta) if view == REPLAY else None
         check_pairing(dataset, self.url, source.meta, positions=length)
         self.inputs = InputChecks(dataset, self.url, source.meta)
         self._select(sample_ids)
@@ -229,9 +227,11 @@ class StreamingDistillDataset(IterableDataset):
             self.inputs.check(rows)  # the chunks' inputs are the rows the teacher saw
             x, y = fetch(self.dataset, rows)
             target: Target
-            if self._replay is not None:  # view_logits (B, V, C), view_params (B, V, P)
-                x, logits = self._replay(ids, x, *arrays, seed=self.seed, epoch=self.epoch)
-                target = DenseTarget(self._units.temperature, logits=logits)
+            if self._replay is not None:  # every view's values (B, V, C), params (B, V, P)
+                x, target = self._replay.batch(
+                    ids, x, *arrays, seed=self.seed, epoch=self.epoch,
+                    temperature=self._units.temperature,
+                    log_probs=self._units.kind == ENSEMBLE_KIND)
             else:
                 target = make_target(self._units, self._convert, arrays)
             x, y = torch.as_tensor(x), torch.as_tensor(y)

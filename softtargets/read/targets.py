@@ -22,6 +22,7 @@ from softtargets.read.distill import map_tensors
 from softtargets.errors import ConfigError, StoreMismatchError
 from softtargets.read.batch import Target
 from softtargets.read.load import ReadOptions, Source, Table, open_source
+from softtargets.read.replay import REPLAY, Replay
 from softtargets.format.store import StoreMeta, check_dataset
 
 
@@ -32,11 +33,19 @@ class SoftTargets:
     rule: an ensemble's combination, "arithmetic" or "geometric" (default: the store's own).
     tail: top-k stores, "rest" (exact; needs the tail mass stored at T) or "renormalise" (any
     T, ignores the tail). view: views stores, the stored view to read (default view 0, the
-    clean input when the store was written with clean_view0).
+    clean input when the store was written with clean_view0), or "replay": every view, so
+    that a student replays them. A view k's target belongs to the input stage 1 built for
+    view k, not to the plain input: pair a fixed view k > 0 with that augmented input. With
+    "replay", `targets[i]` holds sample i's V views (V, C) and `view_params(ids)` their
+    augmentation parameters (B, V, P); DistillDataset(dataset, targets) then gives each
+    sample, each epoch, one view chosen by (seed, epoch, sample id), its input rebuilt from
+    the stored parameters exactly as the teacher saw it and that view's target
+    (StreamingDistillDataset(..., view="replay") likewise, streamed).
     """
 
     def __init__(self, store: str | os.PathLike[str], *, temperature: float = 1.0,
-                 rule: str | None = None, tail: str = "rest", view: int | None = None) -> None:
+                 rule: str | None = None, tail: str = "rest",
+                 view: int | str | None = None) -> None:
         if not isinstance(store, (str, os.PathLike)):
             raise ConfigError(f"SoftTargets takes a store path or URL, got "
                               f"{type(store).__name__}; pass e.g. 'teacher-logits.zarr'")
@@ -95,6 +104,22 @@ class SoftTargets:
     def kind(self) -> str:
         """The store's kind: "dense" (one teacher, ensemble or views), "topk" or "sampled"."""
         return self.meta.kind
+
+    @property
+    def replay(self) -> Replay | None:
+        """How the stored views are replayed (view="replay"), else None."""
+        if self.options.view != REPLAY:
+            return None
+        return Replay.of_store(self.url, self.meta)
+
+    def view_params(self, sample_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Augmentation parameters (B, V, P) float32 of every stored view of `sample_ids`
+        (view="replay" only)."""
+        params = self._loaded().view_params
+        if params is None:
+            raise ConfigError(f"view_params needs every view: open the store with "
+                              f"SoftTargets({self.url!r}, view='replay')")
+        return params[self._rows(np.asarray(sample_ids, dtype=np.int64).reshape(-1))]
 
     @property
     def num_classes(self) -> int:

@@ -29,10 +29,11 @@ from softtargets.errors import StoreError, StoreMismatchError
 from softtargets.format.schema import POSITION
 from softtargets.format.sparse_store import SparseStore
 from softtargets.format.store import LOGITS, LogitStore, StoreMeta
-from softtargets.augment.views import VIEW_LOGITS
+from softtargets.format.schema import VIEW_LOGITS, VIEW_PARAMS
 
 Layouts = list[tuple[tuple[int, ...], np.dtype]]  # (item shape, dtype) of each output array
 LOGITS_KIND, ENSEMBLE_KIND, SPARSE_KIND, ARRAYS_KIND = "logits", "ensemble", "sparse", "arrays"
+REPLAY = "replay"  # UnitSpec.view: every stored view with its parameters (read.replay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,8 @@ class UnitSpec:
     DataLoader worker opens the store itself.
 
     kind: "logits" (one teacher's raw logits, of stored view `view` when given), "ensemble"
-    (members combined by `rule` at `temperature`, of stored view `view`), "sparse" (top-k or
+    (members combined by `rule` at `temperature`, of stored view `view`); view "replay": every
+    stored view and its parameters, (R, V, C) and (R, V, P), to replay; "sparse" (top-k or
     sampled rows; sequences of `positions` rows when given) or "arrays" (`arrays` as stored).
     """
 
@@ -49,12 +51,14 @@ class UnitSpec:
     kind: str
     temperature: float = 1.0
     rule: str | None = None
-    view: int | None = None
+    view: int | str | None = None
     positions: int | None = None
     arrays: tuple[str, ...] = (LOGITS,)
 
     def open(self) -> ChunkReader | Chunks | Sequences:
         """The reader of this store's units, opened in the calling process."""
+        if self.view == REPLAY:
+            return _replay_units(self)
         if self.kind == ARRAYS_KIND or (self.kind == LOGITS_KIND and not self.view):
             return ChunkReader(self.url, self.arrays if self.kind == ARRAYS_KIND else (LOGITS,))
         if self.kind == LOGITS_KIND:  # a stored view of one teacher: (R, V, C) -> (R, C)
@@ -97,12 +101,35 @@ class Chunks:
     def unit_ids(self, index: int) -> np.ndarray:
         return self._ids.unit_ids(index)
 
+    def read_all(self) -> tuple[np.ndarray, ...]:
+        """Every unit's arrays, concatenated in store order (sample ids first)."""
+        parts = [self.read(index) for index in range(self.num_chunks)]
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+
     def read_into(self, index: int, ids: np.ndarray, *outs: np.ndarray) -> int:
         got = self.read(index)
         rows = len(got[0])
         for out, values in zip((ids, *outs), got):
             out[:rows] = values
         return rows
+
+
+def _replay_units(spec: UnitSpec) -> ChunkReader | Chunks:
+    """Units (sample ids, every view's values (R, V, C), their parameters (R, V, P)): one
+    teacher's float16 logits, or an ensemble's float32 log-probs at T, each view combined."""
+    if spec.kind == LOGITS_KIND:
+        return ChunkReader(spec.url, (VIEW_LOGITS, VIEW_PARAMS))
+    params = ChunkReader(spec.url, (VIEW_PARAMS,))
+    members = ensemble.EnsembleTargets(LogitStore.open(spec.url), rule=spec.rule or "arithmetic",
+                                       temperature=spec.temperature, view=ensemble.ALL_VIEWS)
+
+    def read(index: int) -> tuple[np.ndarray, ...]:
+        ids, log_probs = members.read_chunk(index)  # (R,), (R, V, C)
+        return ids, log_probs, params.read_arrays(index)[1]
+
+    shape, dtype = params.row_layout(VIEW_PARAMS)  # (V, P)
+    return Chunks(params, read, [((shape[0], params.meta.num_classes), np.dtype(np.float32)),
+                                 (shape, dtype)])
 
 
 def _view_rows(views: ChunkReader, view: int, index: int) -> tuple[np.ndarray, np.ndarray]:

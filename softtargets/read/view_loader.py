@@ -7,14 +7,12 @@ exact input the teacher saw for the target it is trained on.
 
 * `ViewData`: the whole views store in memory; one teacher, or an ensemble
   (`member_view_logits` (M, N, V, C), combined at the student's T by the ensemble rule).
-* `ViewReplay`: the per-batch step of the streaming loader (read.stream.StreamingDistillDataset
-  with `replay=`, under loader.StreamingDistillData), for views stores far larger than RAM.
+Streamed replay, for views stores far larger than RAM, is the public path's
+(read.stream.StreamingDistillDataset with view="replay", read.replay).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +24,7 @@ from softtargets.format.digests import DigestCheck
 from softtargets.errors import StoreMismatchError
 from softtargets.format.store import check_dataset, chunk_slice, read_meta
 from softtargets.format.chunks import ChunkReader, check_chunk, read_rows
-from softtargets.augment.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS, AugmentSpec,
+from softtargets.augment.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS,
                                apply_views, choose_views, views_spec)
 
 
@@ -40,36 +38,6 @@ def views_meta(url: str, split: Any) -> tuple[Any, Any, dict[str, Any]]:
                                  f"{'an incomplete store' if info else 'a store without views'}")
     check_dataset(meta, url, split.identity())
     return meta, group, info
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewReplay:
-    """Rebuild the chosen view of each row of a streamed batch. Picklable (plain fields only)."""
-
-    augment: dict[str, Any]  # AugmentSpec.to_json() from the store
-    views: int
-
-    @functools.cached_property
-    def spec(self) -> AugmentSpec:
-        """Parsed once per process (and worker), not per batch."""
-        return AugmentSpec.from_json(self.augment)
-
-    @classmethod
-    def of_store(cls, url: str, split: Any) -> ViewReplay:
-        _, _, info = views_meta(url, split)
-        views_spec(info)  # imports user augmentations now: a missing one fails before training
-        return cls(augment=info["augment"], views=int(info["views"]))
-
-    def __call__(self, ids: np.ndarray, images: np.ndarray, view_logits: np.ndarray,
-                 view_params: np.ndarray, *, seed: int,
-                 epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs (B, D) float32 and logits (B, C) float16 of the views chosen for sample ids
-        `ids`; images (B, H, W) uint8 are theirs, view_logits (B, V, C) and view_params
-        (B, V, P) their stored views."""
-        v = choose_views(ids, views=self.views, seed=seed, epoch=epoch)  # (B,)
-        rows = np.arange(len(ids))
-        x = apply_views(images, view_params[rows, v], spec=self.spec)
-        return x, torch.from_numpy(np.ascontiguousarray(view_logits[rows, v]))
 
 
 def member_rows(group: Any, meta: Any, url: str, ids: np.ndarray) -> np.ndarray:

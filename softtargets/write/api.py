@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from softtargets.augment.images import check_image_dataset
+from softtargets.augment.source import ViewInputs, Views
 from softtargets.datasets.base import BaseDataset
 from softtargets.write.distributed import ranks_from_env
 from softtargets.errors import CheckpointError, ConfigError
@@ -56,10 +58,11 @@ class Members(nn.Module):
         return torch.stack([m(x) for m in self.members], dim=1)
 
 
-def _probe(model: nn.Module, dataset: BaseDataset, device: torch.device,
+def _probe(model: nn.Module, dataset: BaseDataset, source: Any, device: torch.device,
            members: int | None) -> None:
-    """Refuse a teacher whose output does not fit the dataset, before any store is made."""
-    x = as_input(dataset.inputs(slice(0, min(2, len(dataset))))).to(device)
+    """Refuse a teacher whose output does not fit the dataset, before any store is made;
+    `source` gives the teacher's inputs (the dataset, or its views)."""
+    x = as_input(source.inputs(slice(0, min(2, len(dataset))))).to(device)
     try:
         out = forward(model, x, device)
     except Exception as e:  # a user's model: shape or dtype errors
@@ -95,8 +98,10 @@ def _check_call(dataset: Any, views: Any, mc_dropout: Any, batch_size: Any) -> i
                           f"{type(dataset).__name__}; wrap yours with softtargets.datasets."
                           "wrap(dataset, num_classes=C)")
     if views is not None:
-        raise ConfigError("views= is written from the command line for now (teacher-logits "
-                          "--views V --augment SPEC); drop it here")
+        if not isinstance(views, Views):
+            raise ConfigError(f"views must be softtargets.Views(count=V, augment=...), got "
+                              f"{type(views).__name__}")
+        check_image_dataset(dataset)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if mc_dropout is None:
@@ -107,7 +112,7 @@ def _check_call(dataset: Any, views: Any, mc_dropout: Any, batch_size: Any) -> i
 
 
 def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = Dense(),
-                 views: Any = None, mc_dropout: Any = None, mc_seed: int = 0,
+                 views: Views | None = None, mc_dropout: Any = None, mc_seed: int = 0,
                  batch_size: int = 256,
                  device: str = "auto", resume: bool = False, dataset_id: str | None = None,
                  chunk_rows: int | None = None, shard_rows: int | None = None,
@@ -120,6 +125,12 @@ def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = D
     mc_dropout=K runs each teacher K times with only its dropout layers in train mode, the
     masks of pass k over chunk i seeded by (mc_seed, k, i) as on the command line: members
     teacher x pass, in `member_logits` like an ensemble's.
+
+    views=Views(count=V, augment=..., seed=...) (Dense targets; images (H, W) or (C, H, W),
+    uint8 scaled by 1/255 or float): the teacher runs on V augmented views of every row,
+    drawn per (seed, sample id, view); every view's logits and parameters are stored
+    (`view_logits` or, for an ensemble, `member_view_logits`; `view_params`), view 0 as the
+    row's logits. A forward batch then holds batch_size // V rows of V views each.
 
     A dataset of sequences (`dataset.positions` = L, e.g. TokenSequences) gets a row per
     position: the teacher returns (B, L, C) and `targets` must be TopK or Sampled. Under
@@ -138,7 +149,8 @@ def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = D
     try:
         model = prepare_model(Members(teachers), dev) if ensemble else \
             prepare_model(teachers[0], dev)
-        _probe(model, dataset, dev, len(teachers) if ensemble else None)
+        source = dataset if views is None else ViewInputs(dataset, views)
+        _probe(model, dataset, source, dev, len(teachers) if ensemble else None)
         identity = [module_identity(t, dev) for t in teachers]
         if passes is not None:  # members teacher x pass, as plan_members orders them
             identity = [{**i, "mc_pass": k, "mc_seed": mc_seed} for i in identity
@@ -149,38 +161,50 @@ def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = D
                              shard_rows=shard_rows, compressor=compressor, overwrite=overwrite,
                              resume=resume, teacher=identity if ensemble else identity[0],
                              positions=dataset.positions is not None, dataset_id=dataset_id,
-                             members=members)
+                             members=members, views=views)
+        v = views.count if views is not None else None
+        batch = max(1, batch_size // (v or 1))  # rows per forward: their V views each
         with writer:
             if passes is None:
-                _run(writer, model, dataset, batch_size=batch_size, device=dev,
+                _run(writer, model, dataset, source, views=v, batch_size=batch, device=dev,
                      progress=progress)
             else:
-                _run_passes(writer, teachers, dataset, passes=passes, seed=mc_seed,
-                            batch_size=batch_size, device=dev, progress=progress)
+                _run_passes(writer, teachers, dataset, source, views=v, passes=passes,
+                            seed=mc_seed, batch_size=batch, device=dev, progress=progress)
     finally:
         for t, mode in zip(teachers, modes):
             t.train(mode)
     return writer.meta
 
 
-def _run(writer: LogitWriter, model: nn.Module, dataset: BaseDataset, *, batch_size: int,
-         device: torch.device, progress: bool) -> None:
+def _by_row(logits: np.ndarray, views: int | None, *, members: bool) -> np.ndarray:
+    """Logits of R rows' V views each (R*V, [M,] C) as the writer takes them, (R, [M,] V,
+    C); as given without views (None)."""
+    if views is None:
+        return logits
+    z = logits.reshape(-1, views, *logits.shape[1:])  # (R, V, [M,] C)
+    return z.transpose(0, 2, 1, 3) if members else z  # members before views, as stored
+
+
+def _run(writer: LogitWriter, model: nn.Module, dataset: BaseDataset, source: Any, *,
+         views: int | None, batch_size: int, device: torch.device, progress: bool) -> None:
     """This process's units: inputs read ahead, forward, rows appended behind (write_chunks)."""
     units = dict(writer.todo_units())  # unit index -> dataset rows
+    members = writer.members is not None
 
     def append(index: int, *, sample_ids: np.ndarray, logits: np.ndarray) -> None:
-        writer.append(dataset.ids(units[index]), logits)
+        writer.append(dataset.ids(units[index]), _by_row(logits, views, members=members))
 
     bar = progress_bar(total=sum(r.stop - r.start for r in units.values()),
                        desc="teacher-logits", unit="row", enabled=progress)
-    write_chunks(units.__getitem__, append, model, dataset, list(units), batch_size=batch_size,
+    write_chunks(units.__getitem__, append, model, source, list(units), batch_size=batch_size,
                  device=device, on_rows=bar.update)
     bar.close()
 
 
-def _run_passes(writer: LogitWriter, teachers: list[nn.Module], dataset: BaseDataset, *,
-                passes: int, seed: int, batch_size: int, device: torch.device,
-                progress: bool) -> None:
+def _run_passes(writer: LogitWriter, teachers: list[nn.Module], dataset: BaseDataset,
+                source: Any, *, views: int | None, passes: int, seed: int, batch_size: int,
+                device: torch.device, progress: bool) -> None:
     """This process's units of MC-dropout members: every (teacher, pass) over each chunk of a
     unit, seeded per (seed, pass, chunk), then the unit's (rows, M, C) appended."""
     chunk_rows = writer.session.writer.meta.chunk_rows
@@ -191,9 +215,9 @@ def _run_passes(writer: LogitWriter, teachers: list[nn.Module], dataset: BaseDat
         chunks = [slice(a, min(rows.stop, a + chunk_rows))
                   for a in range(rows.start, rows.stop, chunk_rows)]
         z = np.stack([np.concatenate([
-            chunk_logits(t, dataset, c, batch_size=batch_size, device=device,
+            chunk_logits(t, source, c, batch_size=batch_size, device=device,
                          seed=mc_seed_of(seed, k, c.start // chunk_rows)) for c in chunks])
-            for t in teachers for k in range(passes)], axis=1)  # (rows, M, C)
-        writer.append(dataset.ids(rows), z)
+            for t in teachers for k in range(passes)], axis=1)  # (rows * V, M, C)
+        writer.append(dataset.ids(rows), _by_row(z, views, members=True))
         bar.update(rows.stop - rows.start)
     bar.close()

@@ -23,6 +23,8 @@ import torch
 
 from softtargets.format import ensemble
 from softtargets.augment import views as vw
+from softtargets.augment.source import ViewInputs, Views
+from softtargets.datasets.idx import IDXDataset
 from softtargets.config import DataConfig, EnsembleLogitsConfig
 from softtargets.datasets.idx_files import Split, check_not_trained_on_validation, load_split
 from softtargets.format.destination import delete_array
@@ -228,7 +230,7 @@ class MemberLayout:
     arrays: tuple[RowArray, ...]
     extra: dict[str, Any]
     version: int | None
-    views: Any = None  # the augmentation spec with --views, else None
+    views: Views | None = None  # with --views
 
     @classmethod
     def of(cls, cfg: EnsembleLogitsConfig, split: Split, members: list[dict[str, Any]],
@@ -238,38 +240,19 @@ class MemberLayout:
         arrays = [RowArray(MEMBER_LOGITS, (c,), "float16", ("member", "row", "class"),
                            members=m, per_member=True)]
         extra = _extra(cfg, members, n=n, c=c, rows=rows)
-        spec = None
+        views = None
         if cfg.views is not None:
-            spec, v = vw.parse_spec(cfg.augment), int(cfg.views)
-            arrays += [RowArray(vw.MEMBER_VIEW_LOGITS, (v, c), "float16",
+            views = Views(count=int(cfg.views), augment=vw.parse_spec(cfg.augment),
+                          seed=cfg.view_seed)
+            arrays += [RowArray(vw.MEMBER_VIEW_LOGITS, (views.count, c), "float16",
                                 ("member", "row", "view", "class"), members=m, per_member=True),
-                       RowArray(vw.VIEW_PARAMS, (v, len(spec.param_names)), "float32",
+                       RowArray(vw.VIEW_PARAMS, (views.count, views.num_params), "float32",
                                 ("row", "view", "param"))]  # NaN: a user augmentation is off
-            extra["views"] = vw.views_info(spec, views=v, seed=cfg.view_seed)
+            extra["views"] = views.info()
         arithmetic_only = cfg.combined_only and cfg.combine == "arithmetic"
         return cls(teacher=_summary_identity(members, device), arrays=tuple(arrays),
                    extra=extra, version=COMBINED_ONLY_VERSION if arithmetic_only else None,
-                   views=spec)
-
-
-def view_params(spec: Any, rows: slice, *, views: int, seed: int) -> np.ndarray:
-    """(R, V, P) float32 view parameters of rows `rows` (row r has sample id r)."""
-    return vw.draw_params(spec, seed=seed, sample_ids=np.arange(rows.start, rows.stop),
-                          views=views).astype(np.float32)
-
-
-class ViewInputs:
-    """The V augmented views of rows, (R*V, D) float32, from parameters of (seed, id, view):
-    what every member of a --views ensemble sees."""
-
-    def __init__(self, split: Split, spec: Any, *, views: int, seed: int) -> None:
-        self.split, self.spec, self.views, self.seed = split, spec, views, seed
-
-    def inputs(self, rows: slice) -> np.ndarray:
-        params = view_params(self.spec, rows, views=self.views, seed=self.seed)
-        images = np.repeat(self.split.images[rows], self.views, axis=0)  # (R*V, H, W)
-        return vw.apply_views(images, params.reshape(-1, params.shape[-1]),
-                              spec=self.spec).numpy()
+                   views=views)
 
 
 def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
@@ -280,8 +263,8 @@ def _run_members(cfg: EnsembleLogitsConfig, plan: list[Member], split: Split,
     writer = session.writer
     chunks = [i for u in session.todo for i in writer.unit_chunks(u)]
     views = layout.views
-    source = split if views is None else ViewInputs(split, views, views=int(cfg.views),
-                                                    seed=cfg.view_seed)
+    source = split if views is None else ViewInputs(IDXDataset.from_split(split), views,
+                                                    flat=True)  # (R*V, H*W) per R rows
     names = [MEMBER_LOGITS] + ([vw.MEMBER_VIEW_LOGITS] if views is not None else [])
     bar = progress_bar(total=_rows(writer, session.todo) * len(plan), desc="teacher-logits",
                        unit="row", enabled=progress)
@@ -347,8 +330,7 @@ def _write_combined(cfg: EnsembleLogitsConfig, session: WriteSession, layout: Me
             out = z.mean(axis=0)  # (rows, C): geometric-mean target at every T
         rows = {}
         if layout.views is not None:
-            rows[vw.VIEW_PARAMS] = view_params(layout.views, sl, views=int(cfg.views),
-                                               seed=cfg.view_seed)
+            rows[vw.VIEW_PARAMS] = layout.views.params(np.arange(sl.start, sl.stop))
         session.write(index, logits=out, rows=rows)
         bar.update(sl.stop - sl.start)
     bar.close()

@@ -81,29 +81,30 @@ def write_views(cfg: LogitsConfig, *, split: Split, model: torch.nn.Module, rank
     holds view 0. Written in a WriteSession, so sharding, --resume and torchrun ranks work as for
     plain stores (each rank writes whole units of all three arrays)."""
     from softtargets.augment import views as vw
+    from softtargets.augment.source import ViewInputs, Views
+    from softtargets.datasets.idx import IDXDataset
     if cfg.topk is not None or cfg.sample is not None:
         raise ConfigError("--views stores are dense: drop --topk/--sample or --views")
-    spec = vw.parse_spec(cfg.augment)
-    v, c = int(cfg.views or 0), len(split.class_names)
+    views = Views(count=int(cfg.views or 0), augment=vw.parse_spec(cfg.augment),
+                  seed=cfg.view_seed)
+    v, c = views.count, len(split.class_names)
     arrays = (RowArray(vw.VIEW_LOGITS, (v, c), "float16", ("row", "view", "class")),
-              RowArray(vw.VIEW_PARAMS, (v, len(spec.param_names)), "float32",
+              RowArray(vw.VIEW_PARAMS, (v, views.num_params), "float32",
                        ("row", "view", "param")))  # NaN: a user augmentation is off
     session = WriteSession(cfg, n=len(split), class_names=split.class_names,
                            dataset=split.identity(), teacher=teacher, ranks=ranks,
-                           device_type=device.type, arrays=arrays,
-                           extra={"views": vw.views_info(spec, views=v, seed=cfg.view_seed)})
+                           device_type=device.type, arrays=arrays, extra={"views": views.info()})
+    source = ViewInputs(IDXDataset.from_split(split), views, flat=True)  # (R*V, H*W)
     with session:
         bar = progress_bar(total=len(session.todo), desc="teacher-logits", unit="unit",
                            enabled=progress)
         for index in session.todo:
             sl = session.writer.unit_slice(index)
             ids = np.arange(sl.start, sl.stop)
-            params = vw.draw_params(spec, seed=cfg.view_seed, sample_ids=ids, views=v)  # (R,V,P)
-            images = np.repeat(split.images[sl], v, axis=0)  # (R*V, H, W)
-            x = vw.apply_views(images, params.reshape(-1, params.shape[-1]), spec=spec).numpy()
-            logits = infer(model, x, batch_size=cfg.batch_size, device=device).reshape(-1, v, c)
+            logits = infer(model, source.inputs(sl), batch_size=cfg.batch_size,
+                           device=device).reshape(-1, v, c)
             session.write(index, sample_ids=ids, logits=logits[:, 0],  # v1 logits: view 0
-                          rows={vw.VIEW_LOGITS: logits, vw.VIEW_PARAMS: params})
+                          rows={vw.VIEW_LOGITS: logits, vw.VIEW_PARAMS: views.params(ids)})
             bar.update()
         bar.close()
     return session.meta

@@ -20,8 +20,6 @@ an incomplete store, which `--resume` takes over (see lock.py) and completes.
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,10 +41,6 @@ from softtargets.write.options import (check_resumable, effective_shard_rows,
                                        session_chunk_rows, store_exists)
 from softtargets.write.rows import RowMap, expected_ids, unit_ok, write_input_digests
 from softtargets.write.targets import Dense, Targets, check_targets
-
-# Test-only hook: seconds to sleep after each written unit, so a test can kill a run mid-way.
-DELAY_ENV = "SOFTTARGETS_TEST_UNIT_DELAY"
-
 
 @dataclasses.dataclass(frozen=True)
 class RowArray:
@@ -104,7 +98,6 @@ class WriteSession:
         self.meta: StoreMeta | None = None
         self.todo: list[int] = []
         self.skipped = 0  # units found written and verified (resume)
-        self.delay = float(os.environ.get(DELAY_ENV, "0") or 0)
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -230,8 +223,6 @@ class WriteSession:
             raise
         if self.lock is not None:
             self.lock.heartbeat()
-        if self.delay:
-            time.sleep(self.delay)
 
     def write_member(self, name: str, member: int, rows: slice, values: np.ndarray) -> None:
         """Write member `member`'s rows `rows` (chunk-aligned, inside this rank's units) of
@@ -250,8 +241,6 @@ class WriteSession:
                                      member=member)
         if self.lock is not None:
             self.lock.heartbeat()
-        if self.delay:
-            time.sleep(self.delay)
 
     def member_done(self, name: str, member: int, rows: slice) -> bool:
         """On resume, whether member `member`'s rows `rows` of `name` are written and match

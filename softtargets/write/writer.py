@@ -31,6 +31,7 @@ from softtargets.write.rows import RowMap
 from softtargets.write.session import RowArray, WriteSession
 from softtargets.write.sources import source_of
 from softtargets.write.targets import Dense, Targets, check_targets
+from softtargets.write.view_rows import check_views, split_views, views_layout
 
 MISSING_LISTED = 10  # sample ids named when close() finds rows missing
 
@@ -46,8 +47,11 @@ class LogitWriter:
     dataset's L; an int L without a dataset), then `append` takes logits (B, L, C).
     `teacher`: a dict recorded as the store's teacher identity. `members`: M ensemble members
     (Dense targets): `append` takes logits (B, M, C), kept per member in `member_logits` with
-    their mean as `logits`, and `teacher` is a list of M dicts. `resume`: keep the verified
-    units of an interrupted store and write the rest (`todo_rows()`).
+    their mean as `logits`, and `teacher` is a list of M dicts. `views`: a Views option (Dense
+    targets, one row per sample): `append` takes every view's logits (B, [M,] V, C), kept in
+    `view_logits` (`member_view_logits`) with each view's parameters, view 0 as the row's
+    logits. `resume`: keep the verified units of an interrupted store and write the rest
+    (`todo_rows()`).
     """
 
     def __init__(self, store: str, *, dataset: Any = None, num_classes: int | None = None,
@@ -57,7 +61,7 @@ class LogitWriter:
                  compressor: str = "zstd", overwrite: bool = False, resume: bool = False,
                  break_lock: bool = False, teacher: Any = None,
                  positions: bool | int = False, dataset_id: str | None = None,
-                 members: int | None = None) -> None:
+                 members: int | None = None, views: Any = None) -> None:
         self.targets = check_targets(targets)
         self.source = source_of(dataset, num_classes=num_classes, class_names=class_names, n=n,
                                 identity=dataset_identity, positions=positions,
@@ -66,6 +70,7 @@ class LogitWriter:
             raise ConfigError(f"{type(self.targets).__name__}() targets have one row per sample; "
                               "rows per sequence position need TopK(k) or Sampled(k)")
         self.members = check_members(members, self.targets, self.source.rows.positions)
+        self.views = check_views(views, self.targets, self.source.rows.positions)
         options = WriteOptions(store=str(store), overwrite=overwrite, resume=resume,
                                break_lock=break_lock, chunk_rows=chunk_rows,
                                shard_rows=shard_rows, compressor=compressor)
@@ -88,6 +93,15 @@ class LogitWriter:
     def _layout(self, teacher: Any, options: WriteOptions,
                 ) -> tuple[dict[str, Any], tuple[RowArray, ...], dict[str, Any]]:
         """(the store's teacher key, extra row arrays, extra attributes)."""
+        identity, arrays, extra = self._member_layout(teacher, options)
+        if self.views is not None:
+            view_arrays, view_extra = views_layout(self.views, members=self.members,
+                                                   num_classes=len(self.source.class_names))
+            arrays, extra = arrays + view_arrays, {**extra, **view_extra}
+        return identity, arrays, extra
+
+    def _member_layout(self, teacher: Any, options: WriteOptions,
+                       ) -> tuple[dict[str, Any], tuple[RowArray, ...], dict[str, Any]]:
         if self.members is None:
             if teacher is not None and not isinstance(teacher, dict):
                 raise ConfigError(f"teacher must be a dict identifying the teacher (e.g. "
@@ -101,10 +115,13 @@ class LogitWriter:
 
     def _config(self, options: WriteOptions) -> dict[str, Any]:
         """What the store records as its settings (compared by a resume)."""
-        return {"writer": "LogitWriter", "targets": self.targets.to_json(),
-                "positions": self.source.rows.positions, "members": self.members,
-                "chunk_rows": options.chunk_rows, "shard_rows": options.shard_rows,
-                "compressor": options.compressor}
+        out = {"writer": "LogitWriter", "targets": self.targets.to_json(),
+               "positions": self.source.rows.positions, "members": self.members,
+               "chunk_rows": options.chunk_rows, "shard_rows": options.shard_rows,
+               "compressor": options.compressor}
+        if self.views is not None:  # only then: stores without views keep their settings
+            out["views"] = self.views.to_json()
+        return out
 
     # -- what is left to do -------------------------------------------------------------------
 
@@ -132,7 +149,8 @@ class LogitWriter:
     # -- appending ----------------------------------------------------------------------------
 
     def append(self, sample_ids: Any, logits: Any) -> None:
-        """Add the logits (B, C) (or (B, L, C) per position) of samples `sample_ids` (B,), any
+        """Add the logits (B, C) (or (B, L, C) per position, (B, [M,] [V,] C) with members and
+        views) of samples `sample_ids` (B,), any
         batch size, numpy or torch (detached), float; rows of units already written by another
         process or kept by a resume are ignored."""
         self._check_open()
@@ -157,9 +175,11 @@ class LogitWriter:
             raise AppendError(f"LogitWriter.append: logits must be floating point, got dtype "
                               f"{values.dtype}")
         L, c, m = self.rows.positions, len(self.source.class_names), self.members
-        want = (len(ids), *((L,) if L else ()), *((m,) if m else ()), c)
+        v = self.views.count if self.views is not None else None
+        want = (len(ids), *((L,) if L else ()), *((m,) if m else ()), *((v,) if v else ()), c)
         if ids.ndim != 1 or ids.dtype.kind not in "iu" or values.shape != want:
-            axes = "(B, L, C)" if L else "(B, M, C)" if m else "(B, C)"
+            axes = "(B, L, C)" if L else \
+                f"(B, {'M, ' if m else ''}{'V, ' if v else ''}C)"
             raise AppendError(f"LogitWriter.append: needs sample_ids (B,) integers and logits "
                               f"{axes} = {want}, got sample_ids of shape {ids.shape} dtype "
                               f"{ids.dtype} and logits of shape {values.shape}")
@@ -200,11 +220,14 @@ class LogitWriter:
         filled[rows - sl.start] = True
         if filled.all():
             del self._units[index]
+            logits, rows = buf, {}
+            if self.views is not None:  # (rows, [M,] V, C): every view, view 0 as the row's
+                ids = self.source.sample_ids_of(np.arange(sl.start, sl.stop))
+                logits, rows = split_views(self.views, buf, ids, members=self.members)
             if self.members:  # (rows, M, C): the members, and their mean as the v1 logits
-                self.session.write(index, logits=mean_of_members(buf),
-                                   rows={MEMBER_LOGITS: buf})
-            else:
-                self.session.write(index, logits=buf)
+                rows[MEMBER_LOGITS] = logits
+                logits = mean_of_members(logits)
+            self.session.write(index, logits=logits, rows=rows)
             self._done.add(index)
 
     # -- closing ------------------------------------------------------------------------------

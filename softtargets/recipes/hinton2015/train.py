@@ -28,7 +28,7 @@ from softtargets.recipes.hinton2015.models import (ModelSpec, apply_max_norm, bu
 from softtargets.format.sparse_store import open_any
 from softtargets.format.store import LogitStore
 from softtargets.progress import bar as progress_bar
-from softtargets.read.view_loader import ViewData, ViewReplay
+from softtargets.read.view_loader import ViewData
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -141,7 +141,7 @@ def student_data(split: Split, store: Any, cfg: StudentTrainConfig, *,
         if not members and (cfg.loader == "stream" or (
                 cfg.loader == "auto" and size > options.memory_limit_bytes)):
             return StreamingDistillData(split, store, rows=rows, options=options,
-                                        replay=ViewReplay.of_store(store.url, split)), False, None
+                                        replay=True), False, None
         data = ViewData(split, store.url, rows=rows, temperature=cfg.temperature,
                         rule=cfg.combine)
         return data, data.log_probs, data.rule if data.log_probs else None
