@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from softtargets import Dense, LogitWriter, Sampled, TopK, from_tensors
+from softtargets import LogitWriter, Sampled, TopK, Views, from_tensors
 
 N, C, SEQ = 10, 5, 3  # rows, classes; positions per sequence of the per-position store
 TEACHER = {"arch": "golden fixture", "checkpoint_sha256": "sha256:" + "1" * 64}
@@ -46,6 +46,8 @@ KINDS: dict[str, Callable[[Path], None]] = {
                              targets=TopK(2, temperatures=(1.0, 4.0))),
     "sampled": lambda p: _write(p, values=logits(N, C), dataset=dataset(), chunk_rows=4,
                                 targets=Sampled(3, temperature=2.0, seed=7)),
+    "views": lambda p: _write(p, values=logits(N, 2, C), dataset=dataset(), chunk_rows=4,
+                              views=Views(count=2, augment="shift=1,flip=1", seed=3)),
     "position": lambda p: _write(p, values=logits(4, SEQ, C), n=4, num_classes=C,
                                  positions=SEQ, chunk_rows=6, targets=TopK(2)),
 }

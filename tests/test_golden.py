@@ -73,6 +73,14 @@ def test_golden_topk_keeps_the_two_largest():
     np.testing.assert_array_equal(np.sort(got.ids.numpy(), axis=1), top2)
 
 
+def test_golden_views_values():
+    z = logits(N, 2, C)  # (N, V, C) as appended; view 0 is also the store's logits
+    t = SoftTargets(str(GOLDEN / "views.zarr"), temperature=1.0, view=1)
+    assert torch.equal(t.batch(list(range(N))).logits, _fp16(z[:, 1]))
+    assert torch.equal(SoftTargets(str(GOLDEN / "views.zarr"), temperature=1.0)
+                       .batch(list(range(N))).logits, _fp16(z[:, 0]))
+
+
 def test_golden_sampled_and_position_read():
     s = SoftTargets(str(GOLDEN / "sampled.zarr"), temperature=2.0)
     assert (s.kind, len(s), s.num_classes) == ("sampled", N, C)
