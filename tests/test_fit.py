@@ -41,9 +41,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatc
 
     save = Checkpointer.save
 
-    def killed_after(self, epoch, done):  # 8 batches an epoch: dies after epoch 1, batch 6
-        save(self, epoch, done)
-        if (epoch, done) == (1, 6):
+    def killed_after(self, state):  # 8 batches an epoch: dies after epoch 1, batch 6
+        save(self, state)
+        if (state["position"]["epoch"], state["position"]["delivered"]) == (1, 6):
             raise Killed
     monkeypatch.setattr(Checkpointer, "save", killed_after)
     with pytest.raises(Killed):
