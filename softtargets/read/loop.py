@@ -35,6 +35,9 @@ from softtargets.read.dataset import DistillDataset, sample_ids_of
 from softtargets.read.stream import StreamingDistillDataset
 from softtargets.read.targets import SoftTargets
 
+# Test-only hook: seconds to sleep after each saved checkpoint, so a test can kill a run there.
+DELAY_ENV = "SOFTTARGETS_TEST_CHECKPOINT_DELAY"
+
 LossFn = Callable[[torch.Tensor, Any, Any], torch.Tensor]  # (student logits, labels, target)
 
 
@@ -200,11 +203,14 @@ class Checkpointer:
         if every < 1:
             raise ConfigError(f"--checkpoint-every must be >= 1 batches, got {every}")
         self.path, self.every, self.config = Path(path), every, config
+        self.delay = float(os.environ.get(DELAY_ENV, "0") or 0)
 
     def save(self, state: dict[str, Any]) -> None:
         tmp = self.path.with_name(self.path.name + ".partial")
         torch.save({"config": self.config, **state}, tmp)
         os.replace(tmp, self.path)
+        if self.delay:
+            time.sleep(self.delay)
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, None when there is none; refuses one of other settings."""
