@@ -8,7 +8,7 @@ exact input the teacher saw for the target it is trained on.
 * `ViewData`: the whole views store in memory; one teacher, or an ensemble
   (`member_view_logits` (M, N, V, C), combined at the student's T by the ensemble rule).
 * `ViewReplay`: the per-batch step of the streaming loader (read.stream.StreamingDistillDataset
-  with `replay=`, under loader.StreamingDistillData), for views stores far larger than RAM.
+  with `replay=`, under read.loop.Batches), for views stores far larger than RAM.
 """
 
 from __future__ import annotations
