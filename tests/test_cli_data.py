@@ -59,7 +59,8 @@ def test_image_folder_dense_store_and_own_student(images, tmp_path):
     assert ckpt["factory"] == "user_models:image_student"
     assert ckpt["state_dict"]["net.1.weight"].shape == (8, int(np.prod(IMAGE)))
     state = torch.load(out / "train-state.pt", weights_only=True)  # after the last epoch
-    assert (state["epoch"], state["batches_done"], len(state["losses"])) == (3, 0, 3)
+    assert state["position"] == {"epoch": 3, "delivered": 0} and len(state["history"]) == 3
+    assert [row["train_loss"] for row in state["history"]] == m["train_losses"]
     again = run("student", "--data", f"imagefolder:{images}", "--student-factory",
                 "user_models:image_student", "--store", store, "--out", out, "--epochs", 3,
                 "--batch-size", 4, "-T", 2, "--optimizer", "adam", "--lr", 0.01, "--quiet",
