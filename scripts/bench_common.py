@@ -25,7 +25,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 import torch  # noqa: E402
 
-from softtargets.read.loader import StreamOptions  # noqa: E402
+from softtargets.read.loop import StreamOptions  # noqa: E402
 
 Row = dict[str, object]
 

@@ -43,8 +43,9 @@ import torch  # noqa: E402
 
 from softtargets.config import DataConfig, LogitsConfig  # noqa: E402
 from softtargets.datasets.idx_files import Split, load_split  # noqa: E402
-from softtargets.read.distill import distillation_loss  # noqa: E402
-from softtargets.read.loader import DistillData, StreamingDistillData, StreamOptions  # noqa: E402
+from softtargets.datasets.idx import IDXDataset  # noqa: E402
+from softtargets.read import DenseTarget, StreamingDistillDataset, distillation_loss  # noqa: E402
+from softtargets.read.loop import Batches, StreamOptions  # noqa: E402
 from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint  # noqa: E402
 from softtargets.format.store import LOGITS, SAMPLE_ID, LogitStore, StoreWriter, read_meta  # noqa: E402
 from softtargets.write.idx_teacher import write_teacher_logits  # noqa: E402
@@ -114,10 +115,20 @@ def raw_decode_rows_per_s(url: str, threads: int) -> float:
     return store.meta.n / seconds
 
 
-def loader_rows_per_s(data: StreamingDistillData, batch_size: int) -> float:
+T = 20.0  # the student's temperature (targets are read at it)
+
+
+def batches(split: Split, url: str, options: StreamOptions, batch_size: int) -> Batches:
+    """The student loop's batches of `split` with the targets of `url` (read.loop.Batches:
+    streamed through StreamingDistillDataset, or in memory through DistillDataset)."""
+    return Batches(IDXDataset.from_split(split), url, batch_size=batch_size, seed=0,
+                   temperature=T, options=options)
+
+
+def loader_rows_per_s(data: Batches, batch_size: int) -> float:
     """One full epoch of the streaming loader (ids joined to images and labels); rows/s."""
     t0 = time.perf_counter()
-    rows = sum(len(b[1]) for b in data.batches(batch_size=batch_size, epoch=0, seed=0))
+    rows = sum(len(b[1]) for b in data.epoch(0))
     seconds = time.perf_counter() - t0
     if rows != len(data):
         raise RuntimeError(f"the loader gave {rows} rows, the store has {len(data)}")
@@ -128,10 +139,9 @@ def rss_child(url: str, n: int, classes: int, root: str, batch_size: int, thread
     """(Run in a child) stream one epoch, print baseline and peak RSS in MB as JSON."""
     split = synthetic_split(Path(root), n, classes)
     base = current_rss_mb()
-    data = StreamingDistillData(split, LogitStore.open(url), options=StreamOptions(
-        loader="stream", decode_threads=threads))
+    data = batches(split, url, StreamOptions(loader="stream", decode_threads=threads), batch_size)
     rows, high = 0, base
-    for step, batch in enumerate(data.batches(batch_size=batch_size, epoch=0, seed=0)):
+    for step, batch in enumerate(data.epoch(0)):
         rows += len(batch[1])
         if step % 16 == 0:
             high = max(high, current_rss_mb())
@@ -187,7 +197,7 @@ class Epoch:
     teacher_seconds: float = 0.0
 
 
-def student_epoch(data: DistillData | StreamingDistillData, *, batch_size: int,
+def student_epoch(data: Batches, *, batch_size: int,
                   teachers: list[torch.nn.Module] | None = None,
                   limit: int | None = None) -> Epoch:
     """One epoch of the 784-800-800-10 student (KD loss T=20, alpha=0.9, SGD), timed.
@@ -202,16 +212,16 @@ def student_epoch(data: DistillData | StreamingDistillData, *, batch_size: int,
     steps = rows = 0
     in_teachers = 0.0
     t0 = time.perf_counter()
-    for images, labels, teacher in data.batches(batch_size=batch_size, epoch=0, seed=0):
+    for images, labels, teacher in data.epoch(0):
         if steps == limit:
             break
         x = images.flatten(1).float().div_(255.0)  # (B, 784)
         if teachers is not None:
             t1 = time.perf_counter()
             with torch.inference_mode():
-                teacher = torch.stack([t(x) for t in teachers]).mean(0)  # (B, 10)
+                teacher = DenseTarget(T, logits=torch.stack([t(x) for t in teachers]).mean(0))
             in_teachers += time.perf_counter() - t1
-        loss = distillation_loss(model(x), teacher, labels, temperature=20.0, alpha=0.9)
+        loss = distillation_loss(model(x), teacher, labels, temperature=T, alpha=0.9)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -219,11 +229,11 @@ def student_epoch(data: DistillData | StreamingDistillData, *, batch_size: int,
     return Epoch(time.perf_counter() - t0, steps, rows, in_teachers)
 
 
-def check_same_rows(pre: DistillData, stream: StreamingDistillData, batch_size: int) -> None:
+def check_same_rows(pre: Batches, stream: Batches, batch_size: int) -> None:
     """The streamed epoch covers exactly the preloaded rows (by sample id)."""
-    ids = np.concatenate([b[0].numpy() for b in stream.batches(batch_size=batch_size, epoch=0,
-                                                               seed=0, with_ids=True)])
-    if not np.array_equal(np.sort(ids), np.sort(pre.index)):
+    ids = np.concatenate([b[0].numpy() for b in StreamingDistillDataset(
+        stream.stream.dataset, stream.stream.url, batch_size=batch_size, with_ids=True)])
+    if not np.array_equal(np.sort(ids), np.sort(pre.rows.data.sample_ids)):
         raise RuntimeError("streamed and preloaded student epochs see different rows")
 
 
@@ -239,7 +249,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
     # 1. throughput: raw decoding and the loader with the same decode threads, interleaved
     budget = Threads(intra=args.threads, decode=args.threads)
     budget.apply()
-    data = StreamingDistillData(split, LogitStore.open(url), options=budget.options())
+    data = batches(split, url, budget.options(), args.batch_size)
     cpu: dict[str, list[float]] = {"loader": [], "raw": []}  # rows per CPU-second
 
     def with_cpu(name: str, fn: Callable[[], float]) -> Callable[[], float]:
@@ -255,7 +265,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
     if args.workers:
         wbudget = Threads(intra=args.threads, decode=max(1, args.threads // args.workers),
                           workers=args.workers)
-        wdata = StreamingDistillData(split, LogitStore.open(url), options=wbudget.options())
+        wdata = batches(split, url, wbudget.options(), args.batch_size)
         variants["workers"] = lambda: loader_rows_per_s(wdata, args.batch_size)
     got = interleaved(variants, repeat=args.repeat)
     rows.append(_paired_row(f"loader / raw decode ({args.n:,} x {args.classes}, {gb:.1f} GB, "
@@ -287,11 +297,10 @@ def measure(args: argparse.Namespace) -> list[Row]:
 def measure_student(args: argparse.Namespace, root: Path) -> list[Row]:
     """3 and 4: student epochs, preloaded / streamed / online, in interleaved rounds."""
     fsplit, furl = student_setup(root, args.student_rows)
-    store = LogitStore.open(furl)
     budget = Threads(intra=args.threads, decode=args.student_decode_threads)
     budget.apply()
-    pre = DistillData(fsplit, store)
-    stream = StreamingDistillData(fsplit, store, options=budget.options())
+    pre = batches(fsplit, furl, StreamOptions(loader="memory"), args.student_batch)
+    stream = batches(fsplit, furl, budget.options(), args.student_batch)
     check_same_rows(pre, stream, args.student_batch)
     torch.manual_seed(1)
     teachers = [build(ModelSpec(hidden=(1200, 1200))).eval() for _ in range(5)]

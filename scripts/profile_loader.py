@@ -82,10 +82,10 @@ def threaded(url: str, batch_size: int, rounds: int = 2) -> None:
     """Raw decoding vs loader epochs (prefetch thread on / off), 2 decode threads, interleaved."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_loader import loader_rows_per_s, raw_decode_rows_per_s, synthetic_store
+    from bench_loader import batches, loader_rows_per_s, raw_decode_rows_per_s, synthetic_store
 
-    from softtargets.read.loader import StreamingDistillData, StreamOptions
     from softtargets.format.store import LogitStore
+    from softtargets.read.loop import StreamOptions
     store = LogitStore.open(url)
     n = store.meta.n
     # the benchmark's synthetic store and split (made by scripts/bench_loader.py in that folder)
@@ -98,8 +98,8 @@ def threaded(url: str, batch_size: int, rounds: int = 2) -> None:
             if prefetch is None:
                 rate = raw_decode_rows_per_s(url, 2)
             else:
-                data = StreamingDistillData(split, store, options=StreamOptions(
-                    loader="stream", decode_threads=2, prefetch_batches=prefetch))
+                data = batches(split, url, StreamOptions(
+                    loader="stream", decode_threads=2, prefetch_batches=prefetch), batch_size)
                 rate = loader_rows_per_s(data, batch_size)
             us = (time.process_time() - c0) / n * 1e6
             print(f"| {r + 1} | {name} | {rate:,.0f} | {us:.2f} |")

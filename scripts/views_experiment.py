@@ -23,10 +23,10 @@ import torch
 
 from softtargets.config import DataConfig, LogitsConfig, StudentTrainConfig
 from softtargets.datasets.idx_files import load_split
-from softtargets.read.distill import distillation_loss
 from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint
 from softtargets.write.idx_teacher import write_teacher_logits
-from softtargets.recipes.hinton2015.train import FitOptions, fit, train_student
+from softtargets.recipes.hinton2015.student_data import EpochBatches
+from softtargets.recipes.hinton2015.train import FitOptions, fit, student_loss, train_student
 from softtargets.read.view_loader import ViewData
 from softtargets.augment.views import apply_views, draw_params, parse_spec
 
@@ -67,9 +67,10 @@ def run_fit(data, cfg: StudentTrainConfig, test) -> tuple[int, float]:
     model = build(ModelSpec(hidden=cfg.hidden))
     opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                       momentum=cfg.momentum, seed=cfg.seed, clip_grad=cfg.clip_grad)
-    loss = lambda s, y, t: distillation_loss(s, t, y, temperature=cfg.temperature,  # noqa: E731
-                                             alpha=cfg.alpha)
-    history = fit(model, data, test, loss, opts, desc="student", progress=False)
+    batches = EpochBatches(data, batch_size=cfg.batch_size, seed=cfg.seed,
+                           temperature=cfg.temperature)
+    history = fit(model, batches, test, student_loss(cfg), opts, desc="student",
+                  progress=False)
     return history[-1]["test_errors"], time.perf_counter() - t0
 
 

@@ -228,11 +228,12 @@ def test_student_trains_from_ensemble_store(ensemble_store, tiny_data, tmp_path)
 
 def test_other_dataset_still_refused(ensemble_store, tiny_data):
     from softtargets.errors import StoreMismatchError
-    from softtargets.read.loader import DistillData
+    from softtargets.datasets.idx import IDXDataset
+    from softtargets.read import DistillDataset, SoftTargets
     _, _, store = ensemble_store
-    fewer = load_split(DataConfig(dataset="mnist", data_dir=tiny_data.data_dir, limit=50))
+    fewer = IDXDataset("mnist", data_dir=tiny_data.data_dir, limit=50)
     with pytest.raises(StoreMismatchError, match="n differs"):
-        DistillData(fewer, open_targets(store, rule="arithmetic", temperature=2.0))
+        DistillDataset(fewer, SoftTargets(store.url, rule="arithmetic", temperature=2.0))
 
 
 def test_damaged_member_chunk_is_refused(tiny_data, tmp_path):

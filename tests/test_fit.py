@@ -37,13 +37,14 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatc
     data, store = setup(tmp_path)
     cfg = FitConfig(temperature=2.0, alpha=0.7, epochs=2, lr=0.05, batch_size=8, loader=loader)
     whole = student()
-    fit_student(whole, data, store, cfg, checkpoint=str(tmp_path / "a.pt"), checkpoint_every=3)
+    first = fit_student(whole, data, store, cfg, checkpoint=str(tmp_path / "a.pt"),
+                        checkpoint_every=3)
 
     save = Checkpointer.save
 
-    def killed_after(self, epoch, done):  # 8 batches an epoch: dies after epoch 1, batch 6
-        save(self, epoch, done)
-        if (epoch, done) == (1, 6):
+    def killed_after(self, state):  # 8 batches an epoch: dies after epoch 1, batch 6
+        save(self, state)
+        if (state["position"]["epoch"], state["position"]["delivered"]) == (1, 6):
             raise Killed
     monkeypatch.setattr(Checkpointer, "save", killed_after)
     with pytest.raises(Killed):
@@ -55,7 +56,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatc
                           checkpoint_every=3, resume=True)
     for a, b in zip(whole.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
-    assert len(metrics["train_losses"]) == 2
+    # the running loss of the cut epoch is saved too: the same per-epoch losses
+    assert metrics["train_losses"] == first["train_losses"] and len(first["train_losses"]) == 2
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

@@ -236,7 +236,7 @@ def test_epochs_in_one_process_reuse_the_reader_opened_at_construction(tmp_path,
         ds.set_epoch(epoch)
         epochs.append(sum(batches(ds), []))
     assert opened == [str(url)]  # the scan's reader, read with in every epoch
-    again = copy.copy(ds)  # as StreamingDistillData makes one per epoch: shares the reader
+    again = copy.copy(ds)  # a copy of the dataset shares its reader
     assert sum(batches(again), []) == epochs[2] and opened == [str(url)]
     assert not pickle.loads(pickle.dumps(ds))._readers  # another process opens its own
     assert all(sorted(e) == list(range(96)) for e in epochs) and epochs[0] != epochs[1]

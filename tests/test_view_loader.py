@@ -14,11 +14,13 @@ from softtargets.format import ensemble
 from softtargets.config import EnsembleLogitsConfig, LogitsConfig, StudentTrainConfig
 from softtargets.datasets.idx_files import load_split
 from softtargets.errors import ConfigError, StoreError, StoreMismatchError
-from softtargets.read.loader import StreamingDistillData, StreamOptions
+from softtargets.datasets.idx import IDXDataset
+from softtargets.read import StreamingDistillDataset
 from softtargets.write.ensemble_run import write_ensemble_logits
-from softtargets.recipes.hinton2015.mixup import MixupData, mix_log_probs
+from softtargets.read.batch import DenseTarget
+from softtargets.recipes.hinton2015.mixup import Mixup, mix_log_probs
 from softtargets.recipes.hinton2015.models import load_checkpoint
-from softtargets.format.store import LogitStore, read_meta
+from softtargets.format.store import read_meta
 from softtargets.write.idx_teacher import write_teacher_logits
 from softtargets.recipes.hinton2015.train import train_student
 from softtargets.read.view_loader import ViewData
@@ -49,12 +51,20 @@ def test_streamed_replay_gives_the_stored_logits_and_every_row_once(tmp_path, ti
     teacher, url = _views_store(tmp_path, tiny_data)
     split = load_split(tiny_data)
     model = load_checkpoint(teacher).model.eval()
+<<<<<<< HEAD
     stream = StreamingDistillData(split, LogitStore.open(url), replay=True,
                                   options=StreamOptions(loader="stream", buffer_chunks=2))
+=======
+    stream = StreamingDistillDataset(IDXDataset.from_split(split), url, batch_size=20, seed=4,
+                                     replay=ViewReplay.of_store(url, split), buffer_chunks=2,
+                                     with_ids=True)
+>>>>>>> wt-loop
     memory = ViewData(split, url)
     for epoch in range(2):
         seen = []
-        for ids, x, y, t in stream.batches(batch_size=20, epoch=epoch, seed=4, with_ids=True):
+        stream.set_epoch(epoch)
+        for ids, x, y, t in stream:
+            t = t.logits
             with torch.no_grad():  # the teacher on the rebuilt input: the stored logits exactly
                 again = model(x).numpy().astype(np.float16)
             np.testing.assert_array_equal(again, t.numpy())
@@ -167,39 +177,19 @@ def test_mix_log_probs_by_hand() -> None:
     torch.testing.assert_close(mix_log_probs(p.log(), torch.tensor([1, 0]), 1.0).exp(), p)
 
 
-class _Fixed:
-    """Two batches of given images, labels and teacher logits."""
-
-    def __init__(self, images, labels, logits):
-        self.images, self.labels, self.logits = images, labels, logits
-
-    def __len__(self):
-        return len(self.labels)
-
-    def num_batches(self, batch_size):
-        return 2
-
-    def batches(self, *, batch_size, epoch, seed):
-        for s in (slice(0, 6), slice(6, 12)):
-            yield self.images[s], self.labels[s], self.logits[s]
-
-
 def test_mixup_mixes_inputs_labels_and_targets_with_one_coefficient() -> None:
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (12, 4, 4), dtype=torch.uint8, generator=g)
-    labels = torch.arange(12) % 3
-    logits = torch.randn(12, 3, generator=g)
-    data = MixupData(_Fixed(images, labels, logits), alpha=0.4, temperature=2.0, log_probs=False,
-                     classes=3)
-    batches = list(data.batches(batch_size=6, epoch=0, seed=7))
-    again = list(data.batches(batch_size=6, epoch=0, seed=7))
-    for (x, y, t), (x2, _, _) in zip(batches, again):
-        torch.testing.assert_close(x, x2)  # seeded
-    x, y, t = batches[0]
-    clean = images[:6].flatten(1).float() / 255  # (6, 16)
-    # recover lam and the partner from the labels, then check inputs and targets agree
-    onehot = torch.nn.functional.one_hot(labels[:6], 3).float()
-    p = torch.softmax(logits[:6] / 2.0, dim=1)
+    images = torch.randint(0, 256, (6, 4, 4), dtype=torch.uint8, generator=g)
+    labels = torch.arange(6) % 3
+    logits = torch.randn(6, 3, generator=g)
+    clean = images.flatten(1).float() / 255  # (6, 16), as the student loop scales them
+    mixup = Mixup(alpha=0.4, temperature=2.0, classes=3, seed=7)
+    x, y, t = mixup(clean, labels, DenseTarget(2.0, logits=logits), epoch=0, step=1)
+    x2, _, _ = mixup(clean, labels, DenseTarget(2.0, logits=logits), epoch=0, step=1)
+    torch.testing.assert_close(x, x2)  # a function of (seed, epoch, step)
+    assert not torch.allclose(x, mixup(clean, labels, None, epoch=0, step=2)[0])
+    onehot = torch.nn.functional.one_hot(labels, 3).float()
+    p = torch.softmax(logits / 2.0, dim=1)
     # lam and the partner j of row 0 from its input (least squares over the candidates j)
     found = None
     for j in range(6):
@@ -213,10 +203,13 @@ def test_mixup_mixes_inputs_labels_and_targets_with_one_coefficient() -> None:
     assert found is not None
     lam, j = found
     torch.testing.assert_close(y[0], lam * onehot[0] + (1 - lam) * onehot[j])
-    torch.testing.assert_close(t[0].exp(), lam * p[0] + (1 - lam) * p[j])
-    assert not torch.allclose(batches[0][0], clean)  # it did mix
+    assert t.temperature == 2.0 and t.logits is None
+    torch.testing.assert_close(t.log_probs[0].exp(), lam * p[0] + (1 - lam) * p[j])
+    assert not torch.allclose(x, clean)  # it did mix
+    hard = mixup(clean, labels, None, epoch=0, step=1)  # hard labels only: the same mixing
+    torch.testing.assert_close(hard[0], x)
+    assert hard[2] is None
     with pytest.raises(ConfigError, match="mixup alpha must be > 0"):
-        MixupData(_Fixed(images, labels, logits), alpha=0, temperature=1, log_probs=False,
-                  classes=3)
+        Mixup(alpha=0, temperature=1, classes=3, seed=0)
     with pytest.raises(ConfigError, match="mixup must be >= 0"):
         StudentTrainConfig(mixup=-1)

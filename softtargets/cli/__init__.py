@@ -268,8 +268,11 @@ def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
 @click.option("--optimizer", default=None, type=click.Choice(["sgd", "adam"]),
               help="--student-factory: SGD (momentum 0.9) or Adam [default: sgd].")
 @click.option("--resume", is_flag=True,
-              help="--student-factory: go on from OUT/train-state.pt (saved every 100 batches "
-                   "and each epoch), mid-epoch, with the batches not trained on yet.")
+              help="Go on from OUT/train-state.pt (saved every --checkpoint-every steps and "
+                   "each epoch), mid-epoch, with the steps not taken yet: the same weights as "
+                   "a run never stopped.")
+@click.option("--checkpoint-every", type=int, default=100, show_default=True,
+              help="Save the training state to OUT/train-state.pt every this many steps.")
 @click.option("--store", default="runs/{dataset}/teacher-logits.zarr", show_default=True)
 @click.option("--temperature", "-T", type=float, default=StudentTrainConfig.temperature,
               show_default=True, help="Softmax temperature of the soft-target term.")
@@ -295,7 +298,7 @@ def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
 def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
                 tail: str, loader: str, loader_workers: int, mixup: float,
                 student_factory: str | None, optimizer: str | None, resume: bool,
-                **kw: Any) -> None:
+                checkpoint_every: int, **kw: Any) -> None:
     """Stage 2: train a student from a logit store of any kind.
 
     The built-in students (--arch) train on the IDX datasets; --student-factory trains your own
@@ -309,13 +312,14 @@ def student_cmd(store: str, temperature: float, alpha: float, out: str, combine:
         return student_command(student_factory, data_opts, store=store, out=out,
                                temperature=temperature, alpha=alpha, rule=combine, tail=tail,
                                loader=loader, loader_workers=loader_workers, mixup=mixup,
-                               optimizer=optimizer, resume=resume, **kw)
-    if optimizer is not None or resume:
-        raise ConfigError("--optimizer and --resume apply to --student-factory students; the "
-                          "built-in students use SGD with momentum and train in one go (drop "
-                          f"{'--optimizer' if optimizer is not None else '--resume'})")
+                               optimizer=optimizer, resume=resume,
+                               checkpoint_every=checkpoint_every, **kw)
+    if optimizer is not None:
+        raise ConfigError("--optimizer applies to --student-factory students; the built-in "
+                          "students use SGD with momentum (drop --optimizer)")
     _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
-                   tail=tail, loader=loader, loader_workers=loader_workers, mixup=mixup, **kw)
+                   tail=tail, loader=loader, loader_workers=loader_workers, mixup=mixup,
+                   checkpoint_every=checkpoint_every, resume=resume, **kw)
 
 
 @cli.command("baseline")
@@ -329,7 +333,8 @@ def baseline_cmd(out: str, **kw: Any) -> None:
 def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, val_rows: int,
                    arch: str, hidden: str, epochs: int, batch_size: int, lr: float,
                    clip_grad: float, seed: int, threads: int | None, quiet: bool,
-                   store: str | None, **loss: Any) -> None:
+                   store: str | None, checkpoint_every: int | None = None,
+                   resume: bool = False, **loss: Any) -> None:
     from softtargets.recipes.hinton2015.train import train_student
     out = out.replace("{dataset}", dataset)
     store = None if store is None else store.replace("{dataset}", dataset)
@@ -337,7 +342,8 @@ def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, 
     cfg = StudentTrainConfig(data=data, store=store, arch=arch, hidden=parse_hidden(hidden),
                              epochs=epochs, batch_size=batch_size, lr=lr, clip_grad=clip_grad,
                              seed=seed, threads=threads, **loss)
-    m = train_student(cfg, out_dir=out, progress=not quiet)
+    m = train_student(cfg, out_dir=out, progress=not quiet, checkpoint_every=checkpoint_every,
+                      resume=resume)
     how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}" if store else "hard labels"
     click.echo(f"{m['role']}: {m['model']} ({how}), {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")

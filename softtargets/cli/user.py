@@ -88,7 +88,8 @@ def teacher_logits(spec: str, options: DataOptions, *, store: str, teachers: tup
 
 
 def train_user_student(factory: str, dataset: Any, store: str, out: str, *, test: Any,
-                       cfg: Any, progress: bool, resume: bool = False) -> dict[str, Any]:
+                       cfg: Any, progress: bool, resume: bool = False,
+                       checkpoint_every: int = 100) -> dict[str, Any]:
     """Train the module `factory` builds from `store` on `dataset`; write metrics.json and
     student.pt (its state dict and the factory's name) to `out`; the metrics. The training state
     is saved to OUT/train-state.pt as it goes; `resume` goes on from it."""
@@ -101,7 +102,8 @@ def train_user_student(factory: str, dataset: Any, store: str, out: str, *, test
     where.mkdir(parents=True, exist_ok=True)
     metrics = {"role": "student", "model": factory, "store": store,
                **fit_student(model, dataset, store, cfg, test=test, progress=progress,
-                             checkpoint=str(where / "train-state.pt"), resume=resume)}
+                             checkpoint=str(where / "train-state.pt"),
+                             checkpoint_every=checkpoint_every, resume=resume)}
     torch.save({"state_dict": model.state_dict(), "factory": factory, "metrics": metrics},
                where / "student.pt")
     (where / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -123,7 +125,7 @@ def student_command(factory: str | None, options: DataOptions, *, store: str, ou
                     loader_workers: int, mixup: float, optimizer: str | None, dataset: str,
                     val_rows: int, epochs: int, batch_size: int, lr: float, clip_grad: float,
                     seed: int, threads: int | None, quiet: bool, resume: bool = False,
-                    **_model: Any) -> None:
+                    checkpoint_every: int = 100, **_model: Any) -> None:
     """`student --student-factory` (or a non-IDX --data): the generic loop; prints one line.
     `_model`: the built-in student's --arch/--hidden, which a factory's model replaces."""
     import click
@@ -146,5 +148,5 @@ def student_command(factory: str | None, options: DataOptions, *, store: str, ou
                     rule=rule, tail=tail)
     test = held_out_split(data, data_dir=options.data_dir)
     m = train_user_student(factory, data, store, out, test=test, cfg=cfg, progress=not quiet,
-                           resume=resume)
+                           resume=resume, checkpoint_every=checkpoint_every)
     click.echo(student_line(m, epochs=epochs, temperature=temperature, alpha=alpha, out=out))

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from softtargets.datasets.base import BaseDataset, as_numpy
@@ -30,6 +31,7 @@ from softtargets.format.digests import INPUTS_KEY, InputCheck
 from softtargets.format.digests import META_KEY as DIGESTS_KEY
 from softtargets.errors import ConfigError, DatasetError, StoreMismatchError
 from softtargets.read.batch import Target, collate
+from softtargets.read.convert import RowIndex, fetch
 from softtargets.read.targets import SoftTargets
 from softtargets.format.store import StoreMeta, check_dataset, read_meta
 
@@ -38,9 +40,10 @@ class DistillDataset(Dataset):
     """Row i of `dataset` as (input, label, target): the user's sample and its soft target.
 
     dataset: anything from softtargets.datasets, or any map-style dataset (`len`, `ds[i] ->
-    (input, label)`) whose row i has sample id i. Refused in one line: a store computed on
-    other data (when the dataset has an `identity()`), of another class count, or without a
-    target for one of the dataset's sample ids.
+    (input, label)`) whose row i has sample id i. sample_ids: only these sample ids of the
+    dataset, in increasing order (default: all; item i is then the sample of the i-th of
+    them). Refused in one line: a store computed on other data (when the dataset has an
+    `identity()`), of another class count, or without a target for one of the sample ids.
 
     Targets of a views store read with view="replay": row i's input is rebuilt as the view
     sample i draws this epoch (read.replay; images (H, W) or (C, H, W) as stage 1 took them,
@@ -51,7 +54,8 @@ class DistillDataset(Dataset):
 
     collate = staticmethod(collate)
 
-    def __init__(self, dataset: Any, targets: SoftTargets, *, seed: int = 0) -> None:
+    def __init__(self, dataset: Any, targets: SoftTargets, *, sample_ids: Any = None,
+                 seed: int = 0) -> None:
         if not isinstance(targets, SoftTargets):
             raise ConfigError(f"DistillDataset takes SoftTargets, got {type(targets).__name__}; "
                               "pass SoftTargets(store, temperature=...)")
@@ -59,7 +63,13 @@ class DistillDataset(Dataset):
             raise DatasetError(f"DistillDataset needs a map-style dataset (__len__ and "
                                f"__getitem__), got {type(dataset).__name__}")
         self.dataset, self.targets = dataset, targets
-        self.sample_ids = sample_ids_of(dataset)
+        ids = sample_ids_of(dataset)
+        self._rows: np.ndarray | None = None  # dataset row of each item; None: item i is row i
+        if sample_ids is not None:
+            index = RowIndex(ids)
+            ids = index.subset(as_numpy(sample_ids), name=dataset_name(dataset))
+            self._rows = index(ids)
+        self.sample_ids = ids
         _check_pairing(dataset, targets, self.sample_ids)
         self.inputs = InputChecks(dataset, targets.url, targets.meta)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -81,9 +91,10 @@ class DistillDataset(Dataset):
         return len(self.sample_ids)
 
     def __getitem__(self, index: int) -> tuple[Any, Any, Target]:
+        row = index if self._rows is None else int(self._rows[index])
         if self.inputs.active:
-            self.inputs.check(np.array([int(index) % len(self)]))
-        item = self.dataset[index]
+            self.inputs.check(np.array([int(row) % len(self.dataset)]))
+        item = self.dataset[row]
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise DatasetError(f"row {index} of {type(self.dataset).__name__} is a "
                                f"{type(item).__name__}, not an (input, label) pair")
@@ -95,6 +106,24 @@ class DistillDataset(Dataset):
         params = self.targets.view_params([sample_id])[:, v]  # (1, P)
         x = self.replay.inputs(as_numpy(item[0])[None], params)[0]  # the view's input
         return x, item[1], target[v]
+
+    def batch(self, indices: Any) -> tuple[Any, Any, Target]:
+        """Items `indices` (B,) as one batch, as `collate` of the items gives it (inputs (B, ...),
+        labels, a batch target), read at once: one `take` of a softtargets dataset and one
+        gather of the targets instead of B items."""
+        indices = np.asarray(indices, dtype=np.int64)
+        rows = indices if self._rows is None else self._rows[indices]
+        self.inputs.check(rows)
+        x, y = fetch(self.dataset, rows)
+        ids = self.sample_ids[indices]
+        target = self.targets.batch(ids)
+        if self.replay is None:
+            return torch.as_tensor(x), torch.as_tensor(y), target
+        views = self.replay.choose(ids, seed=self.seed, epoch=self.epoch)  # (B,)
+        params = self.targets.view_params(ids)[np.arange(len(ids)), views]  # (B, P)
+        x = self.replay.inputs(as_numpy(x), params)
+        pick = (torch.arange(len(ids)), torch.as_tensor(views, dtype=torch.int64))
+        return torch.as_tensor(x), torch.as_tensor(y), target[pick]  # (B, V, C) -> (B, C)
 
 
 class InputChecks:

@@ -47,7 +47,7 @@ LAYOUT = ("seed", "batch_size", "rank", "world_size", "shuffle", "drop_last", "b
 
 class OpenReaders(dict):
     """Unit readers opened in this process, by UnitSpec. Copies of a dataset (copy.copy, as
-    StreamingDistillData makes per epoch) share it; a pickled one arrives empty, so another
+    a copy per epoch) share it; a pickled one arrives empty, so another
     process opens its own readers."""
 
     def __reduce__(self) -> tuple[type, tuple[()]]:

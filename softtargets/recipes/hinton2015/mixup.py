@@ -9,8 +9,8 @@ permutation of the batch, both drawn from (seed, epoch, batch): the same run mix
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from softtargets.errors import ConfigError
+from softtargets.read.batch import DenseTarget
 
 LAM_EPS = 1e-6  # keep log(lam) and log(1 - lam) finite
 
@@ -28,44 +29,40 @@ def mix_log_probs(logp: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.T
     return torch.logaddexp(logp + math.log(lam), logp[perm] + math.log(1 - lam))
 
 
-class MixupData:
-    """Wraps DistillData, StreamingDistillData or ViewData; yields (inputs (B, D) float32,
-    soft labels (B, C), target log-probs (B, C) at `temperature` or None for hard labels only).
+@dataclasses.dataclass(frozen=True)
+class Mixup:
+    """The batch hook of the student loop: mixes scaled inputs (B, D) float, labels into soft
+    labels (B, C), and dense targets into DenseTarget log-probabilities (B, C) at `temperature`
+    (None stays None: hard labels only). The coefficient and partners of step `step` of `epoch`
+    depend on (seed, epoch, step) only, so a resumed epoch mixes as an unbroken one."""
 
-    log_probs: whether the wrapped data already yields log-probabilities (ensembles) rather than
-    raw logits.
-    """
+    alpha: float
+    temperature: float
+    classes: int
+    seed: int
 
-    def __init__(self, data: Any, *, alpha: float, temperature: float, log_probs: bool,
-                 classes: int) -> None:
-        if not alpha > 0:
-            raise ConfigError(f"mixup alpha must be > 0 (Beta(alpha, alpha)), got {alpha}")
-        self.data, self.alpha, self.temperature = data, alpha, temperature
-        self.log_probs, self.classes = log_probs, classes
+    def __post_init__(self) -> None:
+        if not self.alpha > 0:
+            raise ConfigError(f"mixup alpha must be > 0 (Beta(alpha, alpha)), got {self.alpha}")
 
-    def __len__(self) -> int:
-        return len(self.data)
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, target: Any, *, epoch: int,
+                 step: int) -> tuple[torch.Tensor, torch.Tensor, DenseTarget | None]:
+        rng = np.random.default_rng([self.seed, epoch, step, 0x6D6978])  # "mix"
+        lam = float(rng.beta(self.alpha, self.alpha))
+        perm = torch.from_numpy(rng.permutation(len(labels)))
+        x = lam * x + (1 - lam) * x[perm]  # (B, D)
+        y = F.one_hot(labels, self.classes).float()
+        y = lam * y + (1 - lam) * y[perm]  # (B, C)
+        if target is None:
+            return x, y, None
+        logp = mix_log_probs(self.log_probs(target), perm, lam)
+        return x, y, DenseTarget(self.temperature, log_probs=logp)
 
-    def num_batches(self, batch_size: int) -> int:
-        return int(self.data.num_batches(batch_size))
-
-    def batches(self, *, batch_size: int, epoch: int,
-                seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        for b, (images, labels, teacher) in enumerate(
-                self.data.batches(batch_size=batch_size, epoch=epoch, seed=seed)):
-            rng = np.random.default_rng([seed, epoch, b, 0x6D6978])  # "mix"
-            lam = float(rng.beta(self.alpha, self.alpha))
-            perm = torch.from_numpy(rng.permutation(len(labels)))
-            x = images.flatten(1).float().div(255.0) if images.dtype == torch.uint8 else images
-            x = lam * x + (1 - lam) * x[perm]  # (B, D)
-            y = F.one_hot(labels, self.classes).float()
-            y = lam * y + (1 - lam) * y[perm]  # (B, C)
-            t = None
-            if teacher is not None:
-                if not isinstance(teacher, torch.Tensor):
-                    raise ConfigError("mixup needs dense targets; a top-k or sampled store "
-                                      "cannot be mixed: drop --mixup or use a dense store")
-                logp = teacher.float() if self.log_probs else \
-                    F.log_softmax(teacher.float() / self.temperature, dim=1)
-                t = mix_log_probs(logp, perm, lam)
-            yield x, y, t
+    def log_probs(self, target: Any) -> torch.Tensor:
+        """log p at T (B, C) float32 of a dense batch target; refuses sparse ones."""
+        if not isinstance(target, DenseTarget):
+            raise ConfigError("mixup needs dense targets; a top-k or sampled store cannot be "
+                              "mixed: drop --mixup or use a dense store")
+        if target.log_probs is not None:
+            return target.log_probs.float()
+        return F.log_softmax(target.logits.float() / self.temperature, dim=1)
