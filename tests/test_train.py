@@ -17,7 +17,7 @@ from conftest import run_cli
 from softtargets.config import StudentTrainConfig
 from softtargets.datasets.idx import IDXDataset
 from softtargets.format.store import StoreWriter
-from softtargets.read.loop import DELAY_ENV, Checkpointer
+from softtargets.read.loop import Checkpointer
 from softtargets.recipes.hinton2015.train import train_student
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,8 +81,10 @@ def test_student_command_killed_mid_epoch_resumes_bit_for_bit(tiny_data, tmp_pat
             "--loader", "stream", "--checkpoint-every", "4", "--threads", "1", "--quiet"]
     run_cli(*args, "--out", tmp_path / "whole")
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "softtargets", *args, "--out", str(cut)],
-                            cwd=REPO, env={**os.environ, DELAY_ENV: "2"},
+    # every student step slowed by half a second (tests/slow.py: torch's global forward hooks),
+    # so the kill lands between the first mid-epoch save and the next
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "slow.py"), "0.5", *args,
+                             "--out", str(cut)], cwd=REPO, env=os.environ,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.monotonic()
@@ -91,7 +93,7 @@ def test_student_command_killed_mid_epoch_resumes_bit_for_bit(tiny_data, tmp_pat
             assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stderr.read()
             time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGKILL)  # during the delay after the first mid-epoch save
+        proc.send_signal(signal.SIGKILL)  # before the next save, 4 slowed steps later
         proc.wait()
     state = torch.load(cut / "train-state.pt", weights_only=True)
     assert state["position"]["epoch"] == 0 and not (cut / "metrics.json").exists()

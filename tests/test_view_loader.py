@@ -51,14 +51,8 @@ def test_streamed_replay_gives_the_stored_logits_and_every_row_once(tmp_path, ti
     teacher, url = _views_store(tmp_path, tiny_data)
     split = load_split(tiny_data)
     model = load_checkpoint(teacher).model.eval()
-<<<<<<< HEAD
-    stream = StreamingDistillData(split, LogitStore.open(url), replay=True,
-                                  options=StreamOptions(loader="stream", buffer_chunks=2))
-=======
     stream = StreamingDistillDataset(IDXDataset.from_split(split), url, batch_size=20, seed=4,
-                                     replay=ViewReplay.of_store(url, split), buffer_chunks=2,
-                                     with_ids=True)
->>>>>>> wt-loop
+                                     view="replay", buffer_chunks=2, with_ids=True)
     memory = ViewData(split, url)
     for epoch in range(2):
         seen = []
@@ -66,7 +60,7 @@ def test_streamed_replay_gives_the_stored_logits_and_every_row_once(tmp_path, ti
         for ids, x, y, t in stream:
             t = t.logits
             with torch.no_grad():  # the teacher on the rebuilt input: the stored logits exactly
-                again = model(x).numpy().astype(np.float16)
+                again = model(x.flatten(1)).numpy().astype(np.float16)
             np.testing.assert_array_equal(again, t.numpy())
             v = choose_views(ids.numpy(), views=3, seed=4, epoch=epoch)
             np.testing.assert_array_equal(  # the same view as the in-memory loader replays
@@ -84,7 +78,7 @@ def test_replay_refuses_a_store_without_views_or_of_other_data(tmp_path, tiny_da
     write_teacher_logits(plain, progress=False)
     split = load_split(tiny_data)
     with pytest.raises(ConfigError, match="holds no augmented views .* view='replay' needs"):
-        StreamingDistillData(split, LogitStore.open(plain.store), replay=True)
+        StreamingDistillDataset(IDXDataset.from_split(split), plain.store, view="replay")
     _, url = _views_store(tmp_path, tiny_data)
     test_split = load_split(dataclasses.replace(tiny_data, split="test"))
     with pytest.raises(StoreMismatchError, match="test"):

@@ -32,11 +32,9 @@ from softtargets.format.store import read_meta
 from softtargets.progress import bar as progress_bar
 from softtargets.read.convert import fetch
 from softtargets.read.dataset import DistillDataset, sample_ids_of
+from softtargets.read.replay import REPLAY
 from softtargets.read.stream import StreamingDistillDataset
 from softtargets.read.targets import SoftTargets
-
-# Test-only hook: seconds to sleep after each saved checkpoint, so a test can kill a run there.
-DELAY_ENV = "SOFTTARGETS_TEST_CHECKPOINT_DELAY"
 
 LossFn = Callable[[torch.Tensor, Any, Any], torch.Tensor]  # (student logits, labels, target)
 
@@ -101,25 +99,26 @@ class Batches:
 
     Streamed (options.streams): StreamingDistillDataset's own order and state_dict. In memory:
     DistillDataset batches in an order seeded by (seed, epoch), fetched a batch at a time.
-    sample_ids: the transfer set (default: all of the dataset's rows). replay: a view_loader.
-    ViewReplay (streamed views stores of IDX images).
+    sample_ids: the transfer set (default: all of the dataset's rows). replay: stream a views
+    store's replay (StreamingDistillDataset view="replay": each row's input is rebuilt as the
+    view it draws this epoch, its target is that view's).
     """
 
     def __init__(self, dataset: Any, store: str | None, *, batch_size: int, seed: int,
                  temperature: float = 1.0, rule: str | None = None, tail: str = "rest",
                  options: StreamOptions = StreamOptions(), sample_ids: Any = None,
-                 replay: Any = None) -> None:
+                 replay: bool = False) -> None:
         self.batch_size, self.seed, self.options = batch_size, seed, options
         self.stream: StreamingDistillDataset | None = None
         self._delivered = 0  # batches of the current epoch given out (in memory)
         self._epoch = 0
         targets = dict(temperature=temperature, rule=rule, tail=tail)
-        views = 1 if replay is None else replay.views
-        if store is not None and (replay is not None or options.streams(store, row_factor=views)):
+        if store is not None and (replay or options.streams(store)):
             self.stream = StreamingDistillDataset(
                 dataset, store, batch_size=batch_size, seed=seed, sample_ids=sample_ids,
                 buffer_chunks=options.buffer_chunks, decode_threads=options.decode_threads,
-                prefetch_batches=options.prefetch_batches, replay=replay, **targets)
+                prefetch_batches=options.prefetch_batches, **targets,
+                **({"view": REPLAY} if replay else {}))
             # its own generator: a DataLoader draws its base seed from the global RNG
             # otherwise, and a resumed run would then see other dropout masks
             self.loader = self.stream.loader(
@@ -203,14 +202,11 @@ class Checkpointer:
         if every < 1:
             raise ConfigError(f"--checkpoint-every must be >= 1 batches, got {every}")
         self.path, self.every, self.config = Path(path), every, config
-        self.delay = float(os.environ.get(DELAY_ENV, "0") or 0)
 
     def save(self, state: dict[str, Any]) -> None:
         tmp = self.path.with_name(self.path.name + ".partial")
         torch.save({"config": self.config, **state}, tmp)
         os.replace(tmp, self.path)
-        if self.delay:
-            time.sleep(self.delay)
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, None when there is none; refuses one of other settings."""

@@ -17,7 +17,7 @@ from softtargets.format import ensemble
 from softtargets.format.store import SAMPLE_ID, LogitStore
 from softtargets.read.batch import DenseTarget
 from softtargets.read.loop import Batches, StreamOptions
-from softtargets.read.view_loader import ViewData, ViewReplay
+from softtargets.read.view_loader import ViewData
 
 
 def has_views(store: Any) -> bool:
@@ -76,9 +76,9 @@ def student_data(split: Split, store: Any, cfg: StudentTrainConfig, *,
         if cfg.combine is not None and not members:
             raise ConfigError(f"--combine {cfg.combine} applies to ensemble stores, but store "
                               f"{store.url!r} holds one teacher's views; drop --combine")
-        replay = ViewReplay.of_store(store.url, split)
-        if not members and options.streams(store.url, row_factor=replay.views):
-            return Batches(dataset, store.url, sample_ids=rows, options=options, replay=replay,
+        views = int(store.meta.extra["views"]["views"])
+        if not members and options.streams(store.url, row_factor=views):
+            return Batches(dataset, store.url, sample_ids=rows, options=options, replay=True,
                            temperature=cfg.temperature, **common)
         data = ViewData(split, store.url, rows=rows, temperature=cfg.temperature,
                         rule=cfg.combine)

@@ -69,9 +69,10 @@ def validation_metrics(model: nn.Module, data: DataConfig) -> dict[str, Any]:
 
 def scale_inputs(x: torch.Tensor, *, jitter: int, generator: torch.Generator) -> torch.Tensor:
     """uint8 images (B, H, W), jittered by up to `jitter` pixels, as (B, H*W) float in [0, 1]
-    (the scaling of data.to_inputs); views' rebuilt inputs (B, D) float pass as they are."""
+    (the scaling of data.to_inputs); views' rebuilt inputs, float (B, D) or (B, H, W) already
+    scaled, only flattened."""
     if x.dtype != torch.uint8:
-        return x
+        return x.flatten(1)
     return random_shift(x, max_shift=jitter, generator=generator).flatten(1).float().div_(255.0)
 
 
