@@ -21,6 +21,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from softtargets.format import sparse as sp
+from softtargets.format.codecs import balanced_rows
 from softtargets.format.digests import DigestCheck
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
 from softtargets.format.schema import LSE, POSITION, SPARSE_KINDS, TAIL, sparse_names
@@ -118,8 +119,8 @@ DENSE_CHUNK_BYTES = 256 * 1024 * 1024  # stage 1 holds a dense float32 (rows, C)
 def default_chunk_rows(n: int, k: int, num_classes: int) -> int:
     """Rows per chunk: a float16 (rows, K) chunk of about TARGET_CHUNK_BYTES, capped so the dense
     float32 (rows, C) chunk stage 1 converts stays under DENSE_CHUNK_BYTES."""
-    rows = min(TARGET_CHUNK_BYTES // (2 * k), DENSE_CHUNK_BYTES // (4 * num_classes))
-    return max(1, min(n, rows))
+    return balanced_rows(n, max(1, min(TARGET_CHUNK_BYTES // (2 * k),
+                                       DENSE_CHUNK_BYTES // (4 * num_classes))))
 
 
 class SparseWriter(RowWriter):
