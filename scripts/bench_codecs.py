@@ -265,3 +265,34 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     main()
+
+
+def stage2_vs_memcpy(url: str, split: Any, *, threads: int, batch_size: int, repeat: int,
+                     root: Path) -> list[Row]:
+    """`make bench`'s row: the streaming loader's rows/s over a store / a copy of the same
+    logits out of a page-cached npy memmap (the memcpy limit), interleaved rounds."""
+    import bench_loader
+    from bench_common import Threads, _paired_row
+    from softtargets.format.store import LogitStore
+    from softtargets.loader import StreamingDistillData
+    store = LogitStore.open(url)
+    npy = root / f"memcpy-{Path(url).name}.npy"
+    if not npy.exists():
+        np.save(npy, store.read_all()[1])  # (N, C) float16, the raw bytes stage 2 decodes
+    mm = np.load(npy, mmap_mode="r")
+    budget = Threads(intra=threads, decode=threads)
+    budget.apply()
+    data = StreamingDistillData(split, store, options=budget.options())
+
+    def memcpy() -> float:
+        t0 = time.perf_counter()
+        for a in range(0, len(mm), 65536):
+            np.array(mm[a:a + 65536], copy=True)
+        return len(mm) / (time.perf_counter() - t0)
+
+    got = interleaved({"loader": lambda: bench_loader.loader_rows_per_s(data, batch_size),
+                       "memcpy": memcpy}, repeat=repeat)
+    gb = mm.nbytes / 1e9
+    return [_paired_row(f"stage 2 loader / npy memmap memcpy of the same logits ({gb:.1f} GB, "
+                        f"rows/s; {budget.describe()})", got["loader"], got["memcpy"],
+                        "(info)", None)]
