@@ -61,8 +61,15 @@ def on_disk(url: Path) -> dict[str, int]:
     files = [p for p in url.rglob("*") if p.is_file()]
     meta = [p for p in files if p.name == "zarr.json"]
     main = "logits" if (url / "logits").exists() else "topk_logits"
+    arrays: dict[str, int] = {}
+    for p in files:
+        if p.name != "zarr.json":
+            top = p.relative_to(url).parts[0]
+            key = top if top != "digests" else "digests (all)"
+            arrays[key] = arrays.get(key, 0) + p.stat().st_size
     return {"bytes": sum(p.stat().st_size for p in files), "objects": len(files),
             "metadata_objects": len(meta),
+            "metadata_bytes": sum(p.stat().st_size for p in meta), "array_bytes": arrays,
             "data_objects_main_array": sum(1 for p in (url / main / "c").rglob("*")
                                            if p.is_file())}
 
@@ -83,12 +90,14 @@ def simulate(name: str, teacher: nn.Module, data: Any, url: Path, *, per_row: in
 
 def extrapolate(m: dict[str, Any], *, factor: float, full_rows: int, teacher_rows_s: float,
                 per_unit_rows: int) -> dict[str, Any]:
-    """Full size from the measured store: bytes x factor; data objects per unit x full units."""
+    """Full size from the measured store: data bytes x factor (metadata once); data objects
+    per unit x full units."""
     units = math.ceil(full_rows / per_unit_rows)
     per_unit = (m["objects"] - m["metadata_objects"]) / m["units"]
     objects = per_unit * units + m["metadata_objects"]
     write_s = full_rows / teacher_rows_s
-    return {"bytes": m["bytes"] * factor, "objects": objects, "units": units,
+    data = m["bytes"] - m["metadata_bytes"]
+    return {"bytes": data * factor + m["metadata_bytes"], "objects": objects, "units": units,
             "writers_to_keep_up": math.ceil(teacher_rows_s / m["rows_per_s"]),
             "teacher_rows_s": teacher_rows_s, "hours_at_teacher_rate": write_s / 3600,
             "put_per_s": objects / write_s, "s3_prefixes_needed": math.ceil(
@@ -103,7 +112,7 @@ def images_case(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     m = simulate("images", RandomTeacher(args.classes), data, root / "images.zarr",
                  per_row=args.views)
     full_rows = args.images * args.views
-    teacher = args.gpus * args.img_per_gpu * args.views  # every view is one forward
+    teacher = args.gpus * args.img_per_gpu  # rows/s: each row (image, view) is one forward
     unit = m["shard_rows"] or m["chunk_rows"]
     # the full store's unit: its chunk rows and (automatic) shard rows at full size
     full_chunk = default_chunk_rows(full_rows, args.classes)
@@ -162,7 +171,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token-scale", type=float, default=1e6, help="simulate tokens / this")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--img-per-gpu", type=float, default=3000.0,
-                   help="teacher forwards (images) per second per GPU: an assumption")
+                   help="teacher forwards (images or views) per second per GPU: an assumption")
     p.add_argument("--tok-per-gpu", type=float, default=200_000.0,
                    help="teacher tokens per second per GPU: an assumption")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the writer process")

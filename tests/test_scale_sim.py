@@ -19,8 +19,10 @@ def test_tiny_run_measures_both_stores_and_extrapolates_linearly(tmp_path):
     assert images["objects"] - images["metadata_objects"] == 5 * images["units"] == 5
     assert images["bytes"] > 800 * 100 * 2 * 0.8  # fp16 noise compresses little
     full = images["full"]
-    assert full["bytes"] == pytest.approx(images["bytes"] * 10)
-    assert full["teacher_rows_s"] == 8 * 3000 * 4
+    data = images["bytes"] - images["metadata_bytes"]
+    assert sum(images["array_bytes"].values()) == data
+    assert full["bytes"] == pytest.approx(data * 10 + images["metadata_bytes"])
+    assert full["teacher_rows_s"] == 8 * 3000  # a view is one forward
     assert full["writers_to_keep_up"] >= 1 and full["put_per_s"] > 0
     # tokens: 4,096 / 16 = 256 tokens in sequences of 64, top-8 of a 500-token vocabulary
     assert tokens["rows"] == 256 and tokens["chunk_rows"] % 64 == 0
