@@ -15,6 +15,10 @@ from softtargets.errors import LogitValueError, StoreError
 FP16_MAX = 65504.0
 TARGET_CHUNK_BYTES = 2 * 1024 * 1024  # 1-4 MiB chunks read near raw codec speed
 COMPRESSORS = ("zstd", "blosc", "none")
+# The compressor of a dense store unless one is asked for, by measurement (scripts/
+# bench_codecs.py, docs/SCALE.md "Codecs"): zstd keeps 0.79-0.92 of the bytes of fp16 logits and
+# reads 2-4x slower than crc32c alone, which only pays off on storage slower than ~0.3 GB/s.
+DENSE_COMPRESSOR = "none"
 
 
 def balanced_rows(n: int, cap: int, multiple: int = 1) -> int:

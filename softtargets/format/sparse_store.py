@@ -36,6 +36,9 @@ ID_COMPRESSORS = ("bitshuffle", "zstd", "none")
 # sorted sampled ids (30.5 vs 23.4). Values: byte-shuffled blosc packs the rank-sorted top-k logits
 # 17% smaller than zstd (43.6 vs 52.4 B/row); for sampled logits zstd is as small (27.1 vs 28.3).
 DEFAULT_CODECS = {"topk": ("zstd", "blosc"), "sampled": ("zstd", "zstd")}  # (ids, values)
+# sample_id, position, lse, tail_mass: zstd (scripts/bench_codecs.py: the sparse arrays keep
+# 0.16-0.68 of their bytes compressed; int64 ids and positions far less)
+SPARSE_COMPRESSOR = "zstd"
 
 
 def id_codecs(name: str, itemsize: int) -> list[Any]:
@@ -138,7 +141,7 @@ class SparseWriter(RowWriter):
     def create(cls, url: str, *, spec: SparseSpec, n: int,
                class_names: tuple[str, ...] | list[str], dataset: dict[str, Any],
                teacher: dict[str, Any], config: dict[str, Any], chunk_rows: int | None = None,
-               compressor: str = "zstd", overwrite: bool = False,
+               compressor: str = SPARSE_COMPRESSOR, overwrite: bool = False,
                shard_rows: int | None = None,
                extra: dict[str, Any] | None = None) -> SparseWriter:
         """Create an empty, incomplete sparse store at `url`."""

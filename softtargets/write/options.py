@@ -38,7 +38,7 @@ class WriteOptions:
     break_lock: bool = False
     chunk_rows: int | None = None
     shard_rows: int | None = None
-    compressor: str = "zstd"
+    compressor: str | None = None  # None: the store kind's default (Targets.default_compressor)
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
