@@ -227,7 +227,8 @@ def stage2(s: Sizes, device: torch.device, work: Path, info: dict[str, Any]) -> 
     pre = torch.utils.data.DataLoader(
         DistillDataset(data, SoftTargets(url, temperature=4.0)), batch_size=s.student_batch,
         shuffle=True, num_workers=s.workers, collate_fn=DistillDataset.collate,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+        persistent_workers=s.workers > 0)  # targets read once per worker, not every epoch
     stream = StreamingDistillDataset(data, url, temperature=4.0, batch_size=s.student_batch,
                                      seed=0).loader(num_workers=s.workers,
                                                     pin_memory=device.type == "cuda")
