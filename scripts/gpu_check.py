@@ -66,12 +66,13 @@ class Sizes:
     student_width: int = 64
     workers: int = min(8, max(1, (os.cpu_count() or 2) // 2))
     repeat: int = 3
+    warmup: int = 1  # untimed rounds first (cuDNN autotuning, page cache, lazy init)
 
     @classmethod
     def tiny(cls) -> Sizes:
         return cls(cnn_rows=64, image=32, classes=10, cnn_batch=16, seqs=4, seq_len=64,
-                   gpt_batch=2, k=8, student_rows=512, student_batch=64, student_width=4, workers=0,
-                   repeat=1)
+                   gpt_batch=2, k=8, student_rows=256, student_batch=64, student_width=4, workers=0,
+                   repeat=1, warmup=0)
 
 
 def sync(device: torch.device) -> None:
@@ -126,7 +127,8 @@ def stage1_cnn(s: Sizes, device: torch.device, work: Path, info: dict[str, Any])
     x = torch.from_numpy(images).to(device)  # (N, 3, H, W) uint8
     url = work / "cnn.zarr"
     got = interleaved({"e2e": e2e_rate(model, data, url, s.cnn_batch, device),
-                       "bare": bare_rate(model, x, s.cnn_batch, device)}, repeat=s.repeat)
+                       "bare": bare_rate(model, x, s.cnn_batch, device)}, repeat=s.repeat,
+                      warmup=s.warmup)
     stored = SoftTargets(str(url), temperature=1.0).batch(list(range(s.cnn_rows))).logits
     ref = fp32_logits(model, x, s.cnn_batch)  # (N, C)
     diff = (stored.float() - ref).abs().max().item()
@@ -155,7 +157,8 @@ def stage1_gpt(s: Sizes, device: torch.device, work: Path, info: dict[str, Any])
     got = interleaved({"e2e": e2e_rate(model, text, url, s.gpt_batch, device, s.seq_len,
                                        targets=TopK(s.k)),
                        "bare": bare_rate(model, x, s.gpt_batch, device, s.seq_len),
-                       "bare1": bare_rate(model, x, 1, device, s.seq_len)}, repeat=s.repeat)
+                       "bare1": bare_rate(model, x, 1, device, s.seq_len)}, repeat=s.repeat,
+                      warmup=s.warmup)
     g = zarr.open_group(str(url), mode="r")
     ids = torch.from_numpy(g["topk_ids"][:].astype(np.int64))  # (S * L, K)
     vals = torch.from_numpy(g["topk_logits"][:].astype(np.float32))
@@ -234,7 +237,7 @@ def stage2(s: Sizes, device: torch.device, work: Path, info: dict[str, Any]) -> 
                                                     pin_memory=device.type == "cuda")
     runs = {"streamed": student_epoch(stream, device, s),
             "preloaded": student_epoch(pre, device, s)}
-    got = interleaved(runs, repeat=s.repeat)
+    got = interleaved(runs, repeat=s.repeat, warmup=s.warmup)
     seen = {name: run.rows for name, run in runs.items()}  # type: ignore[attr-defined]
     if set(seen.values()) != {n}:
         raise RuntimeError(f"student epochs saw {seen} rows, the store has {n}")

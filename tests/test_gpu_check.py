@@ -22,14 +22,14 @@ def test_dry_run_writes_every_measurement_as_json_and_a_table(tmp_path):
     names = [r["measurement"] for r in got["rows"]]
     assert [n.split(",")[0] for n in names if not n.startswith(" ")] == [
         "stage 1 write_logits / bare forward"] * 2 + [
-        "stage 2 student epoch streamed / preloaded (512 rows x 10 classes"]
+        "stage 2 student epoch streamed / preloaded (256 rows x 10 classes"]
     assert {r["goal"] for r in got["rows"]} == {">= 0.90", "<= 1.05", "(info)"}
     for model in ("cnn", "gpt"):  # fp32 forward on a CPU: the store holds its fp16 rounding
         m = got[model]
         assert 0 < m["max_abs_fp32_logit"] and \
             m["max_abs_diff_fp16_vs_fp32"] <= m["max_abs_fp32_logit"] * 2.0 ** -11
     assert got["gpt"]["chunk_rows"] % 64 == 0  # whole sequences per chunk
-    assert got["stage2"]["rows"] == 512
+    assert got["stage2"]["rows"] == 256
     table = (out / "results.md").read_text()
     assert "| measurement (A / B) | A | B | A/B | A/B range | goal | met |" in table
     assert table.splitlines()[-1] in run.stdout  # printed too
