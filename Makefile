@@ -30,7 +30,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup data teacher teacher-logits student baseline distilled summary test test-slow clean \
 	help choose-recipe FORCE teachers ensemble-logits report report-long report-quick report-setup \
-	bench bench-sparse views-experiment
+	bench bench-sparse views-experiment bench-codecs scale-sim gpu-check
 
 help:
 	@echo "make student    set-up, data, teacher, teacher-logits, baseline and distilled student"
@@ -40,6 +40,7 @@ help:
 	@echo "                make report-long: students 100 epochs -> reports/long)"
 
 	@echo "make bench      stage 1 and stage 2 speed benchmarks, one table (BENCH_ARGS=...)"
+	@echo "make gpu-check  the GPU path measured (needs CUDA); make bench-codecs, make scale-sim"
 	@echo "make choose-recipe   T x alpha grid on the VAL_ROWS held-out rows, then 3 seeds (README)"
 	@echo "variables: DATASET=$(DATASET) TEACHER_ARCH=$(TEACHER_ARCH) (cnn|mlp)" \
 		"TEACHER_EPOCHS=$(TEACHER_EPOCHS) VAL_ROWS=$(VAL_ROWS) STUDENT_EPOCHS=$(STUDENT_EPOCHS)" \
@@ -121,6 +122,20 @@ bench-sparse: setup
 # Full size: make bench BENCH_ARGS="--n 1000000 --student-rows 60000 --cnn-rows 10000"
 bench: setup bench-sparse
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# Codec of each store kind by measurement (scripts/bench_codecs.py; a few minutes on 2 cores)
+bench-codecs: setup
+	$(PY) scripts/bench_codecs.py
+
+# Scale by simulation: 1/100 of a 1.28M x 1,000 x 32-view store, 1/1,000,000 of a 10B-token
+# top-32 store, measured and extrapolated (docs/SCALE.md)
+scale-sim: setup
+	$(PY) scripts/scale_sim.py
+
+# Where a CUDA device is lent: stage 1 fp16 and stage 2 on the GPU (< 8 min on an H200);
+# `make bench` then adds its rows (runs/gpu-check/results.json) to its table
+gpu-check: setup
+	PYTHON=$(PY) scripts/gpu_check.sh runs/gpu-check
 
 clean:
 	rm -rf runs

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_codecs  # noqa: E402
 import bench_common  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_teacher_logits  # noqa: E402
@@ -31,6 +33,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch intra-op threads of every measurement; stage 2 decode threads")
     p.add_argument("--dir", default="runs/bench")
+    p.add_argument("--gpu-results", default="runs/gpu-check/results.json",
+                   help="rows of scripts/gpu_check.sh, added to the table when the file exists")
     args = p.parse_args()
     if args.repeat < 1 or args.threads < 1:
         raise SystemExit("--repeat and --threads must be >= 1")
@@ -45,12 +49,33 @@ def main() -> None:
          str(args.repeat), "--threads", str(args.threads), "--dir", args.dir])
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     rows = bench_teacher_logits.measure(teacher_args) + bench_loader.measure(loader_args)
+    rows += extra_rows(args)
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
           f", torch threads {args.threads}; load average {load0:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end, {time.perf_counter() - t0:.0f} s; "
           f"{bench_common.omp_settings()}")
     print(bench_loader.header(loader_args))
     print(bench_loader.table(rows))
+
+
+def extra_rows(args: argparse.Namespace) -> list[bench_common.Row]:
+    """Stage 2 against the memcpy limit (scripts/bench_codecs.py), and the GPU check's rows
+    when a device run left its results (scripts/gpu_check.sh)."""
+    url, split = bench_loader.synthetic_store(Path(args.dir), args.n, args.classes)
+    rows = bench_codecs.stage2_vs_memcpy(url, split, threads=args.threads, batch_size=512,
+                                         repeat=args.repeat, root=Path(args.dir))
+    return rows + gpu_rows(Path(args.gpu_results))
+
+
+def gpu_rows(path: Path) -> list[bench_common.Row]:
+    """The rows of a GPU check's results.json, named by its device and date; none without."""
+    if not path.is_file():
+        return []
+    got = json.loads(path.read_text())
+    env = got.get("environment", {})
+    where = f"{env.get('gpu') or env.get('device', '?')}, {env.get('date', '?')}"
+    return [{**r, "measurement": f"GPU check ({where}): {r['measurement'].strip()}"}
+            for r in got.get("rows", [])]
 
 
 if __name__ == "__main__":

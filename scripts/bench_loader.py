@@ -94,17 +94,20 @@ def synthetic_store(root: Path, n: int, classes: int) -> tuple[str, Split]:
 
 
 def raw_decode_rows_per_s(url: str, threads: int) -> float:
-    """Read + numcodecs-decode (crc32c, then zstd) every logits and sample_id chunk; rows/s."""
+    """Read + numcodecs-decode (crc32c, then the store's compressor) every logits and
+    sample_id chunk; rows/s."""
     store = LogitStore.open(url)
     files = []
     for name, coords in ((LOGITS, lambda i: (i, 0)), (SAMPLE_ID, lambda i: (i,))):
         array = store.group[name]
         files += [Path(url) / name / array.metadata.encode_chunk_key(coords(i))
                   for i in range(store.num_chunks)]
-    crc, zstd = numcodecs.CRC32C(location="end"), numcodecs.Zstd()
+    crc = numcodecs.CRC32C(location="end")
+    inner = {"zstd": numcodecs.Zstd().decode, "blosc": numcodecs.Blosc().decode,
+             "none": bytes}[store.meta.compressor]
 
     def decode(path: Path) -> int:
-        return len(zstd.decode(crc.decode(path.read_bytes())))
+        return len(inner(crc.decode(path.read_bytes())))
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as ex:

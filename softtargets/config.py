@@ -149,7 +149,7 @@ class LogitsConfig:
     store: str = "runs/fashion-mnist/teacher-logits.zarr"
     batch_size: int = 1024
     chunk_rows: int | None = None
-    compressor: str = "zstd"
+    compressor: str | None = None  # None: the store kind's default (dense none, sparse zstd)
     overwrite: bool = False
     device: str = "auto"
     # resume an interrupted run, break a dead writer's lease, shard rows (None: auto)
@@ -266,7 +266,7 @@ class EnsembleLogitsConfig:
     temperature: float | None = None
     batch_size: int = 1024
     chunk_rows: int | None = None
-    compressor: str = "zstd"
+    compressor: str | None = None  # None: the store kind's default (dense none, sparse zstd)
     overwrite: bool = False
     device: str = "auto"
     # resume an interrupted run, break a dead writer's lease, shard rows (None: auto)

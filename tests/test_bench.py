@@ -1,5 +1,6 @@
 """The benchmarks' measurement helpers (scripts/bench_common.py): round order and paired ratios."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -38,3 +39,17 @@ def test_table_shows_the_ratio_range_or_a_dash():
     text = bench_common.table(rows)
     assert "| x | 3.00 | 1.00 | 3.00 | 2.00-4.00 | >= 1 | yes |" in text
     assert "| y | 1.00 | 2.00 | 0.50 | - | (info) | - |" in text
+
+
+def test_gpu_check_rows_join_the_table_named_by_device_and_date(tmp_path):
+    bench = pytest.importorskip("bench")
+    assert bench.gpu_rows(tmp_path / "absent.json") == []
+    row = bench_common._row("  stage 2 x / y (s)", 2.0, 1.0, 2.0, "<= 1.05", False)
+    (tmp_path / "r.json").write_text(json.dumps({
+        "rows": [row], "environment": {"device": "cuda", "gpu": "NVIDIA H200",
+                                       "date": "2026-12-01 10:00:00 UTC"}}))
+    got = bench.gpu_rows(tmp_path / "r.json")
+    assert got == [{**row, "measurement": "GPU check (NVIDIA H200, 2026-12-01 10:00:00 UTC): "
+                                          "stage 2 x / y (s)"}]
+    assert "| GPU check (NVIDIA H200, 2026-12-01 10:00:00 UTC): stage 2 x / y (s) | 2.00 | " \
+        "1.00 | 2.00 | - | <= 1.05 | NO |" in bench_common.table(got)

@@ -22,7 +22,8 @@ def test_sharded_store_matches_unsharded_and_has_few_objects(tiny_data, tmp_path
     arr = zarr.open_array(str(tmp_path / "sh.zarr" / "logits"), mode="r")
     codecs = arr.metadata.to_dict()["codecs"]
     assert [c["name"] for c in codecs] == ["sharding_indexed"]
-    assert [c["name"] for c in codecs[0]["configuration"]["codecs"]] == ["bytes", "zstd", "crc32c"]
+    # the dense default: crc32c only (docs/SCALE.md, "Codecs")
+    assert [c["name"] for c in codecs[0]["configuration"]["codecs"]] == ["bytes", "crc32c"]
     assert arr.shards == (32, 10) and arr.chunks == (8, 10)
     assert sorted(p.name for p in (tmp_path / "sh.zarr" / "logits" / "c").iterdir()) == \
         ["0", "1", "2"]  # 12 chunks in 3 shard objects

@@ -140,8 +140,9 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
 @click.option("--batch-size", type=int, default=LogitsConfig.batch_size, show_default=True)
 @click.option("--chunk-rows", type=int, default=None,
               help="Rows per chunk (default: about 2 MiB of float16 logits per chunk).")
-@click.option("--compressor", default="zstd", show_default=True,
-              type=click.Choice(["zstd", "blosc", "none"]))
+@click.option("--compressor", default=None, type=click.Choice(["zstd", "blosc", "none"]),
+              help="Compressor before crc32c (default: none for dense stores, zstd for sparse "
+                   "ones; measured in docs/SCALE.md).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --store.")
 @click.option("--resume", is_flag=True,

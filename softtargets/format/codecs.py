@@ -15,12 +15,29 @@ from softtargets.errors import LogitValueError, StoreError
 FP16_MAX = 65504.0
 TARGET_CHUNK_BYTES = 2 * 1024 * 1024  # 1-4 MiB chunks read near raw codec speed
 COMPRESSORS = ("zstd", "blosc", "none")
+# The compressor of a dense store unless one is asked for, by measurement (scripts/
+# bench_codecs.py, docs/SCALE.md "Codecs"): zstd keeps 0.79-0.92 of the bytes of fp16 logits and
+# reads 2-4x slower than crc32c alone, which only pays off on storage slower than ~0.3 GB/s.
+DENSE_COMPRESSOR = "none"
+
+
+def balanced_rows(n: int, cap: int, multiple: int = 1) -> int:
+    """Rows per chunk for n rows: at most `cap` (rounded down to `multiple`, at least one
+    multiple), as few chunks as that allows, and the rows spread evenly over them.
+
+    Zarr stores an edge chunk at the full chunk shape, so a last chunk of a few rows would pad
+    the store with fill values (1,049 rows in chunks of 1,048: two full chunks, 2.0x raw); even
+    chunks pad by fewer than `multiple` rows per chunk."""
+    cap = max(multiple, cap - cap % multiple)
+    chunks = -(-n // cap)
+    per_chunk = -(-n // max(1, chunks))
+    return max(multiple, -(-per_chunk // multiple) * multiple)
 
 
 def default_chunk_rows(n: int, num_classes: int) -> int:
-    """Rows per chunk so that a chunk of float16 logits is about TARGET_CHUNK_BYTES."""
-    rows = max(1, TARGET_CHUNK_BYTES // (2 * num_classes))
-    return max(1, min(n, rows))
+    """Rows per chunk so that a chunk of float16 logits is at most about TARGET_CHUNK_BYTES,
+    the rows spread evenly over the chunks (balanced_rows)."""
+    return balanced_rows(n, max(1, TARGET_CHUNK_BYTES // (2 * num_classes)))
 
 
 def compressor_codecs(name: str) -> list[Any]:

@@ -21,6 +21,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from softtargets.format import sparse as sp
+from softtargets.format.codecs import balanced_rows
 from softtargets.format.digests import DigestCheck
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
 from softtargets.format.schema import LSE, POSITION, SPARSE_KINDS, TAIL, sparse_names
@@ -35,6 +36,9 @@ ID_COMPRESSORS = ("bitshuffle", "zstd", "none")
 # sorted sampled ids (30.5 vs 23.4). Values: byte-shuffled blosc packs the rank-sorted top-k logits
 # 17% smaller than zstd (43.6 vs 52.4 B/row); for sampled logits zstd is as small (27.1 vs 28.3).
 DEFAULT_CODECS = {"topk": ("zstd", "blosc"), "sampled": ("zstd", "zstd")}  # (ids, values)
+# sample_id, position, lse, tail_mass: zstd (scripts/bench_codecs.py: the sparse arrays keep
+# 0.16-0.68 of their bytes compressed; int64 ids and positions far less)
+SPARSE_COMPRESSOR = "zstd"
 
 
 def id_codecs(name: str, itemsize: int) -> list[Any]:
@@ -118,8 +122,8 @@ DENSE_CHUNK_BYTES = 256 * 1024 * 1024  # stage 1 holds a dense float32 (rows, C)
 def default_chunk_rows(n: int, k: int, num_classes: int) -> int:
     """Rows per chunk: a float16 (rows, K) chunk of about TARGET_CHUNK_BYTES, capped so the dense
     float32 (rows, C) chunk stage 1 converts stays under DENSE_CHUNK_BYTES."""
-    rows = min(TARGET_CHUNK_BYTES // (2 * k), DENSE_CHUNK_BYTES // (4 * num_classes))
-    return max(1, min(n, rows))
+    return balanced_rows(n, max(1, min(TARGET_CHUNK_BYTES // (2 * k),
+                                       DENSE_CHUNK_BYTES // (4 * num_classes))))
 
 
 class SparseWriter(RowWriter):
@@ -137,7 +141,7 @@ class SparseWriter(RowWriter):
     def create(cls, url: str, *, spec: SparseSpec, n: int,
                class_names: tuple[str, ...] | list[str], dataset: dict[str, Any],
                teacher: dict[str, Any], config: dict[str, Any], chunk_rows: int | None = None,
-               compressor: str = "zstd", overwrite: bool = False,
+               compressor: str = SPARSE_COMPRESSOR, overwrite: bool = False,
                shard_rows: int | None = None,
                extra: dict[str, Any] | None = None) -> SparseWriter:
         """Create an empty, incomplete sparse store at `url`."""

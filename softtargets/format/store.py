@@ -20,8 +20,9 @@ import numcodecs
 import numpy as np
 import zarr
 
-from softtargets.format.codecs import (COMPRESSORS, FP16_MAX, TARGET_CHUNK_BYTES,  # noqa: F401 re-exported
-                                codec_chain, compressor_codecs, default_chunk_rows, to_float16)
+from softtargets.format.codecs import (COMPRESSORS, DENSE_COMPRESSOR, FP16_MAX,  # noqa: F401 re-exported
+                                TARGET_CHUNK_BYTES, codec_chain, compressor_codecs,
+                                default_chunk_rows, to_float16)
 from softtargets.format.digests import META as DIGESTS_META
 from softtargets.format.digests import META_KEY as DIGESTS_KEY
 from softtargets.format.digests import DigestCheck, DigestWriter, add_row_array  # noqa: F401 re-exported
@@ -189,7 +190,7 @@ class StoreWriter(RowWriter):
     @classmethod
     def create(cls, url: str, *, n: int, class_names: tuple[str, ...] | list[str],
                dataset: dict[str, Any], teacher: dict[str, Any], config: dict[str, Any],
-               chunk_rows: int | None = None, compressor: str = "zstd",
+               chunk_rows: int | None = None, compressor: str = DENSE_COMPRESSOR,
                overwrite: bool = False, shard_rows: int | None = None,
                extra: dict[str, Any] | None = None) -> StoreWriter:
         """Create an empty, incomplete store at `url` (a path, file:// or fsspec URL).

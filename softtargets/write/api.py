@@ -116,7 +116,7 @@ def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = D
                  batch_size: int = 256,
                  device: str = "auto", resume: bool = False, dataset_id: str | None = None,
                  chunk_rows: int | None = None, shard_rows: int | None = None,
-                 overwrite: bool = False, compressor: str = "zstd",
+                 overwrite: bool = False, compressor: str | None = None,
                  progress: bool = False) -> StoreMeta:
     """Run `teacher` over every row of `dataset` and write the store; its metadata (complete).
 

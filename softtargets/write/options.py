@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any
 
-from softtargets.format.codecs import default_chunk_rows
+from softtargets.format.codecs import balanced_rows, default_chunk_rows
 from softtargets.config import LogitsConfig, to_dict
 from softtargets.errors import ConfigError, ResumeMismatchError
 from softtargets.format.remote import filesystem, is_remote, local_path
@@ -38,7 +38,7 @@ class WriteOptions:
     break_lock: bool = False
     chunk_rows: int | None = None
     shard_rows: int | None = None
-    compressor: str = "zstd"
+    compressor: str | None = None  # None: the store kind's default (Targets.default_compressor)
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
@@ -85,8 +85,9 @@ def session_chunk_rows(targets: Targets, requested: int | None, *, n: int, num_c
                               f"sample (whole sequences per chunk), got {requested}; e.g. "
                               f"{max(1, requested // per_sample) * per_sample}")
         return requested
-    rows = targets.chunk_rows(n, num_classes)
-    return max(per_sample, rows - rows % per_sample)
+    # rebalanced in whole samples: rounding the kind's default down to a multiple of L alone
+    # could leave a last chunk of a few samples, padded to a full chunk on disk
+    return balanced_rows(n, targets.chunk_rows(n, num_classes), per_sample)
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:

@@ -78,11 +78,15 @@ class WriteSession:
                  config: dict[str, Any] | None = None, rows: RowMap | None = None,
                  inputs: Any = None, version: int | None = None,
                  before_finalize: Callable[[], None] | None = None) -> None:
-        self.cfg = cfg
         self.targets = check_targets(targets if targets is not None else Dense())
+        # the config as asked (compressor None: the kind's default); the store's `compressor`
+        # key records the one used
+        self.config = config if config is not None else to_dict(cfg)
+        if getattr(cfg, "compressor", None) is None:
+            cfg = dataclasses.replace(cfg, compressor=self.targets.default_compressor)
+        self.cfg = cfg
         self.arrays = arrays  # extra row arrays beside the kind's own
         self.extra = extra or {}  # recorded in the store's attributes at creation
-        self.config = config if config is not None else to_dict(cfg)
         self.rows = rows
         self.inputs = inputs
         self.version = version  # the store's format version, when not the kind's default

@@ -15,9 +15,10 @@ import math
 from typing import Any, ClassVar
 
 from softtargets.format import sparse as sp
+from softtargets.format.codecs import DENSE_COMPRESSOR
 from softtargets.format.codecs import default_chunk_rows as dense_chunk_rows
 from softtargets.errors import ConfigError
-from softtargets.format.sparse_store import SparseSpec, SparseWriter
+from softtargets.format.sparse_store import SPARSE_COMPRESSOR, SparseSpec, SparseWriter
 from softtargets.format.sparse_store import default_chunk_rows as sparse_chunk_rows
 from softtargets.format.sparse_store import make_spec
 from softtargets.format.store import RowWriter, StoreWriter
@@ -90,6 +91,7 @@ class Targets:
     kind: ClassVar[str]
     positions_allowed: ClassVar[bool] = True  # rows per sequence position (a `position` array)
     shardable: ClassVar[bool] = False  # whether the layout has shards (FORMAT.md)
+    default_compressor: ClassVar[str]  # the store's `compressor` unless one is asked for
 
     def to_json(self) -> dict[str, Any]:
         """{"kind": kind, field: value, ...} with tuples as lists."""
@@ -122,6 +124,7 @@ class Dense(Targets):
     kind: ClassVar[str] = "dense"
     positions_allowed: ClassVar[bool] = False  # the dense layout has no `position` array
     shardable: ClassVar[bool] = True
+    default_compressor: ClassVar[str] = DENSE_COMPRESSOR
 
     def chunk_rows(self, n: int, num_classes: int) -> int:
         return dense_chunk_rows(n, num_classes)
@@ -142,6 +145,8 @@ class Dense(Targets):
 
 class _Sparse(Targets):
     """Shared by the sparse kinds: the store is a sparse_store.SparseWriter of `sparse_spec`."""
+
+    default_compressor: ClassVar[str] = SPARSE_COMPRESSOR
 
     def sparse_spec(self, num_classes: int, *, position: bool) -> SparseSpec:
         raise NotImplementedError

@@ -58,7 +58,7 @@ class LogitWriter:
                  class_names: Sequence[str] | None = None, n: int | None = None,
                  dataset_identity: dict[str, Any] | None = None, targets: Targets = Dense(),
                  chunk_rows: int | None = None, shard_rows: int | None = None,
-                 compressor: str = "zstd", overwrite: bool = False, resume: bool = False,
+                 compressor: str | None = None, overwrite: bool = False, resume: bool = False,
                  break_lock: bool = False, teacher: Any = None,
                  positions: bool | int = False, dataset_id: str | None = None,
                  members: int | None = None, views: Any = None) -> None:
