@@ -11,6 +11,7 @@ student's data loader and loss. The public API:
     distillation_loss(student_logits, targets, labels, *, temperature, alpha)
     verify_store(store), store_info(store)                            # the receiving team's checks
     import_topk(records, store, *, dataset), export_topk(store, out)  # top-k log-prob records
+    hf_teacher(path, *, num_classes)                                  # a local HF causal LM
 
 Datasets: IDXDataset, ImageFolder, CIFAR, TokenSequences, from_tensors, wrap (docs/DATASETS.md).
 Names are imported on first use, so `import softtargets.format.store` (the format layer, numpy and zarr
@@ -39,6 +40,7 @@ _LAZY = {
     "verify_store": "softtargets.tools.verify",
     "store_info": "softtargets.tools.provenance",
     "export_topk": "softtargets.tools.export",
+    "hf_teacher": "softtargets.write.hf_teacher",
 }
 
 __all__ = sorted([*_LAZY, "SofttargetsError", "StoreError", "StoreMetadataError",

@@ -123,7 +123,10 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
 @click.option("--teacher", "teachers", multiple=True,
               help="Teacher file; repeat for an ensemble. A softtargets checkpoint (default "
                    "runs/{dataset}/teacher.pt), TorchScript file, torch.export .pt2 archive, "
-                   "or a state dict with --factory.")
+                   "a state dict with --factory, or hf:DIR (a Hugging Face causal LM).")
+@click.option("--drop-vocab-padding", is_flag=True,
+              help="hf:DIR teachers: drop logit columns beyond the data's vocabulary "
+                   "(padding), recorded in the store's provenance.")
 @click.option("--teacher-factory", default=None, metavar="MODULE:FACTORY",
               help="Your teacher: a zero-argument callable returning an nn.Module, run on the "
                    "inputs as the dataset gives them (through softtargets.write.write_logits).")
@@ -170,7 +173,8 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: int, split: str,
-                       teachers: tuple[str, ...], teacher_factory: str | None,
+                       teachers: tuple[str, ...], drop_vocab_padding: bool,
+                       teacher_factory: str | None,
                        teacher_weights: str | None, store: str, batch_size: int,
                        chunk_rows: int | None, compressor: str, device: str, overwrite: bool,
                        resume: bool, break_lock: bool, shard_rows: int | None,
@@ -190,7 +194,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
         torch.set_num_threads(threads)
     data_spec, data_opts = pop_spec(ens, split=split, data_dir=data_dir, limit=limit)
     dataset = resolve_spec(data_spec, dataset)
-    if not is_idx(dataset) or teacher_factory is not None:
+    hf = any(t.startswith("hf:") for t in teachers)
+    if not is_idx(dataset) or teacher_factory is not None or hf or drop_vocab_padding:
         from softtargets.cli_user import targets_of
         from softtargets.cli_user import teacher_logits as user_logits
         refused = {"--val-rows": val_rows != 0, "--views": views is not None,
@@ -206,7 +211,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
             teacher_weights=teacher_weights, targets=targets, refused=refused,
             progress=not quiet, batch_size=batch_size, chunk_rows=chunk_rows,
             compressor=compressor, device=device, overwrite=overwrite, resume=resume,
-            shard_rows=shard_rows)
+            shard_rows=shard_rows, drop_vocab_padding=drop_vocab_padding)
         return _logits_summary(meta, seconds, store, k=topk or sample, resume=resume,
                                resumed=resumed)
     store = store.replace("{dataset}", dataset)
