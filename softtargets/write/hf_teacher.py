@@ -77,6 +77,9 @@ def _load(path: str) -> nn.Module:
     if not (where / "config.json").is_file():
         raise CheckpointError(f"Hugging Face teacher {path!r} is not a model directory (no "
                               "config.json); pass a folder written by save_pretrained")
+    log = transformers.utils.logging
+    bars = log.is_progress_bar_enabled()
+    log.disable_progress_bar()  # stage 1 prints its own progress; errors stay one line
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(where),
                                                                   local_files_only=True)
@@ -84,6 +87,9 @@ def _load(path: str) -> nn.Module:
         first = next((line for line in str(e).splitlines() if line.strip()), "")
         raise CheckpointError(f"cannot load Hugging Face causal LM {path!r}: "
                               f"{type(e).__name__}: {first[:300]}") from e
+    finally:
+        if bars:
+            log.enable_progress_bar()
     return model.float().eval()
 
 
