@@ -266,8 +266,9 @@ def _record_arrays(record: Any, where: str) -> tuple[Any, ...]:
         inp = None if record.get("input_ids") is None else \
             np.asarray(record["input_ids"], dtype=np.int64)
     except (ValueError, TypeError) as e:
-        raise RecordError(f"{where} (sample_id {record['sample_id']}): token_ids/logprobs/"
-                          f"input_ids must be (nested) lists of numbers of one shape: {e}") from None
+        raise RecordError(f"{where} (sample_id {record['sample_id']}): token_ids, logprobs "
+                          f"and input_ids must be (nested) lists of numbers of one shape: "
+                          f"{e}") from None
     return int(record["sample_id"]), tok, lp, inp
 
 
