@@ -12,7 +12,7 @@ import zarr
 import softtargets as st
 from conftest import run_cli
 from dataset_helpers import write_tokens
-from softtargets.errors import (ForeignDataError, IncompleteStoreError, RecordError,
+from softtargets.errors import (AppendError, ForeignDataError, IncompleteStoreError, RecordError,
                                 SparseStoreError)
 
 S, L, V, K = 6, 4, 20, 3  # sequences, positions, vocabulary, tokens per position
@@ -163,3 +163,23 @@ def test_export_refuses_sampled_stores_unstored_temperatures_and_foreign_files(t
         w.append(np.arange(S), z)
     with pytest.raises(SparseStoreError, match=r"is a 'sampled' store; records hold top-k"):
         st.export_topk(str(tmp_path / "s.zarr"), tmp_path / "s.jsonl")
+
+
+def test_append_and_append_topk_each_refuse_the_other_kind_of_targets(tmp_path):
+    data, r = tokens(tmp_path), records()
+    with pytest.raises(AppendError, match=r"TopKLogProbs targets take precomputed rows: use "
+                                          r"append_topk\(sample_ids, token_ids, logprobs\)"):
+        with st.LogitWriter(str(tmp_path / "a.zarr"), dataset=data, targets=st.TopKLogProbs(K),
+                            positions=True) as w:
+            w.append(np.arange(S), np.zeros((S, L, V), np.float32))
+    with pytest.raises(AppendError, match=r"append_topk: TopK targets convert dense logits"):
+        with st.LogitWriter(str(tmp_path / "b.zarr"), dataset=data, targets=st.TopK(K),
+                            positions=True) as w:
+            w.append_topk(r["sample_id"], r["token_ids"], r["logprobs"])
+    with pytest.raises(RecordError, match=r"append_topk: sample id 0 position 1: token id 2 is "
+                                          r"listed twice"):
+        with st.LogitWriter(str(tmp_path / "c.zarr"), dataset=data, targets=st.TopKLogProbs(2),
+                            positions=True) as w:
+            ids = np.broadcast_to([2, 3], (S, L, 2)).copy()
+            ids[0, 1] = 2
+            w.append_topk(np.arange(S), ids, np.full((S, L, 2), -1.0) - [0, 1])
