@@ -69,7 +69,7 @@ def fashion_teacher_logits(seconds_budget: float = 20.0) -> np.ndarray:
     """(60000, 10) float16 logits of a 784-256-10 MLP trained here (seeded) on Fashion-MNIST."""
     import torch
     from softtargets.config import DataConfig
-    from softtargets.data import load_split
+    from softtargets.datasets.idx_files import load_split
     split = load_split(DataConfig(dataset="fashion-mnist"))
     x = torch.from_numpy(split.inputs())  # (60000, 784) float32 in [0, 1]
     y = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
@@ -274,7 +274,6 @@ def stage2_vs_memcpy(url: str, split: Any, *, threads: int, batch_size: int, rep
     import bench_loader
     from bench_common import Threads, _paired_row
     from softtargets.format.store import LogitStore
-    from softtargets.loader import StreamingDistillData
     store = LogitStore.open(url)
     npy = root / f"memcpy-{Path(url).name}.npy"
     if not npy.exists():
@@ -282,7 +281,7 @@ def stage2_vs_memcpy(url: str, split: Any, *, threads: int, batch_size: int, rep
     mm = np.load(npy, mmap_mode="r")
     budget = Threads(intra=threads, decode=threads)
     budget.apply()
-    data = StreamingDistillData(split, store, options=budget.options())
+    data = bench_loader.batches(split, url, budget.options(), batch_size)
 
     def memcpy() -> float:
         t0 = time.perf_counter()

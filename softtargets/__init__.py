@@ -12,6 +12,8 @@ student's data loader and loss. The public API:
     StreamingDistillDataset(dataset, store, ...)                      # IterableDataset, any size
     distillation_loss(student_logits, targets, labels, *, temperature, alpha)
     verify_store(store), store_info(store)                            # the receiving team's checks
+    import_topk(records, store, *, dataset), export_topk(store, out)  # top-k log-prob records
+    hf_teacher(path, *, num_classes)                                  # a local HF causal LM
 
 Datasets: IDXDataset, ImageFolder, CIFAR, TokenSequences, from_tensors, wrap (docs/DATASETS.md).
 Names are imported on first use, so `import softtargets.format.store` (the format layer, numpy and zarr
@@ -30,8 +32,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily by __getattr__)
 _LAZY = {
-    **dict.fromkeys(("Dense", "TopK", "Sampled", "LogitWriter", "write_logits"),
-                    "softtargets.write"),
+    **dict.fromkeys(("Dense", "TopK", "Sampled", "TopKLogProbs", "LogitWriter",
+                     "write_logits", "import_topk"), "softtargets.write"),
     **dict.fromkeys(("Views", "AugmentSpec"), "softtargets.augment"),
     **dict.fromkeys(("SoftTargets", "DistillDataset", "StreamingDistillDataset",
                      "distillation_loss", "DenseTarget", "SparseTargets", "PositionTargets"),
@@ -40,6 +42,8 @@ _LAZY = {
                      "wrap"), "softtargets.datasets"),
     "verify_store": "softtargets.tools.verify",
     "store_info": "softtargets.tools.provenance",
+    "export_topk": "softtargets.tools.export",
+    "hf_teacher": "softtargets.write.hf_teacher",
 }
 
 __all__ = sorted([*_LAZY, "SofttargetsError", "StoreError", "StoreMetadataError",

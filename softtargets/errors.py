@@ -98,3 +98,7 @@ class RemoteStoreError(StoreError):
 class AppendError(StoreError, ValueError):
     """Rows given to LogitWriter.append are wrong: unknown or repeated sample ids, a shape that
     does not match the store, or a tensor attached to the autograd graph."""
+
+
+class RecordError(SofttargetsError, ValueError):
+    """Top-k log-prob records (JSONL / npz / arrays) are malformed or do not fit the data."""

@@ -186,7 +186,7 @@ def test_bad_spec_one_line(tmp_path, spec, extra, message):
      "'user_models:not_a_module' returned str, not a torch nn.Module"),
     ((), "a --data dataset of your own needs a teacher: --teacher-factory module:factory "
      "[--teacher-weights PATH] or --teacher FILE (a softtargets checkpoint, TorchScript or "
-     "torch.export file)"),
+     "torch.export file, or hf:DIR)"),
     (("--teacher-weights", "w.pt"), "--teacher-weights is the state dict of a --teacher-factory "
      "module; pass --teacher-factory module:factory too"),
     (("--teacher-factory", "user_models:image_teacher", "--views", 2, "--compile"),

@@ -22,7 +22,8 @@ def test_every_public_name_resolves():
 
 def test_the_format_layer_imports_no_torch():
     code = ("import sys, softtargets, softtargets.format.store, softtargets.format.sparse_store, "
-            "softtargets.tools.verify, softtargets.tools.provenance; print('torch' in sys.modules)")
+            "softtargets.tools.verify, softtargets.tools.provenance, softtargets.format.records, "
+            "softtargets.tools.export; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"

@@ -55,7 +55,7 @@ def test_specs_must_be_passed_by_keyword_after_k():
 
 @pytest.mark.parametrize("doc, message", [
     ({"kind": "logits"}, r"unknown target kind 'logits'; registered kinds: "
-                         r"\['dense', 'sampled', 'topk'\]"),
+                         r"\['dense', 'sampled', 'topk', 'topk_logprobs'\]"),
     ({"k": 3}, "a target spec is a JSON object with a 'kind', got"),
     ({"kind": "topk", "k": 3, "draws": 4},
      r"TopK target spec: unknown keys \['draws'\]; allowed: \['k', 'temperatures'\]"),
@@ -74,11 +74,12 @@ def test_a_new_kind_is_a_registered_type(monkeypatch):
         kind = "mine"
         width: int = 2
 
-    assert tg.registered_kinds() == ("dense", "mine", "sampled", "topk")
+    assert tg.registered_kinds() == ("dense", "mine", "sampled", "topk", "topk_logprobs")
     assert targets_from_json({"kind": "mine", "width": 5}) == Mine(5)
     with pytest.raises(ConfigError, match="target kind 'mine' is registered twice"):
         tg.register(Mine)
-    with pytest.raises(ConfigError, match=r"targets must be Dense\(\), TopK\(k\) or Sampled\(k\)"):
+    with pytest.raises(ConfigError, match=r"targets must be Dense\(\), TopK\(k\), Sampled\(k\) "
+                       r"or TopKLogProbs\(k\)"):
         tg.check_targets("topk")
 
 
@@ -88,3 +89,14 @@ def test_the_cli_flags_map_to_specs():
         TopK(7, temperatures=(1.0, 4.0))
     assert tg.targets_of_config(LogitsConfig(sample=9, sample_temperature=2.0, sample_seed=5)) \
         == Sampled(9, temperature=2.0, seed=5)
+
+
+def test_precomputed_top_k_log_probs_round_trip_and_refuse_bad_options():
+    spec = tg.TopKLogProbs(3, mass_tolerance=0.01)
+    assert spec.to_json() == {"kind": "topk_logprobs", "k": 3, "mass_tolerance": 0.01}
+    assert targets_from_json(spec.to_json()) == spec and spec.precomputed
+    with pytest.raises(ConfigError, match=r"TopKLogProbs: mass_tolerance must be a number in "
+                                          r"\[0, 1\), got 2"):
+        tg.TopKLogProbs(3, mass_tolerance=2)
+    with pytest.raises(ConfigError, match=r"TopKLogProbs: k=30 exceeds the 20 classes"):
+        tg.TopKLogProbs(30).sparse_spec(20, position=True)

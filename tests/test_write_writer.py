@@ -139,7 +139,8 @@ def test_resume_refuses_other_targets_teachers_and_data(data, tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"n": 40}, r"^pass either dataset or n \(the dataset gives its classes, size and identity\)"),
     ({"positions": True}, "positions=True takes L from the dataset's `positions`"),
-    ({"targets": "topk"}, r"targets must be Dense\(\), TopK\(k\) or Sampled\(k\)"),
+    ({"targets": "topk"}, r"targets must be Dense\(\), TopK\(k\), Sampled\(k\) or "
+                          r"TopKLogProbs\(k\)"),
     ({"teacher": "resnet"}, "teacher must be a dict identifying the teacher"),
     ({"chunk_rows": 0}, "chunk_rows must be a positive integer, got 0"),
     ({"resume": True, "overwrite": True}, "pass only one of them"),

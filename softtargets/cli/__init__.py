@@ -13,6 +13,7 @@ import click
 from softtargets.datasets import idx_files as data_mod
 from softtargets.recipes.hinton2015 import report
 from softtargets.cli.data import is_idx, pop_spec, resolve_spec, spec_options
+from softtargets.cli.records import export_topk_cmd, import_topk_cmd
 from softtargets.cli.options import (data_options, ensemble_options, hidden_option, parse_floats,
                                      parse_hidden, quiet_option, student_options,
                                      threads_option)
@@ -129,7 +130,10 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
 @click.option("--teacher", "teachers", multiple=True,
               help="Teacher file; repeat for an ensemble. A softtargets checkpoint (default "
                    "runs/{dataset}/teacher.pt), TorchScript file, torch.export .pt2 archive, "
-                   "or a state dict with --factory.")
+                   "a state dict with --factory, or hf:DIR (a Hugging Face causal LM).")
+@click.option("--drop-vocab-padding", is_flag=True,
+              help="hf:DIR teachers: drop logit columns beyond the data's vocabulary "
+                   "(padding), recorded in the store's provenance.")
 @click.option("--teacher-factory", default=None, metavar="MODULE:FACTORY",
               help="Your teacher: a zero-argument callable returning an nn.Module, run on the "
                    "inputs as the dataset gives them (through softtargets.write.write_logits).")
@@ -177,7 +181,8 @@ def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: 
 @threads_option
 @quiet_option
 def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: int, split: str,
-                       teachers: tuple[str, ...], teacher_factory: str | None,
+                       teachers: tuple[str, ...], drop_vocab_padding: bool,
+                       teacher_factory: str | None,
                        teacher_weights: str | None, store: str, batch_size: int,
                        chunk_rows: int | None, compressor: str, device: str, overwrite: bool,
                        resume: bool, break_lock: bool, shard_rows: int | None,
@@ -197,7 +202,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
         torch.set_num_threads(threads)
     data_spec, data_opts = pop_spec(ens, split=split, data_dir=data_dir, limit=limit)
     dataset = resolve_spec(data_spec, dataset)
-    if not is_idx(dataset) or teacher_factory is not None:
+    hf = any(t.startswith("hf:") for t in teachers)
+    if not is_idx(dataset) or teacher_factory is not None or hf or drop_vocab_padding:
         from softtargets.cli.user import targets_of
         from softtargets.cli.user import teacher_logits as user_logits
         refused = {"--val-rows": val_rows != 0, "--views": views is not None,
@@ -213,7 +219,7 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
             teacher_weights=teacher_weights, targets=targets, refused=refused,
             progress=not quiet, batch_size=batch_size, chunk_rows=chunk_rows,
             compressor=compressor, device=device, overwrite=overwrite, resume=resume,
-            shard_rows=shard_rows)
+            shard_rows=shard_rows, drop_vocab_padding=drop_vocab_padding)
         return _logits_summary(meta, seconds, store, k=topk or sample, resume=resume,
                                resumed=resumed)
     store = store.replace("{dataset}", dataset)
@@ -400,6 +406,10 @@ def verify_cmd(store: str, dataset: str | None, data_dir: str, split: str | None
     click.echo(json.dumps(rep.to_json(), indent=2) if as_json else rep.text())
     if not rep.ok:
         raise VerifyError(rep.summary())
+
+
+cli.add_command(import_topk_cmd)
+cli.add_command(export_topk_cmd)
 
 
 def main() -> None:

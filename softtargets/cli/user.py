@@ -26,8 +26,10 @@ def refuse_flags(given: dict[str, bool], *, where: str, fix: str) -> None:
                           + fix.format(it="it" if one else "them"))
 
 
-def user_teacher(teachers: tuple[str, ...], factory: str | None, weights: str | None) -> Any:
-    """The nn.Module (or list of them: an ensemble) that --teacher-factory or --teacher name."""
+def user_teacher(teachers: tuple[str, ...], factory: str | None, weights: str | None, *,
+                 num_classes: int | None = None, drop_vocab_padding: bool = False) -> Any:
+    """The nn.Module (or list of them: an ensemble) that --teacher-factory or --teacher name;
+    `num_classes` (the data's) is checked by Hugging Face teachers (hf:DIR)."""
     from torch import nn
 
     from softtargets.write.teachers import load_teacher
@@ -43,8 +45,14 @@ def user_teacher(teachers: tuple[str, ...], factory: str | None, weights: str | 
     if not teachers:
         raise ConfigError("a --data dataset of your own needs a teacher: --teacher-factory "
                           "module:factory [--teacher-weights PATH] or --teacher FILE (a "
-                          "softtargets checkpoint, TorchScript or torch.export file)")
-    models = [load_teacher(t).model for t in teachers]
+                          "softtargets checkpoint, TorchScript or torch.export file, or "
+                          "hf:DIR)")
+    if drop_vocab_padding and not any(t.startswith("hf:") for t in teachers):
+        raise ConfigError("--drop-vocab-padding applies to Hugging Face teachers (--teacher "
+                          "hf:DIR)")
+    models = [load_teacher(t, expect_classes=num_classes if t.startswith("hf:") else None,
+                           drop_vocab_padding=drop_vocab_padding and t.startswith("hf:")).model
+              for t in teachers]
     for path, model in zip(teachers, models):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"--teacher {path!r} is not a torch nn.Module; pass a softtargets "
@@ -69,7 +77,7 @@ def targets_of(topk: int | None, sample: int | None, temperatures: tuple[float, 
 def teacher_logits(spec: str, options: DataOptions, *, store: str, teachers: tuple[str, ...],
                    teacher_factory: str | None, teacher_weights: str | None,
                    targets: Any, refused: dict[str, bool], progress: bool,
-                   **write: Any) -> tuple[Any, float, str, bool]:
+                   drop_vocab_padding: bool = False, **write: Any) -> tuple[Any, float, str, bool]:
     """Stage 1 of --data SPEC through write_logits; (metadata, seconds, store, resumed?).
 
     `refused`: flags of the IDX path (flag -> set?), refused in one line when set."""
@@ -79,7 +87,8 @@ def teacher_logits(spec: str, options: DataOptions, *, store: str, teachers: tup
                  "softtargets.write.write_logits)", fix="drop {it}, or use an IDX dataset with "
                  "a softtargets teacher checkpoint")
     dataset = load_data(spec, options)
-    teacher = user_teacher(teachers, teacher_factory, teacher_weights)
+    teacher = user_teacher(teachers, teacher_factory, teacher_weights,
+                           num_classes=dataset.num_classes, drop_vocab_padding=drop_vocab_padding)
     store = store.replace("{dataset}", dataset.name)
     resumed = bool(write.get("resume")) and store_exists(store)  # else a new store
     t0 = time.perf_counter()

@@ -213,6 +213,14 @@ class SparseWriter(RowWriter):
                                  first_row=sl.start)
         self._write_converted(sl, what, sample_ids=sample_ids, rows=rows, positions=positions)
 
+    def write_unit_rows(self, index: int, *, sample_ids: np.ndarray, rows: sp.SparseRows,
+                        positions: np.ndarray | None = None) -> None:
+        """Write whole unit `index` from rows already sparse (precomputed top-k), sample_id
+        last."""
+        self._write_converted(self.unit_slice(index), f"write unit {index}",
+                              sample_ids=sample_ids, rows=rows, positions=positions)
+        self.mark_written(index)
+
     def write_rows(self, index: int, *, sample_ids: np.ndarray, rows: sp.SparseRows,
                    positions: np.ndarray | None = None) -> None:
         """Write converted rows of chunk `index` (validated first)."""

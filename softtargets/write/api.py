@@ -34,15 +34,18 @@ from softtargets.write.writer import LogitWriter
 
 def module_identity(model: nn.Module, device: torch.device) -> dict[str, Any]:
     """What a store records about a live module: its class and a sha256 of its state dict
-    (names, dtypes, shapes and bytes), so a resume with other weights is refused."""
+    (names, dtypes, shapes and bytes), so a resume with other weights is refused; a module
+    with a `softtargets_identity()` method (e.g. hf_teacher's) adds its own keys."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     cls = type(model)
+    own = getattr(model, "softtargets_identity", None)
     return {"kind": "module", "arch": f"{cls.__module__}.{cls.__qualname__}",
-            "checkpoint": None, "checkpoint_sha256": "sha256:" + h.hexdigest(),
+            "checkpoint": None, **(own() if callable(own) else {}),
+            "checkpoint_sha256": "sha256:" + h.hexdigest(),
             "torch": str(torch.__version__), "device": str(device),
             "precision": "fp16-autocast" if device.type == "cuda" else "fp32"}
 
@@ -73,9 +76,12 @@ def _probe(model: nn.Module, dataset: BaseDataset, source: Any, device: torch.de
     want = (len(x), *((L,) if L else ()), *((members,) if members else ()), c)
     if tuple(out.shape) != want:
         axes = "batch, positions, " if L else "batch, members, " if members else "batch, "
+        padded = tuple(out.shape[:-1]) == want[:-1] and out.shape[-1] > c
+        hint = (f"; if the {out.shape[-1] - c} extra columns are vocabulary padding, drop them "
+                f"(hf_teacher(path, num_classes={c}, drop_vocab_padding=True))") if padded else ""
         raise CheckpointError(f"teacher {type(model).__name__} returned logits "
                               f"{tuple(out.shape)} for a batch of {len(x)}, expected {want} "
-                              f"({axes}the dataset's {c} classes)")
+                              f"({axes}the dataset's {c} classes){hint}")
 
 
 def _teachers(teacher: Any) -> list[nn.Module]:

@@ -36,6 +36,7 @@ from softtargets.errors import (ForeignDataError, IncompleteStoreError, StoreErr
                                 StoreExistsError)
 from softtargets.write.lock import StoreLock
 from softtargets.format.schema import row_arrays
+from softtargets.format.sparse import SparseRows
 from softtargets.format.store import ATTR_KEY, RowWriter, StoreMeta, add_row_array, read_meta
 from softtargets.write.options import (check_resumable, effective_shard_rows,
                                        session_chunk_rows, store_exists)
@@ -210,17 +211,23 @@ class WriteSession:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def write(self, index: int, *, logits: np.ndarray, sample_ids: np.ndarray | None = None,
+    def write(self, index: int, *, logits: np.ndarray | None = None,
+              sparse: SparseRows | None = None, sample_ids: np.ndarray | None = None,
               positions: np.ndarray | None = None,
               rows: dict[str, np.ndarray] | None = None) -> None:
         """Write whole unit `index`: dense values logits (rows, C), converted to the store's
-        kind; sample ids and positions (default: those of the unit's rows); `rows[name]`
-        (rows, *row_shape) for every extra array. Refreshes the lease."""
+        kind, or `sparse` rows for precomputed targets (TopKLogProbs); sample ids and positions
+        (default: those of the unit's rows); `rows[name]` (rows, *row_shape) for every extra
+        array. Refreshes the lease."""
+        if (sparse is not None) != self.targets.precomputed or (logits is None) == (sparse is None):
+            raise StoreError(f"{type(self.targets).__name__} targets take "
+                             f"{'sparse' if self.targets.precomputed else 'logits'} values of "
+                             "a unit, and only those")
         if self.lock is not None:
             self.lock.check()  # a writer whose lease was taken over must not write
         try:
-            self._write_unit(index, sample_ids=sample_ids, logits=logits, positions=positions,
-                             rows=rows or {})
+            self._write_unit(index, sample_ids=sample_ids, logits=logits, sparse=sparse,
+                             positions=positions, rows=rows or {})
         except Exception:
             if self.lock is not None:  # the new holder may have deleted the store under us:
                 self.lock.check()      # say so, not what failed because of it
@@ -259,7 +266,8 @@ class WriteSession:
         except Exception:  # a damaged or unfinished chunk: rewrite it
             return False
 
-    def _write_unit(self, index: int, *, sample_ids: np.ndarray | None, logits: np.ndarray,
+    def _write_unit(self, index: int, *, sample_ids: np.ndarray | None,
+                    logits: np.ndarray | None, sparse: SparseRows | None,
                     positions: np.ndarray | None, rows: dict[str, np.ndarray]) -> None:
         writer = self._writer()
         sl = writer.unit_slice(index)
@@ -281,7 +289,11 @@ class WriteSession:
                                      member=member)
         if self.inputs is not None:
             write_input_digests(writer, index, self.rows, self.inputs)
-        writer.write_unit(index, sample_ids=sample_ids, logits=logits, positions=positions)
+        if sparse is not None:  # precomputed rows: the kind's writer is a SparseWriter
+            writer.write_unit_rows(index, sample_ids=sample_ids, rows=sparse,  # type: ignore
+                                   positions=positions)
+        else:
+            writer.write_unit(index, sample_ids=sample_ids, logits=logits, positions=positions)
 
     # -- finalize -----------------------------------------------------------------------------
 

@@ -92,6 +92,8 @@ class Targets:
     positions_allowed: ClassVar[bool] = True  # rows per sequence position (a `position` array)
     shardable: ClassVar[bool] = False  # whether the layout has shards (FORMAT.md)
     default_compressor: ClassVar[str]  # the store's `compressor` unless one is asked for
+    # rows arrive already sparse (LogitWriter.append_topk), not as dense logits to convert
+    precomputed: ClassVar[bool] = False
 
     def to_json(self) -> dict[str, Any]:
         """{"kind": kind, field: value, ...} with tuples as lists."""
@@ -216,11 +218,41 @@ class Sampled(_Sparse):
                          sample_temperature=self.temperature, position=position)
 
 
+@register
+@dataclasses.dataclass(frozen=True)
+class TopKLogProbs(_Sparse):
+    """Top-k rows given precomputed: per row the k most likely classes and their normalised
+    log-probabilities at T = 1 (an inference server's top-k logprobs), appended with
+    `LogitWriter.append_topk`. A "topk" store with computed_from "log_probs": values are the
+    log-probs, lse 0, tail 1 - their mass (clamped at 0). `mass_tolerance`: how far a row's
+    top-k mass may exceed 1 (rounding) before it is refused."""
+
+    kind: ClassVar[str] = "topk_logprobs"
+    precomputed: ClassVar[bool] = True
+    k: int
+    mass_tolerance: float = dataclasses.field(default=1e-3, kw_only=True)
+
+    def __post_init__(self) -> None:
+        _positive_int(self.k, "TopKLogProbs: k (classes per row)")
+        tol = self.mass_tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
+            raise ConfigError(f"TopKLogProbs: mass_tolerance must be a number in [0, 1), got "
+                              f"{tol!r}; e.g. 1e-3")
+        object.__setattr__(self, "mass_tolerance", float(tol))
+
+    def sparse_spec(self, num_classes: int, *, position: bool) -> SparseSpec:
+        if self.k > num_classes:
+            raise ConfigError(f"TopKLogProbs: k={self.k} exceeds the {num_classes} classes")
+        return make_spec(kind="topk", k=self.k, num_classes=num_classes, temperatures=(1.0,),
+                         computed_from="log_probs", source="top-k log-probs (precomputed)",
+                         position=position)
+
+
 def check_targets(targets: Any) -> Targets:
     """`targets` if it is a registered target spec, else one line saying what to pass."""
     if not isinstance(targets, Targets) or type(targets).kind not in _REGISTRY:
-        raise ConfigError(f"targets must be Dense(), TopK(k) or Sampled(k) (a registered target "
-                          f"spec), got {targets!r}")
+        raise ConfigError(f"targets must be Dense(), TopK(k), Sampled(k) or TopKLogProbs(k) (a "
+                          f"registered target spec), got {targets!r}")
     return targets
 
 

@@ -7,6 +7,7 @@ an optional `module:function` input transform. Kinds:
 * `torchscript`  a file written by `torch.jit.save`
 * `export`       a `.pt2` archive written by `torch.export.save`
 * `factory`      `module:function` returning an nn.Module, plus a state-dict checkpoint
+* `hf`           `hf:DIR`, a Hugging Face causal LM saved with save_pretrained (extra `hf`)
 
 Every teacher receives the flattened inputs (B, H*W) float32 in [0, 1], or whatever the transform
 makes of them (e.g. `x.view(-1, 1, 28, 28)` for a CNN), and must return logits (B, C).
@@ -27,7 +28,8 @@ from torch import nn
 from softtargets.errors import CheckpointError, ConfigError
 from softtargets.recipes.hinton2015.models import file_sha256, load_checkpoint, safe_load
 
-KINDS = ("softtargets", "torchscript", "export", "factory")
+KINDS = ("softtargets", "torchscript", "export", "factory", "hf")
+HF_PREFIX = "hf:"  # --teacher hf:DIR: a Hugging Face causal LM saved in DIR
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -81,8 +83,16 @@ def detect_kind(path: str, factory: str | None) -> str:
 
 
 def load_teacher(path: str, *, factory: str | None = None, transform: str | None = None,
-                 expect_classes: int | None = None, name: str | None = None) -> LoadedTeacher:
-    """Load a teacher of any kind on the CPU in eval mode, with its identity for the store."""
+                 expect_classes: int | None = None, name: str | None = None,
+                 drop_vocab_padding: bool = False) -> LoadedTeacher:
+    """Load a teacher of any kind on the CPU in eval mode, with its identity for the store.
+    `hf:DIR` is a Hugging Face causal LM saved in DIR (softtargets.write.hf_teacher)."""
+    if path.startswith(HF_PREFIX):
+        return _hf(path, factory=factory, transform=transform, expect_classes=expect_classes,
+                   name=name, drop_vocab_padding=drop_vocab_padding)
+    if drop_vocab_padding:
+        raise ConfigError(f"--drop-vocab-padding applies to Hugging Face teachers "
+                          f"({HF_PREFIX}DIR), not {path!r}")
     kind = detect_kind(path, factory)
     label = name or path
     class_names = None
@@ -111,6 +121,19 @@ def load_teacher(path: str, *, factory: str | None = None, transform: str | None
                 "transform": transform, "torch": str(torch.__version__)}
     return LoadedTeacher(name=label, model=model, transform=hook, class_names=class_names,
                          identity=identity)
+
+
+def _hf(path: str, *, factory: str | None, transform: str | None, expect_classes: int | None,
+        name: str | None, drop_vocab_padding: bool) -> LoadedTeacher:
+    """A Hugging Face causal LM (`hf:DIR`): token ids in, next-token logits out."""
+    from softtargets.write.hf_teacher import hf_teacher
+    if factory or transform:
+        raise ConfigError(f"--teacher {path!r} is a Hugging Face model: drop --factory and "
+                          "--transform")
+    model = hf_teacher(path[len(HF_PREFIX):], num_classes=expect_classes,
+                       drop_vocab_padding=drop_vocab_padding)
+    return LoadedTeacher(name=name or path, model=model, transform=None, class_names=None,
+                         identity=model.softtargets_identity())
 
 
 def _guard(load: Callable[[], Any], path: str, kind: str) -> Any:

@@ -23,6 +23,8 @@ from softtargets.format.codecs import to_float16
 from softtargets.datasets.base import as_numpy
 from softtargets.write.distributed import ranks_from_env
 from softtargets.errors import AppendError, ConfigError, IncompleteStoreError
+from softtargets.format.records import check_topk, to_sparse_rows
+from softtargets.format.sparse import SparseRows
 from softtargets.format.store import StoreMeta, unit_rows
 from softtargets.format.ensemble import MEMBER_LOGITS
 from softtargets.write.members import check_members, mean_of_members, member_layout
@@ -85,7 +87,8 @@ class LogitWriter:
         meta = self.session.writer.meta if self.session.writer is not None else self.session.meta
         self._unit_rows = unit_rows(meta)  # rows of one write unit (a chunk, or a shard)
         self._done: set[int] = set()
-        self._units: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # unit -> (values, filled)
+        # unit -> (buffers of its rows by name, filled (rows,) bool)
+        self._units: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
         self.meta: StoreMeta | None = self.session.meta if self.session.meta is not None \
             and self.session.meta.complete else None
         self._closed = False
@@ -154,7 +157,36 @@ class LogitWriter:
         batch size, numpy or torch (detached), float; rows of units already written by another
         process or kept by a resume are ignored."""
         self._check_open()
+        if self.targets.precomputed:
+            raise AppendError(f"LogitWriter.append: {type(self.targets).__name__} targets take "
+                              "precomputed rows: use append_topk(sample_ids, token_ids, "
+                              "logprobs)")
         ids, values = self._checked(sample_ids, logits)
+        self._add(ids, {"logits": values})
+
+    def append_topk(self, sample_ids: Any, token_ids: Any, logprobs: Any) -> None:
+        """Add precomputed top-k rows (TopKLogProbs targets) of samples `sample_ids` (B,):
+        token_ids (B, k) integers and their normalised log-probs (B, k) at T = 1, descending;
+        (B, L, k) per position. Checked as docs/LM.md says (ids in range and distinct, log-probs
+        finite and descending, top-k mass at most 1 + the targets' mass_tolerance)."""
+        self._check_open()
+        if not self.targets.precomputed:
+            raise AppendError(f"LogitWriter.append_topk: {type(self.targets).__name__} targets "
+                              "convert dense logits: use append(sample_ids, logits), or "
+                              "targets=TopKLogProbs(k)")
+        ids, tok, lp = self._checked_topk(sample_ids, token_ids, logprobs)
+        L, k = self.rows.per_sample, tok.shape[-1]
+        values = check_topk(tok.reshape(len(ids), L, k), lp.reshape(len(ids), L, k),
+                            vocab_size=len(self.source.class_names),
+                            tolerance=self.targets.mass_tolerance,  # type: ignore[attr-defined]
+                            name=lambda b: f"LogitWriter.append_topk: sample id {ids[b]}",
+                            positions=bool(self.rows.positions))
+        rows = to_sparse_rows(tok.reshape(-1, k), values.reshape(-1, k))  # (B * L, k)
+        self._add(ids, {"ids": rows.ids, "logits": rows.logits, "lse": rows.lse,
+                        "tail": rows.tail})
+
+    def _add(self, ids: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Place the value rows (B * L, ...) of samples `ids` (B,) in their units' buffers."""
         rows = self.source.store_rows(ids)  # (B * L,) store row of each value row
         units = rows // self._unit_rows
         self._refuse_repeats(rows, units, ids)
@@ -162,7 +194,7 @@ class LogitWriter:
             if index not in self._todo:
                 continue  # another rank's unit, or kept by a resume
             pick = units == index
-            self._place(index, rows[pick], values[pick])
+            self._place(index, rows[pick], {k: v[pick] for k, v in values.items()})
 
     def _checked(self, sample_ids: Any, logits: Any) -> tuple[np.ndarray, np.ndarray]:
         """(ids (B,) int64, values (B * L, C) float16), or one line saying what is wrong."""
@@ -188,6 +220,21 @@ class LogitWriter:
         rows = values.reshape(len(per_row), *want[1 + bool(L):])  # (B * L, [M,] C)
         return ids, to_float16(rows, row_ids=per_row)
 
+    def _checked_topk(self, sample_ids: Any, token_ids: Any, logprobs: Any,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids (B,) int64, token ids (B, [L,] k) int64, log-probs float64), or one line."""
+        ids, tok, lp = (as_numpy(a) for a in (sample_ids, token_ids, logprobs))
+        L, k = self.rows.positions, self.targets.k  # type: ignore[attr-defined]
+        want = (len(ids), *((L,) if L else ()), k)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu" or tok.shape != want \
+                or lp.shape != want or tok.dtype.kind not in "iu" or lp.dtype.kind != "f":
+            axes = "(B, L, k)" if L else "(B, k)"
+            raise AppendError(f"LogitWriter.append_topk: needs sample_ids (B,) integers, "
+                              f"token_ids {axes} = {want} integers and logprobs {want} floats, "
+                              f"got {ids.shape} {ids.dtype}, {tok.shape} {tok.dtype} and "
+                              f"{lp.shape} {lp.dtype}")
+        return ids.astype(np.int64), tok.astype(np.int64), lp.astype(np.float64)
+
     def _refuse_repeats(self, rows: np.ndarray, units: np.ndarray, ids: np.ndarray) -> None:
         """A sample appended twice (in this batch, or before) is refused before any is kept."""
         per = self.rows.per_sample
@@ -208,22 +255,27 @@ class LogitWriter:
             raise AppendError(f"LogitWriter.append: sample id {int(sid)} was appended more than "
                               "once; append each sample once")
 
-    def _place(self, index: int, rows: np.ndarray, values: np.ndarray) -> None:
-        """Put rows into unit `index`'s buffer; write the unit once it is full."""
+    def _place(self, index: int, rows: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Put rows into unit `index`'s buffers; write the unit once it is full."""
         sl = self.session.writer.unit_slice(index)
         if index not in self._units:
             count = sl.stop - sl.start
-            self._units[index] = (np.empty((count, *values.shape[1:]), np.float16),
-                                  np.zeros(count, bool))
-        buf, filled = self._units[index]
-        buf[rows - sl.start] = values
+            self._units[index] = ({k: np.empty((count, *v.shape[1:]), v.dtype)
+                                   for k, v in values.items()}, np.zeros(count, bool))
+        bufs, filled = self._units[index]
+        for name, v in values.items():
+            bufs[name][rows - sl.start] = v
         filled[rows - sl.start] = True
         if filled.all():
             del self._units[index]
-            logits, rows = buf, {}
+            if self.targets.precomputed:  # (rows, k) top-k rows as given
+                self.session.write(index, sparse=SparseRows(**bufs))
+                self._done.add(index)
+                return
+            logits, rows = bufs["logits"], {}
             if self.views is not None:  # (rows, [M,] V, C): every view, view 0 as the row's
                 ids = self.source.sample_ids_of(np.arange(sl.start, sl.stop))
-                logits, rows = split_views(self.views, buf, ids, members=self.members)
+                logits, rows = split_views(self.views, logits, ids, members=self.members)
             if self.members:  # (rows, M, C): the members, and their mean as the v1 logits
                 rows[MEMBER_LOGITS] = logits
                 logits = mean_of_members(logits)
