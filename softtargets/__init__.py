@@ -11,7 +11,9 @@ student's data loader and loss. The public API:
     distillation_loss(student_logits, targets, labels, *, temperature, alpha)
     verify_store(store), store_info(store)                            # the receiving team's checks
 
-Datasets: IDXDataset, ImageFolder, CIFAR, TokenSequences, from_tensors, wrap (docs/DATASETS.md).
+Datasets: IDXDataset, ImageFolder, CIFAR, TokenSequences, from_tensors, wrap (docs/DATASETS.md);
+TokenizerIdentity binds a token store to its tokenizer. Language models end to end:
+softtargets.recipes.lm (docs/LM.md).
 Names are imported on first use, so `import softtargets.format.store` (the format layer, numpy and zarr
 only) does not import torch. docs/API.md has runnable examples.
 """
@@ -35,6 +37,7 @@ _LAZY = {
                     "softtargets.read"),
     **dict.fromkeys(("IDXDataset", "ImageFolder", "CIFAR", "TokenSequences", "from_tensors",
                      "wrap"), "softtargets.datasets"),
+    "TokenizerIdentity": "softtargets.datasets.tokenizer",
     "verify_store": "softtargets.tools.verify",
     "store_info": "softtargets.tools.provenance",
 }

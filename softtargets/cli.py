@@ -12,6 +12,7 @@ import click
 
 from softtargets import data as data_mod
 from softtargets.recipes.hinton2015 import report
+from softtargets.cli_lm import LM_COMMANDS
 from softtargets.cli_data import is_idx, pop_spec, resolve_spec, spec_options
 from softtargets.cli_options import (data_options, ensemble_options, hidden_option, parse_floats,
                                      parse_hidden, quiet_option, student_options,
@@ -386,6 +387,10 @@ def verify_cmd(store: str, dataset: str | None, data_dir: str, split: str | None
     click.echo(json.dumps(rep.to_json(), indent=2) if as_json else rep.text())
     if not rep.ok:
         raise VerifyError(rep.summary())
+
+
+for _command in LM_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ student on the sequences of a per-token store (or their hard labels alone), both
 
 Both save their whole state every `checkpoint_every` steps (fit.Checkpointer: model, optimizer,
 torch RNG, where the data stands) to `<out>.state`, so a killed run resumes where it was saved
-and ends bit-identical to an uninterrupted one. Batches are functions of (seed, step) or of the
+and ends bit-identical to an uninterrupted one; the state is removed once the model is saved. Batches are functions of (seed, step) or of the
 store's seeded stream order, never of unseeded randomness.
 """
 
@@ -32,7 +32,7 @@ from softtargets.recipes.lm.model import GPT, GPTConfig, save_model
 class LMTrainConfig:
     """Steps, batches and the AdamW schedule (linear warm-up, cosine decay to lr / 10)."""
 
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 2e-3
@@ -40,7 +40,7 @@ class LMTrainConfig:
     weight_decay: float = 0.1
     clip_grad: float = 1.0
     seed: int = 0
-    checkpoint_every: int = 50
+    checkpoint_every: int = 25
     eval_sequences: int = 256  # validation sequences scored at the end (0: all)
 
     def __post_init__(self) -> None:
@@ -168,6 +168,7 @@ def train_teacher(train: np.ndarray, out: str | Path, *, model: GPTConfig,
     seconds = time.perf_counter() - t0
     metrics = _metrics(gpt, val, config, losses, seconds, config.steps - start)
     save_model(out, gpt, train=settings["train"], metrics=metrics, **(extra or {}))
+    saver.path.unlink(missing_ok=True)  # finished: a rerun with other settings starts afresh
     return metrics
 
 
@@ -248,4 +249,5 @@ def train_student(data: TokenSequences, out: str | Path, *, model: GPTConfig,
     metrics = _metrics(gpt, val, config, losses, seconds, config.steps - start)
     save_model(out, gpt, train=settings["train"], distill=settings["distill"],
                metrics=metrics, **(extra or {}))
+    saver.path.unlink(missing_ok=True)
     return metrics
