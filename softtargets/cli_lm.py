@@ -176,7 +176,7 @@ def lm_student_cmd(corpus: str, out: str, store: str | None, steps: int, batch_s
 @click.option("--out", default="runs/lm/experiment", show_default=True)
 @click.option("--arms", default=None, help="Comma-separated, e.g. hard,dense,topk32.")
 @click.option("--seeds", default="0,1,2", show_default=True)
-@click.option("--steps", type=int, default=300, show_default=True)
+@click.option("--steps", type=int, default=200, show_default=True)
 @click.option("--sequences", type=int, default=1024, show_default=True)
 @threads
 def lm_experiment_cmd(corpus: str, teacher: str, out: str, arms: str | None, seeds: str,

@@ -39,7 +39,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     seq_len: int = 64
     sequences: int = 1024  # training sequences of the stores (the student's data)
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 16
     lr: float = 2e-3
     alpha: float = 0.5
@@ -105,14 +105,14 @@ def run_experiment(corpus: str | Path, teacher: str | Path, out: str | Path, *,
     teacher_val = _cached(out / "teacher-val.json", lambda: evaluate(
         load_model(teacher)[0], val, sequences=config.eval_sequences))
     stage1, runs = {}, {}
-    for arm in config.arms:
+    for arm in config.arms:  # every store first: a run of other seeds can then go alongside
         kind, k = ARMS[arm]
-        store = out / f"{arm}.zarr" if kind else None
         if kind:
-            stage1[arm] = _cached(out / f"stage1-{arm}.json",
-                                  lambda: _stage1(teacher, data, store, kind, k, vocab))
-        for seed in config.seeds:
-            name = f"{arm}-s{seed}"
+            stage1[arm] = _cached(out / f"stage1-{arm}.json", lambda: _stage1(
+                teacher, data, out / f"{arm}.zarr", kind, k, vocab))
+    for seed in config.seeds:  # seed-major: a partial run has every arm at the first seeds
+        for arm in config.arms:
+            name, store = f"{arm}-s{seed}", (out / f"{arm}.zarr" if ARMS[arm][0] else None)
             distill = DistillConfig(store=str(store) if store else None,
                                     temperature=config.temperature, alpha=config.alpha)
             runs[name] = _cached(out / "students" / f"{name}.json", lambda: train_student(
@@ -141,7 +141,9 @@ def summarize(config: ExperimentConfig, teacher_val: dict[str, Any],
         gain = hard["val_loss"] - dense["val_loss"]
         for a in arms.values():
             a["dense_gain_kept"] = (hard["val_loss"] - a["val_loss"]) / gain
-    return {"config": dataclasses.asdict(config), "teacher": teacher_val, "arms": arms}
+    config_json = {**dataclasses.asdict(config), "arms": list(config.arms),
+                   "seeds": list(config.seeds)}
+    return {"config": config_json, "teacher": teacher_val, "arms": arms}
 
 
 def results_table(summary: dict[str, Any]) -> str:

@@ -141,6 +141,7 @@ def evaluate(model: GPT, data: TokenSequences, *, sequences: int = 0,
 def _checkpointer(out: Path, model: GPT, optim: torch.optim.Optimizer,
                   config: dict[str, Any], every: int) -> tuple[Checkpointer, int, int]:
     """The run's Checkpointer and where a saved state of it stands: (epoch, batches of it)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     saver = Checkpointer(out.with_name(out.name + ".state"), every, model, optim, config)
     if saver.path.exists():
         return saver, *saver.load()
