@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from softtargets.recipes.lm import (CorpusConfig, GPTConfig, LMTrainConfig, build_corpus,
+from softtargets.recipes.lm import (GPT, CorpusConfig, GPTConfig, LMTrainConfig, build_corpus,
                                     train_teacher)
 from softtargets.recipes.lm.corpus import stdlib_root
 
@@ -46,3 +46,9 @@ def tiny_teacher(tiny_corpus, tmp_path_factory):
     train_teacher(train, path, model=TINY_TEACHER, config=TINY_TRAIN,
                   extra={"tokenizer": tiny_corpus.identity.to_json()})
     return path
+
+
+def tiny_gpt() -> GPT:
+    """A user's causal LM factory (`lm_helpers:tiny_gpt`): tokens (B, L) -> (B, L, VOCAB)."""
+    torch.manual_seed(0)
+    return GPT(TINY_TEACHER)

@@ -7,8 +7,9 @@ import json
 
 from click.testing import CliRunner
 
-from lm_helpers import one_thread  # noqa: F401 (fixture)
+from lm_helpers import one_thread, tiny_corpus  # noqa: F401 (fixtures)
 from softtargets.cli import cli
+from softtargets.format.store import read_meta
 from softtargets.recipes.lm.corpus import stdlib_root
 
 TINY = ["--layers", "1", "--heads", "2", "--width", "32", "--batch-size", "4", "--threads", "1"]
@@ -48,3 +49,14 @@ def test_a_missing_corpus_or_teacher_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["lm-experiment", "--seeds", "a,b"])
     assert result.output == ("Error: ConfigError: --seeds must be integers separated by "
                              "commas, got 'a,b'\n")
+
+
+def test_any_causal_lm_through_the_factory_interface_records_the_tokenizer(tiny_corpus,
+                                                                           tmp_path):
+    store = str(tmp_path / "user.zarr")
+    run("teacher-logits", "--data", f"tokens:{tiny_corpus.token_file('val')}", "--seq-len", "16",
+        "--teacher-factory", "lm_helpers:tiny_gpt", "--topk", "4", "--store", store, "--quiet",
+        "--threads", "1")
+    meta, _ = read_meta(store)
+    assert meta.dataset["tokenizer"] == tiny_corpus.identity.to_json()  # from the sidecar
+    assert meta.n == (tiny_corpus.tokens["val"] - 1) // 16 * 16 and meta.num_classes == 300
