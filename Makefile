@@ -192,7 +192,8 @@ LM_LOGITS_ARGS = --corpus $(LM_RUN)/corpus --teacher $(LM_RUN)/teacher.pt --kind
 	$(if $(filter dense,$(LM_KIND)),,--k $(LM_K)) --seq-len $(LM_SEQ_LEN) --sequences $(LM_SEQUENCES)
 LM_STUDENT_ARGS = --corpus $(LM_RUN)/corpus --steps $(LM_STUDENT_STEPS) $(LM_STUDENT_FLAGS)
 
-.PHONY: lm-setup lm-corpus lm-teacher lm-teacher-logits lm-student lm-baseline lm-experiment
+.PHONY: lm-setup lm-corpus lm-teacher lm-teacher-logits lm-student lm-baseline lm-experiment \
+	bench-lm
 
 $(LM_RUN)/corpus.args: FORCE ; $(call settings,$(LM_CORPUS_ARGS))
 $(LM_RUN)/teacher.args: FORCE ; $(call settings,$(LM_TEACHER_ARGS))
@@ -232,3 +233,7 @@ $(LM_RUN)/baseline.pt: $(LM_RUN)/corpus/corpus.json $(LM_RUN)/baseline.args
 lm-experiment: $(LM_RUN)/teacher.pt
 	$(ST) lm-experiment --corpus $(LM_RUN)/corpus --teacher $< --out $(LM_RUN)/experiment \
 		--steps $(LM_STUDENT_STEPS) --sequences $(LM_SEQUENCES) $(LM_EXPERIMENT_FLAGS)
+
+# LM stage 1 vs the bare forward and stage 2 vs hard labels, side by side in one run
+bench-lm: $(LM_RUN)/teacher.pt
+	$(PY) scripts/bench_lm.py --corpus $(LM_RUN)/corpus --teacher $< $(BENCH_LM_ARGS)
