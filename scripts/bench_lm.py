@@ -1,29 +1,34 @@
 """LM stage 1 and stage 2 speeds side by side, in one run, on the recipe's corpus and teacher.
 
     python scripts/bench_lm.py [--corpus runs/lm/corpus] [--teacher runs/lm/teacher.pt]
-                               [--sequences 128] [--steps 20] [--threads 1]
+                               [--sequences 128] [--steps 20] [--threads 1] [--repeat 3]
 
 Stage 1: for each store kind (dense = top-V, top-k 8/32/128, sampled 12/32), tokens/s of
 writing the store of the first --sequences training sequences, beside the teacher's bare
 forward pass over the same sequences (the ratio is the cost of top-k, compression, digests and
 writes). Stage 2: tokens/s of --steps student steps from each of those stores, beside the same
-steps from hard labels. Every number is measured in this run, on this machine; the printed
-ratios are what to compare across machines.
+steps from hard labels. Each pair runs in interleaved rounds (A B, B A, ...) after an untimed
+warm-up round; the table gives medians and the median per-round ratio with its range
+(scripts/bench_common.py). Every number is measured in this run, on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+import bench_common as bc  # before torch: idle OpenMP threads sleep instead of spin
 
-from softtargets.recipes.lm import (STUDENT, DistillConfig, LMTrainConfig, lm_targets,
-                                    load_model, open_corpus, train_student, write_lm_logits)
+from softtargets.recipes.lm import (STUDENT, DistillConfig, GPTConfig, LMTrainConfig,
+                                    lm_targets, load_model, open_corpus, train_student,
+                                    write_lm_logits)
 from softtargets.recipes.lm.experiment import ARMS
 from softtargets.recipes.lm.logits import bare_forward_seconds, bytes_per_token
+
+_runs = itertools.count()
 
 
 def main() -> None:
@@ -34,39 +39,52 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3, help="Timed a/b rounds per pair.")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    bc.Threads(intra=args.threads, decode=1).apply()
     c = open_corpus(args.corpus)
     vocab = c.identity.vocab_size
     data = c.sequences("train", seq_len=args.seq_len, limit=args.sequences)
     tokens = len(data) * args.seq_len
     model, _ = load_model(args.teacher)
-    student = STUDENT.__class__(**{**STUDENT.to_json(), "vocab_size": vocab})
+    student = GPTConfig(**{**STUDENT.to_json(), "vocab_size": vocab})
     cfg = LMTrainConfig(steps=args.steps, seq_len=args.seq_len, eval_sequences=1,
                         checkpoint_every=10 ** 9)
-    print(f"{tokens} tokens ({len(data)} x {args.seq_len}), vocab {vocab}, "
-          f"{args.threads} thread(s), student {args.steps} steps of {cfg.batch_size} sequences")
-    print("| store | bytes/token | stage 1 tok/s | bare forward tok/s | ratio | stage 2 tok/s "
-          "| vs hard labels |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{tokens} tokens ({len(data)} x {args.seq_len}), vocab {vocab}, {args.threads} "
+          f"thread(s), {bc.omp_settings()}; students {args.steps} steps of {cfg.batch_size} "
+          f"sequences; {args.repeat} interleaved rounds per pair after a warm-up round")
+    rows, sizes = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        hard = train_student(data, Path(tmp) / "hard.pt", model=student, config=cfg)
-        print(f"| hard labels | | | | | {hard['train_tokens_per_s']:.0f} | 1.00 |")
+        def student_rate(store: Path | None) -> float:
+            out = Path(tmp) / f"s{next(_runs)}.pt"
+            m = train_student(data, out, model=student, config=cfg,
+                              distill=DistillConfig(store=None if store is None else str(store)))
+            out.unlink()
+            return m["train_tokens_per_s"]
+
         for arm, (kind, k) in ARMS.items():
             if kind is None:
                 continue
             store = Path(tmp) / f"{arm}.zarr"
-            t0 = time.perf_counter()
-            write_lm_logits(args.teacher, data, store,
-                            targets=lm_targets(kind, vocab_size=vocab, k=k))
-            write = tokens / (time.perf_counter() - t0)
-            bare = tokens / bare_forward_seconds(model, data)
-            m = train_student(data, Path(tmp) / f"{arm}.pt", model=student, config=cfg,
-                              distill=DistillConfig(store=str(store)))
-            speed = m["train_tokens_per_s"]
-            print(f"| {arm} | {bytes_per_token(store)['bytes_per_token']:.1f} | {write:.0f} | "
-                  f"{bare:.0f} | {write / bare:.2f} | {speed:.0f} | "
-                  f"{speed / hard['train_tokens_per_s']:.2f} |")
+            targets = lm_targets(kind, vocab_size=vocab, k=k)
+
+            def write() -> float:
+                t0 = time.perf_counter()
+                write_lm_logits(args.teacher, data, store, targets=targets, overwrite=True)
+                return tokens / (time.perf_counter() - t0)
+
+            r = bc.interleaved({"write": write,
+                                "bare": lambda: tokens / bare_forward_seconds(model, data)},
+                               repeat=args.repeat)
+            rows.append(bc._paired_row(f"stage 1 tok/s: {arm} store / bare forward",
+                                       r["write"], r["bare"], "-", None))
+            sizes[arm] = bytes_per_token(store)["bytes_per_token"]
+            r = bc.interleaved({"kd": lambda: student_rate(store),
+                                "hard": lambda: student_rate(None)}, repeat=args.repeat)
+            rows.append(bc._paired_row(f"stage 2 tok/s: {arm} / hard labels", r["kd"],
+                                       r["hard"], "-", None))
+    print(bc.table(rows))
+    print("bytes/token: " + ", ".join(f"{a} {b:.1f}" for a, b in sizes.items()))
 
 
 if __name__ == "__main__":
