@@ -118,3 +118,29 @@ def test_a_killed_teacher_run_resumes_bit_identically(tiny_corpus, tmp_path, mon
     resumed, _ = load_model(tmp_path / "t.pt")
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_a_killed_student_run_resumes_mid_stream_bit_identically(tiny_corpus, tiny_teacher,
+                                                                 tmp_path, monkeypatch):
+    data = tiny_corpus.sequences("train", seq_len=L, limit=20)  # 3 batches of 8 an epoch
+    write_lm_logits(tiny_teacher, data, tmp_path / "s.zarr", targets=lm_targets(
+        "sampled", vocab_size=VOCAB, k=6))
+    cfg = dataclasses.replace(TINY_TRAIN, checkpoint_every=2)
+    distill = DistillConfig(store=str(tmp_path / "s.zarr"))
+    train_student(data, tmp_path / "whole.pt", model=TINY_STUDENT, config=cfg, distill=distill)
+    real = train_mod._step
+
+    def dies_at_step_5(model, optim, loss, step, cfg):
+        if step == 5:  # the last save is after 4 steps: epoch 1, its first batch done
+            raise TrainingDivergedError("killed")
+        return real(model, optim, loss, step, cfg)
+
+    monkeypatch.setattr(train_mod, "_step", dies_at_step_5)
+    with pytest.raises(TrainingDivergedError):
+        train_student(data, tmp_path / "s.pt", model=TINY_STUDENT, config=cfg, distill=distill)
+    monkeypatch.setattr(train_mod, "_step", real)
+    train_student(data, tmp_path / "s.pt", model=TINY_STUDENT, config=cfg, distill=distill)
+    whole, _ = load_model(tmp_path / "whole.pt")
+    resumed, _ = load_model(tmp_path / "s.pt")
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
