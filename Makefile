@@ -183,3 +183,72 @@ report-quick: report-setup data
 VIEWS_TEACHER ?= $(RUN)/teacher.pt
 views-experiment: $(VIEWS_TEACHER)
 	$(PY) scripts/views_experiment.py --teacher $(VIEWS_TEACHER) $(if $(QUICK),--quick)
+
+# --- language models: per-token stores from a causal LM on a real corpus (docs/LM.md) -----------
+# The corpus is this Python's standard library (LM_CORPUS_FLAGS="--source DIR" for your text),
+# a byte-level BPE of LM_VOCAB tokens trained locally; LM_VOCAB=2048 keeps dense stores small.
+LM_RUN ?= runs/lm
+LM_VOCAB ?= 2048
+LM_CORPUS_FLAGS ?=
+LM_TEACHER_STEPS ?= 400
+LM_TEACHER_FLAGS ?=
+LM_KIND ?= topk
+LM_K ?= 32
+LM_SEQ_LEN ?= 64
+LM_SEQUENCES ?= 1024
+LM_STUDENT_STEPS ?= 200
+LM_STUDENT_FLAGS ?=
+LM_EXPERIMENT_FLAGS ?=
+LM_NAME := $(LM_KIND)$(if $(filter dense,$(LM_KIND)),,$(LM_K))
+LM_STORE := $(LM_RUN)/$(LM_NAME).zarr
+LM_CORPUS_ARGS = --out $(LM_RUN)/corpus --vocab-size $(LM_VOCAB) $(LM_CORPUS_FLAGS)
+LM_TEACHER_ARGS = --corpus $(LM_RUN)/corpus --steps $(LM_TEACHER_STEPS) $(LM_TEACHER_FLAGS)
+LM_LOGITS_ARGS = --corpus $(LM_RUN)/corpus --teacher $(LM_RUN)/teacher.pt --kind $(LM_KIND) \
+	$(if $(filter dense,$(LM_KIND)),,--k $(LM_K)) --seq-len $(LM_SEQ_LEN) --sequences $(LM_SEQUENCES)
+LM_STUDENT_ARGS = --corpus $(LM_RUN)/corpus --steps $(LM_STUDENT_STEPS) $(LM_STUDENT_FLAGS)
+
+.PHONY: lm-setup lm-corpus lm-teacher lm-teacher-logits lm-student lm-baseline lm-experiment \
+	bench-lm
+
+$(LM_RUN)/corpus.args: FORCE ; $(call settings,$(LM_CORPUS_ARGS))
+$(LM_RUN)/teacher.args: FORCE ; $(call settings,$(LM_TEACHER_ARGS))
+$(LM_RUN)/$(LM_NAME).args: FORCE ; $(call settings,$(LM_LOGITS_ARGS))
+$(LM_RUN)/student-$(LM_NAME).args: FORCE ; $(call settings,$(LM_STUDENT_ARGS))
+$(LM_RUN)/baseline.args: FORCE ; $(call settings,$(LM_STUDENT_ARGS) $(LM_SEQ_LEN) $(LM_SEQUENCES))
+
+# Hugging Face tokenizers (optional `lm` extra)
+lm-setup: setup
+	@$(PY) -c 'import tokenizers' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[lm]'
+
+lm-corpus: $(LM_RUN)/corpus/corpus.json
+$(LM_RUN)/corpus/corpus.json: $(LM_RUN)/corpus.args | lm-setup
+	$(ST) lm-corpus $(LM_CORPUS_ARGS) --overwrite
+
+# about 10 min on 2 quiet cores (README); saved every 25 steps, so a killed run resumes where it was saved
+lm-teacher: $(LM_RUN)/teacher.pt
+$(LM_RUN)/teacher.pt: $(LM_RUN)/corpus/corpus.json $(LM_RUN)/teacher.args
+	$(ST) lm-teacher $(LM_TEACHER_ARGS) --out $@
+
+# LM_KIND=dense|topk|sampled, LM_K: the store of the first LM_SEQUENCES training sequences
+lm-teacher-logits: $(LM_RUN)/$(LM_NAME).ok
+$(LM_RUN)/$(LM_NAME).ok: $(LM_RUN)/teacher.pt $(LM_RUN)/$(LM_NAME).args
+	$(ST) lm-teacher-logits $(LM_LOGITS_ARGS) --store $(LM_STORE) --overwrite
+	@touch $@
+
+lm-student: $(LM_RUN)/student-$(LM_NAME).pt
+$(LM_RUN)/student-$(LM_NAME).pt: $(LM_RUN)/$(LM_NAME).ok $(LM_RUN)/student-$(LM_NAME).args
+	$(ST) lm-student $(LM_STUDENT_ARGS) --store $(LM_STORE) --out $@
+
+# the hard-label student of the same sequences and steps
+lm-baseline: $(LM_RUN)/baseline.pt
+$(LM_RUN)/baseline.pt: $(LM_RUN)/corpus/corpus.json $(LM_RUN)/baseline.args
+	$(ST) lm-student $(LM_STUDENT_ARGS) --seq-len $(LM_SEQ_LEN) --sequences $(LM_SEQUENCES) --out $@
+
+# README's table: hard-label, dense, top-k 8/32/128 and sampled 12/32 students, 3 seeds (resumes)
+lm-experiment: $(LM_RUN)/teacher.pt
+	$(ST) lm-experiment --corpus $(LM_RUN)/corpus --teacher $< --out $(LM_RUN)/experiment \
+		--steps $(LM_STUDENT_STEPS) --sequences $(LM_SEQUENCES) $(LM_EXPERIMENT_FLAGS)
+
+# LM stage 1 vs the bare forward and stage 2 vs hard labels, side by side in one run
+bench-lm: $(LM_RUN)/teacher.pt
+	$(PY) scripts/bench_lm.py --corpus $(LM_RUN)/corpus --teacher $< $(BENCH_LM_ARGS)

@@ -15,7 +15,9 @@ student's data loader and loss. The public API:
     import_topk(records, store, *, dataset), export_topk(store, out)  # top-k log-prob records
     hf_teacher(path, *, num_classes)                                  # a local HF causal LM
 
-Datasets: IDXDataset, ImageFolder, CIFAR, TokenSequences, from_tensors, wrap (docs/DATASETS.md).
+Datasets: IDXDataset, ImageFolder, CIFAR, TokenSequences, from_tensors, wrap (docs/DATASETS.md);
+TokenizerIdentity binds a token store to its tokenizer. Language models end to end:
+softtargets.recipes.lm (docs/LM.md).
 Names are imported on first use, so `import softtargets.format.store` (the format layer, numpy and zarr
 only) does not import torch. docs/API.md has runnable examples.
 """
@@ -40,6 +42,7 @@ _LAZY = {
                     "softtargets.read"),
     **dict.fromkeys(("IDXDataset", "ImageFolder", "CIFAR", "TokenSequences", "from_tensors",
                      "wrap"), "softtargets.datasets"),
+    "TokenizerIdentity": "softtargets.datasets.tokenizer",
     "verify_store": "softtargets.tools.verify",
     "store_info": "softtargets.tools.provenance",
     "export_topk": "softtargets.tools.export",

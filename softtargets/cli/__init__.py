@@ -14,6 +14,7 @@ from softtargets.datasets import idx_files as data_mod
 from softtargets.recipes.hinton2015 import report
 from softtargets.cli.data import is_idx, pop_spec, resolve_spec, spec_options
 from softtargets.cli.records import export_topk_cmd, import_topk_cmd
+from softtargets.cli.lm import LM_COMMANDS
 from softtargets.cli.options import (data_options, ensemble_options, hidden_option, parse_floats,
                                      parse_hidden, quiet_option, student_options,
                                      threads_option)
@@ -410,6 +411,8 @@ def verify_cmd(store: str, dataset: str | None, data_dir: str, split: str | None
 
 cli.add_command(import_topk_cmd)
 cli.add_command(export_topk_cmd)
+for _command in LM_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -8,10 +8,11 @@ from softtargets.datasets.digest import InputDigest, fingerprint, unit_input_dig
 from softtargets.datasets.idx import IDXDataset
 from softtargets.datasets.imagefolder import ImageFolder
 from softtargets.datasets.memory import TensorDataset, WrappedDataset, from_tensors, wrap
+from softtargets.datasets.tokenizer import TokenizerIdentity
 from softtargets.datasets.tokens import TokenSequences
 
 __all__ = [
     "BaseDataset", "CIFAR", "IDXDataset", "ImageFolder", "InputDigest", "MapDataset",
-    "TensorDataset", "TokenSequences", "WrappedDataset", "check_labels", "fingerprint",
+    "TensorDataset", "TokenSequences", "TokenizerIdentity", "WrappedDataset", "check_labels", "fingerprint",
     "from_tensors", "unit_input_digest", "wrap",
 ]

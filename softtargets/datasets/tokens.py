@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from softtargets.datasets.base import BaseDataset, check_labels
+from softtargets.datasets.tokenizer import TokenizerIdentity, read_sidecar
 from softtargets.errors import DatasetError, DatasetNotFoundError
 
 DTYPES = ("uint16", "uint32")
@@ -30,13 +31,16 @@ SCAN_TOKENS = 1 << 24  # tokens per step of the vocab_size scan: bounded memory
 
 
 class TokenSequences(BaseDataset):
-    """Sequences of `seq_len` tokens: item i = (input (L,), next-token targets (L,))."""
+    """Sequences of `seq_len` tokens: item i = (input (L,), next-token targets (L,)); `limit`
+    keeps the first `limit` sequences only."""
 
     _label_hint = {"what": "token", "fix": "pass the right vocab_size (or dtype)"}
 
     def __init__(self, path: str | Path, *, seq_len: int, dtype: str = "uint16",
                  vocab_size: int | None = None, name: str | None = None, split: str = "train",
-                 dataset_id: str | None = None) -> None:
+                 dataset_id: str | None = None,
+                 tokenizer: TokenizerIdentity | None = None,
+                 limit: int | None = None) -> None:
         path = Path(path)
         self._set_common(name=name or path.name, split=split, dataset_id=dataset_id)
         if str(dtype) not in DTYPES and dtype not in (np.uint16, np.uint32):
@@ -53,8 +57,30 @@ class TokenSequences(BaseDataset):
             raise DatasetError(f"{path}: {self.tokens} tokens make no sequence of seq_len "
                                f"{self.seq_len} (needs at least {self.seq_len + 1}); use a "
                                "smaller seq_len")
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+                raise DatasetError(f"{path}: limit must be a positive number of sequences, "
+                                   f"got {limit!r}")
+            self._n = min(self._n, int(limit))
         self._mm: np.memmap | None = None
-        self._num_classes = self._vocab(vocab_size)
+        self.tokenizer = self._tokenizer(tokenizer, vocab_size)
+        self._num_classes = self._vocab(vocab_size if self.tokenizer is None
+                                        else self.tokenizer.vocab_size)
+
+    def _tokenizer(self, tokenizer: TokenizerIdentity | None,
+                   vocab_size: int | None) -> TokenizerIdentity | None:
+        """The given tokenizer identity, else the sidecar's; its size must be vocab_size."""
+        if tokenizer is not None and not isinstance(tokenizer, TokenizerIdentity):
+            raise DatasetError(f"{self.path}: tokenizer must be a TokenizerIdentity (e.g. "
+                               "TokenizerIdentity.of_tokenizer_json(path)), got "
+                               f"{type(tokenizer).__name__}")
+        tokenizer = tokenizer or read_sidecar(self.path)
+        if tokenizer is not None and vocab_size is not None \
+                and vocab_size != tokenizer.vocab_size:
+            raise DatasetError(f"{self.path}: vocab_size={vocab_size} but the tokenizer has "
+                               f"{tokenizer.vocab_size} tokens; drop vocab_size (the "
+                               "tokenizer's is used) or pass the right tokenizer")
+        return tokenizer
 
     def _count_tokens(self) -> int:
         if not self.path.is_file():
@@ -110,5 +136,8 @@ class TokenSequences(BaseDataset):
 
     def _identity(self) -> dict[str, Any]:
         # no fingerprint: it would take a pass over the file; unit input digests align it
-        return {"tokens": self.tokens, "seq_len": self.seq_len, "dtype": self.dtype.name,
-                "vocab_size": self.num_classes}
+        ident = {"tokens": self.tokens, "seq_len": self.seq_len, "dtype": self.dtype.name,
+                 "vocab_size": self.num_classes}
+        if self.tokenizer is not None:
+            ident["tokenizer"] = self.tokenizer.to_json()
+        return ident

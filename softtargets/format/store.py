@@ -30,6 +30,7 @@ from softtargets.errors import (IncompleteStoreError, SparseStoreError, StoreErr
                                 StoreExistsError, StoreMismatchError)
 from softtargets.format.meta_check import check_meta, open_store_group
 from softtargets.format.remote import is_remote, local_path, open_group
+from softtargets.format.tokenizer import tokenizer_difference
 from softtargets.format.schema import (ATTR_KEY, FORMAT_NAME, FORMAT_VERSION,  # noqa: F401 re-exported
                                 LOGITS, MAX_READ_VERSION, SAMPLE_ID, STORE_ARRAYS)
 
@@ -376,6 +377,23 @@ def check_dataset(meta: StoreMeta, url: str, identity: dict[str, Any]) -> None:
                    "recompute the store on this data or pass the data it was made from")
             raise StoreMismatchError(f"store {url!r} was computed on {_describe(mine)} but is used "
                                      f"with {_describe(identity)}: {key} differs; {fix}")
+    _check_tokenizer(mine.get("tokenizer"), identity.get("tokenizer"), url)
+
+
+def _check_tokenizer(mine: Any, theirs: Any, url: str) -> None:
+    """Refuse token data made with another tokenizer than the store's, naming what differs."""
+    if mine is None and theirs is None:
+        return
+    if mine is None or theirs is None:
+        which = "the store records no tokenizer" if mine is None else "the data has none"
+        raise StoreMismatchError(f"store {url!r}: tokenizer identity missing ({which}); give "
+                                 "both the tokenizer (TokenSequences(tokenizer=...) or the "
+                                 "token file's .tokenizer.json) or neither")
+    diff = tokenizer_difference(mine, theirs)
+    if diff is not None:
+        raise StoreMismatchError(f"store {url!r} was computed with another tokenizer than the "
+                                 f"data's: {diff} (store vs data); tokenize the student's text "
+                                 "with the store's tokenizer or recompute the store")
 
 
 def _identity_value(identity: dict[str, Any], key: str) -> Any:

@@ -24,6 +24,7 @@ from softtargets.errors import StoreError
 from softtargets.format.meta_check import meta_problems, open_store_group
 from softtargets.format.schema import POSITION, SAMPLE_ID, row_arrays
 from softtargets.format.store import StoreMeta
+from softtargets.format.tokenizer import tokenizer_difference
 from softtargets.tools.verify_chunks import MAX_LISTED, ChunkPass, listed
 from softtargets.tools.verify_rules import context
 
@@ -158,6 +159,11 @@ def check_identity(report: VerifyReport, meta: StoreMeta, identity: dict[str, An
                    f"limit={identity.get('limit')} fingerprint {identity['fingerprint']} "
                    f"({', '.join(diff)} differ): the store was not computed on this dataset or "
                    "its attributes were edited")
+    if mine.get("tokenizer") is not None or identity.get("tokenizer") is not None:
+        diff = tokenizer_difference(mine.get("tokenizer") or {}, identity.get("tokenizer") or {})
+        if diff is not None:
+            report.add("dataset", f"store's tokenizer differs from the dataset's: {diff} "
+                       "(store vs data)")
     if class_names is not None and tuple(meta.class_names) != tuple(class_names):
         report.add("dataset", f"store classes {list(meta.class_names)} differ from the "
                    f"dataset's {list(class_names)}")
