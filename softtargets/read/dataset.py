@@ -106,16 +106,26 @@ class InputChecks:
         check = self._opened()
         if rows is None:
             chunks: Any = range(check.num_chunks)
-        else:  # first and last store row of each dataset row, as chunk indices
-            first = np.asarray(rows, dtype=np.int64) * check.per_sample
-            last = np.minimum(check.n, first + check.per_sample) - 1
-            chunks = sorted({c for a, b in zip(first // check.chunk_rows,
-                                              last // check.chunk_rows)
-                             for c in range(int(a), int(b) + 1)} - self._checked)
+        else:
+            chunks = self._chunks_of(check, np.asarray(rows, dtype=np.int64))
         for chunk in chunks:
             if chunk not in self._checked:
                 check.check(chunk, self.dataset)
                 self._checked.add(chunk)
+
+
+    def _chunks_of(self, check: InputCheck, rows: np.ndarray) -> list[int]:
+        """Row chunks holding the store rows of dataset rows `rows` (B,), not checked yet;
+        vectorised: per row in Python it cost the stream ~13% of its time."""
+        first = rows * check.per_sample  # (B,) first store row of each dataset row
+        last = np.minimum(check.n, first + check.per_sample) - 1
+        lo, hi = first // check.chunk_rows, last // check.chunk_rows  # (B,) chunk indices
+        if not (hi - lo).any():  # every row inside one chunk (one row per sample)
+            chunks = np.unique(lo)
+        else:
+            chunks = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in
+                                               np.unique(np.stack([lo, hi], 1), axis=0)]))
+        return [int(c) for c in chunks if int(c) not in self._checked]
 
 
 def sample_ids_of(dataset: Any) -> np.ndarray:
