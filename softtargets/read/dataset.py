@@ -20,16 +20,19 @@ chunk at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from softtargets.datasets.base import BaseDataset, as_numpy
 from softtargets.format.digests import INPUTS_KEY, InputCheck
 from softtargets.format.digests import META_KEY as DIGESTS_KEY
 from softtargets.errors import ConfigError, DatasetError, StoreMismatchError
-from softtargets.read.batch import Target, collate
+from softtargets.read.batch import Collated, Target, collate
+from softtargets.read.convert import fetch
 from softtargets.read.targets import SoftTargets
 from softtargets.format.store import StoreMeta, check_dataset, read_meta
 
@@ -43,7 +46,7 @@ class DistillDataset(Dataset):
     target for one of the dataset's sample ids.
     """
 
-    collate = staticmethod(collate)
+    collate = staticmethod(collate)  # a Collated batch passes through unchanged
 
     def __init__(self, dataset: Any, targets: SoftTargets) -> None:
         if not isinstance(targets, SoftTargets):
@@ -73,6 +76,22 @@ class DistillDataset(Dataset):
             raise DatasetError(f"row {index} of {type(self.dataset).__name__} is a "
                                f"{type(item).__name__}, not an (input, label) pair")
         return item[0], item[1], self.targets[int(self.sample_ids[index])]
+
+    def __getitems__(self, indices: Sequence[int]) -> Collated:
+        """Rows `indices` at once (a DataLoader's fetcher calls this for each batch): one `take`
+        of the dataset and one gather of the targets instead of one lookup and one stack per
+        row, which cost ~25x the decode of the same rows. Returns the items as a sequence
+        that DistillDataset.collate turns into the batch without a per-row step."""
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)  # (B,)
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            bad = rows[(rows < -len(self)) | (rows >= len(self))][:5].tolist()
+            raise IndexError(f"rows {bad} are outside DistillDataset of {len(self)} rows")
+        rows = rows % max(1, len(self))
+        if self.inputs.active:
+            self.inputs.check(rows)
+        x, y = fetch(self.dataset, rows)
+        return Collated(torch.as_tensor(x), torch.as_tensor(y),
+                        self.targets.batch(self.sample_ids[rows]))
 
 
 class InputChecks:
