@@ -21,6 +21,7 @@ from torch.utils.data import default_collate
 
 from softtargets.read.distill import SparseTargets, map_tensors
 from softtargets.errors import ConfigError
+from softtargets.read.ship import ship
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +127,8 @@ def collate(items: Sequence[tuple[Any, Any, Target]]) -> tuple[Any, Any, Target]
     """DataLoader collate_fn for (input, label, target) samples: (inputs (B, ...), labels (B,)
     or (B, L), a batch target). Inputs and labels are collated as torch's default does; a
     batch DistillDataset fetched at once (Collated) is returned as it is."""
-    if isinstance(items, Collated):
-        return items.batch
+    if isinstance(items, Collated):  # a DataLoader worker sends it through its ring
+        return ship(items.batch)
     inputs, labels = default_collate([(_writable(x), y) for x, y, _ in items])
     return inputs, labels, stack_targets([t for _, _, t in items])
 

@@ -49,26 +49,6 @@ class RowIndex:
         return np.unique(chosen)
 
 
-def shared_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An empty array in torch shared memory: what a DataLoader worker gathers a batch into,
-    so that sending it to the main process passes a file descriptor instead of copying it
-    (torch's default_collate does the same in workers). `tensor_of` gives its tensor back."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    like = torch.from_numpy(np.empty(0, dtype=dtype))  # the torch dtype of `dtype`
-    storage = torch.UntypedStorage._new_shared(nbytes)
-    return torch.empty(0, dtype=like.dtype).set_(storage, 0, shape).numpy()
-
-
-def tensor_of(array: np.ndarray) -> torch.Tensor:
-    """The tensor of `array`: the shared tensor it views when made by `shared_empty`, else
-    torch.from_numpy (no copy either way)."""
-    base = array.base
-    if (isinstance(base, torch.Tensor) and tuple(base.shape) == array.shape
-            and base.data_ptr() == array.__array_interface__["data"][0]):
-        return base
-    return torch.from_numpy(array)
-
-
 def fetch(dataset: Any, rows: np.ndarray) -> tuple[Any, Any]:
     """(inputs (B, ...), labels (B,) or (B, L)) of dataset rows (B,): one `take` of a
     softtargets dataset, else one `dataset[i]` per row collated as torch's default_collate."""
@@ -99,7 +79,7 @@ def make_target(units: UnitSpec, convert: Callable[[sp.SparseRows], SparseTarget
                 arrays: list[np.ndarray]) -> Target:
     """The batch target of a streamed batch's arrays (leading B) of `units`' kind."""
     if units.kind != SPARSE_KIND:  # raw logits (B, C) float16, or log-probs (B, C) at T
-        values = tensor_of(arrays[0])
+        values = torch.from_numpy(arrays[0])
         if units.kind == ENSEMBLE_KIND:
             return DenseTarget(units.temperature, log_probs=values)
         return DenseTarget(units.temperature, logits=values)

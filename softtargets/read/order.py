@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -135,7 +135,6 @@ def resume_point(counts: list[int], delivered: int) -> tuple[int, list[int]]:
 
 
 Rows = tuple[np.ndarray, ...]  # sample ids (R,) int64, then each plan array's rows, e.g. (R, C)
-Alloc = Callable[[tuple[int, ...], np.dtype], np.ndarray]  # (shape, dtype) -> an empty array
 
 
 class ChunkGauge:
@@ -158,16 +157,15 @@ class ChunkGauge:
 
 
 def worker_batches(plan: StreamPlan, *, epoch: int, worker: int, skip_batches: int = 0,
-                   gauge: ChunkGauge | None = None, reader: UnitReader | None = None,
-                   alloc: Alloc = np.empty) -> Iterator[Rows]:
+                   gauge: ChunkGauge | None = None,
+                   reader: UnitReader | None = None) -> Iterator[Rows]:
     """Batches of logical `worker` in `epoch`, after skipping its first `skip_batches`.
 
     Reads with `reader`, a reader of the plan's units opened in this process (reused across
     epochs), else opens the store itself (call it inside the process that iterates). Groups
     wholly inside the skipped prefix are not read at all. The next group is queued for decoding
     before the current one is awaited, so the decode threads never idle at a group boundary;
-    its buffer is free by then (every yielded batch is a copy). Each yielded array is made by
-    `alloc` and gathered into it (a DataLoader worker passes shared memory: no copy to send it).
+    its buffer is free by then (every yielded batch is a copy).
     """
     chunks = plan.worker_chunks(epoch, worker)
     groups = [chunks[i:i + plan.buffer_chunks] for i in range(0, len(chunks), plan.buffer_chunks)]
@@ -212,7 +210,7 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int, skip_batches: i
                 valid = valid[plan.keep[arrays[0][valid]]]
             order = plan.row_order(len(valid), epoch=epoch, worker=worker, group=g)[skip:]
             skip = 0
-            carry = yield from _emit(arrays, valid[order], carry, plan.batch_size, alloc)
+            carry = yield from _emit(arrays, valid[order], carry, plan.batch_size)
             gauge.release(len(groups[g]))  # its rows are all emitted or copied into `carry`
             held -= len(groups[g])
         if carry is not None and len(carry[0]) and not plan.drop_last:
@@ -223,32 +221,21 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int, skip_batches: i
 
 
 def _emit(arrays: tuple[np.ndarray, ...], order: np.ndarray, carry: Rows | None,
-          batch_size: int, alloc: Alloc = np.empty) -> Iterator[Rows]:
+          batch_size: int) -> Iterator[Rows]:
     """Yield full batches of rows `order` of every array (after `carry`); return the short
     remainder."""
     start = 0
     if carry is not None and len(carry[0]):
-        have = len(carry[0])
-        take = order[:batch_size - have]
-        carry = tuple(_gather(a, take, alloc, head=c) for c, a in zip(carry, arrays))
+        need = batch_size - len(carry[0])
+        take = order[:need]
+        carry = tuple(np.concatenate([c, a[take]]) for c, a in zip(carry, arrays))
         start = len(take)
         if len(carry[0]) < batch_size:
             return carry
         yield carry
     while start + batch_size <= len(order):
         take = order[start:start + batch_size]
-        yield tuple(_gather(a, take, alloc) for a in arrays)  # one gather copy per array
+        yield tuple(a[take] for a in arrays)  # one gather copy per batch and array
         start += batch_size
     take = order[start:]
-    return tuple(_gather(a, take, alloc) for a in arrays)
-
-
-def _gather(array: np.ndarray, rows: np.ndarray, alloc: Alloc,
-            head: np.ndarray | None = None) -> np.ndarray:
-    """`head` (H, ...) then rows `rows` (B,) of `array`, in one new array of `alloc`."""
-    lead = 0 if head is None else len(head)
-    out = alloc((lead + len(rows), *array.shape[1:]), array.dtype)
-    if head is not None:
-        out[:lead] = head
-    np.take(array, rows, axis=0, out=out[lead:])
-    return out
+    return tuple(a[take] for a in arrays)

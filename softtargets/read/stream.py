@@ -31,11 +31,11 @@ from softtargets.datasets.base import as_numpy
 from softtargets.errors import ConfigError, DatasetError, SofttargetsError
 from softtargets.pipeline import prefetch
 from softtargets.read.batch import DenseTarget, Target
-from softtargets.read.convert import (RowIndex, fetch, make_target, sequence_length,
-                                      shared_empty, tensor_of)
+from softtargets.read.convert import RowIndex, fetch, make_target, sequence_length
 from softtargets.read.dataset import (InputChecks, check_pairing, dataset_name, refuse_missing,
                                       sample_ids_of)
 from softtargets.read.load import ReadOptions, open_source
+from softtargets.read.ship import ship
 from softtargets.read.units import ARRAYS_KIND, UnitSpec, scan
 from softtargets.read.order import (ChunkGauge, StreamPlan, UnitReader, resume_point,
                                 worker_batches)
@@ -212,13 +212,10 @@ class StreamingDistillDataset(IterableDataset):
         plan = self._plan(workers)
         rotate, skip = resume_point(plan.batch_counts(self.epoch), start)
         logical = (worker + rotate) % plan.num_workers
-        # a DataLoader worker opens its own reader (zarr objects do not survive a fork) and
-        # gathers its batches into shared memory, which torch then sends without a copy
-        here = get_worker_info() is None
+        # a DataLoader worker opens its own reader (zarr objects do not survive a fork)
+        reader = self._reader() if get_worker_info() is None else None
         source = worker_batches(plan, epoch=self.epoch, worker=logical,
-                                skip_batches=skip[logical], gauge=self.gauge,
-                                reader=self._reader() if here else None,
-                                alloc=np.empty if here else shared_empty)
+                                skip_batches=skip[logical], gauge=self.gauge, reader=reader)
         yield from prefetch(self._batches(source), depth=self.prefetch_batches, name="stream")
 
     def _reader(self) -> UnitReader:
@@ -239,7 +236,8 @@ class StreamingDistillDataset(IterableDataset):
             else:
                 target = make_target(self._units, self._convert, arrays)
             x, y = torch.as_tensor(x), torch.as_tensor(y)
-            yield (tensor_of(ids), x, y, target) if self.with_ids else (x, y, target)
+            # a DataLoader worker sends it through its shared-memory ring (read/ship.py)
+            yield ship((torch.from_numpy(ids), x, y, target) if self.with_ids else (x, y, target))
 
     def loader(self, **kwargs: Any) -> StreamLoader:
         """A DataLoader over this dataset (batch_size=None; `kwargs` as for DataLoader) that
