@@ -246,8 +246,10 @@ class SparseStore:
     """A complete sparse store opened for reading; every read checks ids, counts, finiteness."""
 
     def __init__(self, group: zarr.Group, meta: StoreMeta, spec: SparseSpec, url: str) -> None:
+        from softtargets.format.chunks import FastArrays  # chunks imports this module
         self.group, self.meta, self.spec, self.url = group, meta, spec, url
         self.digests = DigestCheck(group, meta, url)
+        self._chunks = FastArrays(group, url)
 
     @classmethod
     def open(cls, url: str) -> SparseStore:
@@ -274,14 +276,9 @@ class SparseStore:
         ids_name, logits_name, counts_name = array_names(self.meta.kind)
         names = [n for n in (SAMPLE_ID, POSITION if self.spec.position else None, ids_name,
                              logits_name, counts_name, LSE, TAIL) if n is not None]
-        raw = {}
-        for name in names:
-            try:
-                raw[name] = np.asarray(self.group[name][sl])
-            except Exception as e:  # zarr raises codec-specific errors on a bad checksum
-                raise StoreError(f"store {self.url!r}: chunk {index} (rows {sl.start}.."
-                                 f"{sl.stop - 1}) of {name!r} cannot be decoded, the stored "
-                                 f"bytes are damaged: {e}") from e
+        # plain file reads where possible: through zarr, 5-7 arrays cost ~15 ms per chunk of
+        # event-loop round trips, 30x their decoding (the stream read ~50,000 rows/s)
+        raw = {name: self._chunks.read(name, index, sl) for name in names}
         sample_ids, positions = raw[SAMPLE_ID], raw.get(POSITION)
         rows = sp.SparseRows(ids=raw[ids_name].astype(np.int64), logits=raw[logits_name],
                              lse=raw[LSE], tail=raw[TAIL],
