@@ -38,3 +38,14 @@ def test_table_shows_the_ratio_range_or_a_dash():
     text = bench_common.table(rows)
     assert "| x | 3.00 | 1.00 | 3.00 | 2.00-4.00 | >= 1 | yes |" in text
     assert "| y | 1.00 | 2.00 | 0.50 | - | (info) | - |" in text
+
+
+def test_the_datasets_benchmark_runs_in_its_tiny_mode(tmp_path):
+    bench_datasets = pytest.importorskip("bench_datasets")
+    args = bench_datasets.tiny(bench_datasets.parser().parse_args(["--dir", str(tmp_path)]))
+    rows = bench_datasets.measure(args)
+    names = [r["measurement"] for r in rows]
+    assert len(rows) == 4 and all(r["goal"] == ">= 0.80" and r["ratio"] > 0 for r in rows)
+    assert names[0] == "StreamingDistillDataset / raw decode (dense 2,048 x 64, w=0, rows/s)"
+    assert names[3] == ("DistillDataset / raw decode (top-32 of C=1,000, 2,048 rows, w=0, "
+                        "rows/s)")

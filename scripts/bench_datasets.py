@@ -1,0 +1,215 @@
+"""Stage 2 through the public datasets: rows/s of a DataLoader epoch / raw decode of the same arrays.
+
+For a dense store (N x C float16, written by LogitWriter from a softtargets dataset, so input
+digests are checked too) and a top-k store (C = 32,000, K = 32): one epoch of
+  StreamingDistillDataset under DataLoader(batch_size=None, num_workers=w), and
+  DistillDataset under DataLoader(batch_size=B, shuffle=True, num_workers=w,
+                                  collate_fn=DistillDataset.collate),
+for w in --workers, each against raw decoding: every chunk file of the store's row arrays read
+and decoded (crc32c, zstd/blosc) by numcodecs into numpy, nothing else, on --threads threads.
+All variants of one store run in interleaved rounds (order reversed every other round) after an
+untimed warm-up; A/B is the median of per-round ratios. Workers are persistent (started once,
+as with persistent_workers=True); a worker gets --threads // w decode threads. Every read keeps
+its checks: crc32c, row checks, chunk digests, input digests.
+
+    python scripts/bench_datasets.py                 # a few minutes on 2 cores
+    python scripts/bench_datasets.py --tiny          # seconds: what tests/test_bench.py runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import Row, _paired_row, interleaved, table  # noqa: E402  (before torch)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import zarr  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import softtargets as st  # noqa: E402
+from softtargets.format import sparse as sp  # noqa: E402
+from softtargets.format import sparse_store as ss  # noqa: E402
+from softtargets.format.chunks import _numcodecs_chain, decode_chunk  # noqa: E402
+from softtargets.datasets.memory import TensorDataset  # noqa: E402
+from softtargets.format.store import read_meta  # noqa: E402
+from softtargets.write import LogitWriter  # noqa: E402
+
+
+def dataset(n: int, classes: int) -> TensorDataset:
+    """n rows of 4-byte inputs, label 0: the loader's own work dominates, not the data's."""
+    return st.from_tensors(np.zeros((n, 4), np.uint8), np.zeros(n, np.int64),
+                           num_classes=classes, name=f"bench-{n}x{classes}")
+
+
+def complete(url: str) -> bool:
+    try:
+        return bool(read_meta(url)[0].complete)
+    except Exception:  # absent or unreadable: write it again
+        return False
+
+
+def dense_store(root: Path, n: int, classes: int) -> tuple[TensorDataset, str]:
+    """A dense store of n x classes float16 logits (4 distinct random blocks), made once."""
+    data, url = dataset(n, classes), str(root / f"ds-dense-{n}x{classes}.zarr")
+    if not complete(url):
+        rng = np.random.default_rng(0)
+        pool = [(rng.standard_normal((1024, classes)) * 3).astype(np.float32) for _ in range(4)]
+        with LogitWriter(url, dataset=data, overwrite=True) as w:
+            for rows in w.todo_rows():
+                for a in range(rows.start, rows.stop, 1024):
+                    b = min(rows.stop, a + 1024)
+                    w.append(np.arange(a, b), torch.from_numpy(pool[(a // 1024) % 4][:b - a]))
+    return data, url
+
+
+def topk_store(root: Path, n: int, classes: int, k: int) -> tuple[TensorDataset, str]:
+    """A top-k store (k of `classes`, T = 1) of LM-like rows, written as converted rows."""
+    data, url = dataset(n, classes), str(root / f"ds-top{k}-{n}x{classes}.zarr")
+    if complete(url):
+        return data, url
+    spec = ss.make_spec(kind="topk", k=k, num_classes=classes, temperatures=(1.0,))
+    w = ss.SparseWriter.create(url, spec=spec, n=n, class_names=[str(c) for c in range(classes)],
+                               dataset=data.identity(), teacher={}, config={}, overwrite=True)
+    rng = np.random.default_rng(0)
+    for i in range(w.num_chunks):
+        sl = w.chunk_slice(i)
+        r = sl.stop - sl.start
+        ids = np.sort(rng.choice(classes, size=(r, k), replace=True), axis=1)
+        logits = np.sort(rng.normal(0, 3, (r, k)).astype(np.float16), axis=1)[:, ::-1]
+        rows = sp.SparseRows(ids=ids.astype(np.int64), logits=np.ascontiguousarray(logits),
+                             lse=np.full(r, 9.0, np.float32), tail=np.full((r, 1), 0.2,
+                                                                              np.float32))
+        w.write_rows(i, sample_ids=np.arange(sl.start, sl.stop), rows=rows)
+    w.finalize()
+    return data, url
+
+
+def raw_decoder(url: str, threads: int) -> Callable[[], float]:
+    """Rows/s of decoding every chunk file of the store's row arrays into numpy, nothing else."""
+    group = zarr.open_group(url, mode="r")
+    jobs = []
+    for name, array in group.arrays():  # the top level: row arrays (digests are a group)
+        chain = _numcodecs_chain(array)
+        for i in range(math.ceil(array.shape[0] / array.chunks[0])):
+            key = array.metadata.encode_chunk_key((i,) + (0,) * (array.ndim - 1))
+            jobs.append((Path(url) / name / key, chain, array.chunks, array.dtype))
+    n = read_meta(url)[0].n
+
+    def decode(job: tuple) -> int:
+        path, chain, shape, dtype = job
+        out = np.empty(shape, dtype)
+        decode_chunk(chain, path.read_bytes(), out)
+        return out.nbytes
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as ex:
+            sum(ex.map(decode, jobs))
+        return n / (time.perf_counter() - t0)
+    return run
+
+
+def epoch(loader: DataLoader, n: int) -> Callable[[], float]:
+    """Rows/s of one epoch of `loader` (which must deliver n rows)."""
+    def run() -> float:
+        t0 = time.perf_counter()
+        rows = sum(len(batch[1]) for batch in loader)
+        seconds = time.perf_counter() - t0
+        if rows != n:
+            raise RuntimeError(f"an epoch gave {rows} rows, expected {n}")
+        return rows / seconds
+    return run
+
+
+def loaders(data: TensorDataset, url: str, workers: int, args: argparse.Namespace,
+            ) -> dict[str, DataLoader]:
+    """The streaming and the map-style DataLoader of `workers` workers."""
+    decode = max(1, args.threads // max(1, workers))
+    keep = {"persistent_workers": True} if workers else {}
+    stream = st.StreamingDistillDataset(data, url, batch_size=args.batch_size,
+                                        decode_threads=decode)
+    mapped = st.DistillDataset(data, st.SoftTargets(url))  # loads the targets here, once
+    return {f"stream w={workers}": DataLoader(stream, batch_size=None, num_workers=workers,
+                                              **keep),
+            f"map w={workers}": DataLoader(mapped, batch_size=args.batch_size, shuffle=True,
+                                           num_workers=workers, **keep,
+                                           collate_fn=st.DistillDataset.collate,
+                                           generator=torch.Generator().manual_seed(0))}
+
+
+def measure_store(label: str, data: TensorDataset, url: str,
+                  args: argparse.Namespace) -> list[Row]:
+    variants = {"raw": raw_decoder(url, args.threads)}
+    for w in args.workers:
+        variants.update({name: epoch(dl, len(data))
+                         for name, dl in loaders(data, url, w, args).items()})
+    got = interleaved(variants, repeat=args.repeat)
+    rows = []
+    for name in variants:
+        if name == "raw":
+            continue
+        kind, w = name.split(" ")
+        what = "StreamingDistillDataset" if kind == "stream" else "DistillDataset"
+        rows.append(_paired_row(f"{what} / raw decode ({label}, {w}, rows/s)", got[name],
+                                got["raw"], ">= 0.80", lambda r: r >= 0.80))
+    return rows
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
+    """Both stores, every worker count; returns the table rows."""
+    torch.set_num_threads(args.threads)
+    root = Path(args.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    data, url = dense_store(root, args.n, args.classes)
+    rows = measure_store(f"dense {args.n:,} x {args.classes}", data, url, args)
+    data, url = topk_store(root, args.sparse_n, args.sparse_classes, args.k)
+    return rows + measure_store(f"top-{args.k} of C={args.sparse_classes:,}, "
+                                f"{args.sparse_n:,} rows", data, url, args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=200_000, help="rows of the dense store")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--sparse-n", type=int, default=200_000, help="rows of the top-k store")
+    p.add_argument("--sparse-classes", type=int, default=32_000)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[0, 1, 2],
+                   help="DataLoader worker counts, comma-separated")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="raw decode threads; torch threads; decode threads per process / workers")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--dir", default="runs/bench")
+    p.add_argument("--tiny", action="store_true", help="tiny stores, one round (the test)")
+    return p
+
+
+def tiny(args: argparse.Namespace) -> argparse.Namespace:
+    args.n, args.classes, args.sparse_n, args.sparse_classes = 2048, 64, 2048, 1000
+    args.repeat, args.workers = 1, [0]
+    return args
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.tiny:
+        args = tiny(args)
+    load0 = os.getloadavg()[0]
+    rows = measure(args)
+    print(f"# {os.cpu_count()} CPUs; load average {load0:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end; batch {args.batch_size}, threads {args.threads}")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
