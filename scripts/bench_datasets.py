@@ -148,10 +148,12 @@ def loaders(data: TensorDataset, url: str, workers: int, args: argparse.Namespac
 
 def measure_store(label: str, data: TensorDataset, url: str,
                   args: argparse.Namespace) -> list[Row]:
-    variants = {"raw": raw_decoder(url, args.threads)}
+    cpu: dict[str, list[float]] = {}  # rows per CPU-second of this process, in-process runs
+    variants = {"raw": with_cpu(raw_decoder(url, args.threads), len(data), cpu, "raw")}
     for w in args.workers:
-        variants.update({name: epoch(dl, len(data))
-                         for name, dl in loaders(data, url, w, args).items()})
+        for name, dl in loaders(data, url, w, args).items():
+            run = epoch(dl, len(data))
+            variants[name] = with_cpu(run, len(data), cpu, name) if w == 0 else run
     got = interleaved(variants, repeat=args.repeat)
     rows = []
     for name in variants:
@@ -161,7 +163,22 @@ def measure_store(label: str, data: TensorDataset, url: str,
         what = "StreamingDistillDataset" if kind == "stream" else "DistillDataset"
         rows.append(_paired_row(f"{what} / raw decode ({label}, {w}, rows/s)", got[name],
                                 got["raw"], ">= 0.80", lambda r: r >= 0.80))
+        if name in cpu:  # work, not waiting: less sensitive to other processes on the cores
+            rows.append(_paired_row("  same, rows per CPU-second of this process", cpu[name][1:],
+                                    cpu["raw"][1:], "(info)", None))
     return rows
+
+
+def with_cpu(run: Callable[[], float], n: int, cpu: dict[str, list[float]],
+             name: str) -> Callable[[], float]:
+    """`run`, also recording n / (CPU seconds of every thread of this process) under `name`
+    (the warm-up round's first, dropped by the caller)."""
+    def timed() -> float:
+        c0 = time.process_time()
+        value = run()
+        cpu.setdefault(name, []).append(n / max(time.process_time() - c0, 1e-9))
+        return value
+    return timed
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
