@@ -1,7 +1,8 @@
 """Stage 2 through the public datasets: rows/s of a DataLoader epoch / raw decode of the same arrays.
 
 For a dense store (N x C float16, written by LogitWriter from a softtargets dataset, so input
-digests are checked too) and a top-k store (C = 32,000, K = 32): one epoch of
+digests are checked too), a top-k store (C = 32,000, K = 32) and a per-position top-k store
+(the same, over token sequences of --length positions): one epoch of
   StreamingDistillDataset under DataLoader(batch_size=None, num_workers=w), and
   DistillDataset under DataLoader(batch_size=B, shuffle=True, num_workers=w,
                                   collate_fn=DistillDataset.collate),
@@ -40,6 +41,7 @@ from softtargets.format import sparse as sp  # noqa: E402
 from softtargets.format import sparse_store as ss  # noqa: E402
 from softtargets.format.chunks import _numcodecs_chain, decode_chunk  # noqa: E402
 from softtargets.datasets.memory import TensorDataset  # noqa: E402
+from softtargets.datasets.tokens import TokenSequences  # noqa: E402
 from softtargets.format.store import read_meta  # noqa: E402
 from softtargets.write import LogitWriter  # noqa: E402
 
@@ -79,18 +81,48 @@ def topk_store(root: Path, n: int, classes: int, k: int) -> tuple[TensorDataset,
     spec = ss.make_spec(kind="topk", k=k, num_classes=classes, temperatures=(1.0,))
     w = ss.SparseWriter.create(url, spec=spec, n=n, class_names=[str(c) for c in range(classes)],
                                dataset=data.identity(), teacher={}, config={}, overwrite=True)
-    rng = np.random.default_rng(0)
     for i in range(w.num_chunks):
         sl = w.chunk_slice(i)
-        r = sl.stop - sl.start
-        ids = np.sort(rng.choice(classes, size=(r, k), replace=True), axis=1)
-        logits = np.sort(rng.normal(0, 3, (r, k)).astype(np.float16), axis=1)[:, ::-1]
-        rows = sp.SparseRows(ids=ids.astype(np.int64), logits=np.ascontiguousarray(logits),
-                             lse=np.full(r, 9.0, np.float32), tail=np.full((r, 1), 0.2,
-                                                                              np.float32))
-        w.write_rows(i, sample_ids=np.arange(sl.start, sl.stop), rows=rows)
+        w.write_rows(i, sample_ids=np.arange(sl.start, sl.stop),
+                     rows=synthetic_rows(sl.stop - sl.start, classes, k, seed=i))
     w.finalize()
     return data, url
+
+
+def positions_store(root: Path, n: int, classes: int, k: int,
+                    length: int) -> tuple[TokenSequences, str]:
+    """A per-position top-k store over n // length token sequences of `length` (chunks of
+    whole sequences), and the TokenSequences it belongs to."""
+    seqs = n // length
+    tokens = root / f"tokens-{seqs}x{length}.bin"
+    if not tokens.exists():
+        rng = np.random.default_rng(1)
+        rng.integers(0, classes, seqs * length + 1).astype(np.uint16).tofile(tokens)
+    data = TokenSequences(tokens, seq_len=length, vocab_size=classes)
+    url = str(root / f"ds-pos-top{k}-{seqs}x{length}x{classes}.zarr")
+    if complete(url):
+        return data, url
+    spec = ss.make_spec(kind="topk", k=k, num_classes=classes, temperatures=(1.0,),
+                        position=True)
+    w = ss.SparseWriter.create(url, spec=spec, n=seqs * length, chunk_rows=32 * length,
+                               class_names=[str(c) for c in range(classes)],
+                               dataset=data.identity(), teacher={}, config={}, overwrite=True)
+    for i in range(w.num_chunks):
+        sl = w.chunk_slice(i)
+        rows = np.arange(sl.start, sl.stop)
+        w.write_rows(i, sample_ids=rows // length, positions=rows % length,
+                     rows=synthetic_rows(sl.stop - sl.start, classes, k, seed=i))
+    w.finalize()
+    return data, url
+
+
+def synthetic_rows(r: int, classes: int, k: int, *, seed: int) -> sp.SparseRows:
+    """r top-k rows: k class ids of `classes`, rank-sorted float16 logits, T = 1 tail."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(classes, size=(r, k), replace=True), axis=1)
+    logits = np.sort(rng.normal(0, 3, (r, k)).astype(np.float16), axis=1)[:, ::-1]
+    return sp.SparseRows(ids=ids.astype(np.int64), logits=np.ascontiguousarray(logits),
+                         lse=np.full(r, 9.0, np.float32), tail=np.full((r, 1), 0.2, np.float32))
 
 
 def raw_decoder(url: str, threads: int) -> Callable[[], float]:
@@ -118,42 +150,45 @@ def raw_decoder(url: str, threads: int) -> Callable[[], float]:
     return run
 
 
-def epoch(loader: DataLoader, n: int) -> Callable[[], float]:
-    """Rows/s of one epoch of `loader` (which must deliver n rows)."""
+def epoch(loader: DataLoader, n: int, length: int = 1) -> Callable[[], float]:
+    """Store rows/s of one epoch of `loader` (which must deliver n items of `length` rows)."""
     def run() -> float:
         t0 = time.perf_counter()
-        rows = sum(len(batch[1]) for batch in loader)
+        items = sum(len(batch[1]) for batch in loader)
         seconds = time.perf_counter() - t0
-        if rows != n:
-            raise RuntimeError(f"an epoch gave {rows} rows, expected {n}")
-        return rows / seconds
+        if items != n:
+            raise RuntimeError(f"an epoch gave {items} items, expected {n}")
+        return items * length / seconds
     return run
 
 
-def loaders(data: TensorDataset, url: str, workers: int, args: argparse.Namespace,
-            ) -> dict[str, DataLoader]:
+def loaders(data: TensorDataset | TokenSequences, url: str, workers: int,
+            args: argparse.Namespace, batch_size: int) -> dict[str, DataLoader]:
     """The streaming and the map-style DataLoader of `workers` workers."""
     decode = max(1, args.threads // max(1, workers))
     keep = {"persistent_workers": True} if workers else {}
-    stream = st.StreamingDistillDataset(data, url, batch_size=args.batch_size,
+    stream = st.StreamingDistillDataset(data, url, batch_size=batch_size,
                                         decode_threads=decode)
     mapped = st.DistillDataset(data, st.SoftTargets(url))  # loads the targets here, once
     return {f"stream w={workers}": DataLoader(stream, batch_size=None, num_workers=workers,
                                               **keep),
-            f"map w={workers}": DataLoader(mapped, batch_size=args.batch_size, shuffle=True,
+            f"map w={workers}": DataLoader(mapped, batch_size=batch_size, shuffle=True,
                                            num_workers=workers, **keep,
                                            collate_fn=st.DistillDataset.collate,
                                            generator=torch.Generator().manual_seed(0))}
 
 
-def measure_store(label: str, data: TensorDataset, url: str,
-                  args: argparse.Namespace) -> list[Row]:
+def measure_store(label: str, data: TensorDataset | TokenSequences, url: str,
+                  args: argparse.Namespace, *, length: int = 1) -> list[Row]:
+    """Every variant against raw decode of one store; rows/s count store rows (positions of
+    a per-position store: `length` per sequence, batches of batch_size // length sequences)."""
+    n = len(data) * length
     cpu: dict[str, list[float]] = {}  # rows per CPU-second of this process, in-process runs
-    variants = {"raw": with_cpu(raw_decoder(url, args.threads), len(data), cpu, "raw")}
+    variants = {"raw": with_cpu(raw_decoder(url, args.threads), n, cpu, "raw")}
     for w in args.workers:
-        for name, dl in loaders(data, url, w, args).items():
-            run = epoch(dl, len(data))
-            variants[name] = with_cpu(run, len(data), cpu, name) if w == 0 else run
+        for name, dl in loaders(data, url, w, args, max(1, args.batch_size // length)).items():
+            run = epoch(dl, len(data), length)
+            variants[name] = with_cpu(run, n, cpu, name) if w == 0 else run
     got = interleaved(variants, repeat=args.repeat)
     rows = []
     for name in variants:
@@ -189,8 +224,14 @@ def measure(args: argparse.Namespace) -> list[Row]:
     data, url = dense_store(root, args.n, args.classes)
     rows = measure_store(f"dense {args.n:,} x {args.classes}", data, url, args)
     data, url = topk_store(root, args.sparse_n, args.sparse_classes, args.k)
-    return rows + measure_store(f"top-{args.k} of C={args.sparse_classes:,}, "
-                                f"{args.sparse_n:,} rows", data, url, args)
+    rows += measure_store(f"top-{args.k} of C={args.sparse_classes:,}, {args.sparse_n:,} rows",
+                          data, url, args)
+    if args.length:
+        data, url = positions_store(root, args.sparse_n, args.sparse_classes, args.k, args.length)
+        rows += measure_store(f"per-position top-{args.k} of C={args.sparse_classes:,}, "
+                              f"{len(data):,} x {args.length} positions", data, url, args,
+                              length=args.length)
+    return rows
 
 
 def parser() -> argparse.ArgumentParser:
@@ -200,7 +241,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-n", type=int, default=200_000, help="rows of the top-k store")
     p.add_argument("--sparse-classes", type=int, default=32_000)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--length", type=int, default=64,
+                   help="positions per sequence of the per-position store (0: none)")
+    p.add_argument("--batch-size", type=int, default=512, help="rows (positions) per batch")
     p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[0, 1, 2],
                    help="DataLoader worker counts, comma-separated")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -213,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
 
 def tiny(args: argparse.Namespace) -> argparse.Namespace:
     args.n, args.classes, args.sparse_n, args.sparse_classes = 2048, 64, 2048, 1000
-    args.repeat, args.workers = 1, [0]
+    args.repeat, args.workers, args.length = 1, [0], 0
     return args
 
 
