@@ -10,7 +10,9 @@ Here a worker copies each batch's tensors into one slot of a ring of shared memo
 allocates once and reuses; the main process maps the ring once (the first batch carries it),
 copies the batch out of its slot when it receives it and frees the slot. A batch that finds no
 free slot, or does not fit one, is sent as torch sends it. Nothing else changes: the main
-process gets the same tensors and target dataclasses the worker yielded.
+process gets the same tensors and target dataclasses the worker yielded. Memory: SLOTS slots of
+1.25x the worker's first batch per worker; the main process keeps a worker's ring mapped until
+a ring of a new worker arrives after that worker has exited.
 """
 
 from __future__ import annotations
