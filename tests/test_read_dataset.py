@@ -209,3 +209,14 @@ def test_a_batch_fetched_at_once_equals_the_rows_fetched_one_by_one(store):
     assert sorted(r for x, _, _ in loader for r in rows_of(x)) == list(range(N))
     with pytest.raises(IndexError, match=r"rows \[48\] are outside DistillDataset of 48 rows"):
         data.__getitems__([1, 48])
+
+
+def test_a_subclass_that_overrides_getitem_still_gets_its_rows_through_it(store):
+    class Flipped(DistillDataset):
+        def __getitem__(self, index):
+            x, y, target = super().__getitem__(index)
+            return -x, y, target
+
+    data = Flipped(rgb(), SoftTargets(store, temperature=T))
+    x, _, _ = DistillDataset.collate(data.__getitems__([3, 1]))
+    assert rows_of(-x) == [3, 1]  # each row through the subclass: negated

@@ -81,7 +81,10 @@ class DistillDataset(Dataset):
         """Rows `indices` at once (a DataLoader's fetcher calls this for each batch): one `take`
         of the dataset and one gather of the targets instead of one lookup and one stack per
         row, which cost ~25x the decode of the same rows. Returns the items as a sequence
-        that DistillDataset.collate turns into the batch without a per-row step."""
+        that DistillDataset.collate turns into the batch without a per-row step. A subclass
+        that overrides __getitem__ gets its rows one by one, through it."""
+        if type(self).__getitem__ is not DistillDataset.__getitem__:  # a subclass's own rows
+            return [self[int(i)] for i in indices]  # type: ignore[return-value]
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)  # (B,)
         if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
             bad = rows[(rows < -len(self)) | (rows >= len(self))][:5].tolist()
