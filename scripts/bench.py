@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_codecs  # noqa: E402
 import bench_common  # noqa: E402
+import bench_datasets  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_teacher_logits  # noqa: E402
 
@@ -25,6 +26,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=200_000, help="rows of the synthetic logit store")
     p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--sparse-n", type=int, default=200_000,
+                   help="rows of the top-k store (C = 32,000, K = 32)")
     p.add_argument("--student-rows", type=int, default=20_000)
     p.add_argument("--rows", type=int, default=60_000, help="stage-1 rows, MLP teacher")
     p.add_argument("--cnn-rows", type=int, default=5_000, help="stage-1 rows, CNN teacher")
@@ -48,7 +51,11 @@ def main() -> None:
         ["--rows", str(args.rows), "--cnn-rows", str(args.cnn_rows), "--repeat",
          str(args.repeat), "--threads", str(args.threads), "--dir", args.dir])
     Path(args.dir).mkdir(parents=True, exist_ok=True)
-    rows = bench_teacher_logits.measure(teacher_args) + bench_loader.measure(loader_args)
+    datasets_args = bench_datasets.parser().parse_args(
+        ["--n", str(args.n), "--classes", str(args.classes), "--sparse-n", str(args.sparse_n),
+         "--repeat", str(args.repeat), "--threads", str(args.threads), "--dir", args.dir])
+    rows = (bench_teacher_logits.measure(teacher_args) + bench_loader.measure(loader_args)
+            + bench_datasets.measure(datasets_args))
     rows += extra_rows(args)
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
           f", torch threads {args.threads}; load average {load0:.1f} at the start, "

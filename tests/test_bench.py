@@ -53,3 +53,15 @@ def test_gpu_check_rows_join_the_table_named_by_device_and_date(tmp_path):
                                           "stage 2 x / y (s)"}]
     assert "| GPU check (NVIDIA H200, 2026-12-01 10:00:00 UTC): stage 2 x / y (s) | 2.00 | " \
         "1.00 | 2.00 | - | <= 1.05 | NO |" in bench_common.table(got)
+
+
+def test_the_datasets_benchmark_runs_in_its_tiny_mode(tmp_path):
+    bench_datasets = pytest.importorskip("bench_datasets")
+    args = bench_datasets.tiny(bench_datasets.parser().parse_args(["--dir", str(tmp_path)]))
+    rows = bench_datasets.measure(args)
+    names = [r["measurement"] for r in rows]
+    assert len(rows) == 8 and all(r["ratio"] > 0 for r in rows)
+    assert names[0] == "StreamingDistillDataset / raw decode (dense 2,048 x 64, w=0, rows/s)"
+    assert names[1] == "  same, rows per CPU-second of this process"
+    assert names[6] == ("DistillDataset / raw decode (top-32 of C=1,000, 2,048 rows, w=0, "
+                        "rows/s)")

@@ -190,3 +190,33 @@ def test_token_sequences_with_a_per_position_topk_store(tmp_path):
     short = TokenSequences(tmp_path / "t.bin", seq_len=3, vocab_size=12)
     with pytest.raises(StoreMismatchError, match="n differs"):
         DistillDataset(short, targets)
+
+
+def test_a_batch_fetched_at_once_equals_the_rows_fetched_one_by_one(store):
+    data = DistillDataset(rgb(), SoftTargets(store, temperature=T))
+    rows = [5, 0, 47, 12, 5]
+    batch = data.__getitems__(rows)  # what the DataLoader's fetcher calls for each batch
+    x, y, target = DistillDataset.collate(batch)
+    one = DistillDataset.collate([data[i] for i in rows])  # per-row items, stacked
+    assert rows_of(x) == rows and torch.equal(x, one[0])
+    assert torch.equal(y, one[1]) and y.dtype == one[1].dtype == torch.int64
+    assert torch.equal(target.logits, one[2].logits) and target.temperature == T
+    # a user's own collate_fn still sees B (input, label, target) items
+    assert len(batch) == 5 and rows_of(batch[2][0][None]) == [47]
+    assert torch.equal(batch[1][2].logits, data[0][2].logits)
+    loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=DistillDataset.collate,
+                        generator=torch.Generator().manual_seed(0))
+    assert sorted(r for x, _, _ in loader for r in rows_of(x)) == list(range(N))
+    with pytest.raises(IndexError, match=r"rows \[48\] are outside DistillDataset of 48 rows"):
+        data.__getitems__([1, 48])
+
+
+def test_a_subclass_that_overrides_getitem_still_gets_its_rows_through_it(store):
+    class Flipped(DistillDataset):
+        def __getitem__(self, index):
+            x, y, target = super().__getitem__(index)
+            return -x, y, target
+
+    data = Flipped(rgb(), SoftTargets(store, temperature=T))
+    x, _, _ = DistillDataset.collate(data.__getitems__([3, 1]))
+    assert rows_of(-x) == [3, 1]  # each row through the subclass: negated

@@ -129,20 +129,52 @@ class ChunkReader:
         return (ids[:n], *(out[:n] for out in outs))
 
     def _decode_into(self, name: str, index: int, out: np.ndarray) -> None:
-        array = self._arrays[name]
-        key = array.metadata.encode_chunk_key((index,) + (0,) * (out.ndim - 1))
-        path = self._root / array.path / key  # type: ignore[operator]
-        where = chunk_label(index, chunk_slice(self.meta, index), name)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError as e:
-            raise StoreError(f"store {self.url!r}: {where} is missing ({key}); the chunk was "
-                             "never written or was deleted") from e
-        try:
-            decode_chunk(self._fast[name], raw, out)  # type: ignore[arg-type]
-        except Exception as e:  # a bad checksum or a truncated chunk
-            raise StoreError(f"store {self.url!r}: {where} cannot be decoded, the stored bytes "
-                             f"are damaged: {e}") from e
+        decode_file(self._arrays[name], self._root, self._fast[name], self.url,  # type: ignore[arg-type]
+                    name, index, chunk_slice(self.meta, index), out)
+
+
+class FastArrays:
+    """Whole chunks of a store's row arrays by name, decoded like ChunkReader's fast path
+    (plain file read, crc32c and the codec into a new buffer) when the array is local, of
+    the v1 codecs and chunked by rows only; through zarr otherwise. Arrays are looked up once
+    (zarr reads an array's metadata on every group lookup)."""
+
+    def __init__(self, group: Any, url: str) -> None:
+        self.group, self.url = group, url
+        self._arrays: dict[str, tuple[Any, list[numcodecs.abc.Codec] | None, Path | None]] = {}
+
+    def read(self, name: str, index: int, sl: slice) -> np.ndarray:
+        """Rows `sl` of chunk `index` of array `name`; damaged bytes raise StoreError."""
+        if name not in self._arrays:
+            array = self.group[name]
+            whole = tuple(array.chunks[1:]) == tuple(array.shape[1:]) and array.shards is None
+            self._arrays[name] = (array, _numcodecs_chain(array) if whole else None,
+                                  _local_root(array))
+        array, chain, root = self._arrays[name]
+        if chain is None or root is None:
+            return read_rows(array, self.url, name, index, sl)
+        out = np.empty((array.chunks[0], *array.shape[1:]), dtype=array.dtype)
+        decode_file(array, root, chain, self.url, name, index, sl, out)
+        return out[:sl.stop - sl.start]
+
+
+def decode_file(array: Any, root: Path, chain: list[numcodecs.abc.Codec], url: str, name: str,
+                index: int, sl: slice, out: np.ndarray) -> None:
+    """Decode the file of chunk `index` (rows `sl`) of local `array` into `out` (the whole
+    chunk); a missing or damaged chunk raises StoreError naming the store, array and rows."""
+    key = array.metadata.encode_chunk_key((index,) + (0,) * (out.ndim - 1))
+    path = root / array.path / key
+    where = chunk_label(index, sl, name)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        raise StoreError(f"store {url!r}: {where} is missing ({key}); the chunk was "
+                         "never written or was deleted") from e
+    try:
+        decode_chunk(chain, raw, out)
+    except Exception as e:  # a bad checksum or a truncated chunk
+        raise StoreError(f"store {url!r}: {where} cannot be decoded, the stored bytes "
+                         f"are damaged: {e}") from e
 
 
 def decode_chunk(chain: list[numcodecs.abc.Codec], raw: bytes, out: np.ndarray) -> None:

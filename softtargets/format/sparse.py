@@ -185,11 +185,17 @@ def concat_rows(parts: list[SparseRows]) -> SparseRows:
                       tail=np.concatenate([p.tail for p in parts]), counts=counts)
 
 
+def same_temperature(a: float, b: float) -> bool:
+    """np.isclose(a, b, rtol=1e-6, atol=0) on two numbers, without its ~35 us of array work
+    (called for every streamed batch)."""
+    return abs(a - b) <= 1e-6 * abs(b)
+
+
 def temperature_index(temperatures: tuple[float, ...], temperature: float, *,
                       purpose: str) -> int:
     """Column of `temperature` in the stored tail masses; refuses a temperature not stored."""
     for j, t in enumerate(temperatures):
-        if np.isclose(t, temperature, rtol=1e-6, atol=0.0):
+        if same_temperature(t, temperature):
             return j
     raise SparseTemperatureError(
         f"{purpose} at T={temperature:g} needs the tail mass at that temperature, but the store "
@@ -211,7 +217,7 @@ def listed_log_probs(rows: SparseRows, *, temperatures: tuple[float, ...],
     T = 1 uses lse directly; another stored T uses (1 - tail_T) * softmax over the listed classes.
     """
     z = rows.logits.astype(np.float64)
-    if np.isclose(temperature, 1.0, rtol=1e-6, atol=0.0):
+    if same_temperature(temperature, 1.0):
         return np.where(rows.mask, z - rows.lse.astype(np.float64)[:, None], -np.inf)
     j = temperature_index(temperatures, temperature, purpose="exact teacher probabilities")
     kept = 1.0 - rows.tail[:, j].astype(np.float64)  # (R,)
@@ -242,7 +248,7 @@ def sampled_weights(rows: SparseRows, *, temperatures: tuple[float, ...], temper
         raise ConfigError("sampled_weights needs a sampled store (counts), got top-k rows")
     draws = rows.counts.sum(axis=1, keepdims=True)
     share = rows.counts / draws  # (R, K)
-    if np.isclose(temperature, sample_temperature, rtol=1e-6, atol=0.0):
+    if same_temperature(temperature, sample_temperature):
         return share
     log_pt = listed_log_probs(rows, temperatures=temperatures, temperature=temperature)
     log_ps = listed_log_probs(rows, temperatures=temperatures, temperature=sample_temperature)

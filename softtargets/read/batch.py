@@ -21,6 +21,7 @@ from torch.utils.data import default_collate
 
 from softtargets.read.distill import SparseTargets, map_tensors
 from softtargets.errors import ConfigError
+from softtargets.read.ship import ship
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +106,29 @@ def _stack(items: list[Any]) -> Any:
     return dataclasses.replace(items[0], **changes)
 
 
+class Collated(Sequence):
+    """A batch DistillDataset fetched at once, seen as its B items (input, label, target) by
+    any collate_fn; `collate` returns `batch` directly."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, target: Target) -> None:
+        self.batch = (x, y, target)
+
+    def __len__(self) -> int:
+        return len(self.batch[1])
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        x, y, target = self.batch
+        return x[i], y[i], target[i]
+
+
 def collate(items: Sequence[tuple[Any, Any, Target]]) -> tuple[Any, Any, Target]:
     """DataLoader collate_fn for (input, label, target) samples: (inputs (B, ...), labels (B,)
-    or (B, L), a batch target). Inputs and labels are collated as torch's default does."""
+    or (B, L), a batch target). Inputs and labels are collated as torch's default does; a
+    batch DistillDataset fetched at once (Collated) is returned as it is."""
+    if isinstance(items, Collated):  # a DataLoader worker sends it through its ring
+        return ship(items.batch)
     inputs, labels = default_collate([(_writable(x), y) for x, y, _ in items])
     return inputs, labels, stack_targets([t for _, _, t in items])
 

@@ -184,7 +184,7 @@ def sparse_targets(rows: sparse.SparseRows, *, kind: str, temperatures: tuple[fl
     """
     if tail not in sparse.TAIL_MODES:
         raise ConfigError(f"tail must be one of {list(sparse.TAIL_MODES)}, got {tail!r}")
-    ids = torch.from_numpy(rows.ids.astype(np.int64))
+    ids = torch.from_numpy(rows.ids.astype(np.int64, copy=False))
     if kind == "topk" and tail == "renormalise":
         log_p = sparse.renormalised_log_probs(rows, temperature=temperature)
         return SparseTargets(kind, ids, torch.from_numpy(log_p.astype(np.float32)),

@@ -50,6 +50,12 @@ class Table:
     def __post_init__(self) -> None:
         self.sample_ids.setflags(write=False)  # lookups rely on it staying sorted
 
+    @functools.cached_property
+    def dense_ids(self) -> bool:
+        """Whether the sample ids are 0..S-1 (then row s is sample id s: no search)."""
+        ids = self.sample_ids
+        return bool(len(ids) == 0 or (ids[0] == 0 and ids[-1] == len(ids) - 1))
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:

@@ -36,7 +36,8 @@ from softtargets.read.dataset import (InputChecks, check_pairing, dataset_name, 
                                       sample_ids_of)
 from softtargets.read.load import ReadOptions, open_source
 from softtargets.read.replay import REPLAY, Replay
-from softtargets.read.units import ENSEMBLE_KIND, scan
+from softtargets.read.ship import ship
+from softtargets.read.units import ARRAYS_KIND, ENSEMBLE_KIND, UnitSpec, scan
 from softtargets.read.order import (ChunkGauge, StreamPlan, UnitReader, resume_point,
                                 worker_batches)
 
@@ -235,7 +236,8 @@ class StreamingDistillDataset(IterableDataset):
             else:
                 target = make_target(self._units, self._convert, arrays)
             x, y = torch.as_tensor(x), torch.as_tensor(y)
-            yield (torch.from_numpy(ids), x, y, target) if self.with_ids else (x, y, target)
+            # a DataLoader worker sends it through its shared-memory ring (read/ship.py)
+            yield ship((torch.from_numpy(ids), x, y, target) if self.with_ids else (x, y, target))
 
     def loader(self, **kwargs: Any) -> StreamLoader:
         """A DataLoader over this dataset (batch_size=None; `kwargs` as for DataLoader) that

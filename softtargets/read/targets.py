@@ -160,7 +160,9 @@ class SoftTargets:
         if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
             raise ConfigError(f"targets.batch takes a 1-d sequence of integer sample ids, got "
                               f"shape {ids.shape} and dtype {ids.dtype}")
-        return self._loaded().target[torch.from_numpy(self._rows(ids.astype(np.int64)))]
+        rows = torch.from_numpy(self._rows(ids.astype(np.int64)))
+        # index_select: a row gather, ~10x faster than advanced indexing t[rows] on a CPU
+        return map_tensors(self._loaded().target, lambda t: t.index_select(0, rows))
 
     def __iter__(self) -> Iterator[Target]:
         """Targets in increasing sample id order."""
@@ -173,7 +175,10 @@ class SoftTargets:
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         """Table rows (B,) of sample ids (B,); refuses ids the store has no target for."""
-        known = self._loaded().sample_ids
+        table = self._loaded()
+        known = table.sample_ids
+        if table.dense_ids and (not ids.size or (ids.min() >= 0 and ids.max() < len(known))):
+            return ids  # sample ids 0..S-1: row s holds sample id s
         rows = np.searchsorted(known, ids)
         found = rows < len(known)
         found[found] = known[rows[found]] == ids[found]
