@@ -275,6 +275,9 @@ def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
               show_default=True, help="Softmax temperature of the soft-target term.")
 @click.option("--alpha", type=float, default=StudentTrainConfig.alpha, show_default=True,
               help="Weight of the soft-target term; 1 - alpha weighs the hard-label term.")
+@click.option("--loss", "loss_kind", default="kl", show_default=True,
+              type=click.Choice(["kl", "mse"]),
+              help="Soft term: KL at T, or mean squared error of the logits (dense stores).")
 @click.option("--out", default="runs/{dataset}/student", show_default=True)
 @click.option("--combine", default=None,
               help="Ensemble stores: arithmetic|geometric mean of the members at T "
@@ -292,8 +295,8 @@ def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
 @click.option("--mixup", type=float, default=0.0, show_default=True,
               help="Mixup with Beta(a, a) coefficients; the stored targets are mixed with the "
                    "same coefficient (0: off; e.g. 0.2).")
-def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
-                tail: str, loader: str, loader_workers: int, mixup: float,
+def student_cmd(store: str, temperature: float, alpha: float, loss_kind: str, out: str,
+                combine: str | None, tail: str, loader: str, loader_workers: int, mixup: float,
                 student_factory: str | None, optimizer: str | None, resume: bool,
                 **kw: Any) -> None:
     """Stage 2: train a student from a logit store of any kind.
@@ -309,13 +312,14 @@ def student_cmd(store: str, temperature: float, alpha: float, out: str, combine:
         return student_command(student_factory, data_opts, store=store, out=out,
                                temperature=temperature, alpha=alpha, rule=combine, tail=tail,
                                loader=loader, loader_workers=loader_workers, mixup=mixup,
-                               optimizer=optimizer, resume=resume, **kw)
+                               optimizer=optimizer, resume=resume, loss=loss_kind, **kw)
     if optimizer is not None or resume:
         raise ConfigError("--optimizer and --resume apply to --student-factory students; the "
                           "built-in students use SGD with momentum and train in one go (drop "
                           f"{'--optimizer' if optimizer is not None else '--resume'})")
     _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
-                   tail=tail, loader=loader, loader_workers=loader_workers, mixup=mixup, **kw)
+                   tail=tail, loader=loader, loader_workers=loader_workers, mixup=mixup,
+                   loss=loss_kind, **kw)
 
 
 @cli.command("baseline")
@@ -338,7 +342,8 @@ def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, 
                              epochs=epochs, batch_size=batch_size, lr=lr, clip_grad=clip_grad,
                              seed=seed, threads=threads, **loss)
     m = train_student(cfg, out_dir=out, progress=not quiet)
-    how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}" if store else "hard labels"
+    how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}, loss {cfg.loss}" if store else \
+        "hard labels"
     click.echo(f"{m['role']}: {m['model']} ({how}), {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
 

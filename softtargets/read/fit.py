@@ -27,6 +27,7 @@ from softtargets.read.loader import StreamOptions
 from softtargets.progress import bar as progress_bar
 from softtargets.read import (DistillDataset, SoftTargets, StreamingDistillDataset,
                               distillation_loss)
+from softtargets.read.distill import check_loss
 from softtargets.format.store import read_meta
 from softtargets.write.forward import as_input
 
@@ -49,10 +50,12 @@ class FitConfig:
     clip_grad: float = 0.0
     rule: str | None = None
     tail: str = "rest"
+    loss: str = "kl"  # "kl" at T or "mse" of logits (distillation_loss)
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
         check_alpha(self.alpha)
+        check_loss(self.loss)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got "
                               f"{self.optimizer!r}")
@@ -128,7 +131,7 @@ def _epoch(model: nn.Module, loader: Iterable[Any], optim: torch.optim.Optimizer
     total, rows = 0.0, 0
     for step, (x, y, target) in enumerate(loader, start=start):
         loss = distillation_loss(model(x), target, y, temperature=cfg.temperature,
-                                 alpha=cfg.alpha)
+                                 alpha=cfg.alpha, loss=cfg.loss)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"student: loss became {loss.item()} at epoch "
                                         f"{epoch + 1}, step {step + 1} (lr {cfg.lr}); lower --lr")

@@ -218,14 +218,18 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
     elif log_probs:  # teacher batches hold the target's log-probs at T (ensembles, mixup)
         def loss_fn(s: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
             return distillation_loss_from_log_probs(s, t, y, temperature=cfg.temperature,
-                                                    alpha=cfg.alpha)
+                                                    alpha=cfg.alpha, loss=cfg.loss)
         role = "distilled"
     else:
         def loss_fn(s: torch.Tensor, y: torch.Tensor, t: Any) -> torch.Tensor:
             if isinstance(t, SparseTargets):  # top-k or sampled store: loss by its kind
+                if cfg.loss != "kl":
+                    raise ConfigError(f"--loss {cfg.loss} matches dense logits; store "
+                                      f"{cfg.store!r} holds sparse targets: use --loss kl")
                 return sparse_distillation_loss(s, t, y, temperature=cfg.temperature,
                                                 alpha=cfg.alpha)
-            return distillation_loss(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)
+            return distillation_loss(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha,
+                                     loss=cfg.loss)
         role = "distilled"
     opts = FitOptions(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                       momentum=cfg.momentum, seed=cfg.seed, clip_grad=cfg.clip_grad)
