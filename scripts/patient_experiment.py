@@ -38,6 +38,18 @@ from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm
 AUGMENT = "shift=2,flip=1,rotate=10,scale=1.1"  # padded random crop (pad 2), flip, rotate, zoom
 
 
+class Pixels(torch.nn.Module):
+    """A recipe teacher on a dataset's raw uint8 images: x / 255, as views and students see
+    them (views stores scale uint8 themselves)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.float() / 255.0 if x.dtype == torch.uint8 else x)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Sizes of the experiment (`quick` gives minutes on 2 cores)."""
@@ -67,7 +79,7 @@ QUICK = Plan(out="runs/fashion-mnist/patient-quick", limit=2000, val_rows=1000, 
 
 def stage1(plan: Plan, out: Path, teachers: list[str]) -> tuple[dict[str, str], dict, dict]:
     """Stores (arm key -> url), their stage-1 seconds, and the ensemble's test metrics."""
-    models = [load_checkpoint(p).model for p in teachers]
+    models = [Pixels(load_checkpoint(p).model) for p in teachers]
     data = DataConfig(limit=plan.limit, val_rows=plan.val_rows)
     train = IDXDataset.from_split(load_split(data))
     test = IDXDataset.from_split(load_split(data.for_test()))

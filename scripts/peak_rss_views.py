@@ -52,7 +52,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         print(f"V={args.views} views per sample{' (mixed, prob 0.5)' if args.mix else ''}")
-        print(f"{'rows':>8} {'views written':>14} {'seconds':>8} {'views/s':>8} {'peak RSS MiB':>13}")
+        print(f"{'rows':>8} {'views written':>14} {'seconds':>8} {'views/s':>8} "
+              f"{'peak RSS MiB':>13}")
         for limit in (int(x) for x in args.limits.split(",")):
             m = measure(limit=limit, views=args.views, mix=args.mix,
                         store=str(Path(tmp) / f"v{limit}.zarr"))
