@@ -342,8 +342,8 @@ def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, 
                              epochs=epochs, batch_size=batch_size, lr=lr, clip_grad=clip_grad,
                              seed=seed, threads=threads, **loss)
     m = train_student(cfg, out_dir=out, progress=not quiet)
-    how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}, loss {cfg.loss}" if store else \
-        "hard labels"
+    suffix = "" if cfg.loss == "kl" else f", loss {cfg.loss}"
+    how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}{suffix}" if store else "hard labels"
     click.echo(f"{m['role']}: {m['model']} ({how}), {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
 
