@@ -257,22 +257,18 @@ def test_resume_without_a_store_says_it_wrote_a_new_one(tiny_data, tmp_path):
     assert LogitStore.open(str(store)).meta.complete
 
 
-def test_views_narrow_the_default_chunk_rows():
+def test_views_narrow_the_default_chunk_rows(tmp_path):
     # C=5: a float16 logits row is 10 bytes, the default chunk 2 MiB / 10 = 209715 rows; with
     # V=64 a view_params row is 64 x 5 float32 = 1280 bytes, 128 logits rows: 209715 // 128
-    import numpy as np
-
     from softtargets import LogitWriter, Views
     from softtargets.datasets import from_tensors
     data = from_tensors(np.zeros((3000, 4, 4), np.float32), np.zeros(3000, np.int64),
                         num_classes=5)
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        plain = LogitWriter(f"{tmp}/p.zarr", dataset=data)
-        views = LogitWriter(f"{tmp}/v.zarr", dataset=data, views=Views(count=64))
-        try:
-            assert plain.session.writer.meta.chunk_rows == 3000
-            assert views.session.writer.meta.chunk_rows == 209715 // 128 == 1638
-        finally:
-            plain.abort()
-            views.abort()
+    plain = LogitWriter(str(tmp_path / "p.zarr"), dataset=data)
+    views = LogitWriter(str(tmp_path / "v.zarr"), dataset=data, views=Views(count=64))
+    try:
+        assert plain.session.writer.meta.chunk_rows == 3000
+        assert views.session.writer.meta.chunk_rows == 209715 // 128 == 1638
+    finally:
+        plain.abort()
+        views.abort()
