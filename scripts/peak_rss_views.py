@@ -6,6 +6,10 @@ writer holds one chunk of (chunk_rows, V, C) logits). Each run is a fresh subpro
 reporting its own ru_maxrss.
 
     python scripts/peak_rss_views.py [--views 64] [--limits 1000,4000] [--mix]
+
+glibc keeps freed batch buffers (its mmap threshold grows after large frees), which shows as
+a slow rise of the peak with N; MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=65536 in the
+environment removes it (README, "Patient and consistent distillation").
 """
 
 from __future__ import annotations
