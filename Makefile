@@ -30,7 +30,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup data teacher teacher-logits student baseline distilled summary test test-slow clean \
 	help choose-recipe FORCE teachers ensemble-logits report report-long report-quick report-setup \
-	bench bench-sparse views-experiment bench-codecs scale-sim gpu-check
+	bench bench-sparse views-experiment bench-codecs scale-sim gpu-check report-patient
 
 help:
 	@echo "make student    set-up, data, teacher, teacher-logits, baseline and distilled student"
@@ -39,6 +39,8 @@ help:
 	@echo "make report     the paper's experiments -> reports/ (make report-quick: a few minutes;"
 	@echo "                make report-long: students 100 epochs -> reports/long)"
 
+	@echo "make report-patient   stored views / mixed views / online matching -> reports/patient"
+	@echo "                (QUICK=1: minutes; runs resume and skip finished (arm, seed) runs)"
 	@echo "make bench      stage 1 and stage 2 speed benchmarks, one table (BENCH_ARGS=...)"
 	@echo "make gpu-check  the GPU path measured (needs CUDA); make bench-codecs, make scale-sim"
 	@echo "make choose-recipe   T x alpha grid on the VAL_ROWS held-out rows, then 3 seeds (README)"
@@ -176,6 +178,11 @@ report-long: report-setup data
 
 report-quick: report-setup data
 	$(PY) scripts/experiments.py --quick --dataset $(DATASET) $(EXPERIMENT_FLAGS)
+
+# patient and consistent distillation: hard labels, clean targets, stored views V=4/16/64, stored
+# mixed views, online function matching; choices on the VAL rows, 3 seeds. QUICK=1: minutes.
+report-patient: report-setup data
+	$(PY) scripts/patient_experiment.py $(if $(QUICK),--quick --reports reports/patient-quick)
 
 # augmentation-consistent soft targets, (a)-(d) side by side; QUICK=1 for a small run
 # VIEWS_TEACHER: any softtargets checkpoint, e.g. a CNN of `make report`:

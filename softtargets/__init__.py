@@ -5,6 +5,7 @@ student's data loader and loss. The public API:
 
     write_logits(teacher, dataset, store, *, targets=Dense() | TopK(k) | Sampled(k), ...)
     write_logits(..., views=Views(count=V, augment=AugmentSpec(...) | "shift=2,flip=1"))
+    write_logits(..., views=Views(count=V, mix=Mix(kind="mixup" | "cutmix", alpha=1.0)))
     LogitWriter(store, ...).append(sample_ids, logits); .close()     # your own inference loop
     SoftTargets(store, *, temperature, rule, tail, view)              # targets by sample id
     DistillDataset(dataset, targets)                                  # map-style torch Dataset
@@ -36,7 +37,7 @@ __version__ = "0.1.0"
 _LAZY = {
     **dict.fromkeys(("Dense", "TopK", "Sampled", "TopKLogProbs", "LogitWriter",
                      "write_logits", "import_topk"), "softtargets.write"),
-    **dict.fromkeys(("Views", "AugmentSpec"), "softtargets.augment"),
+    **dict.fromkeys(("Views", "AugmentSpec", "Mix"), "softtargets.augment"),
     **dict.fromkeys(("SoftTargets", "DistillDataset", "StreamingDistillDataset",
                      "distillation_loss", "DenseTarget", "SparseTargets", "PositionTargets"),
                     "softtargets.read"),

@@ -119,9 +119,13 @@ class StudentTrainConfig:
     loader: str = "auto"  # auto: stream the store when its logits exceed 1 GiB, else load it
     loader_workers: int = 0  # DataLoader worker processes of the streaming loader
     mixup: float = 0.0  # Beta(a, a) mixup of inputs and stored targets; 0: off
+    loss: str = "kl"  # the soft term: "kl" at T, or "mse" of logits (read.distill.LOSSES)
 
     def __post_init__(self) -> None:
         _check_common(self.epochs, self.batch_size, self.lr)
+        if self.loss not in ("kl", "mse"):
+            raise ConfigError(f"loss must be 'kl' (KL at T) or 'mse' (mean squared error of "
+                              f"the logits), got {self.loss!r}")
         if self.loader not in ("auto", "memory", "stream"):
             raise ConfigError(f"loader must be 'auto', 'memory' or 'stream', got {self.loader!r}")
         if self.loader_workers < 0:

@@ -58,7 +58,10 @@ def test_streamed_student_matches_in_memory_rows(pipeline):
     assert "distilled: mlp 784-32-32-10 (T=20, alpha=0.9), 2 epochs on 96 rows" in res.output
     m = json.loads((r / "streamed" / "metrics.json").read_text())
     assert m["config"]["loader"] == "stream" and len(m["history"]) == 2
-    assert np.isfinite(m["train_loss"])
+    assert np.isfinite(m["train_loss"]) and m["config"]["loss"] == "kl"
+    res = run("student", *common, "--loss", "mse", "--out", r / "mse")
+    assert "(T=20, alpha=0.9, loss mse), 2 epochs" in res.output
+    assert json.loads((r / "mse" / "metrics.json").read_text())["config"]["loss"] == "mse"
     res = run("student", *common, "--loader", "disk", "--out", r / "x", ok=False)
     assert res.exit_code == 2 and "'disk' is not one of" in res.output
 

@@ -226,6 +226,25 @@ def test_student_trains_from_ensemble_store(ensemble_store, tiny_data, tmp_path)
                                          combine="geometric"), out_dir=str(tmp_path / "x"))
 
 
+def test_student_mse_loss_is_recorded_and_round_trips(ensemble_store, tiny_data, tmp_path):
+    import json
+
+    import torch
+
+    from softtargets.config import from_dict, to_dict
+    from softtargets.recipes.hinton2015.train import train_student
+    _, _, store = ensemble_store
+    cfg = StudentTrainConfig(data=tiny_data, store=store.url, hidden=(16,), epochs=1,
+                             batch_size=16, temperature=3.0, loss="mse")
+    assert from_dict(StudentTrainConfig, json.loads(json.dumps(to_dict(cfg)))).loss == "mse"
+    m = train_student(cfg, out_dir=str(tmp_path / "s"), progress=False)
+    assert m["config"]["loss"] == "mse" and np.isfinite(m["train_loss"])
+    saved = torch.load(tmp_path / "s" / "student.pt", weights_only=False)
+    assert saved["config"]["loss"] == "mse"
+    with pytest.raises(ConfigError, match="loss must be 'kl' .* got 'l1'"):
+        StudentTrainConfig(loss="l1")
+
+
 def test_other_dataset_still_refused(ensemble_store, tiny_data):
     from softtargets.errors import StoreMismatchError
     from softtargets.datasets.idx import IDXDataset

@@ -105,3 +105,52 @@ def test_refusals_are_one_line():
         distillation_loss(UNIFORM4, torch.zeros(1, 4), y, temperature=1.0, alpha=1.0)
     with pytest.raises(ConfigError, match=r"alpha .* must be in \[0, 1\], got 2"):
         distillation_loss(UNIFORM4, dense, y, temperature=2.0, alpha=2)
+
+
+def test_mse_dense_logits_by_hand():
+    # s = [1, 0], t = [0, 2]: mean over classes of (1^2 + 2^2) = 2.5; CE(y=1, [1, 0]) = ln(1+e)
+    target = DenseTarget(4.0, logits=torch.tensor([[0.0, 2.0]]))
+    student = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    loss = distillation_loss(student, target, torch.tensor([1]), temperature=4.0, alpha=0.5,
+                             loss="mse")
+    assert loss.item() == pytest.approx(0.5 * 2.5 + 0.5 * LN(1 + math.e), rel=1e-6)
+    loss.backward()  # d/ds of 0.5 * mean((s - t)^2) alone: (s - t) / 2 = [0.5, -1]
+    ce_grad = torch.softmax(torch.tensor([1.0, 0.0]), 0) - torch.tensor([0.0, 1.0])
+    assert student.grad[0].tolist() == pytest.approx((torch.tensor([0.5, -1.0])
+                                                      + 0.5 * ce_grad).tolist(), rel=1e-6)
+
+
+def test_mse_ignores_temperature_for_logits():
+    target = DenseTarget(1.0, logits=torch.tensor([[0.0, 3.0, 0.0]]))
+    loss = distillation_loss(torch.zeros(1, 3), target, torch.tensor([0]), temperature=1.0,
+                             alpha=1.0, loss="mse")
+    assert loss.item() == pytest.approx(3.0)  # 9 / 3 classes
+
+
+def test_mse_log_probs_centred_by_hand():
+    # p = (1/4, 3/4) at T=2 -> T log p = (2 ln 1/4, 2 ln 3/4), centred: (-ln 3, ln 3);
+    # student (5, 5) centred: (0, 0) -> mean of (ln 3)^2 over the 2 classes
+    target = DenseTarget(2.0, log_probs=torch.tensor([[LN(0.25), LN(0.75)]]))
+    loss = distillation_loss(torch.full((1, 2), 5.0), target, torch.tensor([0]),
+                             temperature=2.0, alpha=1.0, loss="mse")
+    assert loss.item() == pytest.approx(LN(3) ** 2, rel=1e-6)
+
+
+def test_mse_refuses_sparse_targets_and_unknown_loss():
+    target = SparseTargets("topk", torch.tensor([[0, 2]]), torch.tensor([[LN(0.5), LN(0.2)]]),
+                           tail=torch.tensor([0.3]), temperature=1.0)
+    with pytest.raises(ConfigError, match="loss='mse' matches dense logits; SparseTargets"):
+        distillation_loss(UNIFORM4, target, torch.tensor([0]), temperature=1.0, alpha=1.0,
+                          loss="mse")
+    dense = DenseTarget(1.0, logits=torch.zeros(1, 4))
+    with pytest.raises(ConfigError, match="loss must be 'kl' .* or 'mse' .*, got 'l2'"):
+        distillation_loss(UNIFORM4, dense, torch.tensor([0]), temperature=1.0, alpha=1.0,
+                          loss="l2")
+
+
+def test_soft_labels_weight_the_hard_term():
+    # labels as probabilities (mixed views): CE = -(0.25 ln q0 + 0.75 ln q1), q uniform -> ln 2
+    dense = DenseTarget(1.0, logits=torch.zeros(1, 2))
+    loss = distillation_loss(torch.zeros(1, 2), dense, torch.tensor([[0.25, 0.75]]),
+                             temperature=1.0, alpha=0.0, loss="mse")
+    assert loss.item() == pytest.approx(LN(2), rel=1e-6)

@@ -255,3 +255,21 @@ def test_resume_without_a_store_says_it_wrote_a_new_one(tiny_data, tmp_path):
     out = run_cli(*stage1_args(tiny_data, teacher, store, "--resume")).output
     assert out.endswith(f"-> {store} (resumed: verified chunks kept)\n")
     assert LogitStore.open(str(store)).meta.complete
+
+
+def test_views_narrow_the_default_chunk_rows(tmp_path):
+    # C=5: a float16 logits row is 10 bytes, the default chunk 2 MiB / 10 = 209715 rows; with
+    # V=64 a view_params row is 64 x 5 float32 = 1280 bytes, 128 logits rows: 209715 // 128
+    from softtargets import LogitWriter, Views
+    from softtargets.datasets import from_tensors
+    data = from_tensors(np.zeros((3000, 4, 4), np.float32), np.zeros(3000, np.int64),
+                        num_classes=5)
+    plain = LogitWriter(str(tmp_path / "p.zarr"), dataset=data)
+    views = LogitWriter(str(tmp_path / "v.zarr"), dataset=data, views=Views(count=64))
+    try:
+        assert plain.session.writer.meta.chunk_rows == 3000
+        # at most 209715 // 128 = 1638 rows a chunk, balanced: 3000 rows in 2 chunks of 1500
+        assert views.session.writer.meta.chunk_rows == 1500
+    finally:
+        plain.abort()
+        views.abort()

@@ -11,14 +11,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from softtargets import Views
+from softtargets import Mix, Views
 from softtargets.datasets import from_tensors
 from softtargets.write import Dense, Sampled, TopK, write_logits
 
 N, CLASSES, CHUNK = 96, 1000, 8  # 12 units of 8 rows
 KINDS = {"dense": Dense(), "topk": TopK(5, temperatures=(4.0,)),
-         "sampled": Sampled(6, temperature=2.0, seed=3), "ensemble": Dense(), "views": Dense()}
+         "sampled": Sampled(6, temperature=2.0, seed=3), "ensemble": Dense(), "views": Dense(),
+         "mixed": Dense()}
 VIEWS = Views(count=3, augment="shift=2,rotate=10,flip=1", seed=5)  # the "views" kind's
+MIXED = Views(count=3, augment="shift=2,flip=1", seed=5,
+              mix=Mix(kind="cutmix", alpha=1.0, prob=0.8))  # the "mixed" kind's
 
 
 class TinyCNN(nn.Module):
@@ -62,7 +65,7 @@ def write(store: str, kind: str, *, resume: bool = False, batch_size: int = 8,
         else slowed(teacher(), slow)
     return write_logits(teachers, data, store, targets=KINDS[kind], batch_size=batch_size,
                         chunk_rows=CHUNK, device="cpu", resume=resume,
-                        views=VIEWS if kind == "views" else None)
+                        views={"views": VIEWS, "mixed": MIXED}.get(kind))
 
 
 def main(argv: list[str]) -> None:

@@ -142,26 +142,34 @@ def draw_params(spec: AugmentSpec, *, seed: int, sample_ids: np.ndarray,
     check_views(views)
     augs = spec.augmentations
     out = np.zeros((len(sample_ids), views, len(spec.param_names)), dtype=np.float32)
-    out[:, :, 3] = 1.0  # scale 1: no crop
     for r, sid in enumerate(np.asarray(sample_ids, dtype=np.int64)):
         for v in range(views):
-            if v == 0 and spec.clean_view0:
-                out[r, v, len(PARAM_NAMES):] = np.nan  # user augmentations off: NaN = skip
-                continue
-            rng = np.random.default_rng([seed, int(sid), v])
-            d = rng.integers(-spec.shift, spec.shift + 1, size=2)
-            out[r, v, :len(PARAM_NAMES)] = (
-                d[0], d[1], rng.uniform(-spec.rotate, spec.rotate), rng.uniform(1.0, spec.scale),
-                float(spec.flip and rng.random() < 0.5))
-            col = len(PARAM_NAMES)
-            for k, aug in enumerate(augs):  # own generator each: built-in columns never change
-                values = np.asarray(aug.draw(np.random.default_rng([seed, int(sid), v, 1 + k])),
-                                    dtype=np.float32)
-                if values.shape != (len(aug.param_names),) or not np.isfinite(values).all():
-                    raise ConfigError(f"user augmentation {spec.user[k]!r} drew {values!r}; it "
-                                      f"must return {len(aug.param_names)} finite numbers")
-                out[r, v, col:col + len(values)] = values
-                col += len(values)
+            out[r, v] = draw_view(spec, augs, seed=seed, sample_id=int(sid), view=v)
+    return out
+
+
+def draw_view(spec: AugmentSpec, augs: list[Augmentation], *, seed: int, sample_id: int,
+              view: int) -> np.ndarray:
+    """Parameters (P,) float32 of view `view` of `sample_id` (augs: spec.augmentations)."""
+    out = np.zeros(len(spec.param_names), dtype=np.float32)
+    out[3] = 1.0  # scale 1: no crop
+    if view == 0 and spec.clean_view0:
+        out[len(PARAM_NAMES):] = np.nan  # user augmentations off: NaN = skip
+        return out
+    rng = np.random.default_rng([seed, sample_id, view])
+    d = rng.integers(-spec.shift, spec.shift + 1, size=2)
+    out[:len(PARAM_NAMES)] = (d[0], d[1], rng.uniform(-spec.rotate, spec.rotate),
+                              rng.uniform(1.0, spec.scale),
+                              float(spec.flip and rng.random() < 0.5))
+    col = len(PARAM_NAMES)
+    for k, aug in enumerate(augs):  # own generator each: built-in columns never change
+        values = np.asarray(aug.draw(np.random.default_rng([seed, sample_id, view, 1 + k])),
+                            dtype=np.float32)
+        if values.shape != (len(aug.param_names),) or not np.isfinite(values).all():
+            raise ConfigError(f"user augmentation {spec.user[k]!r} drew {values!r}; it "
+                              f"must return {len(aug.param_names)} finite numbers")
+        out[col:col + len(values)] = values
+        col += len(values)
     return out
 
 
@@ -244,10 +252,14 @@ def _apply_user(x: torch.Tensor, p: torch.Tensor, spec: AugmentSpec) -> torch.Te
     return x
 
 
-def views_info(spec: AugmentSpec, *, views: int, seed: int) -> dict[str, Any]:
-    """The store attribute `views` (docs/FORMAT.md "Augmented views")."""
-    return {"views": views, "seed": seed, "augment": spec.to_json(),
-            "param_names": list(spec.param_names), "logits_is_view": 0}
+def views_info(spec: AugmentSpec, *, views: int, seed: int,
+               mix: dict[str, Any] | None = None,
+               param_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The store attribute `views` (docs/FORMAT.md "Augmented views"); `mix` (Mix.to_json())
+    and its columns only for mixed views."""
+    info = {"views": views, "seed": seed, "augment": spec.to_json(),
+            "param_names": list(param_names or spec.param_names), "logits_is_view": 0}
+    return info if mix is None else {**info, "mix": mix}
 
 
 def views_spec(info: dict[str, Any]) -> AugmentSpec:

@@ -286,6 +286,9 @@ def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
               show_default=True, help="Softmax temperature of the soft-target term.")
 @click.option("--alpha", type=float, default=StudentTrainConfig.alpha, show_default=True,
               help="Weight of the soft-target term; 1 - alpha weighs the hard-label term.")
+@click.option("--loss", "loss_kind", default="kl", show_default=True,
+              type=click.Choice(["kl", "mse"]),
+              help="Soft term: KL at T, or mean squared error of the logits (dense stores).")
 @click.option("--out", default="runs/{dataset}/student", show_default=True)
 @click.option("--combine", default=None,
               help="Ensemble stores: arithmetic|geometric mean of the members at T "
@@ -303,8 +306,8 @@ def _logits_summary(meta: Any, seconds: float, store: str, **how: Any) -> None:
 @click.option("--mixup", type=float, default=0.0, show_default=True,
               help="Mixup with Beta(a, a) coefficients; the stored targets are mixed with the "
                    "same coefficient (0: off; e.g. 0.2).")
-def student_cmd(store: str, temperature: float, alpha: float, out: str, combine: str | None,
-                tail: str, loader: str, loader_workers: int, mixup: float,
+def student_cmd(store: str, temperature: float, alpha: float, loss_kind: str, out: str,
+                combine: str | None, tail: str, loader: str, loader_workers: int, mixup: float,
                 student_factory: str | None, optimizer: str | None, resume: bool,
                 checkpoint_every: int, **kw: Any) -> None:
     """Stage 2: train a student from a logit store of any kind.
@@ -321,13 +324,13 @@ def student_cmd(store: str, temperature: float, alpha: float, out: str, combine:
                                temperature=temperature, alpha=alpha, rule=combine, tail=tail,
                                loader=loader, loader_workers=loader_workers, mixup=mixup,
                                optimizer=optimizer, resume=resume,
-                               checkpoint_every=checkpoint_every, **kw)
+                               checkpoint_every=checkpoint_every, loss=loss_kind, **kw)
     if optimizer is not None:
         raise ConfigError("--optimizer applies to --student-factory students; the built-in "
                           "students use SGD with momentum (drop --optimizer)")
     _train_student(out, store=store, temperature=temperature, alpha=alpha, combine=combine,
                    tail=tail, loader=loader, loader_workers=loader_workers, mixup=mixup,
-                   checkpoint_every=checkpoint_every, resume=resume, **kw)
+                   checkpoint_every=checkpoint_every, resume=resume, loss=loss_kind, **kw)
 
 
 @cli.command("baseline")
@@ -352,7 +355,8 @@ def _train_student(out: str, *, dataset: str, data_dir: str, limit: int | None, 
                              seed=seed, threads=threads, **loss)
     m = train_student(cfg, out_dir=out, progress=not quiet, checkpoint_every=checkpoint_every,
                       resume=resume)
-    how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}" if store else "hard labels"
+    suffix = "" if cfg.loss == "kl" else f", loss {cfg.loss}"
+    how = f"T={cfg.temperature:g}, alpha={cfg.alpha:g}{suffix}" if store else "hard labels"
     click.echo(f"{m['role']}: {m['model']} ({how}), {epochs} epochs on {m['train_rows']} rows in "
                f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
 

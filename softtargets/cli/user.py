@@ -134,7 +134,7 @@ def student_command(factory: str | None, options: DataOptions, *, store: str, ou
                     loader_workers: int, mixup: float, optimizer: str | None, dataset: str,
                     val_rows: int, epochs: int, batch_size: int, lr: float, clip_grad: float,
                     seed: int, threads: int | None, quiet: bool, resume: bool = False,
-                    checkpoint_every: int = 100, **_model: Any) -> None:
+                    checkpoint_every: int = 100, loss: str = "kl", **_model: Any) -> None:
     """`student --student-factory` (or a non-IDX --data): the generic loop; prints one line.
     `_model`: the built-in student's --arch/--hidden, which a factory's model replaces."""
     import click
@@ -154,7 +154,7 @@ def student_command(factory: str | None, options: DataOptions, *, store: str, ou
     cfg = FitConfig(temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
                     batch_size=batch_size, seed=seed, optimizer=optimizer or "sgd",
                     loader=loader, loader_workers=loader_workers, clip_grad=clip_grad,
-                    rule=rule, tail=tail)
+                    rule=rule, tail=tail, loss=loss)
     test = held_out_split(data, data_dir=options.data_dir)
     m = train_user_student(factory, data, store, out, test=test, cfg=cfg, progress=not quiet,
                            resume=resume, checkpoint_every=checkpoint_every)

@@ -34,6 +34,18 @@ class RowIndex:
             return ids
         return self.order[np.searchsorted(self.sorted, ids)]
 
+    def checked(self, ids: np.ndarray, *, name: str) -> np.ndarray:
+        """Rows (B,) of sample ids (B,) of mixed views' partners, refusing ids the dataset
+        lacks."""
+        ids = np.asarray(ids, dtype=np.int64)
+        known = np.arange(self.size) if self.identity else self.sorted
+        bad = ids[~np.isin(ids, known)]
+        if bad.size:
+            raise DatasetError(f"mixed views' partner sample ids {bad[:5].tolist()} are not in "
+                               f"dataset {name}; replay the store with the dataset it was "
+                               "written from")
+        return self(ids)
+
     def subset(self, chosen: np.ndarray, *, name: str) -> np.ndarray:
         """`chosen` (S,) as int64 sample ids, refusing ids the dataset does not have."""
         if chosen.ndim != 1 or (chosen.size and chosen.dtype.kind not in "iu"):

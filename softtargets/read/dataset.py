@@ -50,7 +50,8 @@ class DistillDataset(Dataset):
     sample i draws this epoch (read.replay; images (H, W) or (C, H, W) as stage 1 took them,
     float32) and its target is that view's. The view depends on (seed, epoch, sample id):
     call `set_epoch(epoch)` before each epoch (DataLoader workers receive the dataset anew
-    each epoch; not with persistent_workers=True).
+    each epoch; not with persistent_workers=True). Mixed views: the partner's input is read
+    from `dataset` by its sample id, and the label is a lam-weighted (C,) float32 vector.
     """
 
     collate = staticmethod(collate)  # a Collated batch passes through unchanged
@@ -76,6 +77,7 @@ class DistillDataset(Dataset):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
         self.replay, self.seed, self.epoch = targets.replay, int(seed), 0
+        self._row_index: RowIndex | None = None  # mixed views: partners' rows, made when used
 
     def set_epoch(self, epoch: int) -> None:
         """Replay the views of epoch `epoch` next (views stores read with view="replay")."""
@@ -105,8 +107,16 @@ class DistillDataset(Dataset):
             return item[0], item[1], target
         v = int(self.replay.choose(np.array([sample_id]), seed=self.seed, epoch=self.epoch)[0])
         params = self.targets.view_params([sample_id])[:, v]  # (1, P)
-        x = self.replay.inputs(as_numpy(item[0])[None], params)[0]  # the view's input
-        return x, item[1], target[v]
+        x, y = self.replay.rebuild(as_numpy(item[0])[None], np.array([item[1]]), params,
+                                   fetch=self._partners)  # the view's input
+        return x[0], (y[0] if self.replay.mix is not None else item[1]), target[v]
+
+    def _partners(self, sample_ids: np.ndarray) -> tuple[Any, Any]:
+        """(inputs, labels) of mixed views' partners by sample id."""
+        if self._row_index is None:
+            self._row_index = RowIndex(self.sample_ids)
+        return fetch(self.dataset, self._row_index.checked(sample_ids,
+                                                           name=dataset_name(self.dataset)))
 
     def batch(self, indices: Any) -> tuple[Any, Any, Target]:
         """Items `indices` (B,) as one batch, as `collate` of the items gives it (inputs (B, ...),

@@ -37,11 +37,57 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      labels: torch.Tensor, *, temperature: float, alpha: float) -> torch.Tensor:
-    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(y, s)."""
+                      labels: torch.Tensor, *, temperature: float, alpha: float,
+                      loss: str = "kl") -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(y, s); loss="mse":
+    alpha * mean over classes of (s - t)^2 + (1 - alpha) * CE(y, s) (raw logits, T unused)."""
+    if check_loss(loss) == "mse":
+        teacher_log_probs(student_logits, teacher_logits, temperature=temperature)  # checks
+        return _with_labels(logit_mse(student_logits, teacher_logits), student_logits, labels,
+                            alpha=alpha)
     log_p_t = teacher_log_probs(student_logits, teacher_logits, temperature=temperature)
     return distillation_loss_from_log_probs(student_logits, log_p_t, labels,
                                             temperature=temperature, alpha=alpha)
+
+
+LOSSES = ("kl", "mse")  # the soft term: KL at T (Hinton et al.), or MSE of logits (Ba & Caruana)
+
+
+def check_loss(loss: str) -> str:
+    """`loss` if it is one of LOSSES, else one ConfigError."""
+    if loss not in LOSSES:
+        raise ConfigError(f"loss must be 'kl' (KL at T) or 'mse' (mean squared error of the "
+                          f"logits), got {loss!r}")
+    return loss
+
+
+def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over batch and classes of (s - t)^2 in float32 (Ba & Caruana 2014). (B, C), (B, C)
+    -> scalar."""
+    return F.mse_loss(student_logits.float(), teacher_logits.float())
+
+
+def logit_mse_from_log_probs(student_logits: torch.Tensor, target_log_probs: torch.Tensor, *,
+                             temperature: float) -> torch.Tensor:
+    """logit_mse against a target given as log-probs at T (ensembles): its logits are
+    T * log p up to a constant per row, so both sides are centred over the classes first
+    (for the geometric rule this is exactly the members' mean logits, centred)."""
+    t = target_log_probs.float() * temperature  # (B, C)
+    s = student_logits.float()
+    return logit_mse(s - s.mean(1, keepdim=True), t - t.mean(1, keepdim=True))
+
+
+def _with_labels(soft: torch.Tensor | None, student_logits: torch.Tensor,
+                 labels: torch.Tensor, *, alpha: float) -> torch.Tensor:
+    """alpha * soft + (1 - alpha) * CE(y, s); labels (B,) class ids or (B, C) probabilities
+    (mixed views: lambda-weighted labels)."""
+    check_alpha(alpha)
+    loss = student_logits.new_zeros(())
+    if alpha > 0:
+        loss = loss + alpha * soft
+    if alpha < 1:
+        loss = loss + (1 - alpha) * F.cross_entropy(student_logits.float(), labels)
+    return loss
 
 
 # --- soft targets given as a distribution (ensembles, combined-only stores) --------------------
@@ -64,16 +110,22 @@ def soft_target_loss_from_log_probs(student_logits: torch.Tensor, target_log_pro
 
 def distillation_loss_from_log_probs(student_logits: torch.Tensor, target_log_probs: torch.Tensor,
                                      labels: torch.Tensor, *, temperature: float,
-                                     alpha: float) -> torch.Tensor:
-    """alpha * T^2 * KL(p || softmax(s/T)) + (1 - alpha) * CE(y, s), with p given as log p."""
+                                     alpha: float, loss: str = "kl") -> torch.Tensor:
+    """alpha * T^2 * KL(p || softmax(s/T)) + (1 - alpha) * CE(y, s), with p given as log p;
+    loss="mse": alpha * logit_mse_from_log_probs + (1 - alpha) * CE(y, s)."""
     check_alpha(alpha)
-    loss = student_logits.new_zeros(())
-    if alpha > 0:
-        loss = loss + alpha * soft_target_loss_from_log_probs(student_logits, target_log_probs,
-                                                              temperature=temperature)
-    if alpha < 1:
-        loss = loss + (1 - alpha) * F.cross_entropy(student_logits.float(), labels)
-    return loss
+    if check_loss(loss) == "mse":
+        check_temperature(temperature)
+        if student_logits.shape != target_log_probs.shape:
+            raise ConfigError(f"student logits {tuple(student_logits.shape)} and target "
+                              f"log-probs {tuple(target_log_probs.shape)} must have the same "
+                              "(batch, classes) shape")
+        return _with_labels(logit_mse_from_log_probs(student_logits, target_log_probs,
+                                                     temperature=temperature),
+                            student_logits, labels, alpha=alpha)
+    soft = soft_target_loss_from_log_probs(student_logits, target_log_probs,
+                                           temperature=temperature) if alpha > 0 else None
+    return _with_labels(soft, student_logits, labels, alpha=alpha)
 
 
 # ---- sparse targets (top-k / sampled stores; numpy side in softtargets/format/sparse.py) ----

@@ -20,6 +20,7 @@ from torch import nn
 from softtargets.config import check_alpha, check_temperature
 from softtargets.errors import ConfigError
 from softtargets.read.loop import Batches, Checkpointer, Loop, StreamOptions
+from softtargets.read.distill import check_loss
 from softtargets.read.loss import distillation_loss
 from softtargets.write.forward import as_input
 
@@ -42,10 +43,12 @@ class FitConfig:
     clip_grad: float = 0.0
     rule: str | None = None
     tail: str = "rest"
+    loss: str = "kl"  # "kl" at T or "mse" of logits (distillation_loss)
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
         check_alpha(self.alpha)
+        check_loss(self.loss)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got "
                               f"{self.optimizer!r}")
@@ -99,7 +102,8 @@ def fit_student(model: nn.Module, dataset: Any, store: str, cfg: FitConfig, *,
         {**dataclasses.asdict(cfg), "store": str(store), "rows": len(dataset)})
 
     def loss(s: torch.Tensor, y: torch.Tensor, target: Any) -> torch.Tensor:
-        return distillation_loss(s, target, y, temperature=cfg.temperature, alpha=cfg.alpha)
+        return distillation_loss(s, target, y, temperature=cfg.temperature, alpha=cfg.alpha,
+                                 loss=cfg.loss)
 
     loop = Loop(model, _optimizer(model, cfg), loss, clip_grad=cfg.clip_grad, lr=cfg.lr)
     history = loop.run(data, cfg.epochs, saver=saver, resume=resume, progress=progress)

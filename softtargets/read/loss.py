@@ -15,22 +15,31 @@ import torch
 
 from softtargets.read import distill
 from softtargets.config import check_alpha, check_temperature
-from softtargets.read.distill import SparseTargets
+from softtargets.read.distill import SparseTargets, check_loss
 from softtargets.errors import ConfigError
 from softtargets.read.batch import DenseTarget, PositionTargets, Target
 
 
 def distillation_loss(student_logits: torch.Tensor, targets: Target, labels: torch.Tensor, *,
-                      temperature: float, alpha: float,
+                      temperature: float, alpha: float, loss: str = "kl",
                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """The distillation loss of a batch, a scalar.
 
     student_logits (B, C) with labels (B,) int64, or (B, L, C) with labels (B, L) for
     PositionTargets, whose optional mask (B, L) bool keeps the positions to train on.
     temperature must be the one the targets were read at (SoftTargets(temperature=...)).
+    loss: "kl" (the soft term above) or "mse", the mean over classes of (s - t)^2 of raw
+    logits (Ba & Caruana 2014), for dense targets only; ensemble targets (log-probs at T) are
+    matched as T * log p, both sides centred over the classes (distill.logit_mse_from_log_probs).
+    labels (B,) class ids, or (B, C) probabilities (mixed views' lambda-weighted labels).
     """
     check_temperature(temperature)
     check_alpha(alpha)
+    check_loss(loss)
+    if loss == "mse" and not isinstance(targets, DenseTarget):
+        raise ConfigError(f"loss='mse' matches dense logits; {type(targets).__name__} hold only "
+                          "some classes per row (top-k, sampled or per-position stores): use "
+                          "loss='kl' or a Dense() store")
     _check_temperature(targets, temperature)
     if mask is not None and not isinstance(targets, PositionTargets):
         raise ConfigError("mask= selects positions of sequences; it applies to per-position "
@@ -45,9 +54,10 @@ def distillation_loss(student_logits: torch.Tensor, targets: Target, labels: tor
     if isinstance(targets, DenseTarget):
         if targets.log_probs is not None:
             return distill.distillation_loss_from_log_probs(
-                student_logits, targets.log_probs, labels, temperature=temperature, alpha=alpha)
+                student_logits, targets.log_probs, labels, temperature=temperature, alpha=alpha,
+                loss=loss)
         return distill.distillation_loss(student_logits, targets.logits, labels,
-                                         temperature=temperature, alpha=alpha)
+                                         temperature=temperature, alpha=alpha, loss=loss)
     raise ConfigError(f"targets must be a DenseTarget, SparseTargets or PositionTargets (from "
                       f"SoftTargets), got {type(targets).__name__}")
 

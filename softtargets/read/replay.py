@@ -8,7 +8,10 @@ that view's logits (one teacher) or the members' combination of that view at T (
     data = DistillDataset(images, targets, seed=0)      # data.set_epoch(epoch) each epoch
 
 `SoftTargets(view="replay")` holds every view's target and parameters; DistillDataset and
-StreamingDistillDataset(view="replay") pick and rebuild the view.
+StreamingDistillDataset(view="replay") pick and rebuild the view. Mixed views (augment/mix.py):
+the partner's input is fetched from the dataset by its stored sample id and mixed as stage 1
+mixed it; the labels become lam-weighted label vectors (B, C) float32 (onehot on rows whose
+view is not mixed), which distillation_loss's hard term takes as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from softtargets.augment.mix import Fetch, Mix, mixed_images, mixed_labels
 from softtargets.augment.views import AugmentSpec, augment_images, choose_views, views_spec
 from softtargets.errors import ConfigError
 from softtargets.read.batch import DenseTarget
@@ -43,12 +47,20 @@ class Replay:
 
     augment: dict[str, Any]  # AugmentSpec.to_json() from the store
     views: int
+    mix: dict[str, Any] | None = None  # Mix.to_json() of a mixed-views store
+    classes: int = 0
 
     @classmethod
     def of_store(cls, url: str, meta: Any) -> Replay:
         info = views_of(url, meta)
         views_spec(info)  # imports user augmentations now: a missing one fails before training
-        return cls(augment=info["augment"], views=int(info["views"]))
+        return cls(augment=info["augment"], views=int(info["views"]), mix=info.get("mix"),
+                   classes=int(meta.num_classes))
+
+    @functools.cached_property
+    def mixing(self) -> Mix | None:
+        """The store's Mix, or None."""
+        return None if self.mix is None else Mix.from_json(self.mix)
 
     @functools.cached_property
     def spec(self) -> AugmentSpec:
@@ -62,20 +74,35 @@ class Replay:
 
     def inputs(self, images: Any, params: np.ndarray) -> torch.Tensor:
         """The rebuilt float32 inputs (B, *item) of images (B, *item) and their chosen views'
-        parameters (B, P)."""
-        if isinstance(images, torch.Tensor):
-            images = images.numpy()
-        return augment_images(np.asarray(images), params, spec=self.spec)
+        parameters (B, P) (views that are not mixed)."""
+        return augment_images(_numpy(images), params, spec=self.spec)
 
-    def batch(self, sample_ids: np.ndarray, images: Any, values: np.ndarray,
+    def rebuild(self, images: Any, labels: Any, params: np.ndarray, *,
+                fetch: Fetch | None) -> tuple[torch.Tensor, Any]:
+        """(inputs (B, *item), labels) of images (B, *item), their labels (B,) and chosen views'
+        parameters (B, P); mixed views: partners fetched by sample id, labels (B, C) float32."""
+        if self.mixing is None:
+            return self.inputs(images, params), labels
+        if fetch is None:  # internal invariant: the readers pass the dataset's fetch
+            raise RuntimeError("mixed views replayed without a partner fetch")
+        x, lam, partner, p_labels = mixed_images(_numpy(images), params, spec=self.spec,
+                                                 mix=self.mixing, fetch=fetch)
+        return x, mixed_labels(_numpy(labels), lam, partner, p_labels, classes=self.classes)
+
+    def batch(self, sample_ids: np.ndarray, images: Any, labels: Any, values: np.ndarray,
               params: np.ndarray, *, seed: int, epoch: int, temperature: float,
-              log_probs: bool) -> tuple[torch.Tensor, DenseTarget]:
-        """(inputs (B, *item), the target (B, C)) of a batch: values (B, V, C) every view's
-        float16 logits or float32 log-probs, params (B, V, P) their parameters."""
+              log_probs: bool, fetch: Fetch | None = None) -> tuple[torch.Tensor, Any,
+                                                                     DenseTarget]:
+        """(inputs (B, *item), labels, the target (B, C)) of a batch: values (B, V, C) every
+        view's float16 logits or float32 log-probs, params (B, V, P) their parameters."""
         v = self.choose(sample_ids, seed=seed, epoch=epoch)  # (B,)
         rows = np.arange(len(v))
-        x = self.inputs(images, params[rows, v])
+        x, y = self.rebuild(images, labels, params[rows, v], fetch=fetch)
         chosen = torch.from_numpy(np.ascontiguousarray(values[rows, v]))  # (B, C)
         target = DenseTarget(temperature, log_probs=chosen) if log_probs else \
             DenseTarget(temperature, logits=chosen)
-        return x, target
+        return x, y, target
+
+
+def _numpy(a: Any) -> np.ndarray:
+    return np.asarray(a.numpy() if isinstance(a, torch.Tensor) else a)

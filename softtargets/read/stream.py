@@ -229,15 +229,20 @@ class StreamingDistillDataset(IterableDataset):
             x, y = fetch(self.dataset, rows)
             target: Target
             if self._replay is not None:  # every view's values (B, V, C), params (B, V, P)
-                x, target = self._replay.batch(
-                    ids, x, *arrays, seed=self.seed, epoch=self.epoch,
+                x, y, target = self._replay.batch(
+                    ids, x, y, *arrays, seed=self.seed, epoch=self.epoch,
                     temperature=self._units.temperature,
-                    log_probs=self._units.kind == ENSEMBLE_KIND)
+                    log_probs=self._units.kind == ENSEMBLE_KIND, fetch=self._partners)
             else:
                 target = make_target(self._units, self._convert, arrays)
             x, y = torch.as_tensor(x), torch.as_tensor(y)
             # a DataLoader worker sends it through its shared-memory ring (read/ship.py)
             yield ship((torch.from_numpy(ids), x, y, target) if self.with_ids else (x, y, target))
+
+    def _partners(self, sample_ids: np.ndarray) -> tuple[Any, Any]:
+        """(inputs, labels) of mixed views' partners by sample id."""
+        return fetch(self.dataset, self._rows.checked(sample_ids,
+                                                      name=dataset_name(self.dataset)))
 
     def loader(self, **kwargs: Any) -> StreamLoader:
         """A DataLoader over this dataset (batch_size=None; `kwargs` as for DataLoader) that

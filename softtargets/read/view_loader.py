@@ -21,7 +21,7 @@ import torch
 
 from softtargets.format import ensemble
 from softtargets.format.digests import DigestCheck
-from softtargets.errors import StoreMismatchError
+from softtargets.errors import ConfigError, StoreMismatchError
 from softtargets.format.store import check_dataset, chunk_slice, read_meta
 from softtargets.format.chunks import ChunkReader, check_chunk, read_rows
 from softtargets.augment.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS,
@@ -37,6 +37,10 @@ def views_meta(url: str, split: Any) -> tuple[Any, Any, dict[str, Any]]:
                                  "teacher-logits --views V); got "
                                  f"{'an incomplete store' if info else 'a store without views'}")
     check_dataset(meta, url, split.identity())
+    if info.get("mix"):
+        raise ConfigError(f"store {url!r} holds mixed views; replay them with "
+                          "DistillDataset(data, SoftTargets(store, view='replay')) or "
+                          "StreamingDistillDataset(..., view='replay'), which fetch partners")
     return meta, group, info
 
 

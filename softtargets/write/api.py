@@ -155,6 +155,8 @@ def write_logits(teacher: Any, dataset: Any, store: str, *, targets: Targets = D
     try:
         model = prepare_model(Members(teachers), dev) if ensemble else \
             prepare_model(teachers[0], dev)
+        if views is not None:
+            views = views.for_dataset(dataset)  # mixed views: partners among its sample ids
         source = dataset if views is None else ViewInputs(dataset, views)
         _probe(model, dataset, source, dev, len(teachers) if ensemble else None)
         identity = [module_identity(t, dev) for t in teachers]

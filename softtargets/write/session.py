@@ -163,11 +163,24 @@ class WriteSession:
             return False
         return self.inputs is None or ("digests" in group and INPUT in group["digests"])
 
+    def _row_factor(self, *, num_classes: int) -> int:
+        """How many times the widest extra row array's row (e.g. V views' logits or
+        parameters) outweighs a row of float16 logits: the default chunk rows are divided by
+        it, so that a unit, held in memory while it is written, stays near the default size."""
+        widest = max((int(np.prod(a.row_shape)) * np.dtype(a.dtype).itemsize
+                      for a in self.arrays), default=0)
+        return max(1, -(-widest // (2 * num_classes)))
+
     def _create(self, cfg: Any) -> RowWriter:
         n, names = self.spec["n"], self.spec["class_names"]
         per_sample = self.rows.per_sample if self.rows is not None else 1
         chunk_rows = session_chunk_rows(self.targets, cfg.chunk_rows, n=n,
                                         num_classes=len(names), per_sample=per_sample)
+        factor = self._row_factor(num_classes=len(names))
+        if cfg.chunk_rows is None and factor > 1:  # the default, over factor times n rows
+            rows = session_chunk_rows(self.targets, None, n=n * factor, num_classes=len(names),
+                                      per_sample=per_sample) // factor
+            chunk_rows = min(chunk_rows, max(per_sample, rows - rows % per_sample))
         shard_rows = (effective_shard_rows(dataclasses.replace(cfg, chunk_rows=chunk_rows), n=n,
                                            num_classes=len(names))
                       if self.targets.shardable else cfg.shard_rows or None)

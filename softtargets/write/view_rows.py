@@ -26,6 +26,7 @@ def check_views(views: Any, targets: Targets, positions: int | None) -> Any:
     if not isinstance(targets, Dense) or positions:
         raise ConfigError("a views store keeps every view's dense logits: views= needs Dense() "
                           "targets and one row per sample; drop targets= or views=")
+    views.check_bound()
     return views
 
 

@@ -40,6 +40,7 @@ class ExperimentConfig:
     data_dir: str = DEFAULT_DATA_DIR
     out: str = "runs/fashion-mnist/paper"
     limit: int | None = None  # transfer-set rows (the first `limit` rows of the train split)
+    val_rows: int = 0  # last train rows held out from teachers and transfer set (0: none)
     teachers: int = 3
     # Small CNN teachers. Ensembles of MLPs leave the 784-800-800-10 student little to close on
     # Fashion-MNIST: 5 of its own recipe (seeds 0-4, 971-989 errors each) reach 961 together,
@@ -91,7 +92,8 @@ def log(msg: str) -> None:
 
 
 def _data(cfg: ExperimentConfig) -> DataConfig:
-    return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit)
+    return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit,
+                      val_rows=cfg.val_rows)
 
 
 def parse_student(text: str) -> tuple[str, tuple[int, ...]]:
@@ -139,7 +141,7 @@ def ensemble_stores(cfg: ExperimentConfig, out: Path, teachers: list[str]) -> tu
         if not _complete(str(url)):
             ecfg = EnsembleLogitsConfig(
                 data=DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, split=split,
-                                limit=limit),
+                                limit=limit, val_rows=cfg.val_rows if split == "train" else 0),
                 teachers=tuple(teachers), store=str(url), overwrite=True, device="cpu",
                 combine=cfg.combine)
             _, seconds = members.run(ecfg, progress=False)

@@ -106,7 +106,8 @@ def student_loss(cfg: StudentTrainConfig) -> LossFn:
     def loss(s: torch.Tensor, y: torch.Tensor, target: Any) -> torch.Tensor:
         if target is None:
             return F.cross_entropy(s, y)
-        return distillation_loss(s, target, y, temperature=cfg.temperature, alpha=cfg.alpha)
+        return distillation_loss(s, target, y, temperature=cfg.temperature, alpha=cfg.alpha,
+                                 loss=cfg.loss)
     return loss
 
 

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Patient and consistent offline distillation on Fashion-MNIST: test errors vs epochs for hard
+labels, clean stored targets, stored views (V in VIEWS), stored mixed views and online function
+matching, for the 784-800-800-10 MLP and a small CNN student.
+
+Honest selection: the last VAL_ROWS training rows are held out from teachers and students; the
+loss setting (T, alpha, kl|mse) is chosen per student on their validation errors (seed 0, on
+the "views" arm of the middle V), the epoch per (student, arm) on the mean validation curve of
+its seeds; test errors are reported for those choices only, as mean and std over the seeds.
+
+Every (student, arm, setting, seed) run saves out/runs/.../metrics.json when it finishes (and
+state.pt after every epoch), so a rerun skips finished runs and resumes unfinished ones.
+
+    python scripts/patient_experiment.py [--quick] [--out runs/fashion-mnist/patient]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from softtargets import IDXDataset, Mix, Views, write_logits
+from softtargets.config import DataConfig
+from softtargets.datasets.idx_files import load_split
+from softtargets.format.store import LogitStore
+from softtargets.recipes.hinton2015.experiments import (ExperimentConfig, ensemble_test_metrics,
+                                                        log, run_teachers, write_json)
+from softtargets.recipes.hinton2015.models import load_checkpoint
+from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm
+
+AUGMENT = "shift=2,flip=1,rotate=10,scale=1.1"  # padded random crop (pad 2), flip, rotate, zoom
+
+
+class Pixels(torch.nn.Module):
+    """A recipe teacher on a dataset's raw uint8 images: x / 255, as views and students see
+    them (views stores scale uint8 themselves)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.float() / 255.0 if x.dtype == torch.uint8 else x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes of the experiment (`quick` gives minutes on 2 cores)."""
+
+    out: str = "runs/fashion-mnist/patient"
+    limit: int | None = None
+    val_rows: int = 5000
+    teachers: int = 3
+    teacher_epochs: int = 15
+    students: tuple[str, ...] = ("mlp:800,800", "cnn:8,16,64")
+    views: tuple[int, ...] = (4, 16, 64)
+    mix: tuple[str, float, float] = ("mixup", 1.0, 0.5)  # kind, alpha, prob
+    epochs: int = 200
+    seeds: int = 3
+    lr: float = 0.05
+    # (loss, T, alpha) candidates, chosen on validation
+    grid: tuple[tuple[str, float, float], ...] = (("kl", 2.0, 1.0), ("kl", 5.0, 1.0),
+                                                  ("kl", 10.0, 1.0), ("kl", 5.0, 0.5),
+                                                  ("mse", 1.0, 1.0))
+    threads: int = 2
+
+
+QUICK = Plan(out="runs/fashion-mnist/patient-quick", limit=2000, val_rows=1000, teachers=2,
+             teacher_epochs=10, views=(4, 16), epochs=6,
+             grid=(("kl", 4.0, 1.0), ("mse", 1.0, 1.0)))
+
+
+def stage1(plan: Plan, out: Path, teachers: list[str]) -> tuple[dict[str, str], dict, dict]:
+    """Stores (arm key -> url), their stage-1 seconds, and the ensemble's test metrics."""
+    models = [Pixels(load_checkpoint(p).model) for p in teachers]
+    data = DataConfig(limit=plan.limit, val_rows=plan.val_rows)
+    train = IDXDataset.from_split(load_split(data))
+    test = IDXDataset.from_split(load_split(data.for_test()))
+    todo = {"clean": (train, None), "test": (test, None)}
+    for v in plan.views:
+        todo[f"views{v}"] = (train, Views(count=v, augment=AUGMENT, seed=0))
+    kind, alpha, prob = plan.mix
+    v = max(plan.views)
+    todo[f"mixed{v}"] = (train, Views(count=v, augment=AUGMENT, seed=0,
+                                      mix=Mix(kind=kind, alpha=alpha, prob=prob)))
+    timing = json.loads((out / "stage1.json").read_text()) if (out / "stage1.json").is_file() \
+        else {}
+    urls = {}
+    for key, (dataset, views) in todo.items():
+        url = str(out / f"{key}.zarr")
+        if key not in timing or not _complete(url):
+            t0 = time.perf_counter()
+            write_logits(models, dataset, url, views=views, batch_size=4096, device="cpu",
+                         overwrite=True)
+            timing[key] = time.perf_counter() - t0
+            write_json(out / "stage1.json", timing)
+            log(f"stage 1 {key}: {timing[key]:.0f} s -> {url}")
+        urls[key] = url
+    ens = ensemble_test_metrics(ExperimentConfig(), urls["test"], out / "ensemble.json")
+    return urls, timing, ens
+
+
+def _complete(url: str) -> bool:
+    try:
+        LogitStore.open(url)
+        return True
+    except Exception:
+        return False
+
+
+def arm_config(plan: Plan, *, arm: str, store: str, student: str, setting: tuple, seed: int,
+               teachers: list[str]) -> ArmConfig:
+    loss, t, alpha = setting
+    kind, mix_alpha, prob = plan.mix
+    return ArmConfig(arm="online" if arm.startswith("online") else
+                     ("hard" if arm == "hard" else "clean" if arm == "clean" else
+                      "mixed" if arm.startswith("mixed") else "views"),
+                     data=DataConfig(limit=plan.limit, val_rows=plan.val_rows),
+                     student=student, store=None if arm.startswith("online") else store,
+                     teachers=tuple(teachers) if arm.startswith("online") else (),
+                     temperature=t, alpha=alpha, loss=loss, epochs=plan.epochs, lr=plan.lr,
+                     seed=seed, augment=AUGMENT,
+                     mix_kind=kind if arm == "online-mixed" else None, mix_alpha=mix_alpha,
+                     mix_prob=prob)
+
+
+def run_dir(out: Path, student: str, arm: str, setting: tuple, seed: int) -> Path:
+    name = "labels" if arm == "hard" else "{}-T{:g}-a{:g}".format(*setting)
+    return out / "runs" / student.replace(":", "-").replace(",", "-") / arm / name / f"seed{seed}"
+
+
+def best_epoch(runs: list[dict[str, Any]]) -> int:
+    """Index of the epoch with the least mean validation errors over the seeds' runs."""
+    val = np.mean([[h["val_errors"] for h in r["history"]] for r in runs], axis=0)
+    return int(np.argmin(val))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="minutes: 2000 rows, 4 epochs")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--reports", default="reports/patient")
+    args = ap.parse_args()
+    plan = QUICK if args.quick else Plan()
+    if args.out:
+        plan = dataclasses.replace(plan, out=args.out)
+    torch.set_num_threads(plan.threads)
+    out = Path(plan.out)
+    exp = ExperimentConfig(out=str(out), limit=plan.limit, val_rows=plan.val_rows,
+                           teachers=plan.teachers, teacher_epochs=plan.teacher_epochs,
+                           threads=plan.threads)
+    teachers = run_teachers(exp, out)
+    urls, stage1_s, ens = stage1(plan, out, teachers)
+    mid = plan.views[len(plan.views) // 2]
+    arms = {"hard": urls["clean"], "clean": urls["clean"],
+            **{f"views{v}": urls[f"views{v}"] for v in plan.views},
+            f"mixed{max(plan.views)}": urls[f"mixed{max(plan.views)}"],
+            "online": "", "online-mixed": ""}
+    results: dict[str, Any] = {"plan": dataclasses.asdict(plan), "ensemble": ens,
+                               "stage1_seconds": stage1_s, "students": {}}
+    for student in plan.students:
+        def go(arm: str, setting: tuple, seed: int) -> dict[str, Any]:
+            cfg = arm_config(plan, arm=arm, store=arms[arm], student=student, setting=setting,
+                             seed=seed, teachers=teachers)
+            m = run_arm(cfg, run_dir(out, student, arm, setting, seed))
+            log(f"{student} {arm} {setting} seed {seed}: test "
+                f"{m['history'][-1]['test_errors']} ({m['stage2_seconds']:.0f} s)")
+            return m
+        # the setting, on validation errors (best epoch) of seed 0 of the views arm
+        scores = {s: min(h["val_errors"] for h in go(f"views{mid}", s, 0)["history"])
+                  for s in plan.grid}
+        chosen = min(scores, key=scores.get)
+        rows = {}
+        for arm in arms:
+            setting = ("kl", 1.0, 0.0) if arm == "hard" else chosen
+            runs = [go(arm, setting, seed) for seed in range(plan.seeds)]
+            rows[arm] = summarise(arm, runs, best_epoch(runs), stage1_s, setting)
+        results["students"][student] = {"selection": {str(k): v for k, v in scores.items()},
+                                        "chosen": chosen, "arms": rows}
+    report(results, Path(args.reports))
+
+
+def summarise(arm: str, runs: list[dict[str, Any]], epoch: int, stage1_s: dict[str, float],
+              setting: tuple) -> dict[str, Any]:
+    test = [r["history"][epoch]["test_errors"] for r in runs]
+    key = "clean" if arm in ("hard", "clean") else arm
+    return {"setting": list(setting), "epoch": epoch + 1, "test_errors": test,
+            "mean": float(np.mean(test)), "std": float(np.std(test, ddof=1)) if len(test) > 1
+            else 0.0,
+            "curve": np.mean([[h["test_errors"] for h in r["history"]] for r in runs],
+                             axis=0).tolist(),
+            "stage1_seconds": 0.0 if arm == "hard" or arm.startswith("online")
+            else stage1_s[key],
+            "stage2_seconds": float(np.mean([r["stage2_seconds"] for r in runs])),
+            "teacher_seconds": float(np.mean([r["teacher_seconds"] for r in runs]))}
+
+
+def report(results: dict[str, Any], where: Path) -> None:
+    """results.json, a markdown table (README.md) and errors_vs_epochs.png under `where`."""
+    where.mkdir(parents=True, exist_ok=True)
+    write_json(where / "results.json", results)
+    ens = results["ensemble"]["test_errors"]
+    lines = [f"Ensemble of {results['ensemble']['members']} teachers: {ens} test errors.", "",
+             "| student | arm | chosen (loss, T, alpha), epoch | test errors (mean ± std) | "
+             "gap closed | stage 1 s | stage 2 s (teacher s) |", "|---|---|---|---|---|---|---|"]
+    for student, s in results["students"].items():
+        hard = s["arms"]["hard"]["mean"]
+        for arm, r in s["arms"].items():
+            # gap closed toward the ensemble; undefined when it is no better than hard labels
+            gap = (hard - r["mean"]) / (hard - ens) * 100 if hard > ens else float("nan")
+            lines.append(f"| {student} | {arm} | {tuple(r['setting'])}, {r['epoch']} | "
+                         f"{r['mean']:.1f} ± {r['std']:.1f} | {gap:.0f}% | "
+                         f"{r['stage1_seconds']:.0f} | {r['stage2_seconds']:.0f} "
+                         f"({r['teacher_seconds']:.0f}) |")
+    (where / "README.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot(results, where / "errors_vs_epochs.png")
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    from softtargets.recipes.hinton2015.plots import _pyplot
+    plt = _pyplot()
+    students = results["students"]
+    fig, axes = plt.subplots(1, len(students), figsize=(6 * len(students), 4), squeeze=False)
+    for ax, (student, s) in zip(axes[0], students.items()):
+        for arm, r in s["arms"].items():
+            ax.plot(range(1, len(r["curve"]) + 1), r["curve"], label=arm)
+        ax.axhline(results["ensemble"]["test_errors"], color="k", ls="--", label="ensemble")
+        ax.set(title=student, xlabel="epoch", ylabel="test errors (mean of seeds)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
