@@ -29,9 +29,9 @@ import torch
 from softtargets import IDXDataset, Mix, Views, write_logits
 from softtargets.config import DataConfig
 from softtargets.datasets.idx_files import load_split
-from softtargets.format.store import LogitStore
 from softtargets.recipes.hinton2015.experiments import (ExperimentConfig, ensemble_test_metrics,
-                                                        log, run_teachers, write_json)
+                                                        log, run_teachers, store_complete,
+                                                        write_json)
 from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm
 
@@ -95,7 +95,7 @@ def stage1(plan: Plan, out: Path, teachers: list[str]) -> tuple[dict[str, str], 
     urls = {}
     for key, (dataset, views) in todo.items():
         url = str(out / f"{key}.zarr")
-        if key not in timing or not _complete(url):
+        if key not in timing or not store_complete(url):
             t0 = time.perf_counter()
             write_logits(models, dataset, url, views=views, batch_size=4096, device="cpu",
                          overwrite=True)
@@ -106,13 +106,6 @@ def stage1(plan: Plan, out: Path, teachers: list[str]) -> tuple[dict[str, str], 
     ens = ensemble_test_metrics(ExperimentConfig(), urls["test"], out / "ensemble.json")
     return urls, timing, ens
 
-
-def _complete(url: str) -> bool:
-    try:
-        LogitStore.open(url)
-        return True
-    except Exception:
-        return False
 
 
 def arm_config(plan: Plan, *, arm: str, store: str, student: str, setting: tuple, seed: int,

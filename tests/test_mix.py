@@ -4,16 +4,13 @@ rebuilds (DistillDataset, StreamingDistillDataset), lam-weighted labels, and res
 SIGKILL equal to an uninterrupted write."""
 
 import json
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from stage1_helpers import REPO, chunk_files, wait_for
-from test_views_api import ENV, HELPERS, small_data, small_teacher, write_one_thread
-from write_helpers import CHUNK, MIXED, N
+from stage1_helpers import chunk_files
+from test_views_api import kill_after_three_units, small_data, small_teacher, write_one_thread
+from write_helpers import MIXED
 
 from softtargets import (DistillDataset, LogitWriter, Mix, SoftTargets, StreamingDistillDataset,
                          Views, write_logits)
@@ -147,16 +144,7 @@ def test_partner_missing_from_the_students_dataset_is_refused(tmp_path):
 def test_mixed_views_resume_after_sigkill_is_bit_identical(tmp_path):
     write_one_thread(str(tmp_path / "ref.zarr"), "mixed")  # uninterrupted
     store = tmp_path / "s.zarr"
-    proc = subprocess.Popen([sys.executable, str(HELPERS), str(store), "mixed", "--slow",
-                             "0.1"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    units = store / "sample_id" / "c"
-    try:
-        wait_for(lambda: units.exists() and len(list(units.iterdir())) >= 3, what="3 units")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert 3 <= len(list(units.iterdir())) < N // CHUNK
+    kill_after_three_units(store, "mixed")
     meta = write_one_thread(str(store), "mixed", resume=True)
     assert meta.complete and meta.extra["views"] == MIXED.info()
     assert chunk_files(store) == chunk_files(tmp_path / "ref.zarr")

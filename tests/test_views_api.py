@@ -221,10 +221,10 @@ def write_one_thread(store: str, kind: str, **kwargs):
         torch.set_num_threads(before)
 
 
-def test_views_resume_after_sigkill_is_bit_identical(tmp_path):
-    write_one_thread(str(tmp_path / "ref.zarr"), "views")  # uninterrupted
-    store = tmp_path / "s.zarr"
-    proc = subprocess.Popen([sys.executable, str(HELPERS), str(store), "views", "--slow", "0.1"],
+def kill_after_three_units(store, kind: str) -> None:
+    """Write `kind` to `store` in a subprocess with a slowed teacher; SIGKILL it once 3 units
+    are written (of N // CHUNK)."""
+    proc = subprocess.Popen([sys.executable, str(HELPERS), str(store), kind, "--slow", "0.1"],
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     units = store / "sample_id" / "c"
     try:
@@ -233,6 +233,12 @@ def test_views_resume_after_sigkill_is_bit_identical(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL and 3 <= len(list(units.iterdir())) < N // CHUNK
+
+
+def test_views_resume_after_sigkill_is_bit_identical(tmp_path):
+    write_one_thread(str(tmp_path / "ref.zarr"), "views")  # uninterrupted
+    store = tmp_path / "s.zarr"
+    kill_after_three_units(store, "views")
     with pytest.raises(IncompleteStoreError, match="is incomplete"):
         SoftTargets(str(store), view="replay")
     meta = write_one_thread(str(store), "views", resume=True)

@@ -26,7 +26,7 @@ from softtargets.write import ensemble_run as members
 from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, EnsembleLogitsConfig,
                                 StudentTrainConfig, TeacherTrainConfig, parse_widths, to_dict)
 from softtargets.datasets.idx_files import Split, load_split, load_validation, spec
-from softtargets.errors import ConfigError
+from softtargets.errors import ConfigError, SofttargetsError
 from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.format.store import LogitStore
 from softtargets.recipes.hinton2015.train import evaluate, train_student, train_teacher
@@ -138,7 +138,7 @@ def ensemble_stores(cfg: ExperimentConfig, out: Path, teachers: list[str]) -> tu
     stores = {}
     for split, limit in (("train", cfg.limit), ("test", None)):
         url = out / f"ensemble-{split}.zarr"
-        if not _complete(str(url)):
+        if not store_complete(str(url)):
             ecfg = EnsembleLogitsConfig(
                 data=DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, split=split,
                                 limit=limit, val_rows=cfg.val_rows if split == "train" else 0),
@@ -151,12 +151,12 @@ def ensemble_stores(cfg: ExperimentConfig, out: Path, teachers: list[str]) -> tu
     return stores["train"], metrics
 
 
-def _complete(url: str) -> bool:
+def store_complete(url: str) -> bool:
     """True when a complete store is at url (a rerun then reuses it)."""
     try:
         LogitStore.open(url)
         return True
-    except Exception:
+    except SofttargetsError:  # absent, incomplete or unreadable: write it (again)
         return False
 
 
