@@ -103,3 +103,15 @@ def test_script_flags_build_the_config(tmp_path):
                            f"integers, e.g. 16,32,128; got '{bad}'"):
             script.config(script.parse(["--teacher-hidden", bad]))
     assert script.main(["--student", "mlp:x", "--report-only"]) == 1  # error printed, no trace
+
+
+def test_a_setting_added_later_reads_as_its_default_in_an_older_run_dir(tmp_path):
+    from softtargets.recipes.hinton2015.experiments import check_run_dir
+    cfg = ExperimentConfig(dataset="mnist")
+    check_run_dir(cfg, tmp_path)  # records config.json
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["val_rows"]  # a directory saved before val_rows existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_run_dir(cfg, tmp_path)  # val_rows=0 is that directory's setting: accepted
+    with pytest.raises(ConfigError, match=r"val_rows: saved 0, now 100"):
+        check_run_dir(dataclasses.replace(cfg, val_rows=100), tmp_path)

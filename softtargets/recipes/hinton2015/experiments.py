@@ -294,6 +294,10 @@ def check_run_dir(cfg: Any, out: Path) -> None:
         saved = json.loads((out / "results.json").read_text())["config"]
     now = to_dict(cfg)
     if saved is not None:
+        # a setting added since the directory was saved reads as its default there
+        defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(cfg)
+                    if f.default is not dataclasses.MISSING}
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         diff = sorted(k for k in set(saved) | set(now)
                       if k not in _NEUTRAL and saved.get(k) != now.get(k))
         if diff:
