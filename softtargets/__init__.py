@@ -11,7 +11,7 @@ student's data loader and loss. The public API:
     DistillDataset(dataset, targets)                                  # map-style torch Dataset
     DistillDataset(dataset, SoftTargets(store, view="replay"))        # replay stored views
     StreamingDistillDataset(dataset, store, ...)                      # IterableDataset, any size
-    distillation_loss(student_logits, targets, labels, *, temperature, alpha)
+    distillation_loss(student_logits, targets, labels, *, temperature, alpha, loss="kl"|"mse")
     verify_store(store), store_info(store)                            # the receiving team's checks
     import_topk(records, store, *, dataset), export_topk(store, out)  # top-k log-prob records
     hf_teacher(path, *, num_classes)                                  # a local HF causal LM

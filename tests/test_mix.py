@@ -107,6 +107,9 @@ def test_distill_dataset_replays_the_teachers_mixed_input(tmp_path, kind):
     partner = int(params[row, 5])
     assert y[row, labels[row]] >= (params[row, 6] if kind == "mixup" else 0) - 1e-6
     assert y[row, labels[partner]] > 0 or labels[partner] == labels[row]
+    # a DataLoader batch fetched at once (__getitems__) replays the same mixed views
+    xb, yb, tb = DistillDataset.collate(train.__getitems__(list(range(24))))
+    assert torch.equal(xb, x) and torch.equal(yb, y) and torch.equal(tb.logits, t.logits)
 
 
 def test_streamed_replay_equals_the_in_memory_replay(tmp_path):

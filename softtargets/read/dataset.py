@@ -112,9 +112,10 @@ class DistillDataset(Dataset):
         return x[0], (y[0] if self.replay.mix is not None else item[1]), target[v]
 
     def _partners(self, sample_ids: np.ndarray) -> tuple[Any, Any]:
-        """(inputs, labels) of mixed views' partners by sample id."""
+        """(inputs, labels) of mixed views' partners by sample id (any row of the dataset,
+        also outside a transfer subset)."""
         if self._row_index is None:
-            self._row_index = RowIndex(self.sample_ids)
+            self._row_index = RowIndex(sample_ids_of(self.dataset))
         return fetch(self.dataset, self._row_index.checked(sample_ids,
                                                            name=dataset_name(self.dataset)))
 
@@ -132,7 +133,7 @@ class DistillDataset(Dataset):
             return torch.as_tensor(x), torch.as_tensor(y), target
         views = self.replay.choose(ids, seed=self.seed, epoch=self.epoch)  # (B,)
         params = self.targets.view_params(ids)[np.arange(len(ids)), views]  # (B, P)
-        x = self.replay.inputs(as_numpy(x), params)
+        x, y = self.replay.rebuild(as_numpy(x), as_numpy(y), params, fetch=self._partners)
         pick = (torch.arange(len(ids)), torch.as_tensor(views, dtype=torch.int64))
         return torch.as_tensor(x), torch.as_tensor(y), target[pick]  # (B, V, C) -> (B, C)
 
