@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,11 @@ from softtargets.datasets import idx_files as data_mod
 from softtargets.recipes.hinton2015 import report
 from softtargets.cli.data import is_idx, pop_spec, resolve_spec, spec_options
 from softtargets.cli.records import export_topk_cmd, import_topk_cmd
+from softtargets.cli.recipe import data_cmd, train_teacher_cmd
 from softtargets.cli.lm import LM_COMMANDS
-from softtargets.cli.options import (data_options, ensemble_options, hidden_option, parse_floats,
-                                     parse_hidden, quiet_option, student_options,
-                                     threads_option)
-from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, LogitsConfig,
-                                StudentTrainConfig, TeacherTrainConfig)
+from softtargets.cli.options import (data_options, ensemble_options, parse_floats, parse_hidden,
+                                     quiet_option, student_options, threads_option)
+from softtargets.config import DEFAULT_DATA_DIR, DataConfig, LogitsConfig, StudentTrainConfig
 from softtargets.write.distributed import ranks_from_env
 from softtargets.errors import ConfigError, SofttargetsError
 
@@ -65,63 +63,6 @@ def cli() -> None:
     From Python (docs/API.md): write_logits, LogitWriter, SoftTargets, DistillDataset,
     StreamingDistillDataset, distillation_loss, verify_store and store_info in `softtargets`.
     """
-
-
-@cli.command("data")
-@click.option("--dataset", default="fashion-mnist", show_default=True,
-              type=click.Choice(sorted(data_mod.DATASETS)))
-@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True)
-@click.option("--download/--no-download", default=True, show_default=True,
-              help="Download missing files from the dataset's canonical source (md5-checked).")
-def data_cmd(dataset: str, data_dir: str, download: bool) -> None:
-    """Find (or download) a dataset and print its split fingerprints."""
-    t0 = time.perf_counter()
-    where = data_mod.ensure_dataset(dataset, data_dir, download=download)
-    prints = []
-    for split in ("train", "test"):
-        s = data_mod.load_split(DataConfig(dataset=dataset, split=split, data_dir=data_dir))
-        prints.append(f"{split} {len(s)} rows {s.fingerprint[:19]}")
-    click.echo(f"data: {dataset} in {where}: " + "; ".join(prints)
-               + f" ({time.perf_counter() - t0:.1f} s)")
-
-
-@cli.command("train-teacher")
-@data_options
-@click.option("--arch", default="mlp", show_default=True, type=click.Choice(ARCHS),
-              help="mlp, or cnn: --hidden C1,C2,FC (two 5x5 conv blocks and a fc layer).")
-@hidden_option("1200,1200")
-@click.option("--epochs", type=int, default=TeacherTrainConfig.epochs, show_default=True)
-@click.option("--batch-size", type=int, default=TeacherTrainConfig.batch_size, show_default=True)
-@click.option("--lr", type=float, default=TeacherTrainConfig.lr, show_default=True)
-@click.option("--dropout", type=float, default=TeacherTrainConfig.dropout, show_default=True)
-@click.option("--input-dropout", type=float, default=TeacherTrainConfig.input_dropout,
-              show_default=True)
-@click.option("--jitter", type=int, default=None,
-              help="Random input shifts of up to this many pixels [default: 2, the paper's; "
-                   "0 for fashion-mnist, where it was measured to hurt].")
-@click.option("--max-norm", type=float, default=TeacherTrainConfig.max_norm, show_default=True,
-              help="Max L2 norm of each unit's incoming weights (0 disables).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", default="runs/{dataset}/teacher.pt", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at --out.")
-@threads_option
-@quiet_option
-def train_teacher_cmd(dataset: str, data_dir: str, limit: int | None, val_rows: int, arch: str,
-                      hidden: str, epochs: int, batch_size: int, lr: float, dropout: float,
-                      input_dropout: float, jitter: int | None, max_norm: float, seed: int,
-                      out: str, overwrite: bool, threads: int | None, quiet: bool) -> None:
-    """Train the paper's teacher on an IDX dataset (an MLP with dropout, jitter, max-norm)."""
-    from softtargets.recipes.hinton2015.train import train_teacher
-    out = out.replace("{dataset}", dataset)
-    jitter = data_mod.spec(dataset).teacher_jitter if jitter is None else jitter
-    cfg = TeacherTrainConfig(
-        data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, val_rows=val_rows),
-        arch=arch, hidden=parse_hidden(hidden), dropout=dropout, input_dropout=input_dropout,
-        jitter=jitter, max_norm=max_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        threads=threads)
-    m = train_teacher(cfg, out=out, overwrite=overwrite, progress=not quiet)
-    click.echo(f"teacher: {m['model']}, {epochs} epochs on {m['train_rows']} rows in "
-               f"{m['seconds']:.0f} s: {report.errors_text(m)} -> {out}")
 
 
 @cli.command("teacher-logits")
@@ -413,6 +354,8 @@ def verify_cmd(store: str, dataset: str | None, data_dir: str, split: str | None
         raise VerifyError(rep.summary())
 
 
+cli.add_command(data_cmd)
+cli.add_command(train_teacher_cmd)
 cli.add_command(import_topk_cmd)
 cli.add_command(export_topk_cmd)
 for _command in LM_COMMANDS:
