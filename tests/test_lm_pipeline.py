@@ -120,13 +120,15 @@ def test_a_killed_teacher_run_resumes_bit_identically(tiny_corpus, tmp_path, mon
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("hard", [False, True])
 def test_a_killed_student_run_resumes_mid_stream_bit_identically(tiny_corpus, tiny_teacher,
-                                                                 tmp_path, monkeypatch):
+                                                                 tmp_path, monkeypatch, hard):
     data = tiny_corpus.sequences("train", seq_len=L, limit=20)  # 3 batches of 8 an epoch
-    write_lm_logits(tiny_teacher, data, tmp_path / "s.zarr", targets=lm_targets(
-        "sampled", vocab_size=VOCAB, k=6))
+    if not hard:  # hard labels: the student's own seeded order, no store
+        write_lm_logits(tiny_teacher, data, tmp_path / "s.zarr", targets=lm_targets(
+            "sampled", vocab_size=VOCAB, k=6))
     cfg = dataclasses.replace(TINY_TRAIN, checkpoint_every=2)
-    distill = DistillConfig(store=str(tmp_path / "s.zarr"))
+    distill = DistillConfig() if hard else DistillConfig(store=str(tmp_path / "s.zarr"))
     train_student(data, tmp_path / "whole.pt", model=TINY_STUDENT, config=cfg, distill=distill)
     real = train_mod._step
 
