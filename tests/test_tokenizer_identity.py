@@ -15,7 +15,7 @@ from softtargets import TokenizerIdentity
 from softtargets.datasets import TokenSequences
 from softtargets.datasets.tokenizer import write_sidecar
 from softtargets.errors import DatasetError, StoreMismatchError
-from softtargets.format.store import check_dataset
+from softtargets.format.identity import check_dataset
 from softtargets.format.tokenizer import tokenizer_difference
 
 

@@ -25,8 +25,9 @@ from softtargets.format.codecs import balanced_rows
 from softtargets.format.digests import DigestCheck
 from softtargets.errors import (ConfigError, IncompleteStoreError, SparseStoreError, StoreError)
 from softtargets.format.schema import LSE, POSITION, SPARSE_KINDS, TAIL, sparse_names
+from softtargets.format.identity import check_dataset
 from softtargets.format.store import (SAMPLE_ID, TARGET_CHUNK_BYTES, RowWriter, StoreMeta,
-                               _prepare_destination, add_row_array, check_dataset, chunk_slice,
+                               _prepare_destination, add_row_array, chunk_slice,
                                codec_chain, compressor_codecs, create_group, new_meta, read_meta)
 
 KINDS = SPARSE_KINDS

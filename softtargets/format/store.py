@@ -26,11 +26,11 @@ from softtargets.format.codecs import (COMPRESSORS, DENSE_COMPRESSOR, FP16_MAX, 
 from softtargets.format.digests import META as DIGESTS_META
 from softtargets.format.digests import META_KEY as DIGESTS_KEY
 from softtargets.format.digests import DigestCheck, DigestWriter, add_row_array  # noqa: F401 re-exported
+from softtargets.format.identity import check_dataset
 from softtargets.errors import (IncompleteStoreError, SparseStoreError, StoreError,
-                                StoreExistsError, StoreMismatchError)
+                                StoreExistsError)
 from softtargets.format.meta_check import check_meta, open_store_group
 from softtargets.format.remote import is_remote, local_path, open_group
-from softtargets.format.tokenizer import tokenizer_difference
 from softtargets.format.schema import (ATTR_KEY, FORMAT_NAME, FORMAT_VERSION,  # noqa: F401 re-exported
                                 LOGITS, MAX_READ_VERSION, SAMPLE_ID, STORE_ARRAYS)
 
@@ -364,47 +364,6 @@ class LogitStore:
     def check_dataset(self, identity: dict[str, Any]) -> None:
         """Refuse to pair this store with data other than the data it was computed on."""
         check_dataset(self.meta, self.url, identity)
-
-
-def check_dataset(meta: StoreMeta, url: str, identity: dict[str, Any]) -> None:
-    """Refuse to pair a store (dense or sparse) with data other than the data it was computed on."""
-    mine = meta.dataset
-    for key in ("name", "split", "val_rows", "n", "fingerprint"):
-        if _identity_value(mine, key) != _identity_value(identity, key):
-            fix = (f"pass the store's --val-rows {_identity_value(mine, key)} or rewrite it with "
-                   f"teacher-logits --val-rows {_identity_value(identity, key)}"
-                   if key == "val_rows" else
-                   "recompute the store on this data or pass the data it was made from")
-            raise StoreMismatchError(f"store {url!r} was computed on {_describe(mine)} but is used "
-                                     f"with {_describe(identity)}: {key} differs; {fix}")
-    _check_tokenizer(mine.get("tokenizer"), identity.get("tokenizer"), url)
-
-
-def _check_tokenizer(mine: Any, theirs: Any, url: str) -> None:
-    """Refuse token data made with another tokenizer than the store's, naming what differs."""
-    if mine is None and theirs is None:
-        return
-    if mine is None or theirs is None:
-        which = "the store records no tokenizer" if mine is None else "the data has none"
-        raise StoreMismatchError(f"store {url!r}: tokenizer identity missing ({which}); give "
-                                 "both the tokenizer (TokenSequences(tokenizer=...) or the "
-                                 "token file's .tokenizer.json) or neither")
-    diff = tokenizer_difference(mine, theirs)
-    if diff is not None:
-        raise StoreMismatchError(f"store {url!r} was computed with another tokenizer than the "
-                                 f"data's: {diff} (store vs data); tokenize the student's text "
-                                 "with the store's tokenizer or recompute the store")
-
-
-def _identity_value(identity: dict[str, Any], key: str) -> Any:
-    # stores written before validation splits existed have no val_rows: none were held out
-    return int(identity.get(key) or 0) if key == "val_rows" else identity.get(key)
-
-
-def _describe(identity: dict[str, Any]) -> str:
-    return (f"{identity.get('name')}/{identity.get('split')} (n={identity.get('n')}, "
-            f"val_rows={_identity_value(identity, 'val_rows')}, "
-            f"fingerprint {identity.get('fingerprint')})")
 
 
 def read_meta(url: str) -> tuple[StoreMeta, zarr.Group]:

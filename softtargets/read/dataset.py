@@ -34,7 +34,8 @@ from softtargets.errors import ConfigError, DatasetError, StoreMismatchError
 from softtargets.read.batch import Collated, Target, collate
 from softtargets.read.convert import RowIndex, fetch
 from softtargets.read.targets import SoftTargets
-from softtargets.format.store import StoreMeta, check_dataset, read_meta
+from softtargets.format.identity import check_dataset
+from softtargets.format.store import StoreMeta, read_meta
 
 
 class DistillDataset(Dataset):

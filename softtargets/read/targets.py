@@ -23,7 +23,8 @@ from softtargets.errors import ConfigError, StoreMismatchError
 from softtargets.read.batch import Target
 from softtargets.read.load import ReadOptions, Source, Table, open_source
 from softtargets.read.replay import REPLAY, Replay
-from softtargets.format.store import StoreMeta, check_dataset
+from softtargets.format.identity import check_dataset
+from softtargets.format.store import StoreMeta
 
 
 class SoftTargets:

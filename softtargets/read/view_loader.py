@@ -22,7 +22,8 @@ import torch
 from softtargets.format import ensemble
 from softtargets.format.digests import DigestCheck
 from softtargets.errors import ConfigError, StoreMismatchError
-from softtargets.format.store import check_dataset, chunk_slice, read_meta
+from softtargets.format.identity import check_dataset
+from softtargets.format.store import chunk_slice, read_meta
 from softtargets.format.chunks import ChunkReader, check_chunk, read_rows
 from softtargets.augment.views import (MEMBER_VIEW_LOGITS, VIEW_LOGITS, VIEW_PARAMS,
                                apply_views, choose_views, views_spec)
