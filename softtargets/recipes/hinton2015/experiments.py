@@ -29,7 +29,8 @@ from softtargets.datasets.idx_files import Split, load_split, load_validation, s
 from softtargets.errors import ConfigError, SofttargetsError
 from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.format.store import LogitStore
-from softtargets.recipes.hinton2015.train import evaluate, train_student, train_teacher
+from softtargets.recipes.hinton2015.train import (evaluate, train_student, train_teacher,
+                                                  write_json)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,10 +330,3 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     log(f"experiments done in {results['seconds']:.0f} s; ensemble {ens['test_errors']} errors "
         f"-> {out / 'results.json'}")
     return results
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)

@@ -146,7 +146,7 @@ def train_teacher(cfg: TeacherTrainConfig, *, out: str, overwrite: bool = False,
     sha = save_checkpoint(out, model=model, spec=spec, config=to_dict(cfg),
                           dataset=split.identity(), class_names=split.class_names, metrics=metrics)
     metrics["checkpoint"], metrics["checkpoint_sha256"] = out, sha
-    _write_json(Path(out).with_suffix(".json"), metrics)
+    write_json(Path(out).with_suffix(".json"), metrics)
     return metrics
 
 
@@ -192,11 +192,12 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
                "source": source}
     save_checkpoint(out / "student.pt", model=model, spec=spec, config=to_dict(cfg),
                     dataset=split.identity(), class_names=split.class_names, metrics=metrics)
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
+    """obj as indented JSON at path, written to a temp file and renamed (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
