@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -99,3 +100,16 @@ def edit_attrs(store: Path, **changes) -> None:
             else:
                 attrs[key] = value
     edit_json(Path(store) / "zarr.json", apply)
+
+
+def run_python_blocks(text: str, where: Path, *, count: int, only=None) -> dict:
+    """Run the ```python blocks of a document's `text` in order in one namespace, as a user
+    pasting them would (in the current directory), after checking there are `count` of them
+    (`only`: keep the blocks it accepts); the namespace after the last block."""
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = [b for b in blocks if only is None or only(b)]
+    assert len(blocks) == count
+    scope: dict = {}
+    for block in blocks:
+        exec(compile(block, str(where), "exec"), scope)
+    return scope

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_python_blocks
 from dataset_helpers import write_cifar10, write_cifar100, write_images, write_tokens
 
 from softtargets.datasets import CIFAR, ImageFolder, TokenSequences
@@ -196,15 +197,14 @@ def test_tokens_refusals(tmp_path):
 
 
 def test_the_examples_of_docs_datasets_run(tmp_path, monkeypatch, fashion):
-    text = (Path(__file__).parent.parent / "docs" / "DATASETS.md").read_text()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "import" in b]
-    assert len(blocks) == 1
+    doc = Path(__file__).parent.parent / "docs" / "DATASETS.md"
+    text = doc.read_text()
     write_cifar10(tmp_path)
     write_images(tmp_path / "flowers", {"daisy": 2, "rose": 1})
     write_tokens(tmp_path / "train.bin", np.arange(8 * 256 + 1, dtype=np.uint16))
     monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(blocks[0], scope)
+    scope = run_python_blocks(text, doc, count=1,
+                              only=lambda block: "import" in block)
     assert scope["x"].shape == (8, 256) and scope["y"][0, -1] == 256
     assert len(scope["cifar"]) == 3 and scope["flowers"].class_names == ("daisy", "rose")
     assert scope["mine"].identity()["name"] == "mine" and scope["rgb"].num_classes == 1000

@@ -3,10 +3,11 @@ README's "Use it from Python" example run as a user would paste it."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import run_python_blocks
 
 import softtargets
 
@@ -31,9 +32,6 @@ def test_the_format_layer_imports_no_torch():
 
 def test_the_readme_example_runs(tmp_path, monkeypatch):
     section = README.read_text().split("## Use it from Python", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(blocks[0], str(README), "exec"), scope)
+    scope = run_python_blocks(section, README, count=1)
     assert scope["loss"].item() > 0 and (tmp_path / "teacher.zarr" / "digests").is_dir()

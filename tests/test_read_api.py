@@ -1,9 +1,9 @@
 """Every example of docs/API.md runs, in order, as a user would paste it."""
 
-import re
 from pathlib import Path
 
 import torch
+from conftest import run_python_blocks
 
 from softtargets.read import DenseTarget, PositionTargets
 
@@ -11,12 +11,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "API.md"
 
 
 def test_the_examples_of_docs_api_run(tmp_path, monkeypatch, capsys):
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    assert len(blocks) == 10
     monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    for block in blocks:
-        exec(compile(block, str(DOC), "exec"), scope)
+    scope = run_python_blocks(DOC.read_text(), DOC, count=10)
     assert capsys.readouterr().out == "dense 64 1000\ndense 64 module\n"
     assert isinstance(scope["one"], DenseTarget) and scope["one"].logits.shape == (1000,)
     assert scope["x"].shape == (2, 8) and scope["y"].dtype == torch.int64
