@@ -25,7 +25,6 @@ Rounds are interleaved (bench_common.interleaved), medians taken.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import Row, _row, interleaved  # noqa: E402  (first: sets OMP_WAIT_POLICY)
+from bench_common import Row, _row, interleaved, save_results  # noqa: E402  (first: OMP)
 
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
@@ -256,10 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows = measure(args, Path(tmp))
     text = markdown(rows)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "table.md").write_text(text + "\n")
+    save_results(args.out, rows, text + "\n", markdown="table.md")
     return rows
 
 

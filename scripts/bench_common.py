@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
 import statistics
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 if "OMP_WAIT_POLICY" not in os.environ:
     if "torch" in sys.modules:  # too late: libgomp has read its environment (the header says '-')
@@ -118,3 +120,12 @@ def table(rows: list[Row]) -> str:
 def _num(x: object) -> str:
     x = float(x)  # type: ignore[arg-type]
     return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
+def save_results(out: str | Path, results: object, text: str, *,
+                 markdown: str = "results.md") -> None:
+    """A benchmark's results as OUT/results.json and its table as OUT/<markdown>."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / markdown).write_text(text)

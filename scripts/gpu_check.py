@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -34,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import Row, _paired_row, _row, interleaved, table  # noqa: E402  (before torch)
+from bench_common import (Row, _paired_row, _row, interleaved, save_results,  # noqa: E402
+                          table)  # (before torch)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -264,8 +264,7 @@ def write_results(out: Path, rows: list[Row], info: dict[str, Any]) -> str:
     env = info["environment"]
     text = (f"# GPU check, {env.get('gpu', env['device'])}, torch {env['torch']}, {env['cpus']} "
             f"CPUs, {env['date']}\n\n" + table(rows) + "\n")
-    (out / "results.json").write_text(json.dumps({"rows": rows, **info}, indent=2) + "\n")
-    (out / "results.md").write_text(text)
+    save_results(out, {"rows": rows, **info}, text)
     return text
 
 
