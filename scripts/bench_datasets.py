@@ -8,6 +8,16 @@ digests are checked too), a top-k store (C = 32,000, K = 32) and a per-position 
                                   collate_fn=DistillDataset.collate),
 for w in --workers, each against raw decoding: every chunk file of the store's row arrays read
 and decoded (crc32c, zstd/blosc) by numcodecs into numpy, nothing else, on --threads threads.
+
+What limits the loaders is measured beside them, with numpy alone, no torch and no DataLoader:
+  checked read: every unit read by the stream's own reader with every check (crc32c, sample ids,
+                finite values, chunk digests) into reused buffers, on --threads threads;
+  checked read + shuffle: the stream's own batches (read.order.worker_batches): the checked
+                read, and each batch gathered from its group of units in shuffled order;
+  shuffle from memory: the same batches gathered from arrays already in memory (what the
+                map-style DistillDataset does each epoch after loading the store once).
+Their ratios to raw decode are the most a loader that checks and shuffles can reach here, and
+the loader's ratio to them is what torch, the DataLoader and the process boundary cost.
 All variants of one store run in interleaved rounds (order reversed every other round) after an
 untimed warm-up; A/B is the median of per-round ratios. Workers are persistent (started once,
 as with persistent_workers=True); a worker gets --threads // w decode threads. Every read keeps
@@ -23,6 +33,7 @@ import argparse
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +54,7 @@ from softtargets.format.chunks import _numcodecs_chain, decode_chunk  # noqa: E4
 from softtargets.datasets.memory import TensorDataset  # noqa: E402
 from softtargets.datasets.tokens import TokenSequences  # noqa: E402
 from softtargets.format.store import read_meta  # noqa: E402
+from softtargets.read.order import worker_batches  # noqa: E402
 from softtargets.write import LogitWriter  # noqa: E402
 
 
@@ -150,6 +162,50 @@ def raw_decoder(url: str, threads: int) -> Callable[[], float]:
     return run
 
 
+def numpy_limits(data: TensorDataset | TokenSequences, url: str, threads: int,
+                 batch_size: int) -> dict[str, Callable[[], float]]:
+    """Rows/s of the stream's own numpy work (module docstring): checked read, checked read
+    + shuffle, and shuffle from memory."""
+    stream = st.StreamingDistillDataset(data, url, batch_size=batch_size,
+                                        decode_threads=threads)
+    plan, reader = stream._plan(0), stream._reader()  # the stream's order and unit reader
+    units, size = len(plan.kept), reader.capacity
+    local = threading.local()  # each decode thread's own reused buffers
+    rows = int(plan.kept.sum())
+
+    def read(index: int) -> int:
+        if not hasattr(local, "buffers"):
+            local.buffers = [np.empty(size, np.int64), *(np.empty((size, *shape), dtype)
+                                                         for shape, dtype in reader.layouts)]
+        return reader.read_into(index, *local.buffers)
+
+    def checked() -> float:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as ex:
+            sum(ex.map(read, range(units)))
+        return rows / (time.perf_counter() - t0)
+
+    def shuffled() -> float:
+        t0 = time.perf_counter()
+        got = sum(len(b[0]) for b in worker_batches(plan, epoch=0, worker=0, reader=reader))
+        return got / (time.perf_counter() - t0)
+
+    whole = [np.concatenate(parts) for parts in zip(*(
+        (ids, *arrays) for ids, *arrays in worker_batches(plan, epoch=0, worker=0,
+                                                          reader=reader)))]
+    order = np.random.default_rng(0).permutation(rows)
+
+    def in_memory() -> float:
+        t0 = time.perf_counter()
+        for a in range(0, rows, batch_size):
+            take = order[a:a + batch_size]
+            batch = [array[take] for array in whole]
+            del batch
+        return rows / (time.perf_counter() - t0)
+    return {"checked read": checked, "checked read + shuffle": shuffled,
+            "shuffle from memory": in_memory}
+
+
 def epoch(loader: DataLoader, n: int, length: int = 1) -> Callable[[], float]:
     """Store rows/s of one epoch of `loader` (which must deliver n items of `length` rows)."""
     def run() -> float:
@@ -185,14 +241,17 @@ def measure_store(label: str, data: TensorDataset | TokenSequences, url: str,
     n = len(data) * length
     cpu: dict[str, list[float]] = {}  # rows per CPU-second of this process, in-process runs
     variants = {"raw": with_cpu(raw_decoder(url, args.threads), n, cpu, "raw")}
+    limits = numpy_limits(data, url, args.threads, max(1, args.batch_size // length))
+    variants.update({name: scaled(run, length) for name, run in limits.items()})
     for w in args.workers:
         for name, dl in loaders(data, url, w, args, max(1, args.batch_size // length)).items():
             run = epoch(dl, len(data), length)
             variants[name] = with_cpu(run, n, cpu, name) if w == 0 else run
     got = interleaved(variants, repeat=args.repeat)
-    rows = []
+    rows = [_paired_row(f"  limit: {name} (numpy) / raw decode ({label})", got[name], got["raw"],
+                        "(info)", None) for name in limits]
     for name in variants:
-        if name == "raw":
+        if name == "raw" or name in limits:
             continue
         kind, w = name.split(" ")
         what = "StreamingDistillDataset" if kind == "stream" else "DistillDataset"
@@ -202,6 +261,11 @@ def measure_store(label: str, data: TensorDataset | TokenSequences, url: str,
             rows.append(_paired_row("  same, rows per CPU-second of this process", cpu[name][1:],
                                     cpu["raw"][1:], "(info)", None))
     return rows
+
+
+def scaled(run: Callable[[], float], length: int) -> Callable[[], float]:
+    """`run`'s items/s as store rows/s (`length` positions per sequence)."""
+    return lambda: run() * length
 
 
 def with_cpu(run: Callable[[], float], n: int, cpu: dict[str, list[float]],

@@ -138,20 +138,44 @@ def loader_rows_per_s(data: Batches, batch_size: int) -> float:
     return rows / seconds
 
 
-def rss_child(url: str, n: int, classes: int, root: str, batch_size: int, threads: int) -> None:
-    """(Run in a child) stream one epoch, print baseline and peak RSS in MB as JSON."""
+def rss_child(url: str, n: int, classes: int, root: str, batch_size: int, threads: int,
+              workers: int = 0) -> None:
+    """(Run in a child) stream one epoch, print baseline and peak RSS in MB as JSON. With
+    DataLoader workers, the peak of the summed PSS of this process and its workers (sampled:
+    shared memory counted once)."""
     split = synthetic_split(Path(root), n, classes)
     base = current_rss_mb()
-    data = batches(split, url, StreamOptions(loader="stream", decode_threads=threads), batch_size)
-    rows, high = 0, base
+    options = StreamOptions(loader="stream", decode_threads=max(1, threads // max(1, workers)),
+                            workers=workers)
+    data = batches(split, url, options, batch_size)
+    rows, high, tree = 0, base, 0.0
     for step, batch in enumerate(data.epoch(0)):
         rows += len(batch[1])
         if step % 16 == 0:
             high = max(high, current_rss_mb())
+            if workers:
+                tree = max(tree, tree_pss_mb())
     # VmHWM: peak RSS of this process image. Not ru_maxrss, which Linux carries over exec()
     # from the (large) parent that spawned this child.
     peak = _status_kb("VmHWM") / 1024
-    print(json.dumps({"rows": rows, "base_mb": base, "peak_mb": peak, "growth_mb": high - base}))
+    print(json.dumps({"rows": rows, "base_mb": base, "peak_mb": tree if workers else peak,
+                      "growth_mb": high - base}))
+
+
+def tree_pss_mb() -> float:
+    """Proportional set size of this process and its children (DataLoader workers), MB."""
+    pids = [os.getpid()]
+    for task in Path("/proc/self/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # a worker that has just exited
+            continue
+        total += next(int(line.split()[1]) for line in text.splitlines()
+                      if line.startswith("Pss:"))
+    return total / 1024
 
 
 def _status_kb(field: str) -> int:
@@ -167,10 +191,12 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_rss(url: str, n: int, classes: int, root: Path, batch_size: int, threads: int) -> dict:
+def peak_rss(url: str, n: int, classes: int, root: Path, batch_size: int, threads: int,
+             workers: int = 0) -> dict:
     out = subprocess.run([sys.executable, __file__, "--rss-child", url, "--n", str(n),
                           "--classes", str(classes), "--dir", str(root),
-                          "--batch-size", str(batch_size), "--threads", str(threads)],
+                          "--batch-size", str(batch_size), "--threads", str(threads),
+                          "--rss-workers", str(workers)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -293,6 +319,15 @@ def measure(args: argparse.Namespace) -> list[Row]:
     rows.append(_row("  RSS growth while streaming, over RSS after imports (MB)",
                      big["growth_mb"], small["growth_mb"],
                      big["growth_mb"] / max(small["growth_mb"], 1e-9), "(info)", None))
+    for w in (1, 2):
+        small = peak_rss(quarter_url, args.n // 4, args.classes, root, args.batch_size,
+                         args.threads, w)
+        big = peak_rss(url, args.n, args.classes, root, args.batch_size, args.threads, w)
+        rows.append(_row(f"peak PSS, main + {w} DataLoader worker{'s' * (w > 1)}, streaming "
+                         f"N / N/4 (MB)", big["peak_mb"], small["peak_mb"],
+                         big["peak_mb"] / small["peak_mb"], "<= 1 GB, flat",
+                         big["peak_mb"] <= 1024 and (not filled or
+                                                     big["peak_mb"] / small["peak_mb"] <= 1.10)))
     rows += measure_student(args, root)
     return rows
 
@@ -370,13 +405,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default="runs/bench", help="where stores are made and reused")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rss-workers", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
 def main() -> None:
     args = parser().parse_args()
     if args.rss_child:
-        rss_child(args.rss_child, args.n, args.classes, args.dir, args.batch_size, args.threads)
+        rss_child(args.rss_child, args.n, args.classes, args.dir, args.batch_size, args.threads,
+                  args.rss_workers)
         return
     for name in ("threads", "student_decode_threads", "repeat"):
         if getattr(args, name) < 1:

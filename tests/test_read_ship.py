@@ -33,23 +33,35 @@ def send(obj):
     return pickle.loads(ForkingPickler.dumps(obj))  # what the DataLoader's queue does
 
 
-def test_a_shipped_batch_arrives_equal_and_frees_its_slot(worker):
+def test_a_shipped_batch_arrives_equal_and_frees_its_slot_when_dropped(worker):
     shipped = ship.ship(batch(1.5))
     assert isinstance(shipped, ship.Shipped)
     ring = ship._worker_ring[0]
     assert ring.flags.tolist() == [1, 0, 0, 0, 0, 0]  # slot 0 in flight
     x, y, dense, sparse = send(shipped)
-    assert ring.flags.tolist() == [0] * 6  # copied out on arrival: the worker may reuse it
     assert torch.equal(x, torch.full((4, 3), 1.5)) and torch.equal(y, torch.arange(4))
     assert dense.temperature == 4.0 and dense.log_probs is None
     assert dense.logits.dtype == torch.float16 and dense.logits.tolist() == [[1.5] * 5] * 4
     assert sparse.kind == "topk" and sparse.weights is None and sparse.temperature == 2.0
     assert sparse.ids.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
-    x[:] = 9  # the received tensors are the main process's own, not views of the ring
     second = ship.ship(batch(2.5))
     assert second.ring is ring and second.slot == 1  # the same ring, the next slot
     assert len(ForkingPickler.dumps(second)) < 2000  # names the ring: no storage, no data
     assert send(second)[0].tolist() == [[2.5] * 3] * 4
+    assert ring.flags.tolist() == [1, 0, 0, 0, 0, 0]  # slot 1 freed with its dropped batch
+    x[:] = 9  # the batch's own memory until dropped: the worker never writes a leased slot
+    row = x[0]  # a view holds the slot too
+    del x, y, dense, sparse
+    assert ring.flags.tolist() == [1, 0, 0, 0, 0, 0] and row.tolist() == [9.0] * 3
+    del row
+    assert ring.flags.tolist() == [0] * 6
+
+
+def test_a_bfloat16_tensor_arrives_as_a_copy(worker):
+    x = torch.arange(6, dtype=torch.bfloat16).view(2, 3)
+    (got,) = send(ship.ship((x,)))
+    assert got.dtype == torch.bfloat16 and torch.equal(got, x)
+    assert ship._worker_ring[0].flags.tolist() == [0] * 6  # nothing held the slot
 
 
 def test_a_full_ring_or_a_larger_batch_goes_as_torch_sends_it(worker):
@@ -59,7 +71,7 @@ def test_a_full_ring_or_a_larger_batch_goes_as_torch_sends_it(worker):
     assert isinstance(plain, tuple) and plain[0][0, 0] == 7.0
     big = (torch.zeros(1000, 100),)
     assert ship.ship(big) is big
-    send(shipped[0])
+    send(shipped[0])  # received and dropped at once
     assert isinstance(ship.ship(batch(8.0)), ship.Shipped)  # slot 0 is free again
 
 

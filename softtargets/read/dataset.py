@@ -167,9 +167,10 @@ class InputChecks:
         self.dataset, self.url = dataset, url
         self._check: InputCheck | None = None
         self._checked: set[int] = set()  # chunks checked in this process
+        self._done = False  # every chunk checked: later reads skip the lookup
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_check": None, "_checked": set()}
+        return {**self.__dict__, "_check": None, "_checked": set(), "_done": False}
 
     def _opened(self) -> InputCheck:
         if self._check is None:
@@ -179,7 +180,7 @@ class InputChecks:
 
     def check(self, rows: np.ndarray | None) -> None:
         """Check the chunks holding dataset rows `rows` (None: every chunk) not checked yet."""
-        if not self.active:
+        if not self.active or self._done:
             return
         check = self._opened()
         if rows is None:
@@ -190,6 +191,7 @@ class InputChecks:
             if chunk not in self._checked:
                 check.check(chunk, self.dataset)
                 self._checked.add(chunk)
+        self._done = len(self._checked) == check.num_chunks
 
 
     def _chunks_of(self, check: InputCheck, rows: np.ndarray) -> list[int]:

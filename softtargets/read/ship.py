@@ -7,9 +7,11 @@ a fresh shared-memory allocation per tensor (~0.7 ms), page faults on first touc
 processes, and the round trips waiting for the busy worker's GIL (~1.5 ms each).
 
 Here a worker copies each batch's tensors into one slot of a ring of shared memory that it
-allocates once and reuses; the main process maps the ring once (the first batch carries it),
-copies the batch out of its slot when it receives it and frees the slot. A batch that finds no
-free slot, or does not fit one, is sent as torch sends it. Nothing else changes: the main
+allocates once and reuses; the main process maps the ring once (the first batch carries it) and
+receives the batch as tensors over its slot, without a copy: the slot is leased to the batch
+and freed when the last of its tensors (and any view of them) is gone, so the training process
+spends no time copying batches. A batch that finds no free slot (batches held longer than the
+ring allows), or does not fit one, is sent as torch sends it. Nothing else changes: the main
 process gets the same tensors and target dataclasses the worker yielded. Memory: SLOTS slots of
 1.25x the worker's first batch per worker; the main process keeps a worker's ring mapped until
 a ring of a new worker arrives after that worker has exited.
@@ -23,6 +25,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
@@ -114,7 +117,7 @@ def ship(batch: Any) -> Any:
 
 def _receive(key: tuple[int, int], ring: torch.Tensor | None, slot_bytes: int, slot: int,
              skeleton: Any) -> Any:
-    """(Main process) the batch of `slot`, copied out; the slot is free again."""
+    """(Main process) the batch of `slot`, its tensors leased views of the slot."""
     if ring is not None:
         _forget_dead()
         _received[key] = ring
@@ -124,15 +127,47 @@ def _receive(key: tuple[int, int], ring: torch.Tensor | None, slot_bytes: int, s
                           "this process never mapped; iterate the DataLoader from its first "
                           "batch")
     base = ALIGN + slot * slot_bytes
+    lease = _Lease(data, slot)
 
     def out(spec: Spec) -> torch.Tensor:
         nbytes = spec.dtype.itemsize * _numel(spec.shape)
-        region = data[base + spec.offset:base + spec.offset + nbytes]
-        return region.view(spec.dtype).view(spec.shape).clone()
+        typestr = _TYPESTR.get(spec.dtype)
+        if typestr is None:  # no numpy dtype (bfloat16, ...): a copy, as before
+            region = data[base + spec.offset:base + spec.offset + nbytes]
+            return region.view(spec.dtype).view(spec.shape).clone()
+        view = _View(lease, data.data_ptr() + base + spec.offset, spec.shape, typestr)
+        return torch.from_numpy(np.asarray(view))  # holds `view`, so the lease, while alive
 
     batch = _build(skeleton, out)
-    data[slot] = 0  # after the copy: the worker may reuse the slot
+    del lease  # the tensors hold it now; with none (no tensors), the slot is free here
     return batch
+
+
+class _Lease:
+    """One received slot, held by the tensors of its batch; freed for the worker when the
+    last of them is collected."""
+
+    def __init__(self, data: torch.Tensor, slot: int) -> None:
+        self.data, self.slot = data, slot
+
+    def __del__(self) -> None:
+        self.data[self.slot] = 0
+
+
+class _View:
+    """A region of a leased slot as numpy sees it (its array's base, so the lease lives as
+    long as the array and every torch tensor made from it)."""
+
+    def __init__(self, lease: _Lease, address: int, shape: tuple[int, ...], typestr: str) -> None:
+        self.lease = lease
+        self.__array_interface__ = {"data": (address, False), "shape": shape,
+                                    "typestr": typestr, "version": 3}
+
+
+_TYPESTR = {dtype: np.dtype(name).str for dtype, name in [
+    (torch.float64, "f8"), (torch.float32, "f4"), (torch.float16, "f2"), (torch.int64, "i8"),
+    (torch.int32, "i4"), (torch.int16, "i2"), (torch.int8, "i1"), (torch.uint8, "u1"),
+    (torch.bool, "?")]}
 
 
 def _forget_dead() -> None:
