@@ -152,6 +152,22 @@ def test_tokens_next_token_alignment(tmp_path):
                              "seq_len": 5, "dtype": "uint16", "vocab_size": 50}
 
 
+def test_tokens_take_gathers_shuffled_sequences_as_read_does(tmp_path):
+    tokens = (np.arange(53) * 7 % 50).astype(np.uint16)
+    ds = TokenSequences(write_tokens(tmp_path / "train.bin", tokens), seq_len=5, vocab_size=50)
+    rows = np.array([7, 0, 3, 3, 9])  # shuffled, a repeat, the last sequence
+    x, y = ds.take(rows)
+    assert x.dtype == np.uint16 and y.dtype == np.int64 and x.shape == y.shape == (5, 5)
+    for got_x, got_y, row in zip(x, y, rows):
+        want_x, want_y = ds.read(slice(row, row + 1))
+        assert got_x.tolist() == want_x[0].tolist() and got_y.tolist() == want_y[0].tolist()
+    small = TokenSequences(tmp_path / "train.bin", seq_len=5, vocab_size=40)
+    with pytest.raises(LabelError, match=r"^train\.bin: row 1 position 1 has token 42"):
+        small.take(np.array([3, 1]))  # the bad token named by its row, as read() names it
+    with pytest.raises(DatasetError, match=r"rows 3\.\.10 out of range for 10 rows"):
+        ds.take(np.array([3, 10]))
+
+
 def test_tokens_are_memory_mapped_not_loaded(tmp_path):
     tokens = np.arange(40_001, dtype=np.uint32) % 70_000
     ds = TokenSequences(write_tokens(tmp_path / "t.bin", tokens), seq_len=100, dtype="uint32",

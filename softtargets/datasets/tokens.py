@@ -120,6 +120,19 @@ class TokenSequences(BaseDataset):
     def __len__(self) -> int:
         return self._n
 
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs (B, L), next tokens (B, L) int64) of sequences `rows` (B,) in that order:
+        one gather of their (B, L + 1) token windows from the memory map."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not rows.size or rows.min() < 0 or rows.max() >= len(self):
+            return super().take(rows)  # refuses rows out of range in one line
+        L = self.seq_len
+        tokens = np.asarray(self.memmap[rows[:, None] * L + np.arange(L + 1)])  # (B, L + 1)
+        tokens = tokens.astype(self.dtype.newbyteorder("="), copy=False)
+        if tokens.max() >= self.num_classes:
+            return super().take(rows)  # names the row and position of the token
+        return np.ascontiguousarray(tokens[:, :-1]), tokens[:, 1:].astype(np.int64)
+
     def _window(self, start: int, stop: int, shift: int) -> np.ndarray:
         """(R, L) tokens of sequences start..stop-1, shifted by `shift` tokens."""
         L = self.seq_len
