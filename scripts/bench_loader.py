@@ -48,6 +48,7 @@ from softtargets.read import DenseTarget, StreamingDistillDataset, distillation_
 from softtargets.read.loop import Batches, StreamOptions  # noqa: E402
 from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint  # noqa: E402
 from softtargets.format.store import LOGITS, SAMPLE_ID, LogitStore, StoreWriter, read_meta  # noqa: E402
+from softtargets.format.codecs import DENSE_COMPRESSOR  # noqa: E402
 from softtargets.write.idx_teacher import write_teacher_logits  # noqa: E402
 
 
@@ -69,7 +70,8 @@ def synthetic_store(root: Path, n: int, classes: int) -> tuple[str, Split]:
     split = synthetic_split(root, n, classes)
     url = str(root / f"logits-{n}x{classes}.zarr")
     try:
-        if read_meta(url)[0].complete:
+        meta = read_meta(url)[0]
+        if meta.complete and meta.compressor == DENSE_COMPRESSOR:  # else of an older default
             return url, split
     except Exception:  # absent or incomplete: write it again
         pass

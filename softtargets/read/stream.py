@@ -132,7 +132,8 @@ class StreamingDistillDataset(IterableDataset):
         chosen = ids if sample_ids is None else self._rows.subset(
             as_numpy(sample_ids), name=dataset_name(self.dataset))
         n = int(self.meta.dataset["n"])
-        inside = chosen[(chosen >= 0) & (chosen < n)]
+        valid = (chosen >= 0) & (chosen < n)  # (S,) bool
+        inside = chosen if valid.all() else chosen[valid]
         keep = np.zeros(n, dtype=bool)
         keep[inside] = True
         reader = self._units.open()
@@ -140,9 +141,10 @@ class StreamingDistillDataset(IterableDataset):
         # this process's epochs reuse the open reader: opening a store and reading its chunk
         # digests again every epoch cost the stream ~10% of its speed
         self._readers = OpenReaders({self._units: reader})
-        missing = np.setdiff1d(chosen, inside)
+        # ids outside the store, and ids inside it that no chunk holds (no sort of all ids:
+        # its temporaries stayed in the process's heap, ~60 bytes per row)
         refuse_missing(self.dataset, self.url, chosen,
-                       np.union1d(missing, inside[~seen[inside]]))
+                       np.union1d(chosen[~valid], inside[~seen[inside]]))
         self._kept = kept
         self._keep = None if not (seen & ~keep).any() else keep  # None: every stored row
 
