@@ -14,6 +14,9 @@ What limits the loaders is measured beside them, with numpy alone, no torch and 
                 finite values, chunk digests) into reused buffers, on --threads threads;
   checked read + shuffle: the stream's own batches (read.order.worker_batches): the checked
                 read, and each batch gathered from its group of units in shuffled order;
+  ... + copy into shared memory: and each batch copied once more into a reused buffer, as a
+                DataLoader worker copies it into its shared-memory ring (read/ship.py): the
+                least a worker process does per batch;
   shuffle from memory: the same batches gathered from arrays already in memory (what the
                 map-style DistillDataset does each epoch after loading the store once).
 Their ratios to raw decode are the most a loader that checks and shuffles can reach here, and
@@ -190,6 +193,18 @@ def numpy_limits(data: TensorDataset | TokenSequences, url: str, threads: int,
         got = sum(len(b[0]) for b in worker_batches(plan, epoch=0, worker=0, reader=reader))
         return got / (time.perf_counter() - t0)
 
+    ring: dict[tuple, np.ndarray] = {}  # a reused buffer per array layout: the worker's ring
+
+    def shipped() -> float:
+        t0 = time.perf_counter()
+        got = 0
+        for batch in worker_batches(plan, epoch=0, worker=0, reader=reader):
+            for a in batch:
+                slot = ring.setdefault((a.shape, a.dtype.str), np.empty_like(a))
+                np.copyto(slot, a)
+            got += len(batch[0])
+        return got / (time.perf_counter() - t0)
+
     whole = [np.concatenate(parts) for parts in zip(*(
         (ids, *arrays) for ids, *arrays in worker_batches(plan, epoch=0, worker=0,
                                                           reader=reader)))]
@@ -203,6 +218,7 @@ def numpy_limits(data: TensorDataset | TokenSequences, url: str, threads: int,
             del batch
         return rows / (time.perf_counter() - t0)
     return {"checked read": checked, "checked read + shuffle": shuffled,
+            "checked read + shuffle + copy into shared memory": shipped,
             "shuffle from memory": in_memory}
 
 

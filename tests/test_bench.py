@@ -60,10 +60,12 @@ def test_the_datasets_benchmark_runs_in_its_tiny_mode(tmp_path):
     args = bench_datasets.tiny(bench_datasets.parser().parse_args(["--dir", str(tmp_path)]))
     rows = bench_datasets.measure(args)
     names = [r["measurement"] for r in rows]
-    assert len(rows) == 14 and all(r["ratio"] > 0 for r in rows)
-    assert names[:3] == [f"  limit: {what} (numpy) / raw decode (dense 2,048 x 64)" for what in
-                         ("checked read", "checked read + shuffle", "shuffle from memory")]
-    assert names[3] == "StreamingDistillDataset / raw decode (dense 2,048 x 64, w=0, rows/s)"
-    assert names[4] == "  same, rows per CPU-second of this process"
-    assert names[12] == ("DistillDataset / raw decode (top-32 of C=1,000, 2,048 rows, w=0, "
+    assert len(rows) == 16 and all(r["ratio"] > 0 for r in rows)
+    assert names[:4] == [f"  limit: {what} (numpy) / raw decode (dense 2,048 x 64)" for what in
+                         ("checked read", "checked read + shuffle",
+                          "checked read + shuffle + copy into shared memory",
+                          "shuffle from memory")]
+    assert names[4] == "StreamingDistillDataset / raw decode (dense 2,048 x 64, w=0, rows/s)"
+    assert names[5] == "  same, rows per CPU-second of this process"
+    assert names[14] == ("DistillDataset / raw decode (top-32 of C=1,000, 2,048 rows, w=0, "
                          "rows/s)")
