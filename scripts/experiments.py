@@ -35,7 +35,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--teacher-dropout", type=float, default=None)
     p.add_argument("--student", action="append", default=None, dest="students",
                    help="'arch:widths' (e.g. mlp:800,800 or cnn:8,16,64); repeat for several")
-    p.add_argument("--alpha", type=float, default=None, help="weight of the soft-target term")
+    p.add_argument("--alphas", default=None,
+                   help="comma separated weights of the soft-target term, chosen among on the "
+                        "validation rows with T (default 0.5)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="students per reported setting (default 3; quick 2)")
+    p.add_argument("--val-rows", type=int, default=None,
+                   help="last training rows held out for every choice (default 5000)")
     p.add_argument("--student-epochs", type=int, default=None)
     p.add_argument("--temperatures", default=None, help="comma separated, e.g. 1,2,5,10,20")
     p.add_argument("--threads", type=int, default=None)
@@ -53,16 +59,26 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     return widths
 
 
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma separated numbers, e.g. 0.5,0.9; got "
+                          f"{text!r}") from None
+
+
 def config(a: argparse.Namespace) -> ExperimentConfig:
     over = {k: v for k, v in {
         "dataset": a.dataset, "data_dir": a.data_dir, "limit": a.limit, "teachers": a.teachers,
         "teacher_epochs": a.teacher_epochs, "teacher_arch": a.teacher_arch,
         "teacher_hidden": _ints(a.teacher_hidden, "--teacher-hidden"),
         "students": tuple(a.students) if a.students else None,
-        "teacher_dropout": a.teacher_dropout, "alpha": a.alpha, "student_epochs": a.student_epochs,
+        "teacher_dropout": a.teacher_dropout, "alphas": _floats(a.alphas, "--alphas"),
+        "seeds": a.seeds, "val_rows": a.val_rows, "student_epochs": a.student_epochs,
         "threads": a.threads,
-        "temperatures": tuple(float(t) for t in a.temperatures.split(",")) if a.temperatures
-        else None}.items() if v is not None}
+        "temperatures": _floats(a.temperatures, "--temperatures")}.items() if v is not None}
     suffix = "-quick" if a.quick else ""
     over["out"] = a.out or f"runs/{a.dataset}/paper{suffix}"
     return ExperimentConfig.quick_preset(**over) if a.quick else ExperimentConfig(**over)

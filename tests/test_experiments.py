@@ -22,7 +22,7 @@ def results(tmp_path_factory):
     cfg = ExperimentConfig(dataset="mnist", data_dir=str(root / "data"), out=str(root / "run"),
                            limit=300, teachers=2, teacher_hidden=(32,), teacher_epochs=3,
                            teacher_arch="mlp", students=("mlp:16", "mlp:8"), student_epochs=2,
-                           temperatures=(1.0, 4.0),
+                           temperatures=(1.0, 4.0), val_rows=100, seeds=2,
                            validation_rows=100, less_data_fraction=0.1, quick=True)
     run(cfg)
     return root / "run"
@@ -33,10 +33,17 @@ def test_every_step_writes_its_metrics(results):
     ens = json.loads(Path(r["ensemble"]).read_text())
     assert ens["members"] == 2 and ens["test_n"] == 60 and len(ens["member_test_errors"]) == 2
     assert set(r["students"]) == {"mlp-16", "mlp-8"}
-    m = json.loads(Path(r["students"]["mlp-16"]["distilled"]["4"]).read_text())
-    assert m["role"] == "distilled" and m["config"]["temperature"] == 4.0
+    s = json.loads(Path(r["students"]["mlp-16"]).read_text())
+    val = {name: m["val_errors"] for name, m in s["grid"].items()}
+    assert list(val) == ["T1-a0.5", "T4-a0.5"]  # the grid at seed 0, on the held-out rows
+    assert val[s["chosen"]["name"]] == min(val.values())
+    assert [m["config"]["seed"] for m in s["distilled"]] == [0, 1]
+    assert [m["config"]["seed"] for m in s["baselines"]] == [0, 1]
+    m = s["distilled"][1]
+    assert m["role"] == "distilled" and m["config"]["temperature"] == s["chosen"]["temperature"]
     assert m["source"]["combine"] == {"rule": "arithmetic", "members": 2}
-    assert len(m["history"]) == 2 and len(m["per_class_errors"]) == 10
+    assert len(m["history"]) == 2 and len(m["per_class_errors"]) == 10 and m["val_n"] == 100
+    assert m["train_rows"] == 300 and s["teacher"]["test_errors"] == ens["test_errors"]
     o = r["omitted"]
     assert o["class"] == 3 and o["validation_rows"] == 100
     omitted_rows = json.loads(Path(o["distilled"]).read_text())["train_rows"]
@@ -50,10 +57,11 @@ def _saved_config(results: Path) -> ExperimentConfig:
 
 
 def test_rerun_reuses_saved_metrics(results):
-    before = (results / "students" / "mlp-8" / "T1" / "metrics.json").stat().st_mtime_ns
+    saved = results / "students" / "mlp-8" / "T1-a0.5" / "seed0" / "metrics.json"
+    before = saved.stat().st_mtime_ns
     threads = torch.get_num_threads()  # a thread count changes no result: not a new setting
     run(dataclasses.replace(_saved_config(results), threads=threads))
-    assert (results / "students" / "mlp-8" / "T1" / "metrics.json").stat().st_mtime_ns == before
+    assert saved.stat().st_mtime_ns == before
 
 
 def test_run_dir_of_other_settings_is_refused(results):
@@ -69,7 +77,15 @@ def test_run_dir_of_other_settings_is_refused(results):
 def test_report_table_from_metrics(results, tmp_path):
     d = collect(results / "results.json")
     text = markdown(d)
-    assert "| student | baseline (hard labels) | T=1 | T=4 | best distilled |" in text
+    s = d["students"]["mlp-16"]
+    b, t = [m["test_errors"] for m in s["baselines"]], [m["test_errors"] for m in s["distilled"]]
+    assert ("| student | baseline (hard labels) | chosen on validation | distilled | gap to "
+            "ensemble closed (means) |") in text
+    assert (f"| mlp 784-16-10 | {sum(b) / 2:.1f} ± " in text
+            and f"| T={s['chosen']['temperature']:g}, alpha=0.5 | {sum(t) / 2:.1f} ± " in text)
+    assert (f"| mlp 784-16-10 | {s['baselines'][0]['val_errors']} | "
+            + " | ".join(str(m["val_errors"]) for m in s["grid"].values()) + " |") in text
+    assert "The test set plays no part in any choice." in text
     assert "ensemble of 2 (arithmetic mean)" in text and "## Omitted class" in text
     assert "## Less data: 10% of the transfer set (30 rows, 20 epochs)" in text
     assert gap_closed(200, 150, 100) == 0.5 and gap_closed(100, 90, 100) is None
@@ -110,8 +126,8 @@ def test_a_setting_added_later_reads_as_its_default_in_an_older_run_dir(tmp_path
     cfg = ExperimentConfig(dataset="mnist")
     check_run_dir(cfg, tmp_path)  # records config.json
     saved = json.loads((tmp_path / "config.json").read_text())
-    del saved["val_rows"]  # a directory saved before val_rows existed
+    del saved["seeds"]  # a directory saved before seeds existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    check_run_dir(cfg, tmp_path)  # val_rows=0 is that directory's setting: accepted
-    with pytest.raises(ConfigError, match=r"val_rows: saved 0, now 100"):
-        check_run_dir(dataclasses.replace(cfg, val_rows=100), tmp_path)
+    check_run_dir(cfg, tmp_path)  # seeds=3 is that directory's setting: accepted
+    with pytest.raises(ConfigError, match=r"seeds: saved 3, now 5"):
+        check_run_dir(dataclasses.replace(cfg, seeds=5), tmp_path)

@@ -8,6 +8,7 @@ redrawn at any time without training anything. matplotlib comes from the `report
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ def _load(path: str | Path) -> dict[str, Any]:
 
 
 def collect(results_path: Path) -> dict[str, Any]:
-    """results.json with every referenced metrics file loaded in place of its path."""
+    """results.json with every referenced metrics file loaded in place of its path (a student
+    size: recipe.run's results, its grid, choice and seeds)."""
     r = _load(results_path)
-    students = {}
-    for name, s in r["students"].items():
-        students[name] = {"hidden": s["hidden"], "baseline": _load(s["baseline"]),
-                          "distilled": {t: _load(p) for t, p in s["distilled"].items()}}
+    if any(not isinstance(p, str) for p in r["students"].values()):
+        raise ConfigError(f"{results_path} is of an older layout (settings chosen on the test "
+                          "set); rerun the experiments into a new --out")
+    students = {name: _load(path) for name, path in r["students"].items()}
     omitted = dict(r["omitted"])
     omitted["distilled"], omitted["baseline"] = (_load(omitted["distilled"]),
                                                  _load(omitted["baseline"]))
@@ -36,9 +38,14 @@ def collect(results_path: Path) -> dict[str, Any]:
             "less_data": less, "seconds": r.get("seconds")}
 
 
-def best_t(student: dict[str, Any]) -> str:
-    """The temperature (as stored, e.g. '20') with the fewest final test errors."""
-    return min(student["distilled"], key=lambda t: student["distilled"][t]["test_errors"])
+def _mean_sd(values: list[int]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {sd:.1f}"
+
+
+def _chosen(s: dict[str, Any]) -> str:
+    c = s["chosen"]
+    return f"T={c['temperature']:g}, alpha={c['alpha']:g}"
 
 
 def _jitter(cfg: dict[str, Any]) -> str:
@@ -57,38 +64,39 @@ def markdown(d: dict[str, Any]) -> str:
              f"{cfg.get('teacher_dropout', 0.5):g}, "
              f"jitter {_jitter(cfg)}), students {cfg['student_epochs']} "
              "epochs, "
-             f"alpha {cfg['alpha']}; test errors out of {n}. Run time (this invocation; saved "
-             "steps are reused) "
+             f"alpha among {cfg['alphas']}; test errors out of {n}. Run time (this "
+             "invocation; saved steps are reused) "
              f"{(d['seconds'] or 0) / 60:.1f} min.", "",
              "## Teachers", "", "| model | test errors |", "|---|---:|"]
     for i, t in enumerate(d["teachers"]):
         lines.append(f"| teacher {i} ({t['model']}) | {t['test_errors']} |")
     lines += [f"| ensemble of {ens['members']} ({ens['rule']} mean) | {ens['test_errors']} |", "",
-              "## Students: test errors", ""]
-    temps = list(next(iter(d["students"].values()))["distilled"])
-    lines += ["| student | baseline (hard labels) | " + " | ".join(f"T={t}" for t in temps)
-              + " | best distilled | gap to ensemble closed |",
-              "|---|---:|" + "---:|" * len(temps) + "---:|---:|"]
+              "## Students: test errors", "",
+              f"(T, alpha) chosen per student on the validation errors of seed 0 (the last "
+              f"{cfg['val_rows']} training rows, held out from teachers and students); the "
+              f"choice and the hard-label baseline then trained with seeds 0-{cfg['seeds'] - 1}: "
+              "test errors, mean ± sd over the seeds. The test set plays no part in any "
+              "choice.", "",
+              "| student | baseline (hard labels) | chosen on validation | distilled | gap to "
+              "ensemble closed (means) |", "|---|---:|---|---:|---:|"]
     for name, s in d["students"].items():
-        b, t = s["baseline"]["test_errors"], best_t(s)
-        best = s["distilled"][t]["test_errors"]
-        closed = gap_closed(b, best, ens["test_errors"])
-        lines.append(f"| {s['baseline']['model']} | {b} | "
-                     + " | ".join(str(s["distilled"][x]["test_errors"]) for x in temps)
-                     + f" | {best} (T={t}) | "
+        b = [m["test_errors"] for m in s["baselines"]]
+        t = [m["test_errors"] for m in s["distilled"]]
+        closed = gap_closed(statistics.fmean(b), statistics.fmean(t), ens["test_errors"])
+        lines.append(f"| {s['baselines'][0]['model']} | {_mean_sd(b)} | {_chosen(s)} | "
+                     f"{_mean_sd(t)} | "
                      + ("n/a (no gap: ensemble not better)" if closed is None
                         else f"{100 * closed:.0f}%") + " |")
-    lines += ["", "Gap to the ensemble closed at each T, (baseline - distilled) / (baseline - "
-              "ensemble); the best-distilled column above picks T on the test set, this table "
-              "shows every T:", "",
-              "| student | " + " | ".join(f"T={t}" for t in temps) + " |",
-              "|---|" + "---:|" * len(temps)]
+    first = next(iter(d["students"].values()))
+    alphas = first["config"]["alphas"]
+    lines += ["", "Validation errors of the grid (seed 0; baseline: hard labels):", "",
+              "| student | baseline | " + " | ".join(
+                  f"T={t:g}" + (f", a={a:g}" if len(alphas) > 1 else "")
+                  for t in first["config"]["temperatures"] for a in alphas) + " |",
+              "|---|---:|" + "---:|" * len(first["grid"])]
     for name, s in d["students"].items():
-        b = s["baseline"]["test_errors"]
-        cells = [gap_closed(b, s["distilled"][x]["test_errors"], ens["test_errors"])
-                 for x in temps]
-        lines.append(f"| {s['baseline']['model']} | " + " | ".join(
-            "n/a" if c is None else f"{100 * c:.0f}%" for c in cells) + " |")
+        lines.append(f"| {s['baselines'][0]['model']} | {s['baselines'][0]['val_errors']} | "
+                     + " | ".join(str(m["val_errors"]) for m in s["grid"].values()) + " |")
     lines += ["", *omitted_table(d["omitted"]), "", *less_table(d["less_data"])]
     return "\n".join(lines) + "\n"
 
@@ -131,18 +139,23 @@ def _pyplot() -> Any:
 
 
 def plot_errors_vs_t(d: dict[str, Any], path: Path) -> None:
+    """Validation errors (seed 0) of each student's grid against T, at the chosen alpha."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (name, s) in enumerate(d["students"].items()):
-        temps = [float(t) for t in s["distilled"]]
-        errs = [m["test_errors"] for m in s["distilled"].values()]
-        line, = ax.plot(temps, errs, "o-", label=f"{s['baseline']['model']} distilled")
-        ax.axhline(s["baseline"]["test_errors"], ls="--", color=line.get_color(),
-                   label=f"{s['baseline']['model']} hard labels")
-    ax.axhline(d["ensemble"]["test_errors"], ls=":", color="k", label="teacher ensemble")
+    temps: list[float] = []
+    for name, s in d["students"].items():
+        alpha = s["chosen"]["alpha"]
+        cells = [(t, s["grid"][f"T{t:g}-a{alpha:g}"]["val_errors"])
+                 for t in s["config"]["temperatures"]]
+        temps = [t for t, _ in cells]
+        model = s["baselines"][0]["model"]
+        line, = ax.plot(temps, [e for _, e in cells], "o-", label=f"{model} distilled")
+        ax.axhline(s["baselines"][0]["val_errors"], ls="--", color=line.get_color(),
+                   label=f"{model} hard labels")
     ax.set_xscale("log")
     ax.set_xticks(temps, [f"{t:g}" for t in temps])
-    ax.set(xlabel="temperature T", ylabel="test errors", title="Distilled students vs. T")
+    ax.set(xlabel="temperature T", ylabel="validation errors (seed 0)",
+           title="Distilled students vs. T, on the held-out rows")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -152,8 +165,9 @@ def plot_errors_vs_t(d: dict[str, Any], path: Path) -> None:
 def plot_curves(d: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     name, s = next(iter(d["students"].items()))
-    t = best_t(s)
-    panels = [(f"{s['baseline']['model']}, full transfer set", s["baseline"], s["distilled"][t], t),
+    t = f"{s['chosen']['temperature']:g}"
+    panels = [(f"{s['baselines'][0]['model']}, full transfer set, seed 0", s["baselines"][0],
+               s["distilled"][0], t),
               (f"{100 * d['less_data']['fraction']:g}% of the transfer set",
                d["less_data"]["baseline"], d["less_data"]["distilled"],
                f"{d['less_data']['distilled']['config']['temperature']:g}")]
@@ -176,8 +190,8 @@ def plot_per_class(d: dict[str, Any], path: Path, class_names: list[str] | None 
     name, s = next(iter(d["students"].items()))
     o = d["omitted"]
     bars = [("ensemble", d["ensemble"]["per_class_errors"]),
-            ("hard labels", s["baseline"]["per_class_errors"]),
-            (f"distilled T={best_t(s)}", s["distilled"][best_t(s)]["per_class_errors"]),
+            ("hard labels", s["baselines"][0]["per_class_errors"]),
+            (f"distilled {_chosen(s)}", s["distilled"][0]["per_class_errors"]),
             (f"no class {o['class']}", o["before"]["per_class_errors"]),
             (f"no class {o['class']}, bias +{o['shift']:g}", o["after"]["per_class_errors"])]
     c = len(bars[0][1])
@@ -187,7 +201,8 @@ def plot_per_class(d: dict[str, Any], path: Path, class_names: list[str] | None 
     for i, (label, errs) in enumerate(bars):
         ax.bar(x + (i - len(bars) / 2 + 0.5) * width, errs, width, label=label)
     ax.set_xticks(x, class_names or [str(i) for i in range(c)], rotation=30, fontsize=8)
-    ax.set(ylabel="test errors", title=f"Per-class test errors ({s['baseline']['model']})")
+    ax.set(ylabel="test errors",
+           title=f"Per-class test errors ({s['baselines'][0]['model']}, seed 0)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -37,6 +37,7 @@ class RecipeConfig:
     data_dir: str = "data"
     limit: int | None = None
     val_rows: int = 5000
+    arch: str = "mlp"  # mlp | cnn (hidden: the CNN's C1,C2,FC)
     hidden: tuple[int, ...] = (800, 800)
     epochs: int = 20
     lr: float = 0.05
@@ -44,6 +45,7 @@ class RecipeConfig:
     alphas: tuple[float, ...] = (0.5, 0.9)
     seeds: tuple[int, ...] = (0, 1, 2)
     teacher_sha256: str | None = None  # filled from the store: a new teacher is a new run
+    combine: str | None = None  # ensemble stores: the members' combination rule
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -74,9 +76,11 @@ def student(cfg: RecipeConfig, out: Path, *, seed: int, temperature: float | Non
     done = cached_json(out / "metrics.json")
     if done is not None:
         return done
-    scfg = StudentTrainConfig(data=cfg.data, store=None if temperature is None else cfg.store,
-                              hidden=cfg.hidden, temperature=temperature or 1.0, alpha=alpha,
-                              epochs=cfg.epochs, lr=cfg.lr, seed=seed, threads=cfg.threads)
+    store = None if temperature is None else cfg.store
+    scfg = StudentTrainConfig(data=cfg.data, store=store, arch=cfg.arch, hidden=cfg.hidden,
+                              temperature=temperature or 1.0, alpha=alpha, epochs=cfg.epochs,
+                              lr=cfg.lr, seed=seed, threads=cfg.threads,
+                              combine=cfg.combine if store else None)
     m = train_student(scfg, out_dir=str(out), progress=False)
     how = "hard labels" if temperature is None else cell_name(temperature, alpha)
     log(f"{how} seed {seed}: {m['val_errors']} validation, {m['test_errors']} test errors "
@@ -84,8 +88,10 @@ def student(cfg: RecipeConfig, out: Path, *, seed: int, temperature: float | Non
     return m
 
 
-def run(cfg: RecipeConfig) -> dict[str, Any]:
-    """The grid at seed 0, the choice, then every seed of the choice and the baseline."""
+def run(cfg: RecipeConfig, *, teacher: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The grid at seed 0, the choice, then every seed of the choice and the baseline.
+    teacher: the metrics the gap is measured to (model, test_errors, test_n, val_errors);
+    default: those of the store's teacher checkpoint."""
     meta, _ = read_meta(cfg.store)
     cfg = dataclasses.replace(cfg, teacher_sha256=meta.teacher.get("checkpoint_sha256"))
     out = Path(cfg.out)
@@ -99,7 +105,8 @@ def run(cfg: RecipeConfig) -> dict[str, Any]:
     t, a = next((t, a) for t in cfg.temperatures for a in cfg.alphas if cell_name(t, a) == chosen)
     distilled = [grid[chosen]] + [student(cfg, out / chosen / f"seed{s}", seed=s, temperature=t,
                                           alpha=a) for s in cfg.seeds[1:]]
-    results = {"config": to_dict(cfg), "teacher": teacher_metrics(meta.teacher), "grid": grid,
+    results = {"config": to_dict(cfg), "teacher": teacher or teacher_metrics(meta.teacher),
+               "grid": grid,
                "chosen": {"temperature": t, "alpha": a, "name": chosen},
                "baselines": baselines, "distilled": distilled}
     write_json(out / "results.json", results)
