@@ -172,10 +172,12 @@ class LogitsConfig:
     views: int | None = None
     augment: str = "shift=2"
     view_seed: int = 0
+    mix: str | None = None  # mixed views, 'KIND[,ALPHA[,PROB]]' (augment/mix.py parse_mix)
 
     def __post_init__(self) -> None:
         if self.views is not None:
             check_views(self.views)
+        check_mix(self.mix, self.views)
         if self.batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.chunk_rows is not None and self.chunk_rows <= 0:
@@ -212,6 +214,16 @@ def parse_widths(text: str) -> tuple[int, ...] | None:
     except ValueError:
         return None
     return widths if widths and min(widths) > 0 else None
+
+
+def check_mix(mix: str | None, views: int | None) -> None:
+    """Raise ConfigError unless mix is None, or a valid --mix given with --views."""
+    if mix is None:
+        return
+    if views is None:
+        raise ConfigError(f"--mix {mix!r} mixes stored views: pass --views V too")
+    from softtargets.augment.mix import parse_mix
+    parse_mix(mix)
 
 
 def check_views(views: int) -> None:
@@ -281,10 +293,12 @@ class EnsembleLogitsConfig:
     views: int | None = None
     augment: str = "shift=2"
     view_seed: int = 0
+    mix: str | None = None  # mixed views, 'KIND[,ALPHA[,PROB]]' (augment/mix.py parse_mix)
 
     def __post_init__(self) -> None:
         if self.views is not None:
             check_views(self.views)
+        check_mix(self.mix, self.views)
         if self.views is not None and self.combined_only:
             raise ConfigError("--views keeps every member's view logits; it cannot be combined "
                               "with --store-combined-only: drop one of them")

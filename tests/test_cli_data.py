@@ -15,6 +15,7 @@ from conftest import run_cli as run
 from softtargets.cli.data import DataOptions, load_data
 from softtargets.errors import ConfigError
 from softtargets.format.store import read_meta
+from softtargets.read import DistillDataset, SoftTargets
 from user_models import IMAGE, VOCAB
 
 pytest.importorskip("PIL.Image")
@@ -149,6 +150,36 @@ ALLOWED = ("an IDX name (fashion-mnist, kmnist, mnist), imagefolder:PATH, cifar1
            "cifar100:PATH, tokens:PATH or module:factory")
 
 
+def test_cifar_mixed_views_replay_the_teachers_input(tmp_path):
+    write_cifar10(tmp_path / "c", per_batch=4, n_test=3)
+    store = tmp_path / "mixed.zarr"
+    run("teacher-logits", "--data", f"cifar10:{tmp_path / 'c'}", "--teacher-factory",
+        "user_models:cifar_net", "--store", store, "--views", 3, "--augment", "flip=1",
+        "--mix", "cutmix,0.5,1", "--quiet")
+    targets = SoftTargets(str(store), view="replay")
+    assert targets.meta.extra["views"]["mix"] == {"kind": "cutmix", "alpha": 0.5, "prob": 1.0}
+    assert targets.meta.extra["views"]["views"] == 3
+    data = load_data(f"cifar10:{tmp_path / 'c'}", DataOptions())
+    from user_models import cifar_net
+    x, _, t = DistillDataset.collate([DistillDataset(data, targets, seed=4)[i] for i in range(20)])
+    with torch.no_grad():  # the factory seeds its weights: the command's teacher
+        again = cifar_net()(x)
+    np.testing.assert_allclose(again.numpy(), t.logits.float().numpy(), rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--mix", "mixup"), "--mix 'mixup' mixes stored views: pass --views V too"),
+    (("--views", 2, "--mix", "blend"), "Mix kind must be one of ['mixup', 'cutmix'], got 'blend'"),
+    (("--views", 2, "--mix", "mixup,x"), "--mix 'mixup,x': ALPHA and PROB must be numbers, e.g. "
+     "mixup,1.0,0.5"),
+])
+def test_bad_mix_one_line(images, tmp_path, args, message):
+    res = run("teacher-logits", "--data", f"imagefolder:{images}", "--teacher-factory",
+              "user_models:image_teacher", *args, "--store", tmp_path / "s.zarr", ok=False)
+    assert res.output == f"Error: ConfigError: {message}\n"
+    assert not (tmp_path / "s.zarr").exists()
+
+
 @pytest.mark.parametrize("spec, extra, message", [
     ("svhn", (), f"--data 'svhn' is not a dataset softtargets knows; use {ALLOWED}"),
     ("zip:/x/y", (), f"--data 'zip:/x/y' is not a dataset softtargets knows; use {ALLOWED}"),
@@ -189,8 +220,8 @@ def test_bad_spec_one_line(tmp_path, spec, extra, message):
      "torch.export file, or hf:DIR)"),
     (("--teacher-weights", "w.pt"), "--teacher-weights is the state dict of a --teacher-factory "
      "module; pass --teacher-factory module:factory too"),
-    (("--teacher-factory", "user_models:image_teacher", "--views", 2, "--compile"),
-     "--views, --compile do not apply to --data imagefolder:{tmp} / --teacher-factory (written "
+    (("--teacher-factory", "user_models:image_teacher", "--break-lock", "--compile"),
+     "--break-lock, --compile do not apply to --data imagefolder:{tmp} / --teacher-factory (written "
      "through softtargets.write.write_logits); drop them, or use an IDX dataset with a "
      "softtargets teacher checkpoint"),
 ])

@@ -136,6 +136,34 @@ def test_cli_writes_views_and_refuses_zero(tmp_path: Path, tiny_data) -> None:
     assert res.exit_code == 1 and "not a number" in res.output
 
 
+def test_cli_mixed_views_of_one_teacher_and_an_ensemble_replay(tmp_path: Path,
+                                                               tiny_data) -> None:
+    from softtargets.datasets.idx import IDXDataset
+    from softtargets.read import DistillDataset, SoftTargets
+
+    from conftest import run_cli
+    from stage1_helpers import stage1_args
+    teacher = Path(_teacher(tmp_path, tiny_data))
+    mixed = ("--views", "3", "--augment", "shift=1", "--mix", "mixup,1.0,1.0")
+    run_cli(*stage1_args(tiny_data, teacher, tmp_path / "one.zarr", *mixed))
+    run_cli(*stage1_args(tiny_data, teacher, tmp_path / "two.zarr", "--teacher", str(teacher),
+                         *mixed))
+    model = load_checkpoint(str(teacher)).model.eval()
+    data = IDXDataset.from_split(load_split(tiny_data))
+    for name in ("one", "two"):
+        targets = SoftTargets(str(tmp_path / f"{name}.zarr"), view="replay")
+        assert targets.meta.extra["views"]["mix"] == {"kind": "mixup", "alpha": 1.0, "prob": 1.0}
+        params = targets.view_params(np.arange(96))  # (96, 3, P): views 1, 2 mixed
+        assert (params[:, 1:, 5] >= 0).all() and (params[:, 0, 5] == -1).all()
+        x, _, t = DistillDataset.collate([DistillDataset(data, targets, seed=2)[i]
+                                          for i in range(96)])
+        with torch.no_grad():
+            again = model(x.flatten(1))  # (96, 10); two copies of one teacher: its own logits
+        want = t.logits.float() if t.logits is not None else t.log_probs
+        got = again if t.logits is not None else torch.log_softmax(again, 1)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-3, atol=3e-3)
+
+
 def test_student_trains_from_views_store(tmp_path: Path, tiny_data) -> None:
     from softtargets.config import StudentTrainConfig
     from softtargets.recipes.hinton2015.train import train_student

@@ -72,6 +72,22 @@ class Mix:
         return cls(**d)
 
 
+def parse_mix(text: str | None) -> Mix | None:
+    """The command line's --mix 'KIND[,ALPHA[,PROB]]' (e.g. 'mixup,1.0,0.5') as a Mix; None
+    stays None."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    if not 1 <= len(parts) <= 3:
+        raise ConfigError(f"--mix must be KIND[,ALPHA[,PROB]], e.g. mixup,1.0,0.5; got {text!r}")
+    try:
+        numbers = [float(p) for p in parts[1:]]
+    except ValueError:
+        raise ConfigError(f"--mix {text!r}: ALPHA and PROB must be numbers, e.g. "
+                          "mixup,1.0,0.5") from None
+    return Mix(parts[0], *numbers)
+
+
 def param_names(spec: AugmentSpec) -> tuple[str, ...]:
     """The mix's columns of view_params, after the spec's."""
     return COLUMNS + tuple(f"mix.{name}" for name in spec.param_names)

@@ -117,6 +117,10 @@ def cli() -> None:
               help="--views: augmentation spec 'shift=2,rotate=10,scale=1.1,flip=0' or a JSON file.")
 @click.option("--view-seed", type=int, default=0, show_default=True,
               help="--views: seed of the per-(sample, view) augmentation parameters.")
+@click.option("--mix", default=None, metavar="KIND[,ALPHA[,PROB]]",
+              help="--views: stored mixed views, e.g. mixup,1.0,0.5 (mixup|cutmix; lambda ~ "
+                   "Beta(ALPHA, ALPHA), PROB of the views mixed); the teacher sees the mixed "
+                   "input, partner and lambda are stored (docs/FORMAT.md 'Mixed views').")
 @click.option("--channels-last", is_flag=True,
               help="channels_last layout (convolutional teachers).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the teacher.")
@@ -131,7 +135,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
                        topk: int | None, sample: int | None, temperatures: str,
                        sample_seed: int, sample_temperature: float, channels_last: bool,
                        compile_: bool, views: int | None, augment: str, view_seed: int,
-                       threads: int | None, quiet: bool, **ens: Any) -> None:
+                       mix: str | None, threads: int | None, quiet: bool,
+                       **ens: Any) -> None:
     """Stage 1: run the teacher(s) over a split and write their raw logits to a store.
 
     --data SPEC takes your own data (image folder, CIFAR, token file, module:factory) and
@@ -146,11 +151,10 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
     dataset = resolve_spec(data_spec, dataset)
     hf = any(t.startswith("hf:") for t in teachers)
     if not is_idx(dataset) or teacher_factory is not None or hf or drop_vocab_padding:
-        from softtargets.cli.user import targets_of
+        from softtargets.cli.user import targets_of, user_views
         from softtargets.cli.user import teacher_logits as user_logits
-        refused = {"--val-rows": val_rows != 0, "--views": views is not None,
-                   "--break-lock": break_lock, "--channels-last": channels_last,
-                   "--compile": compile_, "--mc-dropout": ens.pop("mc_dropout") != 0,
+        refused = {"--val-rows": val_rows != 0, "--break-lock": break_lock,
+                   "--channels-last": channels_last, "--compile": compile_, "--mc-dropout": ens.pop("mc_dropout") != 0,
                    "--store-combined-only": ens.pop("combined_only"),
                    **{f"--{k.replace('_', '-')}": ens.pop(k) is not None for k in
                       ("ensemble_spec", "factory", "transform", "combine", "temperature")}}
@@ -161,7 +165,8 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
             teacher_weights=teacher_weights, targets=targets, refused=refused,
             progress=not quiet, batch_size=batch_size, chunk_rows=chunk_rows,
             compressor=compressor, device=device, overwrite=overwrite, resume=resume,
-            shard_rows=shard_rows, drop_vocab_padding=drop_vocab_padding)
+            shard_rows=shard_rows, drop_vocab_padding=drop_vocab_padding,
+            **user_views(views, augment=augment, view_seed=view_seed, mix=mix))
         return _logits_summary(meta, seconds, store, k=topk or sample, resume=resume,
                                resumed=resumed)
     store = store.replace("{dataset}", dataset)
@@ -179,9 +184,10 @@ def teacher_logits_cmd(dataset: str, data_dir: str, limit: int | None, val_rows:
                           "ensemble, convert its combined log-probs with softtargets.format.sparse "
                           "(README, 'Sparse stores')")
     if views is not None and ens_cfg is not None:  # every member's views (members.py)
-        ens_cfg = dataclasses.replace(ens_cfg, views=views, augment=augment, view_seed=view_seed)
-    elif views is not None:
-        sparse.update(views=views, augment=augment, view_seed=view_seed)
+        ens_cfg = dataclasses.replace(ens_cfg, views=views, augment=augment, view_seed=view_seed,
+                                      mix=mix)
+    elif views is not None or mix is not None:
+        sparse.update(views=views, augment=augment, view_seed=view_seed, mix=mix)
     if ens_cfg is None:
         cfg = LogitsConfig(data=data, teacher=teachers[0] if teachers else
                            f"runs/{dataset}/teacher.pt", resume=resume, break_lock=break_lock,

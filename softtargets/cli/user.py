@@ -74,6 +74,22 @@ def targets_of(topk: int | None, sample: int | None, temperatures: tuple[float, 
     return Dense()
 
 
+def user_views(views: int | None, *, augment: str, view_seed: int,
+               mix: str | None) -> dict[str, Any]:
+    """write_logits' views= of --views/--augment/--view-seed/--mix ({} without --views)."""
+    from softtargets.config import check_mix
+    check_mix(mix, views)
+    if views is None:
+        return {}
+    from softtargets.augment import views as vw
+    from softtargets.augment.mix import parse_mix
+    from softtargets.augment.source import Views
+    from softtargets.config import check_views
+    check_views(views)
+    return {"views": Views(count=views, augment=vw.parse_spec(augment), seed=view_seed,
+                           mix=parse_mix(mix))}
+
+
 def teacher_logits(spec: str, options: DataOptions, *, store: str, teachers: tuple[str, ...],
                    teacher_factory: str | None, teacher_weights: str | None,
                    targets: Any, refused: dict[str, bool], progress: bool,

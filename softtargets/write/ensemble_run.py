@@ -23,6 +23,7 @@ import torch
 
 from softtargets.format import ensemble
 from softtargets.augment import views as vw
+from softtargets.augment.mix import parse_mix
 from softtargets.augment.source import ViewInputs, Views
 from softtargets.datasets.idx import IDXDataset
 from softtargets.config import DataConfig, EnsembleLogitsConfig
@@ -243,7 +244,8 @@ class MemberLayout:
         views = None
         if cfg.views is not None:
             views = Views(count=int(cfg.views), augment=vw.parse_spec(cfg.augment),
-                          seed=cfg.view_seed)
+                          seed=cfg.view_seed, mix=parse_mix(cfg.mix))
+            views = views.for_dataset(IDXDataset.from_split(split))  # mixed: partners' pool
             arrays += [RowArray(vw.MEMBER_VIEW_LOGITS, (views.count, c), "float16",
                                 ("member", "row", "view", "class"), members=m, per_member=True),
                        RowArray(vw.VIEW_PARAMS, (views.count, views.num_params), "float32",

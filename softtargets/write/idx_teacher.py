@@ -81,12 +81,15 @@ def write_views(cfg: LogitsConfig, *, split: Split, model: torch.nn.Module, rank
     holds view 0. Written in a WriteSession, so sharding, --resume and torchrun ranks work as for
     plain stores (each rank writes whole units of all three arrays)."""
     from softtargets.augment import views as vw
+    from softtargets.augment.mix import parse_mix
     from softtargets.augment.source import ViewInputs, Views
     from softtargets.datasets.idx import IDXDataset
     if cfg.topk is not None or cfg.sample is not None:
         raise ConfigError("--views stores are dense: drop --topk/--sample or --views")
-    views = Views(count=int(cfg.views or 0), augment=vw.parse_spec(cfg.augment),
-                  seed=cfg.view_seed)
+    source = ViewInputs(IDXDataset.from_split(split), Views(
+        count=int(cfg.views or 0), augment=vw.parse_spec(cfg.augment), seed=cfg.view_seed,
+        mix=parse_mix(cfg.mix)), flat=True)  # (R*V, H*W)
+    views = source.views  # mixed views: partners among the split's sample ids
     v, c = views.count, len(split.class_names)
     arrays = (RowArray(vw.VIEW_LOGITS, (v, c), "float16", ("row", "view", "class")),
               RowArray(vw.VIEW_PARAMS, (v, views.num_params), "float32",
@@ -94,7 +97,6 @@ def write_views(cfg: LogitsConfig, *, split: Split, model: torch.nn.Module, rank
     session = WriteSession(cfg, n=len(split), class_names=split.class_names,
                            dataset=split.identity(), teacher=teacher, ranks=ranks,
                            device_type=device.type, arrays=arrays, extra={"views": views.info()})
-    source = ViewInputs(IDXDataset.from_split(split), views, flat=True)  # (R*V, H*W)
     with session:
         bar = progress_bar(total=len(session.todo), desc="teacher-logits", unit="unit",
                            enabled=progress)
