@@ -51,6 +51,12 @@ def test_online_batches_are_fresh_views_with_the_teachers_target_now(data):
                                atol=1e-5)
     assert y.shape == (32, 10) and torch.allclose(y.sum(1), torch.ones(32))
     assert 0 < (y.max(1).values < 1).float().mean() < 1  # some rows mixed, some not
+    x_last, y_last, t_last = first[-1]  # the short last batch: 80 = 32 + 32 + 16
+    z_last = np.stack([m(x_last).detach().numpy() for m in models])  # (2, 16, C)
+    assert len(x_last) == len(y_last) == 16
+    np.testing.assert_allclose(t_last.log_probs.numpy(),
+                               combine_log_probs(z_last, rule="arithmetic", temperature=3.0),
+                               atol=1e-5)
     again = next(iter(online.epoch(0)))
     assert torch.equal(again[0], x)  # an epoch's views are reproducible
     assert not torch.equal(next(iter(online.epoch(1)))[0], x)  # the next epoch's are new
