@@ -111,6 +111,7 @@ def test_online_arm_and_hard_arm_run(data, tmp_path):
                     epochs=1, batch_size=40, mix_kind="cutmix")
     m = run_arm(cfg, tmp_path / "online")
     assert m["steps"] == 2 and 0 < m["teacher_seconds"] < m["stage2_seconds"]
+    assert m["stage2_cpu_seconds"] > 0 and m["history"][0]["cpu_seconds"] > 0
     assert json.loads((tmp_path / "online" / "metrics.json").read_text())["arm"] == "online"
     with pytest.raises(ConfigError, match="arm 'online' runs the teachers"):
         ArmConfig(arm="online", data=cfg_data)

@@ -156,7 +156,8 @@ def run_arm(cfg: ArmConfig, out: str | Path) -> dict[str, Any]:
     metrics = {"arm": cfg.arm, "model": spec.describe(), "config": to_dict(cfg),
                "train_rows": len(dataset), "steps": cfg.epochs * steps, "history": history,
                "stage2_seconds": sum(h["seconds"] for h in history),
-               "teacher_seconds": sum(h["teacher_seconds"] for h in history)}
+               "teacher_seconds": sum(h["teacher_seconds"] for h in history),
+               "stage2_cpu_seconds": sum(h.get("cpu_seconds", float("nan")) for h in history)}
     out.mkdir(parents=True, exist_ok=True)
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -169,6 +170,7 @@ def _epoch(cfg: ArmConfig, model: torch.nn.Module, optim: Any, sched: Any, batch
     """One epoch of student steps, then errors on the validation and test rows."""
     model.train()
     t0, teacher0, total, rows = time.perf_counter(), batches.teacher_seconds, 0.0, 0
+    c0 = time.process_time()  # CPU seconds too: wall time swells when the cores are shared
     torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks, resumable per epoch
     for x, y, target in batches.epoch(epoch):
         loss = _loss(cfg, model(x.flatten(1)), y, target)
@@ -184,6 +186,7 @@ def _epoch(cfg: ArmConfig, model: torch.nn.Module, optim: Any, sched: Any, batch
         total, rows = total + loss.item() * len(x), rows + len(x)
     seconds = time.perf_counter() - t0
     row = {"epoch": epoch + 1, "train_loss": total / max(rows, 1), "seconds": seconds,
+           "cpu_seconds": time.process_time() - c0,
            "teacher_seconds": batches.teacher_seconds - teacher0,
            "test_errors": evaluate(model, test)["test_errors"]}
     if val is not None:
