@@ -87,34 +87,3 @@ def test_a_batch_of_a_ring_never_received_is_refused(worker):
     data = ForkingPickler.dumps(lost)
     with pytest.raises(ConfigError, match="shared memory this process never mapped"):
         pickle.loads(data)
-
-
-def test_a_batch_gathered_into_a_reserved_slot_is_sent_without_a_copy(worker):
-    import numpy as np
-    assert ship.reserve([((4, 5), np.dtype(np.float16))]) is None  # no ring before a batch
-    send(ship.ship(batch(1.0)))  # makes the ring; slot 0 freed on arrival
-    (logits,) = ship.reserve([((4, 5), np.dtype(np.float16))])
-    ring = ship._worker_ring[0]
-    assert ring.flags.tolist() == [0, 1, 0, 0, 0, 0]  # slot 1 held for the batch
-    assert ship.reserve([((4, 5), np.dtype(np.float16))])[0].ctypes.data == logits.ctypes.data
-    logits[:] = 2.5  # the gather writes here
-    x = torch.full((4, 3), 7.0)
-    shipped = ship.ship((x, DenseTarget(4.0, logits=torch.from_numpy(logits))))
-    assert shipped.slot == 1 and ship._pending == []
-    logits[0, 0] = 9  # the slot's bytes are what is sent: nothing was copied out of it
-    got_x, got = send(shipped)
-    assert got.logits[0].tolist() == [9.0] + [2.5] * 4 and got_x.tolist() == x.tolist()
-    del got_x, got
-    assert ring.flags.tolist() == [0] * 6
-
-
-def test_a_reserved_batch_that_does_not_fit_goes_as_torch_sends_it(worker):
-    import numpy as np
-    send(ship.ship(batch(1.0)))
-    (logits,) = ship.reserve([((4, 5), np.dtype(np.float16))])
-    logits[:] = 3.0
-    big = torch.zeros(1000, 100)  # with it the batch outgrows a slot
-    x, target = ship.ship((big, DenseTarget(4.0, logits=torch.from_numpy(logits))))
-    assert x.data_ptr() == big.data_ptr() and target.logits.data_ptr() != logits.ctypes.data
-    assert target.logits.tolist() == [[3.0] * 5] * 4
-    assert ship._worker_ring[0].flags.tolist() == [0] * 6  # the slot is free again

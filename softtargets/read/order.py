@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -135,8 +135,6 @@ def resume_point(counts: list[int], delivered: int) -> tuple[int, list[int]]:
 
 
 Rows = tuple[np.ndarray, ...]  # sample ids (R,) int64, then each plan array's rows, e.g. (R, C)
-# arrays of the given (shape, dtype) to gather a batch into, or None for new ones
-Allocate = Callable[[list[tuple[tuple[int, ...], np.dtype]]], "list[np.ndarray] | None"]
 
 
 class ChunkGauge:
@@ -159,17 +157,15 @@ class ChunkGauge:
 
 
 def worker_batches(plan: StreamPlan, *, epoch: int, worker: int, skip_batches: int = 0,
-                   gauge: ChunkGauge | None = None, reader: UnitReader | None = None,
-                   out: Allocate | None = None) -> Iterator[Rows]:
+                   gauge: ChunkGauge | None = None,
+                   reader: UnitReader | None = None) -> Iterator[Rows]:
     """Batches of logical `worker` in `epoch`, after skipping its first `skip_batches`.
 
     Reads with `reader`, a reader of the plan's units opened in this process (reused across
     epochs), else opens the store itself (call it inside the process that iterates). Groups
     wholly inside the skipped prefix are not read at all. The next group is queued for decoding
     before the current one is awaited, so the decode threads never idle at a group boundary;
-    its buffer is free by then (every yielded batch is a copy). `out`, given the (shape, dtype)
-    of a full batch's arrays, returns arrays to gather it into (e.g. shared memory), or None
-    for new ones.
+    its buffer is free by then (every yielded batch is a copy).
     """
     chunks = plan.worker_chunks(epoch, worker)
     groups = [chunks[i:i + plan.buffer_chunks] for i in range(0, len(chunks), plan.buffer_chunks)]
@@ -214,7 +210,7 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int, skip_batches: i
                 valid = valid[plan.keep[arrays[0][valid]]]
             order = plan.row_order(len(valid), epoch=epoch, worker=worker, group=g)[skip:]
             skip = 0
-            carry = yield from _emit(arrays, valid[order], carry, plan.batch_size, out)
+            carry = yield from _emit(arrays, valid[order], carry, plan.batch_size)
             gauge.release(len(groups[g]))  # its rows are all emitted or copied into `carry`
             held -= len(groups[g])
         if carry is not None and len(carry[0]) and not plan.drop_last:
@@ -225,9 +221,9 @@ def worker_batches(plan: StreamPlan, *, epoch: int, worker: int, skip_batches: i
 
 
 def _emit(arrays: tuple[np.ndarray, ...], order: np.ndarray, carry: Rows | None,
-          batch_size: int, out: Allocate | None = None) -> Iterator[Rows]:
-    """Yield full batches of rows `order` of every array (after `carry`), each gathered into
-    `out`'s arrays when it gives some; return the short remainder."""
+          batch_size: int) -> Iterator[Rows]:
+    """Yield full batches of rows `order` of every array (after `carry`); return the short
+    remainder."""
     start = 0
     if carry is not None and len(carry[0]):
         need = batch_size - len(carry[0])
@@ -237,14 +233,9 @@ def _emit(arrays: tuple[np.ndarray, ...], order: np.ndarray, carry: Rows | None,
         if len(carry[0]) < batch_size:
             return carry
         yield carry
-    layouts = [((batch_size, *a.shape[1:]), a.dtype) for a in arrays]
     while start + batch_size <= len(order):
         take = order[start:start + batch_size]
-        into = None if out is None else out(layouts)
-        if into is None:
-            yield tuple(a[take] for a in arrays)  # one gather copy per batch and array
-        else:
-            yield tuple(np.take(a, take, axis=0, out=o) for a, o in zip(arrays, into))
+        yield tuple(a[take] for a in arrays)  # one gather copy per batch and array
         start += batch_size
     take = order[start:]
     return tuple(a[take] for a in arrays)

@@ -86,90 +86,33 @@ class Shipped:
         return _receive, (ring.key, first, ring.slot_bytes, self.slot, self.skeleton)
 
 
-@dataclasses.dataclass(frozen=True)
-class Reserved:
-    """A slot taken for the next batch's arrays, gathered straight into it (`reserve`)."""
-
-    ring: Ring
-    slot: int
-    size: int  # bytes at the start of the slot held by the reserved arrays
-    regions: dict[int, tuple[int, int]]  # address -> (offset in the slot, bytes)
-
-
 _worker_ring: list[Ring] = []  # the ring of this worker process (at most one)
-_pending: list[Reserved] = []  # this worker's reservation not shipped yet (at most one)
 _received: dict[tuple[int, int], torch.Tensor] = {}  # main process: rings by key
-
-
-def reserve(layouts: list[tuple[tuple[int, ...], np.dtype]]) -> list[np.ndarray] | None:
-    """(DataLoader worker) arrays of these (shape, dtype) in a free slot of the ring, for the
-    next batch to be gathered into: `ship` then sends the tensors over them without a copy.
-    None outside a worker, before its first batch made the ring, or when no slot is free or
-    fits; a reservation not shipped is reused by the next one."""
-    if get_worker_info() is None or not _worker_ring or _worker_ring[0].key[0] != os.getpid():
-        return None
-    ring = _worker_ring[0]
-    sizes = [_numel(shape) * np.dtype(dtype).itemsize for shape, dtype in layouts]
-    if sum(map(_aligned, sizes)) > ring.slot_bytes:
-        return None
-    held = _pending[0] if _pending and _pending[0].ring is ring else None
-    slot = held.slot if held is not None else ring.take()
-    if slot is None:
-        return None
-    arrays, regions, offset = [], {}, 0
-    for (shape, dtype), nbytes in zip(layouts, sizes):
-        a = ring.region(slot, offset, nbytes).numpy().view(dtype).reshape(shape)
-        regions[a.ctypes.data] = (offset, nbytes)
-        arrays.append(a)
-        offset += _aligned(nbytes)
-    _pending[:] = [Reserved(ring, slot, offset, regions)]
-    return arrays
 
 
 def ship(batch: Any) -> Any:
     """`batch` (tuples, lists, target dataclasses, CPU tensors) ready to leave this process:
-    in a DataLoader worker, copied into a ring slot when one is free and fits (tensors over a
-    reserved slot stay where they are); else as is."""
+    in a DataLoader worker, copied into a ring slot when one is free and fits; else as is."""
     if get_worker_info() is None:
         return batch
-    held = _pending.pop() if _pending else None
     tensors: list[torch.Tensor] = []
     skeleton = _flatten(batch, tensors)
     if any(t.device.type != "cpu" for t in tensors):
-        return batch if held is None else _released(held, skeleton, tensors)
-    specs, size, copies = [], 0 if held is None else held.size, []
+        return batch
+    specs, size = [], 0
     for t in tensors:
-        nbytes = t.numel() * t.element_size()
-        at = None if held is None else held.regions.get(t.data_ptr())
-        if at is not None and nbytes <= at[1]:  # gathered into the slot already
-            specs.append(Spec(at[0], tuple(t.shape), t.dtype))
-            continue
         specs.append(Spec(size, tuple(t.shape), t.dtype))
-        copies.append((t, size, nbytes))
-        size += _aligned(nbytes)
+        size += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
     if not _worker_ring or _worker_ring[0].key[0] != os.getpid():  # none yet, or forked
         _worker_ring[:] = [Ring(max(ALIGN, size + size // 4))]
     ring = _worker_ring[0]
-    if held is not None and (held.ring is not ring or size > ring.slot_bytes):
-        return _released(held, skeleton, tensors)
-    slot = held.slot if held is not None else ring.take() if size <= ring.slot_bytes else None
+    slot = ring.take() if size <= ring.slot_bytes else None
     if slot is None:
         return batch
-    for t, offset, nbytes in copies:
-        ring.region(slot, offset, nbytes).view(t.dtype).view(t.shape).copy_(t)
+    for t, spec in zip(tensors, specs):
+        nbytes = t.numel() * t.element_size()
+        ring.region(slot, spec.offset, nbytes).view(t.dtype).view(t.shape).copy_(t)
     return Shipped(ring, slot, _fill(skeleton, specs))
-
-
-def _released(held: Reserved, skeleton: Any, tensors: list[torch.Tensor]) -> Any:
-    """The batch as torch sends it, its tensors over the reserved slot copied out first (torch
-    would send the whole ring, which the worker writes on); the slot is free again."""
-    own = [t.clone() if t.data_ptr() in held.regions else t for t in tensors]
-    held.ring.flags[held.slot] = 0
-    return _build(_fill(skeleton, own), lambda spec: spec)  # (leaves are the tensors)
-
-
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // ALIGN) * ALIGN
 
 
 def _receive(key: tuple[int, int], ring: torch.Tensor | None, slot_bytes: int, slot: int,

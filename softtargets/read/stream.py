@@ -36,8 +36,8 @@ from softtargets.read.dataset import (InputChecks, check_pairing, dataset_name, 
                                       sample_ids_of)
 from softtargets.read.load import ReadOptions, open_source
 from softtargets.read.replay import REPLAY, Replay
-from softtargets.read.ship import reserve, ship
-from softtargets.read.units import ARRAYS_KIND, ENSEMBLE_KIND, SPARSE_KIND, UnitSpec, scan
+from softtargets.read.ship import ship
+from softtargets.read.units import ARRAYS_KIND, ENSEMBLE_KIND, UnitSpec, scan
 from softtargets.read.order import (ChunkGauge, StreamPlan, UnitReader, resume_point,
                                 worker_batches)
 
@@ -214,12 +214,8 @@ class StreamingDistillDataset(IterableDataset):
         logical = (worker + rotate) % plan.num_workers
         # a DataLoader worker opens its own reader (zarr objects do not survive a fork)
         reader = self._reader() if get_worker_info() is None else None
-        # raw logits and log-probs become the target as they are: a worker gathers them
-        # straight into its shared-memory ring (read/ship.py), saving a copy per batch
-        direct = self._units.kind != SPARSE_KIND and self._replay is None
         source = worker_batches(plan, epoch=self.epoch, worker=logical,
-                                skip_batches=skip[logical], gauge=self.gauge, reader=reader,
-                                out=reserve if direct else None)
+                                skip_batches=skip[logical], gauge=self.gauge, reader=reader)
         yield from prefetch(self._batches(source), depth=self.prefetch_batches, name="stream")
 
     def _reader(self) -> UnitReader:
