@@ -127,7 +127,7 @@ def _receive(key: tuple[int, int], ring: torch.Tensor | None, slot_bytes: int, s
                           "this process never mapped; iterate the DataLoader from its first "
                           "batch")
     base = ALIGN + slot * slot_bytes
-    lease = _Lease(data, slot)
+    lease = _Lease(data.numpy(), slot)
 
     def out(spec: Spec) -> torch.Tensor:
         nbytes = spec.dtype.itemsize * _numel(spec.shape)
@@ -147,11 +147,11 @@ class _Lease:
     """One received slot, held by the tensors of its batch; freed for the worker when the
     last of them is collected."""
 
-    def __init__(self, data: torch.Tensor, slot: int) -> None:
-        self.data, self.slot = data, slot
+    def __init__(self, ring: np.ndarray, slot: int) -> None:
+        self.ring, self.slot = ring, slot  # (nbytes,) uint8 view: its first bytes are the flags
 
     def __del__(self) -> None:
-        self.data[self.slot] = 0
+        self.ring[self.slot] = 0  # numpy, not torch: this may run late at interpreter exit
 
 
 class _View:
