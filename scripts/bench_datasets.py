@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import Row, _paired_row, interleaved, table  # noqa: E402  (before torch)
+from bench_common import Row, _paired_row, interleaved, paired, table  # noqa: E402  (before torch)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -266,13 +266,22 @@ def measure_store(label: str, data: TensorDataset | TokenSequences, url: str,
     got = interleaved(variants, repeat=args.repeat)
     rows = [_paired_row(f"  limit: {name} (numpy) / raw decode ({label})", got[name], got["raw"],
                         "(info)", None) for name in limits]
+    # the most a reader that checks and shuffles reaches here: in this process, or in a worker
+    # that also copies each batch into shared memory (every loader row names its limit)
+    # (DistillDataset holds the targets in memory: its limit is the gather from memory)
+    limit = {w: paired(got[key], got["raw"])[2] for w, key in (
+        ("w=0", "checked read + shuffle"),
+        ("worker", "checked read + shuffle + copy into shared memory"),
+        ("map", "shuffle from memory"))}
     for name in variants:
         if name == "raw" or name in limits:
             continue
         kind, w = name.split(" ")
         what = "StreamingDistillDataset" if kind == "stream" else "DistillDataset"
+        bound = limit["map" if kind == "map" else "w=0" if w == "w=0" else "worker"]
+        goal = f">= 0.80 (limit {bound:.2f})"
         rows.append(_paired_row(f"{what} / raw decode ({label}, {w}, rows/s)", got[name],
-                                got["raw"], ">= 0.80", lambda r: r >= 0.80))
+                                got["raw"], goal, lambda r: r >= 0.80))
         if name in cpu:  # work, not waiting: less sensitive to other processes on the cores
             rows.append(_paired_row("  same, rows per CPU-second of this process", cpu[name][1:],
                                     cpu["raw"][1:], "(info)", None))

@@ -66,6 +66,7 @@ def test_the_datasets_benchmark_runs_in_its_tiny_mode(tmp_path):
                           "checked read + shuffle + copy into shared memory",
                           "shuffle from memory")]
     assert names[4] == "StreamingDistillDataset / raw decode (dense 2,048 x 64, w=0, rows/s)"
+    assert rows[4]["goal"] == f">= 0.80 (limit {rows[1]['ratio']:.2f})"  # checked read + shuffle
     assert names[5] == "  same, rows per CPU-second of this process"
     assert names[14] == ("DistillDataset / raw decode (top-32 of C=1,000, 2,048 rows, w=0, "
                          "rows/s)")
