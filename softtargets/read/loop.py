@@ -48,7 +48,7 @@ class StreamOptions:
     workers: int = 0  # DataLoader worker processes; 0 reads in this process (threads)
     buffer_chunks: int = 8  # rows are shuffled inside groups of this many chunks
     decode_threads: int = 2  # per process that decodes
-    prefetch_batches: int = 8
+    prefetch_batches: int = 8  # made ahead: by a batch thread (in process) or by the workers
     context: str | None = None  # multiprocessing start method of the workers (None: default)
 
     def __post_init__(self) -> None:
@@ -114,10 +114,12 @@ class Batches:
         self._epoch = 0
         targets = dict(temperature=temperature, rule=rule, tail=tail)
         if store is not None and (replay or options.streams(store)):
+            # workers: the DataLoader's prefetch_factor looks ahead; a batch thread in each
+            # worker as well halved the rows/s of 2 workers on 2 cores (415k vs 215k)
             self.stream = StreamingDistillDataset(
                 dataset, store, batch_size=batch_size, seed=seed, sample_ids=sample_ids,
                 buffer_chunks=options.buffer_chunks, decode_threads=options.decode_threads,
-                prefetch_batches=options.prefetch_batches, **targets,
+                prefetch_batches=0 if options.workers else options.prefetch_batches, **targets,
                 **({"view": REPLAY} if replay else {}))
             # its own generator: a DataLoader draws its base seed from the global RNG
             # otherwise, and a resumed run would then see other dropout masks

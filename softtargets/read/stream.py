@@ -86,7 +86,9 @@ class StreamingDistillDataset(IterableDataset):
     (sample ids, input, label, target). rank, world_size: this process's share (default: the
     initialised torch.distributed group, else the whole data). buffer_chunks: units shuffled
     together (two groups are held at once); decode_threads per process; prefetch_batches made
-    ahead in a background thread of each process that iterates. view="replay" (views stores):
+    ahead in a background thread of each process that iterates (leave it 0 under DataLoader
+    workers: their prefetch_factor looks ahead already, and the extra thread halved the rows/s
+    of 2 workers on 2 cores). view="replay" (views stores):
     each row's input is rebuilt as the view it draws this epoch (by (seed, epoch, sample id),
     read.replay), its target is that view's logits or, for an ensemble, the members'
     combination of that view at T.
