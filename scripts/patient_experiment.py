@@ -19,12 +19,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+# before torch loads libgomp: idle OpenMP threads sleep instead of spinning. These runs span
+# sessions and share the 2 cores with other work; spinning threads of two processes made student
+# epochs swing 4-25x on this machine (scripts/bench_common.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from softtargets import IDXDataset, Mix, Views, write_logits
 from softtargets.config import DataConfig
