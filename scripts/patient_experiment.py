@@ -32,14 +32,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from softtargets import IDXDataset, Mix, Views, write_logits
-from softtargets.config import DataConfig
-from softtargets.datasets.idx_files import load_split
-from softtargets.recipes.hinton2015.experiments import (ExperimentConfig, ensemble_test_metrics,
-                                                        log, run_teachers, store_complete,
-                                                        write_json)
-from softtargets.recipes.hinton2015.models import load_checkpoint
-from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm
+from softtargets import IDXDataset, Mix, Views, write_logits  # noqa: E402
+from softtargets.config import DataConfig  # noqa: E402
+from softtargets.datasets.idx_files import load_split  # noqa: E402
+from softtargets.recipes.hinton2015.experiments import (  # noqa: E402
+    ExperimentConfig, ensemble_test_metrics, log, run_teachers, store_complete, write_json)
+from softtargets.recipes.hinton2015.models import load_checkpoint  # noqa: E402
+from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm  # noqa: E402
 
 AUGMENT = "shift=2,flip=1,rotate=10,scale=1.1"  # padded random crop (pad 2), flip, rotate, zoom
 
