@@ -129,3 +129,33 @@ def save_results(out: str | Path, results: object, text: str, *,
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / markdown).write_text(text)
+
+
+def status_kb(field: str) -> int:
+    """A field of /proc/self/status, kB (e.g. VmHWM: peak RSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def current_rss_mb() -> float:
+    """Resident set size now (Linux /proc), MB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def tree_pss_mb() -> float:
+    """Proportional set size of this process and its children (DataLoader workers), MB."""
+    pids = [os.getpid()]
+    for task in Path("/proc/self/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # a worker that has just exited
+            continue
+        total += next(int(line.split()[1]) for line in text.splitlines()
+                      if line.startswith("Pss:"))
+    return total / 1024

@@ -34,8 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (Row, Threads, _paired_row, _row, interleaved,  # noqa: E402,F401
-                          omp_settings, pin_interop, table)  # first: before torch
+from bench_common import (Row, Threads, _paired_row, _row, current_rss_mb,  # noqa: E402,F401
+                          interleaved, omp_settings, pin_interop, status_kb, table,
+                          tree_pss_mb)  # first: before torch
 
 import numcodecs  # noqa: E402
 import numpy as np  # noqa: E402
@@ -159,38 +160,9 @@ def rss_child(url: str, n: int, classes: int, root: str, batch_size: int, thread
                 tree = max(tree, tree_pss_mb())
     # VmHWM: peak RSS of this process image. Not ru_maxrss, which Linux carries over exec()
     # from the (large) parent that spawned this child.
-    peak = _status_kb("VmHWM") / 1024
+    peak = status_kb("VmHWM") / 1024
     print(json.dumps({"rows": rows, "base_mb": base, "peak_mb": tree if workers else peak,
                       "growth_mb": high - base}))
-
-
-def tree_pss_mb() -> float:
-    """Proportional set size of this process and its children (DataLoader workers), MB."""
-    pids = [os.getpid()]
-    for task in Path("/proc/self/task").iterdir():
-        pids += [int(p) for p in (task / "children").read_text().split()]
-    total = 0
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:  # a worker that has just exited
-            continue
-        total += next(int(line.split()[1]) for line in text.splitlines()
-                      if line.startswith("Pss:"))
-    return total / 1024
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def current_rss_mb() -> float:
-    """Resident set size now (Linux /proc), MB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def peak_rss(url: str, n: int, classes: int, root: Path, batch_size: int, threads: int,
