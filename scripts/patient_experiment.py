@@ -100,7 +100,7 @@ def stage1(plan: Plan, out: Path, teachers: list[str]) -> tuple[dict[str, str], 
     urls = {}
     for key, (dataset, views) in todo.items():
         url = str(out / f"{key}.zarr")
-        if key not in timing or not store_complete(url):
+        if f"{key}:cpu" not in timing or not store_complete(url):  # (timed before CPU s: again)
             t0, c0 = time.perf_counter(), time.process_time()
             write_logits(models, dataset, url, views=views, batch_size=4096, device="cpu",
                          overwrite=True)
