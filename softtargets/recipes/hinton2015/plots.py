@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from softtargets.errors import ConfigError
+from softtargets.recipes.hinton2015.recipe import cell_name
 from softtargets.recipes.hinton2015.report import gap_closed
 
 
@@ -145,7 +146,7 @@ def plot_errors_vs_t(d: dict[str, Any], path: Path) -> None:
     temps: list[float] = []
     for name, s in d["students"].items():
         alpha = s["chosen"]["alpha"]
-        cells = [(t, s["grid"][f"T{t:g}-a{alpha:g}"]["val_errors"])
+        cells = [(t, s["grid"][cell_name(t, alpha)]["val_errors"])
                  for t in s["config"]["temperatures"]]
         temps = [t for t, _ in cells]
         model = s["baselines"][0]["model"]
