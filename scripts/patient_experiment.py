@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -141,11 +142,40 @@ def best_epoch(runs: list[dict[str, Any]]) -> int:
     return int(np.argmin(val))
 
 
+def arm_names(plan: Plan) -> list[str]:
+    """The arms in the order their runs are queued: the decisive ones first."""
+    v = max(plan.views)
+    stored = [f"views{x}" for x in sorted(plan.views, reverse=True)]
+    return ["hard", stored[0], f"mixed{v}", *stored[1:], "clean", "online", "online-mixed"]
+
+
+def queue(plan: Plan) -> list[tuple[str, str, int]]:
+    """(student, arm, seed) in the order they run; arm "select" is the student's loss-setting
+    selection. Runs take hours on 2 cores and sessions end, so the order puts answers first: per
+    student the selection, then every stored arm seed by seed, then one online seed; the
+    online arms' further seeds (each as dear as a stored-views stage 1) come last."""
+    offline = [a for a in arm_names(plan) if not a.startswith("online")]
+    online = [a for a in arm_names(plan) if a.startswith("online")]
+    out: list[tuple[str, str, int]] = []
+    for student in plan.students:
+        out.append((student, "select", 0))
+        out += [(student, arm, seed) for seed in range(plan.seeds) for arm in offline]
+        out += [(student, arm, 0) for arm in online]
+    out += [(student, arm, seed) for student in plan.students
+            for seed in range(1, plan.seeds) for arm in online]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="minutes: 2000 rows, 4 epochs")
+    ap.add_argument("--quick", action="store_true", help="minutes: 2000 rows, 6 epochs")
     ap.add_argument("--out", default=None)
     ap.add_argument("--reports", default="reports/patient")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: report the runs finished so far")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="student runs at once, threads split between them (default 2: two "
+                         "1-thread MLP runs do 1.45x the epochs of one 2-thread run here)")
     args = ap.parse_args()
     plan = QUICK if args.quick else Plan()
     if args.out:
@@ -155,35 +185,151 @@ def main() -> None:
     exp = ExperimentConfig(out=str(out), limit=plan.limit, val_rows=plan.val_rows,
                            teachers=plan.teachers, teacher_epochs=plan.teacher_epochs,
                            threads=plan.threads)
-    teachers = run_teachers(exp, out)
-    urls, stage1_s, ens = stage1(plan, out, teachers)
+    if not args.report_only:
+        teachers = run_teachers(exp, out)
+        urls, _, _ = stage1(plan, out, teachers)
+        urls.update({"hard": urls["clean"], "online": "", "online-mixed": ""})
+        workers = max(1, min(args.workers, plan.threads))
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=work, args=(plan, out, urls, teachers,
+                                                plan.threads // workers))
+                 for _ in range(workers)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        if any(proc.exitcode for proc in procs):
+            raise SystemExit(f"a worker failed (exit codes {[q.exitcode for q in procs]})")
+    stage1_s = json.loads((out / "stage1.json").read_text())
+    ens = json.loads((out / "ensemble.json").read_text())
+    report(collect(plan, out, stage1_s, ens), Path(args.reports))
+
+
+def runs_in_order(plan: Plan, out: Path) -> list[tuple[str, str, tuple | None, int]]:
+    """(student, arm, setting, seed) of every run in queue order; setting None while the
+    student's selection has not finished."""
     mid = plan.views[len(plan.views) // 2]
-    arms = {"hard": urls["clean"], "clean": urls["clean"],
-            **{f"views{v}": urls[f"views{v}"] for v in plan.views},
-            f"mixed{max(plan.views)}": urls[f"mixed{max(plan.views)}"],
-            "online": "", "online-mixed": ""}
+    return [(student, f"views{mid}", setting, seed) if arm == "select" else
+            (student, arm, chosen_setting(plan, out, student, arm), seed)
+            for student, arm, seed in queue(plan)
+            for setting in (plan.grid if arm == "select" else [None])]
+
+
+def work(plan: Plan, out: Path, urls: dict[str, str], teachers: list[str], threads: int) -> None:
+    """One worker: runs the first unfinished, unclaimed run of the queue until none is left;
+    waits while the only ones left need a selection another worker is finishing."""
+    torch.set_num_threads(threads)
+    while True:
+        todo = [r for r in runs_in_order(plan, out)
+                if r[2] is None or not finished(out, *r)]
+        if not todo:
+            return
+        for student, arm, setting, seed in todo:
+            if setting is None:
+                continue
+            where = run_dir(out, student, arm, setting, seed)
+            if not claim(where):
+                continue
+            try:
+                cfg = arm_config(plan, arm=arm, store=urls[arm], student=student,
+                                 setting=setting, seed=seed, teachers=teachers)
+                m = run_arm(cfg, where)
+            finally:
+                (where / CLAIM).unlink(missing_ok=True)
+            log(f"{student} {arm} {setting} seed {seed}: test "
+                f"{m['history'][-1]['test_errors']} ({m['stage2_seconds']:.0f} s)")
+            break
+        else:
+            if all(r[2] is not None for r in todo):
+                return  # the rest is running in other workers
+            time.sleep(30)  # a selection that the next runs need is running elsewhere
+
+
+CLAIM = "claim.pid"
+
+
+def _owner() -> str:
+    # pid numbers repeat after a reboot: the boot id tells a claim of this boot from an old one
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    return f"{boot.read_text().strip() if boot.is_file() else ''} {os.getpid()}"
+
+
+def _held(text: str) -> bool:
+    """Whether the claim `text` ("boot pid") belongs to a live process of this boot."""
+    boot, _, pid = text.strip().rpartition(" ")
+    if not pid:
+        return True  # being written by the process that just created it
+    if boot != _owner().rpartition(" ")[0] or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(where: Path) -> bool:
+    """Take the run for this process unless a live process holds it (a claim left by a killed
+    one is taken over)."""
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / CLAIM
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                if _held(path.read_text()):
+                    return False
+            except FileNotFoundError:
+                continue
+            path.unlink(missing_ok=True)  # our own claim file, its process gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(_owner())
+        return True
+    return False
+
+
+def finished(out: Path, student: str, arm: str, setting: tuple, seed: int) -> dict | None:
+    path = run_dir(out, student, arm, setting, seed) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def selection(plan: Plan, out: Path, student: str) -> dict[tuple, int]:
+    """Setting -> least validation errors of its finished selection run (seed 0, middle V)."""
+    mid = plan.views[len(plan.views) // 2]
+    runs = {s: finished(out, student, f"views{mid}", s, 0) for s in plan.grid}
+    return {s: min(h["val_errors"] for h in m["history"]) for s, m in runs.items() if m}
+
+
+def chosen_setting(plan: Plan, out: Path, student: str, arm: str) -> tuple | None:
+    """The hard arm's fixed setting, else the selection's best once all of it has run."""
+    if arm == "hard":
+        return ("kl", 1.0, 0.0)
+    scores = selection(plan, out, student)
+    return min(scores, key=scores.get) if len(scores) == len(plan.grid) else None
+
+
+def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict) -> dict[str, Any]:
+    """Results of the runs finished so far: an arm is summarised over its finished seeds
+    (`seeds` says how many of plan.seeds)."""
     results: dict[str, Any] = {"plan": dataclasses.asdict(plan), "ensemble": ens,
                                "stage1_seconds": stage1_s, "students": {}}
     for student in plan.students:
-        def go(arm: str, setting: tuple, seed: int) -> dict[str, Any]:
-            cfg = arm_config(plan, arm=arm, store=arms[arm], student=student, setting=setting,
-                             seed=seed, teachers=teachers)
-            m = run_arm(cfg, run_dir(out, student, arm, setting, seed))
-            log(f"{student} {arm} {setting} seed {seed}: test "
-                f"{m['history'][-1]['test_errors']} ({m['stage2_seconds']:.0f} s)")
-            return m
-        # the setting, on validation errors (best epoch) of seed 0 of the views arm
-        scores = {s: min(h["val_errors"] for h in go(f"views{mid}", s, 0)["history"])
-                  for s in plan.grid}
-        chosen = min(scores, key=scores.get)
         rows = {}
-        for arm in arms:
-            setting = ("kl", 1.0, 0.0) if arm == "hard" else chosen
-            runs = [go(arm, setting, seed) for seed in range(plan.seeds)]
-            rows[arm] = summarise(arm, runs, best_epoch(runs), stage1_s, setting)
-        results["students"][student] = {"selection": {str(k): v for k, v in scores.items()},
-                                        "chosen": chosen, "arms": rows}
-    report(results, Path(args.reports))
+        for arm in arm_names(plan):
+            setting = chosen_setting(plan, out, student, arm)
+            runs = [] if setting is None else \
+                [m for seed in range(plan.seeds) if (m := finished(out, student, arm, setting,
+                                                                    seed))]
+            if runs:
+                rows[arm] = summarise(arm, runs, best_epoch(runs), stage1_s, setting)
+        results["students"][student] = {
+            "selection": {str(k): v for k, v in selection(plan, out, student).items()},
+            "chosen": chosen_setting(plan, out, student, "select"), "arms": rows}
+    return results
 
 
 def summarise(arm: str, runs: list[dict[str, Any]], epoch: int, stage1_s: dict[str, float],
@@ -191,6 +337,7 @@ def summarise(arm: str, runs: list[dict[str, Any]], epoch: int, stage1_s: dict[s
     test = [r["history"][epoch]["test_errors"] for r in runs]
     key = "clean" if arm in ("hard", "clean") else arm
     return {"setting": list(setting), "epoch": epoch + 1, "test_errors": test,
+            "seeds": len(runs),
             "mean": float(np.mean(test)), "std": float(np.std(test, ddof=1)) if len(test) > 1
             else 0.0,
             "curve": np.mean([[h["test_errors"] for h in r["history"]] for r in runs],
@@ -211,19 +358,24 @@ def report(results: dict[str, Any], where: Path) -> None:
     write_json(where / "results.json", results)
     ens, nan = results["ensemble"]["test_errors"], float("nan")
     lines = [f"Ensemble of {results['ensemble']['members']} teachers: {ens} test errors.", "",
-             "| student | arm | chosen (loss, T, alpha), epoch | test errors (mean ± std) | "
-             "gap closed | stage 1 s | stage 2 s (teacher s) | CPU s, stage 1 + 2 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| student | arm | chosen (loss, T, alpha), epoch | seeds | test errors (mean ± std)"
+             " | gap closed | stage 1 s | stage 2 s (teacher s) | CPU s, stage 1 + 2 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for student, s in results["students"].items():
-        hard = s["arms"]["hard"]["mean"]
+        hard = s["arms"].get("hard", {}).get("mean", nan)
         for arm, r in s["arms"].items():
             # gap closed toward the ensemble; undefined when it is no better than hard labels
-            gap = (hard - r["mean"]) / (hard - ens) * 100 if hard > ens else float("nan")
+            gap = (hard - r["mean"]) / (hard - ens) * 100 if hard > ens else nan
             lines.append(f"| {student} | {arm} | {tuple(r['setting'])}, {r['epoch']} | "
+                         f"{r['seeds']}/{results['plan']['seeds']} | "
                          f"{r['mean']:.1f} ± {r['std']:.1f} | {gap:.0f}% | "
                          f"{r['stage1_seconds']:.0f} | {r['stage2_seconds']:.0f} "
                          f"({r['teacher_seconds']:.0f}) | {r.get('stage1_cpu_seconds', nan):.0f}"
                          f" + {r.get('stage2_cpu_seconds', nan):.0f} |")
+    lines += ["", "Selection (least validation errors of seed 0 on the middle V, per setting "
+              "(loss, T, alpha)):", ""]
+    lines += [f"- {student}: {s['selection'] or 'not run yet'}; chosen {s['chosen']}"
+              for student, s in results["students"].items()]
     (where / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(results, where / "errors_vs_epochs.png")
