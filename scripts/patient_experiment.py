@@ -36,10 +36,12 @@ import torch  # noqa: E402
 from softtargets import IDXDataset, Mix, Views, write_logits  # noqa: E402
 from softtargets.config import DataConfig  # noqa: E402
 from softtargets.datasets.idx_files import load_split  # noqa: E402
+from softtargets.errors import StoreLockedError  # noqa: E402
 from softtargets.recipes.hinton2015.experiments import (  # noqa: E402
     ExperimentConfig, ensemble_test_metrics, log, run_teachers, store_complete, write_json)
 from softtargets.recipes.hinton2015.models import load_checkpoint  # noqa: E402
 from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm  # noqa: E402
+from softtargets.write.lock import StoreLock  # noqa: E402
 
 AUGMENT = "shift=2,flip=1,rotate=10,scale=1.1"  # padded random crop (pad 2), flip, rotate, zoom
 
@@ -228,14 +230,15 @@ def work(plan: Plan, out: Path, urls: dict[str, str], teachers: list[str], threa
             if setting is None:
                 continue
             where = run_dir(out, student, arm, setting, seed)
-            if not claim(where):
+            lock = claim(where)
+            if lock is None:
                 continue
             try:
                 cfg = arm_config(plan, arm=arm, store=urls[arm], student=student,
                                  setting=setting, seed=seed, teachers=teachers)
                 m = run_arm(cfg, where)
             finally:
-                (where / CLAIM).unlink(missing_ok=True)
+                lock.release()
             log(f"{student} {arm} {setting} seed {seed}: test "
                 f"{m['history'][-1]['test_errors']} ({m['stage2_seconds']:.0f} s)")
             break
@@ -245,51 +248,15 @@ def work(plan: Plan, out: Path, urls: dict[str, str], teachers: list[str], threa
             time.sleep(30)  # a selection that the next runs need is running elsewhere
 
 
-CLAIM = "claim.pid"
-
-
-def _owner() -> str:
-    # pid numbers repeat after a reboot: the boot id tells a claim of this boot from an old one
-    boot = Path("/proc/sys/kernel/random/boot_id")
-    return f"{boot.read_text().strip() if boot.is_file() else ''} {os.getpid()}"
-
-
-def _held(text: str) -> bool:
-    """Whether the claim `text` ("boot pid") belongs to a live process of this boot."""
-    boot, _, pid = text.strip().rpartition(" ")
-    if not pid:
-        return True  # being written by the process that just created it
-    if boot != _owner().rpartition(" ")[0] or not pid.isdigit():
-        return False
+def claim(where: Path) -> StoreLock | None:
+    """The run's lease (`<run dir>.lock`) for this process, or None while a live process of
+    this host holds it; a lease left by a killed or pre-reboot process is taken over."""
+    lock = StoreLock(str(where), stale_after=float("inf"))  # runs last hours, no heartbeat
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim(where: Path) -> bool:
-    """Take the run for this process unless a live process holds it (a claim left by a killed
-    one is taken over)."""
-    where.mkdir(parents=True, exist_ok=True)
-    path = where / CLAIM
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                if _held(path.read_text()):
-                    return False
-            except FileNotFoundError:
-                continue
-            path.unlink(missing_ok=True)  # our own claim file, its process gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(_owner())
-        return True
-    return False
+        lock.acquire()
+    except StoreLockedError:
+        return None
+    return lock
 
 
 def finished(out: Path, student: str, arm: str, setting: tuple, seed: int) -> dict | None:

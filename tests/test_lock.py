@@ -59,6 +59,26 @@ def test_silent_or_dead_or_broken_leases_are_taken_over(tmp_path):
     lock.release()
 
 
+def test_a_lease_from_before_this_hosts_boot_is_stale_though_its_pid_lives(tmp_path):
+    # pids repeat after a reboot: a live pid (our own) in a lease older than the boot is stale
+    import socket
+
+    from softtargets.write.lock import booted_at
+    boot = booted_at()
+    if boot is None:
+        pytest.skip("no /proc/stat boot time here")
+    store = str(tmp_path / "s.zarr")
+    write_lease(tmp_path / "s.zarr.lock", pid=os.getpid(), host=socket.gethostname(),
+                age=time.time() - boot + 60)
+    lock = StoreLock(store, stale_after=float("inf"))
+    lock.acquire()
+    assert lock.took_over.pid == os.getpid()
+    lock.release()
+    write_lease(tmp_path / "s.zarr.lock", pid=os.getpid(), host=socket.gethostname(), age=1)
+    with pytest.raises(StoreLockedError, match=rf"is being written by pid {os.getpid()}"):
+        StoreLock(store, stale_after=float("inf")).acquire()
+
+
 def test_heartbeat_stops_a_writer_whose_lease_was_taken(tmp_path):
     store = str(tmp_path / "s.zarr")
     lock = StoreLock(store)

@@ -65,10 +65,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def booted_at() -> float | None:
+    """When this host booted (UTC epoch seconds, Linux /proc/stat), None where unknown."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def is_stale(lease: Lease, *, now: float, stale_after: float) -> bool:
-    """A lease whose writer is provably dead (same host) or silent for `stale_after` seconds."""
-    if lease.host == socket.gethostname() and not pid_alive(lease.pid):
-        return True
+    """A lease whose writer is provably dead (same host: its pid is gone, or the lease predates
+    the host's boot, after which pids repeat) or silent for `stale_after` seconds."""
+    if lease.host == socket.gethostname():
+        boot = booted_at()
+        if not pid_alive(lease.pid) or (boot is not None and lease.started_at < boot):
+            return True
     return now - lease.heartbeat_at > stale_after
 
 

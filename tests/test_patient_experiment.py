@@ -1,0 +1,72 @@
+"""The patient experiment's runner (scripts/patient_experiment.py): the order runs are queued in,
+the lease that keeps two workers off one run, and the report of the runs finished so far."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+pe = pytest.importorskip("patient_experiment")
+
+PLAN = pe.Plan(students=("mlp:8",), views=(4, 16), seeds=2,
+               grid=(("kl", 2.0, 1.0), ("mse", 1.0, 1.0)))
+
+
+def test_queue_puts_selection_then_stored_arms_by_seed_then_online():
+    assert pe.arm_names(PLAN) == ["hard", "views16", "mixed16", "views4", "clean", "online",
+                                  "online-mixed"]
+    assert pe.queue(PLAN) == [
+        ("mlp:8", "select", 0),
+        *[("mlp:8", a, s) for s in (0, 1) for a in ("hard", "views16", "mixed16", "views4",
+                                                     "clean")],
+        ("mlp:8", "online", 0), ("mlp:8", "online-mixed", 0),
+        ("mlp:8", "online", 1), ("mlp:8", "online-mixed", 1)]
+
+
+def test_a_run_is_claimed_by_one_process_at_a_time(tmp_path):
+    first = pe.claim(tmp_path / "seed0")
+    assert first is not None and (tmp_path / "seed0.lock").is_file()
+    assert pe.claim(tmp_path / "seed0") is None  # held by a live process (this one)
+    first.release()
+    again = pe.claim(tmp_path / "seed0")
+    assert again is not None
+    again.release()
+    assert not (tmp_path / "seed0.lock").exists()
+
+
+def finish(out, arm, setting, seed, val, test):
+    where = pe.run_dir(out, "mlp:8", arm, setting, seed)
+    where.mkdir(parents=True)
+    history = [{"val_errors": v, "test_errors": t, "seconds": 1.0} for v, t in zip(val, test)]
+    (where / "metrics.json").write_text(json.dumps({
+        "history": history, "stage2_seconds": 2.0, "stage2_cpu_seconds": 3.0,
+        "teacher_seconds": 0.0}))
+
+
+def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
+    kl, mse, hard = ("kl", 2.0, 1.0), ("mse", 1.0, 1.0), ("kl", 1.0, 0.0)
+    finish(tmp_path, "views16", kl, 0, val=[50, 40], test=[500, 400])
+    stage1 = {"views16": 10.0, "views16:cpu": 12.0, "clean": 1.0}
+    res = pe.collect(PLAN, tmp_path, stage1, {"test_errors": 100, "members": 2})
+    assert res["students"]["mlp:8"]["chosen"] is None  # mse's selection run not finished
+    assert res["students"]["mlp:8"]["arms"] == {}
+    # selection: kl 40 < mse 45 on validation, though mse's test errors are lower
+    finish(tmp_path, "views16", mse, 0, val=[45, 60], test=[300, 200])
+    finish(tmp_path, "views16", kl, 1, val=[60, 50], test=[600, 380])
+    finish(tmp_path, "hard", hard, 0, val=[70, 80], test=[700, 800])
+    res = pe.collect(PLAN, tmp_path, stage1, {"test_errors": 100, "members": 2})
+    s = res["students"]["mlp:8"]
+    assert s["chosen"] == kl and s["selection"] == {str(kl): 40, str(mse): 45}
+    views = s["arms"]["views16"]
+    # epoch 2 has the least mean validation errors (45 < 55); test errors of that epoch
+    assert views["epoch"] == 2 and views["test_errors"] == [400, 380] and views["seeds"] == 2
+    assert views["mean"] == 390 and views["std"] == pytest.approx(14.142, abs=1e-3)
+    assert views["stage1_seconds"] == 10.0 and views["stage1_cpu_seconds"] == 12.0
+    assert s["arms"]["hard"]["test_errors"] == [700] and set(s["arms"]) == {"hard", "views16"}
+    pe.report(res, tmp_path / "reports")
+    table = (tmp_path / "reports" / "README.md").read_text()
+    # gap closed: (700 - 390) / (700 - 100)
+    assert "| mlp:8 | views16 | ('kl', 2.0, 1.0), 2 | 2/2 | 390.0 ± 14.1 | 52% | 10 |" in table
+    assert (tmp_path / "reports" / "errors_vs_epochs.png").is_file()
