@@ -38,9 +38,11 @@ from softtargets.config import DataConfig  # noqa: E402
 from softtargets.datasets.idx_files import load_split  # noqa: E402
 from softtargets.errors import StoreLockedError  # noqa: E402
 from softtargets.recipes.hinton2015.experiments import (  # noqa: E402
-    ExperimentConfig, ensemble_test_metrics, log, run_teachers, store_complete, write_json)
+    ExperimentConfig, ensemble_test_metrics, run_teachers, store_complete)
 from softtargets.recipes.hinton2015.models import load_checkpoint  # noqa: E402
 from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm  # noqa: E402
+from softtargets.recipes.hinton2015.rundir import log  # noqa: E402
+from softtargets.recipes.hinton2015.train import write_json  # noqa: E402
 from softtargets.write.lock import StoreLock  # noqa: E402
 
 AUGMENT = "shift=2,flip=1,rotate=10,scale=1.1"  # padded random crop (pad 2), flip, rotate, zoom

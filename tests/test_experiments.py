@@ -122,7 +122,7 @@ def test_script_flags_build_the_config(tmp_path):
 
 
 def test_a_setting_added_later_reads_as_its_default_in_an_older_run_dir(tmp_path):
-    from softtargets.recipes.hinton2015.experiments import check_run_dir
+    from softtargets.recipes.hinton2015.rundir import check_run_dir
     cfg = ExperimentConfig(dataset="mnist")
     check_run_dir(cfg, tmp_path)  # records config.json
     saved = json.loads((tmp_path / "config.json").read_text())

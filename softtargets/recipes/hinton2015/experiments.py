@@ -28,6 +28,9 @@ from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, EnsembleLog
 from softtargets.datasets.idx_files import Split, load_split, load_validation, spec
 from softtargets.errors import ConfigError, SofttargetsError
 from softtargets.recipes.hinton2015.models import load_checkpoint
+from softtargets.recipes.hinton2015.recipe import RecipeConfig
+from softtargets.recipes.hinton2015.recipe import run as choose
+from softtargets.recipes.hinton2015.rundir import cached_json, check_run_dir, log
 from softtargets.format.store import LogitStore
 from softtargets.recipes.hinton2015.train import (evaluate, train_student, train_teacher,
                                                   write_json)
@@ -98,10 +101,6 @@ class ExperimentConfig:
         return cls(**{**base, **overrides})
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def _data(cfg: ExperimentConfig) -> DataConfig:
     return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit,
                       val_rows=cfg.val_rows)
@@ -119,10 +118,6 @@ def parse_student(text: str) -> tuple[str, tuple[int, ...]]:
 def _name(model: str) -> str:
     arch, hidden = parse_student(model)
     return f"{arch}-" + "-".join(map(str, hidden))
-
-
-def cached_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run_teachers(cfg: ExperimentConfig, out: Path) -> list[str]:
@@ -217,8 +212,6 @@ def students_table(cfg: ExperimentConfig, out: Path, store: str,
                    ens: dict[str, Any]) -> dict[str, str]:
     """Per student size, recipe.run: (T, alpha) chosen on the validation rows (seed 0), then
     the choice and the hard-label baseline with every seed. Returns each one's results.json."""
-    from softtargets.recipes.hinton2015.recipe import RecipeConfig
-    from softtargets.recipes.hinton2015.recipe import run as choose
     teacher = {"model": f"ensemble of {ens['members']} ({ens['rule']} mean)",
                "test_errors": ens["test_errors"], "test_n": ens["test_n"], "val_errors": None}
     table = {}
@@ -303,31 +296,6 @@ def less_data(cfg: ExperimentConfig, out: Path, store: str, alpha: float) -> dic
     return {"fraction": cfg.less_data_fraction, "rows": int(len(rows)), "epochs": epochs,
             "distilled": str(d / "distilled" / "metrics.json"),
             "baseline": str(d / "baseline" / "metrics.json")}
-
-
-# Fields that do not change any result: a rerun with other values may reuse saved steps.
-_NEUTRAL = ("threads",)
-
-
-def check_run_dir(cfg: Any, out: Path) -> None:
-    """Refuse to resume in a run directory saved with other settings (its teachers, stores and
-    students would be reused as if they were this config's); record the settings otherwise."""
-    saved = cached_json(out / "config.json")
-    if saved is None and (out / "results.json").is_file():  # runs from before config.json
-        saved = json.loads((out / "results.json").read_text())["config"]
-    now = to_dict(cfg)
-    if saved is not None:
-        # a setting added since the directory was saved reads as its default there
-        defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(cfg)
-                    if f.default is not dataclasses.MISSING}
-        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-        diff = sorted(k for k in set(saved) | set(now)
-                      if k not in _NEUTRAL and saved.get(k) != now.get(k))
-        if diff:
-            shown = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)
-            raise ConfigError(f"run directory {str(out)!r} holds results of other settings "
-                              f"({shown}); pass another --out or delete that directory")
-    write_json(out / "config.json", now)
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:

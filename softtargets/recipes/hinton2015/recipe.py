@@ -8,7 +8,7 @@
 
 Every student saves its metrics.json under `out` and is skipped when that file exists, so an
 interrupted run resumes; `out/config.json` refuses a resume with other settings or another
-teacher (experiments.check_run_dir).
+teacher (rundir.check_run_dir).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 from softtargets.config import (DataConfig, StudentTrainConfig, check_alpha, check_temperature,
                                 to_dict)
 from softtargets.errors import ConfigError
-from softtargets.recipes.hinton2015.experiments import cached_json, check_run_dir, log, write_json
+from softtargets.recipes.hinton2015.rundir import cached_json, check_run_dir, log
 from softtargets.recipes.hinton2015.report import gap_closed, gap_text
 from softtargets.format.store import read_meta
-from softtargets.recipes.hinton2015.train import train_student
+from softtargets.recipes.hinton2015.train import train_student, write_json
 
 
 @dataclasses.dataclass(frozen=True)
