@@ -30,7 +30,6 @@ from typing import Any
 # epochs swing 4-25x on this machine (scripts/bench_common.py)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from softtargets import IDXDataset, Mix, Views, write_logits  # noqa: E402
@@ -44,6 +43,8 @@ from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm  # noqa: E
 from softtargets.recipes.hinton2015.rundir import log  # noqa: E402
 from softtargets.recipes.hinton2015.train import write_json  # noqa: E402
 from softtargets.write.lock import StoreLock  # noqa: E402
+
+from patient_report import best_epoch, report, summarise  # noqa: E402
 
 AUGMENT = "shift=2,flip=1,rotate=10,scale=1.1"  # padded random crop (pad 2), flip, rotate, zoom
 
@@ -138,12 +139,6 @@ def arm_config(plan: Plan, *, arm: str, store: str, student: str, setting: tuple
 def run_dir(out: Path, student: str, arm: str, setting: tuple, seed: int) -> Path:
     name = "labels" if arm == "hard" else "{}-T{:g}-a{:g}".format(*setting)
     return out / "runs" / student.replace(":", "-").replace(",", "-") / arm / name / f"seed{seed}"
-
-
-def best_epoch(runs: list[dict[str, Any]]) -> int:
-    """Index of the epoch with the least mean validation errors over the seeds' runs."""
-    val = np.mean([[h["val_errors"] for h in r["history"]] for r in runs], axis=0)
-    return int(np.argmin(val))
 
 
 def arm_names(plan: Plan) -> list[str]:
@@ -299,71 +294,6 @@ def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict) -> dict[str, Any]:
             "selection": {str(k): v for k, v in selection(plan, out, student).items()},
             "chosen": chosen_setting(plan, out, student, "select"), "arms": rows}
     return results
-
-
-def summarise(arm: str, runs: list[dict[str, Any]], epoch: int, stage1_s: dict[str, float],
-              setting: tuple) -> dict[str, Any]:
-    test = [r["history"][epoch]["test_errors"] for r in runs]
-    key = "clean" if arm in ("hard", "clean") else arm
-    return {"setting": list(setting), "epoch": epoch + 1, "test_errors": test,
-            "seeds": len(runs),
-            "mean": float(np.mean(test)), "std": float(np.std(test, ddof=1)) if len(test) > 1
-            else 0.0,
-            "curve": np.mean([[h["test_errors"] for h in r["history"]] for r in runs],
-                             axis=0).tolist(),
-            "stage1_seconds": 0.0 if arm == "hard" or arm.startswith("online")
-            else stage1_s[key],
-            "stage1_cpu_seconds": 0.0 if arm == "hard" or arm.startswith("online")
-            else stage1_s.get(f"{key}:cpu", float("nan")),
-            "stage2_seconds": float(np.mean([r["stage2_seconds"] for r in runs])),
-            "stage2_cpu_seconds": float(np.mean([r.get("stage2_cpu_seconds", float("nan"))
-                                                 for r in runs])),
-            "teacher_seconds": float(np.mean([r["teacher_seconds"] for r in runs]))}
-
-
-def report(results: dict[str, Any], where: Path) -> None:
-    """results.json, a markdown table (README.md) and errors_vs_epochs.png under `where`."""
-    where.mkdir(parents=True, exist_ok=True)
-    write_json(where / "results.json", results)
-    ens, nan = results["ensemble"]["test_errors"], float("nan")
-    lines = [f"Ensemble of {results['ensemble']['members']} teachers: {ens} test errors.", "",
-             "| student | arm | chosen (loss, T, alpha), epoch | seeds | test errors (mean ± std)"
-             " | gap closed | stage 1 s | stage 2 s (teacher s) | CPU s, stage 1 + 2 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for student, s in results["students"].items():
-        hard = s["arms"].get("hard", {}).get("mean", nan)
-        for arm, r in s["arms"].items():
-            # gap closed toward the ensemble; undefined when it is no better than hard labels
-            gap = (hard - r["mean"]) / (hard - ens) * 100 if hard > ens else nan
-            lines.append(f"| {student} | {arm} | {tuple(r['setting'])}, {r['epoch']} | "
-                         f"{r['seeds']}/{results['plan']['seeds']} | "
-                         f"{r['mean']:.1f} ± {r['std']:.1f} | {gap:.0f}% | "
-                         f"{r['stage1_seconds']:.0f} | {r['stage2_seconds']:.0f} "
-                         f"({r['teacher_seconds']:.0f}) | {r.get('stage1_cpu_seconds', nan):.0f}"
-                         f" + {r.get('stage2_cpu_seconds', nan):.0f} |")
-    lines += ["", "Selection (least validation errors of seed 0 on the middle V, per setting "
-              "(loss, T, alpha)):", ""]
-    lines += [f"- {student}: {s['selection'] or 'not run yet'}; chosen {s['chosen']}"
-              for student, s in results["students"].items()]
-    (where / "README.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    _plot(results, where / "errors_vs_epochs.png")
-
-
-def _plot(results: dict[str, Any], path: Path) -> None:
-    from softtargets.recipes.hinton2015.plots import _pyplot
-    plt = _pyplot()
-    students = results["students"]
-    fig, axes = plt.subplots(1, len(students), figsize=(6 * len(students), 4), squeeze=False)
-    for ax, (student, s) in zip(axes[0], students.items()):
-        for arm, r in s["arms"].items():
-            ax.plot(range(1, len(r["curve"]) + 1), r["curve"], label=arm)
-        ax.axhline(results["ensemble"]["test_errors"], color="k", ls="--", label="ensemble")
-        ax.set(title=student, xlabel="epoch", ylabel="test errors (mean of seeds)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The patient experiment's runner (scripts/patient_experiment.py): the order runs are queued in,
-the lease that keeps two workers off one run, and the report of the runs finished so far."""
+"""The patient experiment's runner and report (scripts/patient_experiment.py, patient_report.py):
+the order runs are queued in, the lease that keeps two workers off one run, and the report of
+the runs finished so far with its goals in words."""
 
 import json
 import sys
@@ -9,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 pe = pytest.importorskip("patient_experiment")
+pr = pytest.importorskip("patient_report")
 
 PLAN = pe.Plan(students=("mlp:8",), views=(4, 16), seeds=2,
                grid=(("kl", 2.0, 1.0), ("mse", 1.0, 1.0)))
@@ -36,12 +38,12 @@ def test_a_run_is_claimed_by_one_process_at_a_time(tmp_path):
     assert not (tmp_path / "seed0.lock").exists()
 
 
-def finish(out, arm, setting, seed, val, test):
+def finish(out, arm, setting, seed, val, test, seconds=2.0):
     where = pe.run_dir(out, "mlp:8", arm, setting, seed)
     where.mkdir(parents=True)
     history = [{"val_errors": v, "test_errors": t, "seconds": 1.0} for v, t in zip(val, test)]
     (where / "metrics.json").write_text(json.dumps({
-        "history": history, "stage2_seconds": 2.0, "stage2_cpu_seconds": 3.0,
+        "history": history, "stage2_seconds": seconds, "stage2_cpu_seconds": 1.5 * seconds,
         "teacher_seconds": 0.0}))
 
 
@@ -65,8 +67,15 @@ def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
     assert views["mean"] == 390 and views["std"] == pytest.approx(14.142, abs=1e-3)
     assert views["stage1_seconds"] == 10.0 and views["stage1_cpu_seconds"] == 12.0
     assert s["arms"]["hard"]["test_errors"] == [700] and set(s["arms"]) == {"hard", "views16"}
-    pe.report(res, tmp_path / "reports")
+    pr.report(res, tmp_path / "reports")
     table = (tmp_path / "reports" / "README.md").read_text()
     # gap closed: (700 - 390) / (700 - 100)
     assert "| mlp:8 | views16 | ('kl', 2.0, 1.0), 2 | 2/2 | 390.0 ± 14.1 | 52% | 10 |" in table
     assert (tmp_path / "reports" / "errors_vs_epochs.png").is_file()
+    assert "- mlp:8: best stored arm views16 closes 52% of the gap (700.0 -> 390.0, ensemble " \
+        "100; 2 seeds): goal 65% not met, stretch 80% not met" in table
+    # online at 420 errors: views16 (390) reaches it at (10 + 2) / 100 of its wall time
+    finish(tmp_path, "online", kl, 0, val=[50, 45], test=[480, 420], seconds=100.0)
+    lines = pr.verdicts(pe.collect(PLAN, tmp_path, stage1, {"test_errors": 100, "members": 2}))
+    assert lines[1] == ("- mlp:8: views16 (390.0) reaches online (420.0) at 0.12 of its wall "
+                        "time, 0.10 of its CPU time: goal <= 1/3 met")

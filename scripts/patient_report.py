@@ -1,0 +1,130 @@
+"""The patient experiment's summaries and report: per arm the test errors at the epoch chosen on
+validation (mean and spread over seeds), the gap closed toward the ensemble, stage 1 and stage 2
+seconds, and the two goals of the experiment checked in words (scripts/patient_experiment.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from softtargets.recipes.hinton2015.report import gap_closed
+from softtargets.recipes.hinton2015.train import write_json
+
+GAP_GOAL, GAP_STRETCH, COST_GOAL = 65.0, 80.0, 1 / 3
+
+
+def best_epoch(runs: list[dict[str, Any]]) -> int:
+    """Index of the epoch with the least mean validation errors over the seeds' runs."""
+    val = np.mean([[h["val_errors"] for h in r["history"]] for r in runs], axis=0)
+    return int(np.argmin(val))
+
+
+def summarise(arm: str, runs: list[dict[str, Any]], epoch: int, stage1_s: dict[str, float],
+              setting: tuple) -> dict[str, Any]:
+    test = [r["history"][epoch]["test_errors"] for r in runs]
+    key = "clean" if arm in ("hard", "clean") else arm
+    return {"setting": list(setting), "epoch": epoch + 1, "test_errors": test,
+            "seeds": len(runs),
+            "mean": float(np.mean(test)), "std": float(np.std(test, ddof=1)) if len(test) > 1
+            else 0.0,
+            "curve": np.mean([[h["test_errors"] for h in r["history"]] for r in runs],
+                             axis=0).tolist(),
+            "stage1_seconds": 0.0 if arm == "hard" or arm.startswith("online")
+            else stage1_s[key],
+            "stage1_cpu_seconds": 0.0 if arm == "hard" or arm.startswith("online")
+            else stage1_s.get(f"{key}:cpu", float("nan")),
+            "stage2_seconds": float(np.mean([r["stage2_seconds"] for r in runs])),
+            "stage2_cpu_seconds": float(np.mean([r.get("stage2_cpu_seconds", float("nan"))
+                                                 for r in runs])),
+            "teacher_seconds": float(np.mean([r["teacher_seconds"] for r in runs]))}
+
+
+def report(results: dict[str, Any], where: Path) -> None:
+    """results.json, a markdown table (README.md) and errors_vs_epochs.png under `where`."""
+    where.mkdir(parents=True, exist_ok=True)
+    write_json(where / "results.json", results)
+    ens, nan = results["ensemble"]["test_errors"], float("nan")
+    lines = [f"Ensemble of {results['ensemble']['members']} teachers: {ens} test errors.", "",
+             "| student | arm | chosen (loss, T, alpha), epoch | seeds | test errors (mean ± std)"
+             " | gap closed | stage 1 s | stage 2 s (teacher s) | CPU s, stage 1 + 2 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for student, s in results["students"].items():
+        hard = s["arms"].get("hard", {}).get("mean", nan)
+        for arm, r in s["arms"].items():
+            gap = _gap(hard, r["mean"], ens)
+            lines.append(f"| {student} | {arm} | {tuple(r['setting'])}, {r['epoch']} | "
+                         f"{r['seeds']}/{results['plan']['seeds']} | "
+                         f"{r['mean']:.1f} ± {r['std']:.1f} | {gap:.0f}% | "
+                         f"{r['stage1_seconds']:.0f} | {r['stage2_seconds']:.0f} "
+                         f"({r['teacher_seconds']:.0f}) | {r.get('stage1_cpu_seconds', nan):.0f}"
+                         f" + {r.get('stage2_cpu_seconds', nan):.0f} |")
+    lines += ["", "Selection (least validation errors of seed 0 on the middle V, per setting "
+              "(loss, T, alpha)):", ""]
+    lines += [f"- {student}: {s['selection'] or 'not run yet'}; chosen {s['chosen']}"
+              for student, s in results["students"].items()]
+    lines += ["", "Goals:", ""] + verdicts(results)
+    (where / "README.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot(results, where / "errors_vs_epochs.png")
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    from softtargets.recipes.hinton2015.plots import _pyplot
+    plt = _pyplot()
+    students = results["students"]
+    fig, axes = plt.subplots(1, len(students), figsize=(6 * len(students), 4), squeeze=False)
+    for ax, (student, s) in zip(axes[0], students.items()):
+        for arm, r in s["arms"].items():
+            ax.plot(range(1, len(r["curve"]) + 1), r["curve"], label=arm)
+        ax.axhline(results["ensemble"]["test_errors"], color="k", ls="--", label="ensemble")
+        ax.set(title=student, xlabel="epoch", ylabel="test errors (mean of seeds)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _gap(hard: float, errors: float, ensemble: float) -> float:
+    """Percent of the hard-labels-to-ensemble gap closed; nan when there is none."""
+    closed = gap_closed(hard, errors, ensemble)
+    return float("nan") if closed is None else 100 * closed
+
+
+def verdicts(results: dict[str, Any]) -> list[str]:
+    """The two goals per student in words: the best stored arm's gap closed (>= 65%, stretch
+    80%), and the cheapest stored views arm at or below each online arm's errors, its cost
+    (stage 1 + stage 2) over the online arm's (<= 1/3), in wall and in CPU seconds."""
+    ens, out = results["ensemble"]["test_errors"], []
+    for student, s in results["students"].items():
+        arms = s["arms"]
+        if "hard" not in arms:
+            out.append(f"- {student}: no hard-label baseline yet")
+            continue
+        hard = arms["hard"]["mean"]
+        stored = {a: r for a, r in arms.items() if a == "clean" or a[:5] in ("views", "mixed")}
+        if stored:
+            best = min(stored, key=lambda a: stored[a]["mean"])
+            gap = _gap(hard, stored[best]["mean"], ens)
+            met = "met" if gap >= GAP_GOAL else "not met"
+            out.append(f"- {student}: best stored arm {best} closes {gap:.0f}% of the gap "
+                       f"({hard:.1f} -> {stored[best]['mean']:.1f}, ensemble {ens}; "
+                       f"{stored[best]['seeds']} seeds): goal {GAP_GOAL:.0f}% {met}, stretch "
+                       f"{GAP_STRETCH:.0f}% {'met' if gap >= GAP_STRETCH else 'not met'}")
+        for online in (a for a in arms if a.startswith("online")):
+            o = arms[online]
+            views = {a: r for a, r in stored.items() if a != "clean" and r["mean"] <= o["mean"]}
+            if not views:
+                out.append(f"- {student}: no stored views arm reaches {online}'s "
+                           f"{o['mean']:.1f} errors")
+                continue
+            cost = {a: (r["stage1_seconds"] + r["stage2_seconds"]) / o["stage2_seconds"]
+                    for a, r in views.items()}
+            a = min(cost, key=cost.get)
+            cpu = (views[a]["stage1_cpu_seconds"] + views[a]["stage2_cpu_seconds"]) / \
+                o["stage2_cpu_seconds"]
+            out.append(f"- {student}: {a} ({views[a]['mean']:.1f}) reaches {online} "
+                       f"({o['mean']:.1f}) at {cost[a]:.2f} of its wall time, {cpu:.2f} of its "
+                       f"CPU time: goal <= 1/3 {'met' if cost[a] <= COST_GOAL else 'not met'}")
+    return out
