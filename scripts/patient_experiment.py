@@ -12,6 +12,7 @@ Every (student, arm, setting, seed) run saves out/runs/.../metrics.json when it 
 state.pt after every epoch), so a rerun skips finished runs and resumes unfinished ones.
 
     python scripts/patient_experiment.py [--quick] [--out runs/fashion-mnist/patient]
+        [--workers 2] [--report-only]
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def main() -> None:
                     help="train nothing: report the runs finished so far")
     ap.add_argument("--workers", type=int, default=2,
                     help="student runs at once, threads split between them (default 2: two "
-                         "1-thread MLP runs do 1.45x the epochs of one 2-thread run here)")
+                         "1-thread MLP runs do 1.4x the epochs of one 2-thread run here)")
     args = ap.parse_args()
     plan = QUICK if args.quick else Plan()
     if args.out:
