@@ -88,6 +88,7 @@ def test_report_table_from_metrics(results, tmp_path):
     assert "The test set plays no part in any choice." in text
     assert "ensemble of 2 (arithmetic mean)" in text and "## Omitted class" in text
     assert "## Less data: 10% of the transfer set (30 rows, 20 epochs)" in text
+    assert "| student | test errors after the last epoch |" in text and "best epoch" not in text
     assert gap_closed(200, 150, 100) == 0.5 and gap_closed(100, 90, 100) is None
     assert gap_closed(90, 80, 100) is None  # the ensemble is worse: no gap to close
     table = write_report(results / "results.json", tmp_path / "reports")
