@@ -18,11 +18,14 @@ state.pt after every epoch), so a rerun skips finished runs and resumes unfinish
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -231,12 +234,10 @@ def work(plan: Plan, out: Path, urls: dict[str, str], teachers: list[str], threa
             lock = claim(where)
             if lock is None:
                 continue
-            try:
+            with _heartbeat(lock):
                 cfg = arm_config(plan, arm=arm, store=urls[arm], student=student,
                                  setting=setting, seed=seed, teachers=teachers)
                 m = run_arm(cfg, where)
-            finally:
-                lock.release()
             log(f"{student} {arm} {setting} seed {seed}: test "
                 f"{m['history'][-1]['test_errors']} ({m['stage2_seconds']:.0f} s)")
             break
@@ -247,14 +248,34 @@ def work(plan: Plan, out: Path, urls: dict[str, str], teachers: list[str], threa
 
 
 def claim(where: Path) -> StoreLock | None:
-    """The run's lease (`<run dir>.lock`) for this process, or None while a live process of
-    this host holds it; a lease left by a killed or pre-reboot process is taken over."""
-    lock = StoreLock(str(where), stale_after=float("inf"))  # runs last hours, no heartbeat
+    """The run's lease (`<run dir>.lock`) for this process, or None while a live process holds
+    it; a lease left by a killed or pre-reboot process, or silent for 10 minutes (another
+    host: the next session's machine may have another name), is taken over."""
+    lock = StoreLock(str(where))
     try:
         lock.acquire()
     except StoreLockedError:
         return None
     return lock
+
+
+@contextlib.contextmanager
+def _heartbeat(lock: StoreLock, every: float = 60.0) -> Iterator[None]:
+    """Hold `lock` while the block runs: refresh it every `every` seconds, release it after."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            lock.heartbeat()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        lock.release()
 
 
 def finished(out: Path, student: str, arm: str, setting: tuple, seed: int) -> dict | None:

@@ -4,6 +4,7 @@ the runs finished so far with its goals in words."""
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,11 @@ def test_a_run_is_claimed_by_one_process_at_a_time(tmp_path):
     first.release()
     again = pe.claim(tmp_path / "seed0")
     assert again is not None
-    again.release()
-    assert not (tmp_path / "seed0.lock").exists()
+    started = json.loads((tmp_path / "seed0.lock").read_text())["heartbeat_at"]
+    with pe._heartbeat(again, every=0.05):  # a run lasts hours: the lease is kept fresh
+        time.sleep(0.3)
+        assert json.loads((tmp_path / "seed0.lock").read_text())["heartbeat_at"] > started
+    assert not (tmp_path / "seed0.lock").exists()  # released when the run ends
 
 
 def finish(out, arm, setting, seed, val, test, seconds=2.0):
