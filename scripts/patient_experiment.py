@@ -211,9 +211,10 @@ def main() -> None:
 def runs_in_order(plan: Plan, out: Path) -> list[tuple[str, str, tuple | None, int]]:
     """(student, arm, setting, seed) of every run in queue order; setting None while the
     student's selection has not finished."""
-    mid = plan.views[len(plan.views) // 2]
-    return [(student, f"views{mid}", setting, seed) if arm == "select" else
-            (student, arm, chosen_setting(plan, out, student, arm), seed)
+    chosen = {student: best_setting(plan, selection(plan, out, student))
+              for student in plan.students}  # read each selection run once, not per run
+    return [(student, select_arm(plan), setting, seed) if arm == "select" else
+            (student, arm, setting_of(arm, chosen[student]), seed)
             for student, arm, seed in queue(plan)
             for setting in (plan.grid if arm == "select" else [None])]
 
@@ -283,19 +284,25 @@ def finished(out: Path, student: str, arm: str, setting: tuple, seed: int) -> di
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def select_arm(plan: Plan) -> str:
+    """The arm the loss setting is chosen on: stored views of the middle V."""
+    return f"views{plan.views[len(plan.views) // 2]}"
+
+
 def selection(plan: Plan, out: Path, student: str) -> dict[tuple, int]:
     """Setting -> least validation errors of its finished selection run (seed 0, middle V)."""
-    mid = plan.views[len(plan.views) // 2]
-    runs = {s: finished(out, student, f"views{mid}", s, 0) for s in plan.grid}
+    runs = {s: finished(out, student, select_arm(plan), s, 0) for s in plan.grid}
     return {s: min(h["val_errors"] for h in m["history"]) for s, m in runs.items() if m}
 
 
-def chosen_setting(plan: Plan, out: Path, student: str, arm: str) -> tuple | None:
-    """The hard arm's fixed setting, else the selection's best once all of it has run."""
-    if arm == "hard":
-        return ("kl", 1.0, 0.0)
-    scores = selection(plan, out, student)
+def best_setting(plan: Plan, scores: dict[tuple, int]) -> tuple | None:
+    """The selection's best once all of it has run (ties: the first in grid order)."""
     return min(scores, key=scores.get) if len(scores) == len(plan.grid) else None
+
+
+def setting_of(arm: str, chosen: tuple | None) -> tuple | None:
+    """The hard arm's fixed setting (labels only), else the chosen one."""
+    return ("kl", 1.0, 0.0) if arm == "hard" else chosen
 
 
 def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict) -> dict[str, Any]:
@@ -304,17 +311,17 @@ def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict) -> dict[str, Any]:
     results: dict[str, Any] = {"plan": dataclasses.asdict(plan), "ensemble": ens,
                                "stage1_seconds": stage1_s, "students": {}}
     for student in plan.students:
-        rows = {}
+        scores = selection(plan, out, student)
+        chosen, rows = best_setting(plan, scores), {}
         for arm in arm_names(plan):
-            setting = chosen_setting(plan, out, student, arm)
+            setting = setting_of(arm, chosen)
             runs = [] if setting is None else \
                 [m for seed in range(plan.seeds) if (m := finished(out, student, arm, setting,
                                                                     seed))]
             if runs:
                 rows[arm] = summarise(arm, runs, best_epoch(runs), stage1_s, setting)
-        results["students"][student] = {
-            "selection": {str(k): v for k, v in selection(plan, out, student).items()},
-            "chosen": chosen_setting(plan, out, student, "select"), "arms": rows}
+        results["students"][student] = {"selection": {str(k): v for k, v in scores.items()},
+                                        "chosen": chosen, "arms": rows}
     return results
 
 
