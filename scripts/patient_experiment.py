@@ -155,15 +155,17 @@ def arm_names(plan: Plan) -> list[str]:
 def queue(plan: Plan) -> list[tuple[str, str, int]]:
     """(student, arm, seed) in the order they run; arm "select" is the student's loss-setting
     selection. Runs take hours on 2 cores and sessions end, so the order puts answers first: per
-    student the selection, then every stored arm seed by seed, then one online seed; the
+    student the selection, every stored arm's first seed, the online arms' first seed (the
+    reference the stored arms are weighed against), then the stored arms' further seeds; the
     online arms' further seeds (each as dear as a stored-views stage 1) come last."""
     offline = [a for a in arm_names(plan) if not a.startswith("online")]
     online = [a for a in arm_names(plan) if a.startswith("online")]
     out: list[tuple[str, str, int]] = []
     for student in plan.students:
         out.append((student, "select", 0))
-        out += [(student, arm, seed) for seed in range(plan.seeds) for arm in offline]
+        out += [(student, arm, 0) for arm in offline]
         out += [(student, arm, 0) for arm in online]
+        out += [(student, arm, seed) for seed in range(1, plan.seeds) for arm in offline]
     out += [(student, arm, seed) for student in plan.students
             for seed in range(1, plan.seeds) for arm in online]
     return out
