@@ -24,17 +24,16 @@ def best_epoch(runs: list[dict[str, Any]]) -> int:
 def summarise(arm: str, runs: list[dict[str, Any]], epoch: int, stage1_s: dict[str, float],
               setting: tuple) -> dict[str, Any]:
     test = [r["history"][epoch]["test_errors"] for r in runs]
-    key = "clean" if arm in ("hard", "clean") else arm
+    # hard labels and the online arms write no store: no stage 1
+    no_store = arm == "hard" or arm.startswith("online")
     return {"setting": list(setting), "epoch": epoch + 1, "test_errors": test,
             "seeds": len(runs),
             "mean": float(np.mean(test)), "std": float(np.std(test, ddof=1)) if len(test) > 1
             else 0.0,
             "curve": np.mean([[h["test_errors"] for h in r["history"]] for r in runs],
                              axis=0).tolist(),
-            "stage1_seconds": 0.0 if arm == "hard" or arm.startswith("online")
-            else stage1_s[key],
-            "stage1_cpu_seconds": 0.0 if arm == "hard" or arm.startswith("online")
-            else stage1_s.get(f"{key}:cpu", float("nan")),
+            "stage1_seconds": 0.0 if no_store else stage1_s[arm],
+            "stage1_cpu_seconds": 0.0 if no_store else stage1_s.get(f"{arm}:cpu", float("nan")),
             "stage2_seconds": float(np.mean([r["stage2_seconds"] for r in runs])),
             "stage2_cpu_seconds": float(np.mean([r.get("stage2_cpu_seconds", float("nan"))
                                                  for r in runs])),
