@@ -24,12 +24,12 @@ def best_epoch(runs: list[dict[str, Any]]) -> int:
 def summarise(arm: str, runs: list[dict[str, Any]], epoch: int, stage1_s: dict[str, float],
               setting: tuple) -> dict[str, Any]:
     test = [r["history"][epoch]["test_errors"] for r in runs]
+    last = [r["history"][-1]["test_errors"] for r in runs]  # the schedule's end: no choice
     # hard labels and the online arms write no store: no stage 1
     no_store = arm == "hard" or arm.startswith("online")
     return {"setting": list(setting), "epoch": epoch + 1, "test_errors": test,
-            "seeds": len(runs),
-            "mean": float(np.mean(test)), "std": float(np.std(test, ddof=1)) if len(test) > 1
-            else 0.0,
+            "seeds": len(runs), "mean": float(np.mean(test)), "std": _std(test),
+            "last_mean": float(np.mean(last)), "last_std": _std(last),
             "curve": np.mean([[h["test_errors"] for h in r["history"]] for r in runs],
                              axis=0).tolist(),
             "stage1_seconds": 0.0 if no_store else stage1_s[arm],
@@ -40,6 +40,10 @@ def summarise(arm: str, runs: list[dict[str, Any]], epoch: int, stage1_s: dict[s
             "teacher_seconds": float(np.mean([r["teacher_seconds"] for r in runs]))}
 
 
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def report(results: dict[str, Any], where: Path) -> None:
     """results.json, a markdown table (README.md) and errors_vs_epochs.png under `where`."""
     where.mkdir(parents=True, exist_ok=True)
@@ -47,8 +51,9 @@ def report(results: dict[str, Any], where: Path) -> None:
     ens, nan = results["ensemble"]["test_errors"], float("nan")
     lines = [f"Ensemble of {results['ensemble']['members']} teachers: {ens} test errors.", "",
              "| student | arm | chosen (loss, T, alpha), epoch | seeds | test errors (mean ± std)"
-             " | gap closed | stage 1 s | stage 2 s (teacher s) | CPU s, stage 1 + 2 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             " | gap closed | last epoch's test errors | stage 1 s | stage 2 s (teacher s) "
+             "| CPU s, stage 1 + 2 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for student, s in results["students"].items():
         hard = s["arms"].get("hard", {}).get("mean", nan)
         for arm, r in s["arms"].items():
@@ -56,6 +61,7 @@ def report(results: dict[str, Any], where: Path) -> None:
             lines.append(f"| {student} | {arm} | {tuple(r['setting'])}, {r['epoch']} | "
                          f"{r['seeds']}/{results['plan']['seeds']} | "
                          f"{r['mean']:.1f} ± {r['std']:.1f} | {gap:.0f}% | "
+                         f"{r.get('last_mean', nan):.1f} ± {r.get('last_std', nan):.1f} | "
                          f"{r['stage1_seconds']:.0f} | {r['stage2_seconds']:.0f} "
                          f"({r['teacher_seconds']:.0f}) | {r.get('stage1_cpu_seconds', nan):.0f}"
                          f" + {r.get('stage2_cpu_seconds', nan):.0f} |")

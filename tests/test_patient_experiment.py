@@ -71,10 +71,13 @@ def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
     assert views["mean"] == 390 and views["std"] == pytest.approx(14.142, abs=1e-3)
     assert views["stage1_seconds"] == 10.0 and views["stage1_cpu_seconds"] == 12.0
     assert s["arms"]["hard"]["test_errors"] == [700] and set(s["arms"]) == {"hard", "views16"}
+    # beside the chosen epoch, the schedule's last (no choice): hard labels overfit to 800
+    assert s["arms"]["hard"]["last_mean"] == 800 and s["arms"]["hard"]["last_std"] == 0.0
     pr.report(res, tmp_path / "reports")
     table = (tmp_path / "reports" / "README.md").read_text()
     # gap closed: (700 - 390) / (700 - 100)
-    assert "| mlp:8 | views16 | ('kl', 2.0, 1.0), 2 | 2/2 | 390.0 ± 14.1 | 52% | 10 |" in table
+    assert "| mlp:8 | views16 | ('kl', 2.0, 1.0), 2 | 2/2 | 390.0 ± 14.1 | 52% | 390.0 ± 14.1 " \
+        "| 10 |" in table
     assert (tmp_path / "reports" / "errors_vs_epochs.png").is_file()
     assert "- mlp:8: best stored arm views16 closes 52% of the gap (700.0 -> 390.0, ensemble " \
         "100; 2 seeds): goal 65% not met, stretch 80% not met" in table
