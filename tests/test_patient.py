@@ -19,6 +19,7 @@ from softtargets.recipes.hinton2015 import patient
 from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint
 from softtargets.recipes.hinton2015.online import OnlineBatches
 from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm
+from softtargets.recipes.hinton2015.train import evaluate
 
 
 def teachers(n: int = 2) -> list[nn.Module]:
@@ -113,6 +114,10 @@ def test_online_arm_and_hard_arm_run(data, tmp_path):
     assert m["steps"] == 2 and 0 < m["teacher_seconds"] < m["stage2_seconds"]
     assert m["stage2_cpu_seconds"] > 0 and m["history"][0]["cpu_seconds"] > 0
     assert json.loads((tmp_path / "online" / "metrics.json").read_text())["arm"] == "online"
+    # the run's student as its last epoch left it: its test errors are the history's last
+    student = patient.load_student(tmp_path / "online", split)
+    test = load_split(cfg_data.for_test())
+    assert evaluate(student, test)["test_errors"] == m["history"][-1]["test_errors"]
     with pytest.raises(ConfigError, match="arm 'online' runs the teachers"):
         ArmConfig(arm="online", data=cfg_data)
     with pytest.raises(ConfigError, match="arm must be one of"):

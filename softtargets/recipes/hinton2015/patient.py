@@ -26,7 +26,7 @@ from softtargets.augment.mix import Mix
 from softtargets.augment.views import parse_spec
 from softtargets.config import DataConfig, check_alpha, check_temperature, to_dict
 from softtargets.datasets.idx import IDXDataset
-from softtargets.datasets.idx_files import load_split, load_validation
+from softtargets.datasets.idx_files import Split, load_split, load_validation
 from softtargets.errors import ConfigError, TrainingDivergedError
 from softtargets.read import StreamingDistillDataset, distillation_loss
 from softtargets.read.distill import check_loss
@@ -134,10 +134,7 @@ def run_arm(cfg: ArmConfig, out: str | Path) -> dict[str, Any]:
     split = load_split(cfg.data)
     dataset = IDXDataset.from_split(split)
     val, test = load_validation(cfg.data), load_split(cfg.data.for_test())
-    arch, _, widths = cfg.student.partition(":")
-    spec = ModelSpec(arch=arch, inputs=int(np.prod(split.images.shape[1:])),
-                     hidden=tuple(int(w) for w in widths.split(",")),
-                     classes=len(split.class_names))
+    spec = student_spec(cfg.student, split)
     torch.manual_seed(cfg.seed)
     model = build(spec)
     optim = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -163,6 +160,22 @@ def run_arm(cfg: ArmConfig, out: str | Path) -> dict[str, Any]:
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     tmp.replace(done)
     return metrics
+
+
+def student_spec(student: str, split: Split) -> ModelSpec:
+    """The student of 'arch:widths' (e.g. 'mlp:800,800') for the split's inputs and classes."""
+    arch, _, widths = student.partition(":")
+    return ModelSpec(arch=arch, inputs=int(np.prod(split.images.shape[1:])),
+                     hidden=tuple(int(w) for w in widths.split(",")),
+                     classes=len(split.class_names))
+
+
+def load_student(run: str | Path, split: Split) -> torch.nn.Module:
+    """The student of a run directory as its last finished epoch left it."""
+    state = torch.load(Path(run) / "state.pt", map_location="cpu", weights_only=True)
+    model = build(student_spec(state["config"]["student"], split))
+    model.load_state_dict(state["model"])
+    return model.eval()
 
 
 def _epoch(cfg: ArmConfig, model: torch.nn.Module, optim: Any, sched: Any, batches: Batches,

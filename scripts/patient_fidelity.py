@@ -1,0 +1,60 @@
+"""How closely the patient experiment's students match the teacher ensemble on the rows they
+trained on (clean inputs), the validation rows and the test rows: top-1 agreement and KL at T=1
+(softtargets.recipes.hinton2015.fidelity). Students as their last epoch left them.
+
+    python scripts/patient_fidelity.py runs/fashion-mnist/patient/runs/mlp-800-800/*/*/seed0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from softtargets.config import DataConfig
+from softtargets.datasets.idx_files import load_split, load_validation
+from softtargets.recipes.hinton2015.fidelity import fidelity, logits
+from softtargets.recipes.hinton2015.models import load_checkpoint
+from softtargets.recipes.hinton2015.patient import load_student
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="run directories (each with state.pt)")
+    ap.add_argument("--experiment", default="runs/fashion-mnist/patient",
+                    help="the experiment directory (its teachers/teacher-*.pt)")
+    ap.add_argument("--val-rows", type=int, default=5000)
+    ap.add_argument("--out", default="reports/patient/fidelity.md")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    data = DataConfig(dataset="fashion-mnist", val_rows=args.val_rows)
+    splits = {"train": load_split(data), "val": load_validation(data),
+              "test": load_split(data.for_test())}
+    teachers = [load_checkpoint(p).model
+                for p in sorted(Path(args.experiment, "teachers").glob("teacher-*.pt"))]
+    members = {k: np.stack([logits(t, s) for t in teachers]) for k, s in splits.items()}
+    lines = [f"Students against the ensemble of {len(teachers)} teachers, clean inputs, T=1 "
+             "(agreement: top-1 the same; KL(ensemble || student) in nats).", "",
+             "| run | " + " | ".join(f"{k}: errors (ensemble), agreement, KL" for k in splits)
+             + " |", "|---|" + "---|" * len(splits)]
+    found = {}
+    for run in args.runs:
+        name = "/".join(Path(run).parts[-3:])
+        row = {k: fidelity(logits(load_student(run, s), s), members[k], s.labels)
+               for k, s in splits.items()}
+        found[name] = row
+        lines.append(f"| {name} | " + " | ".join(
+            f"{r['student_errors']} ({r['ensemble_errors']}) of {r['rows']}, "
+            f"{100 * r['agreement']:.1f}%, {r['kl']:.3f}" for r in row.values()) + " |")
+    print("\n".join(lines))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(found, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
