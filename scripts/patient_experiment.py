@@ -6,7 +6,12 @@ matching, for the 784-800-800-10 MLP and a small CNN student.
 Honest selection: the last VAL_ROWS training rows are held out from teachers and students; the
 loss setting (T, alpha, kl|mse) is chosen per student on their validation errors (seed 0, on
 the "views" arm of the middle V), the epoch per (student, arm) on the mean validation curve of
-its seeds; test errors are reported for those choices only, as mean and std over the seeds.
+its seeds, and the stored arm the goals are checked on by its validation errors at that epoch;
+test errors are reported for those choices only, as mean and std over the seeds.
+
+The patient arm "views<max V>-long" replays the largest V's store for long_epochs (800: each
+view seen about as often as the middle V's in 200 epochs), for the MLP only (a CNN run of 800
+epochs would cost some 2 hours a seed here).
 
 Every (student, arm, setting, seed) run saves out/runs/.../metrics.json when it finishes (and
 state.pt after every epoch), so a rerun skips finished runs and resumes unfinished ones.
@@ -80,6 +85,10 @@ class Plan:
     epochs: int = 200
     seeds: int = 3
     lr: float = 0.05
+    # the patient arm "views<max V>-long": the largest V's stored views over long_epochs, so
+    # each view is seen about as often as the middle V's are in `epochs` (students listed only)
+    long_epochs: int = 800
+    long_students: tuple[str, ...] = ("mlp:800,800",)
     # (loss, T, alpha) candidates, chosen on validation
     grid: tuple[tuple[str, float, float], ...] = (("kl", 2.0, 1.0), ("kl", 5.0, 1.0),
                                                   ("kl", 10.0, 1.0), ("kl", 5.0, 0.5),
@@ -88,7 +97,7 @@ class Plan:
 
 
 QUICK = Plan(out="runs/fashion-mnist/patient-quick", limit=2000, val_rows=1000, teachers=2,
-             teacher_epochs=10, views=(4, 16), epochs=6,
+             teacher_epochs=10, views=(4, 16), epochs=6, long_epochs=12,
              grid=(("kl", 4.0, 1.0), ("mse", 1.0, 1.0)))
 
 
@@ -134,7 +143,8 @@ def arm_config(plan: Plan, *, arm: str, store: str, student: str, setting: tuple
                      data=DataConfig(limit=plan.limit, val_rows=plan.val_rows),
                      student=student, store=None if arm.startswith("online") else store,
                      teachers=tuple(teachers) if arm.startswith("online") else (),
-                     temperature=t, alpha=alpha, loss=loss, epochs=plan.epochs, lr=plan.lr,
+                     temperature=t, alpha=alpha, loss=loss, lr=plan.lr,
+                     epochs=plan.long_epochs if arm.endswith("-long") else plan.epochs,
                      seed=seed, augment=AUGMENT,
                      mix_kind=kind if arm == "online-mixed" else None, mix_alpha=mix_alpha,
                      mix_prob=prob)
@@ -145,11 +155,18 @@ def run_dir(out: Path, student: str, arm: str, setting: tuple, seed: int) -> Pat
     return out / "runs" / student.replace(":", "-").replace(",", "-") / arm / name / f"seed{seed}"
 
 
-def arm_names(plan: Plan) -> list[str]:
-    """The arms in the order their runs are queued: the decisive ones first."""
+def arm_names(plan: Plan, student: str) -> list[str]:
+    """The student's arms in the order their runs are queued: the decisive ones first."""
     v = max(plan.views)
     stored = [f"views{x}" for x in sorted(plan.views, reverse=True)]
-    return ["hard", stored[0], f"mixed{v}", *stored[1:], "clean", "online", "online-mixed"]
+    long = [f"views{v}-long"] if student in plan.long_students else []
+    return ["hard", stored[0], f"mixed{v}", *stored[1:], "clean", *long, "online",
+            "online-mixed"]
+
+
+def store_key(arm: str) -> str | None:
+    """The stage-1 store whose targets the arm learns from (None: hard labels, online)."""
+    return None if arm == "hard" or arm.startswith("online") else arm.removesuffix("-long")
 
 
 def queue(plan: Plan) -> list[tuple[str, str, int]]:
@@ -158,16 +175,17 @@ def queue(plan: Plan) -> list[tuple[str, str, int]]:
     student the selection, every stored arm's first seed, the online arms' first seed (the
     reference the stored arms are weighed against), then the stored arms' further seeds; the
     online arms' further seeds (each as dear as a stored-views stage 1) come last."""
-    offline = [a for a in arm_names(plan) if not a.startswith("online")]
-    online = [a for a in arm_names(plan) if a.startswith("online")]
     out: list[tuple[str, str, int]] = []
     for student in plan.students:
+        offline = [a for a in arm_names(plan, student) if not a.startswith("online")]
+        online = [a for a in arm_names(plan, student) if a.startswith("online")]
         out.append((student, "select", 0))
         out += [(student, arm, 0) for arm in offline]
         out += [(student, arm, 0) for arm in online]
         out += [(student, arm, seed) for seed in range(1, plan.seeds) for arm in offline]
     out += [(student, arm, seed) for student in plan.students
-            for seed in range(1, plan.seeds) for arm in online]
+            for seed in range(1, plan.seeds)
+            for arm in arm_names(plan, student) if arm.startswith("online")]
     return out
 
 
@@ -193,7 +211,9 @@ def main() -> None:
     if not args.report_only:
         teachers = run_teachers(exp, out)
         urls, _, _ = stage1(plan, out, teachers)
-        urls.update({"hard": urls["clean"], "online": "", "online-mixed": ""})
+        # hard labels stream the clean store's labels; online arms read no store
+        urls.update({arm: urls[store_key(arm) or "clean"] for student in plan.students
+                     for arm in arm_names(plan, student)})
         workers = max(1, min(args.workers, plan.threads))
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=work, args=(plan, out, urls, teachers,
@@ -315,13 +335,17 @@ def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict) -> dict[str, Any]:
     for student in plan.students:
         scores = selection(plan, out, student)
         chosen, rows = best_setting(plan, scores), {}
-        for arm in arm_names(plan):
+        for arm in arm_names(plan, student):
             setting = setting_of(arm, chosen)
             runs = [] if setting is None else \
                 [m for seed in range(plan.seeds) if (m := finished(out, student, arm, setting,
                                                                     seed))]
-            if runs:
-                rows[arm] = summarise(arm, runs, best_epoch(runs), stage1_s, setting)
+            if not runs:
+                continue
+            key = store_key(arm)
+            stage1 = (0.0, 0.0) if key is None else (stage1_s[key],
+                                                     stage1_s.get(f"{key}:cpu", float("nan")))
+            rows[arm] = summarise(runs, best_epoch(runs), setting=setting, stage1=stage1)
         results["students"][student] = {"selection": {str(k): v for k, v in scores.items()},
                                         "chosen": chosen, "arms": rows}
     return results

@@ -14,18 +14,38 @@ pe = pytest.importorskip("patient_experiment")
 pr = pytest.importorskip("patient_report")
 
 PLAN = pe.Plan(students=("mlp:8",), views=(4, 16), seeds=2,
-               grid=(("kl", 2.0, 1.0), ("mse", 1.0, 1.0)))
+               grid=(("kl", 2.0, 1.0), ("mse", 1.0, 1.0)), long_students=())
 
 
 def test_queue_puts_selection_then_first_seeds_then_further_seeds():
-    stored = ("hard", "views16", "mixed16", "views4", "clean")
-    assert pe.arm_names(PLAN) == [*stored, "online", "online-mixed"]
-    assert pe.queue(PLAN) == [
+    plan = pe.dataclasses.replace(PLAN, students=("mlp:8", "cnn:2,2,4"),
+                                  long_students=("mlp:8",))
+    stored = ["hard", "views16", "mixed16", "views4", "clean"]
+    assert pe.arm_names(plan, "cnn:2,2,4") == [*stored, "online", "online-mixed"]
+    mlp = [*stored, "views16-long"]  # the patient arm, for the students listed only
+    assert pe.arm_names(plan, "mlp:8") == [*mlp, "online", "online-mixed"]
+    assert pe.queue(plan) == [
         ("mlp:8", "select", 0),
-        *[("mlp:8", a, 0) for a in stored],
+        *[("mlp:8", a, 0) for a in mlp],
         ("mlp:8", "online", 0), ("mlp:8", "online-mixed", 0),
-        *[("mlp:8", a, 1) for a in stored],
-        ("mlp:8", "online", 1), ("mlp:8", "online-mixed", 1)]
+        *[("mlp:8", a, 1) for a in mlp],
+        ("cnn:2,2,4", "select", 0),
+        *[("cnn:2,2,4", a, 0) for a in stored],
+        ("cnn:2,2,4", "online", 0), ("cnn:2,2,4", "online-mixed", 0),
+        *[("cnn:2,2,4", a, 1) for a in stored],
+        ("mlp:8", "online", 1), ("mlp:8", "online-mixed", 1),
+        ("cnn:2,2,4", "online", 1), ("cnn:2,2,4", "online-mixed", 1)]
+
+
+def test_the_long_arm_replays_the_largest_views_store_for_long_epochs():
+    assert [pe.store_key(a) for a in ("hard", "online", "online-mixed", "clean", "views16",
+                                      "views16-long", "mixed16")] == \
+        [None, None, None, "clean", "views16", "views16", "mixed16"]
+    cfg = pe.arm_config(PLAN, arm="views16-long", store="s.zarr", student="mlp:8",
+                        setting=("kl", 2.0, 1.0), seed=1, teachers=[])
+    assert (cfg.arm, cfg.store, cfg.epochs, cfg.seed) == ("views", "s.zarr", 800, 1)
+    assert pe.arm_config(PLAN, arm="views16", store="s.zarr", student="mlp:8",
+                         setting=("kl", 2.0, 1.0), seed=1, teachers=[]).epochs == 200
 
 
 def test_a_run_is_claimed_by_one_process_at_a_time(tmp_path):
@@ -79,10 +99,16 @@ def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
     assert "| mlp:8 | views16 | ('kl', 2.0, 1.0), 2 | 2/2 | 390.0 ± 14.1 | 52% | 390.0 ± 14.1 " \
         "| 10 |" in table
     assert (tmp_path / "reports" / "errors_vs_epochs.png").is_file()
-    assert "- mlp:8: best stored arm views16 closes 52% of the gap (700.0 -> 390.0, ensemble " \
-        "100; 2 seeds): goal 65% not met, stretch 80% not met" in table
+    assert "- mlp:8: the stored arm chosen on validation, views16, closes 52% of the gap " \
+        "(700.0 -> 390.0, ensemble 100; 2 seeds): goal 65% not met, stretch 80% not met" in table
     # online at 420 errors: views16 (390) reaches it at (10 + 2) / 100 of its wall time
     finish(tmp_path, "online", kl, 0, val=[50, 45], test=[480, 420], seconds=100.0)
     lines = pr.verdicts(pe.collect(PLAN, tmp_path, stage1, {"test_errors": 100, "members": 2}))
     assert lines[1] == ("- mlp:8: views16 (390.0) reaches online (420.0) at 0.12 of its wall "
                         "time, 0.10 of its CPU time: goal <= 1/3 met")
+    # the arm is chosen on validation: clean's fewer test errors (250) do not make it the one
+    finish(tmp_path, "clean", kl, 0, val=[60, 48], test=[300, 250])
+    res = pe.collect(PLAN, tmp_path, stage1, {"test_errors": 100, "members": 2})
+    assert res["students"]["mlp:8"]["arms"]["clean"]["val_mean"] == 48
+    assert pr.verdicts(res)[0].startswith("- mlp:8: the stored arm chosen on validation, "
+                                          "views16, closes 52% of the gap")
