@@ -16,9 +16,10 @@ import torch
 
 from softtargets.config import DataConfig
 from softtargets.datasets.idx_files import load_split, load_validation
-from softtargets.recipes.hinton2015.fidelity import fidelity, logits
+from softtargets.recipes.hinton2015.fidelity import fidelity
 from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.recipes.hinton2015.patient import load_student
+from softtargets.recipes.hinton2015.train import split_logits
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
               "test": load_split(data.for_test())}
     teachers = [load_checkpoint(p).model
                 for p in sorted(Path(args.experiment, "teachers").glob("teacher-*.pt"))]
-    members = {k: np.stack([logits(t, s) for t in teachers]) for k, s in splits.items()}
+    members = {k: np.stack([split_logits(t, s) for t in teachers]) for k, s in splits.items()}
     lines = [f"Students against the ensemble of {len(teachers)} teachers, clean inputs, T=1 "
              "(agreement: top-1 the same; KL(ensemble || student) in nats).", "",
              "| run | " + " | ".join(f"{k}: errors (ensemble), agreement, KL" for k in splits)
@@ -43,7 +44,7 @@ def main() -> None:
     found = {}
     for run in args.runs:
         name = "/".join(Path(run).parts[-3:])
-        row = {k: fidelity(logits(load_student(run, s), s), members[k], s.labels)
+        row = {k: fidelity(split_logits(load_student(run, s), s), members[k], s.labels)
                for k, s in splits.items()}
         found[name] = row
         lines.append(f"| {name} | " + " | ".join(

@@ -9,20 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from softtargets.datasets.idx_files import Split
 from softtargets.format.ensemble import combine_log_probs, log_softmax
-
-
-@torch.no_grad()
-def logits(model: nn.Module, split: Split, *, batch_size: int = 2000) -> np.ndarray:
-    """The model's logits (N, C) float32 on the split's clean inputs."""
-    model.eval()
-    out = [model(torch.from_numpy(split.inputs(slice(s, s + batch_size)))).float().numpy()
-           for s in range(0, len(split), batch_size)]
-    return np.concatenate(out)
 
 
 def fidelity(student: np.ndarray, members: np.ndarray, labels: np.ndarray, *,

@@ -43,14 +43,17 @@ class FitOptions:
 
 
 @torch.no_grad()
+def split_logits(model: nn.Module, split: Split, *, batch_size: int = 2000) -> np.ndarray:
+    """The model's logits (N, C) float32 on the split's clean inputs, in eval mode."""
+    model.eval()
+    out = [model(torch.from_numpy(split.inputs(slice(s, s + batch_size)))).float().numpy()
+           for s in range(0, len(split), batch_size)]
+    return np.concatenate(out)
+
+
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 2000) -> dict[str, Any]:
     """Test errors (count out of len(split)), accuracy and per-class errors."""
-    model.eval()
-    preds = []
-    for start in range(0, len(split), batch_size):
-        x = torch.from_numpy(split.inputs(slice(start, start + batch_size)))
-        preds.append(model(x).argmax(dim=1).numpy())
-    pred = np.concatenate(preds)
+    pred = split_logits(model, split, batch_size=batch_size).argmax(axis=1)
     wrong = pred != split.labels
     per_class = np.bincount(split.labels[wrong], minlength=len(split.class_names))
     return {"test_errors": int(wrong.sum()), "test_n": len(split),
