@@ -53,7 +53,7 @@ from softtargets.recipes.hinton2015.rundir import log  # noqa: E402
 from softtargets.recipes.hinton2015.train import write_json  # noqa: E402
 from softtargets.write.lock import StoreLock  # noqa: E402
 
-from patient_report import best_epoch, report, summarise  # noqa: E402
+from patient_report import best_epoch, is_online, report, summarise  # noqa: E402
 
 AUGMENT = "shift=2,flip=1,rotate=10,scale=1.1"  # padded random crop (pad 2), flip, rotate, zoom
 
@@ -137,12 +137,13 @@ def arm_config(plan: Plan, *, arm: str, store: str, student: str, setting: tuple
                teachers: list[str]) -> ArmConfig:
     loss, t, alpha = setting
     kind, mix_alpha, prob = plan.mix
-    return ArmConfig(arm="online" if arm.startswith("online") else
+    online = is_online(arm)
+    return ArmConfig(arm="online" if online else
                      ("hard" if arm == "hard" else "clean" if arm == "clean" else
                       "mixed" if arm.startswith("mixed") else "views"),
                      data=DataConfig(limit=plan.limit, val_rows=plan.val_rows),
-                     student=student, store=None if arm.startswith("online") else store,
-                     teachers=tuple(teachers) if arm.startswith("online") else (),
+                     student=student, store=None if online else store,
+                     teachers=tuple(teachers) if online else (),
                      temperature=t, alpha=alpha, loss=loss, lr=plan.lr,
                      epochs=plan.long_epochs if arm.endswith("-long") else plan.epochs,
                      seed=seed, augment=AUGMENT,
@@ -166,26 +167,29 @@ def arm_names(plan: Plan, student: str) -> list[str]:
 
 def store_key(arm: str) -> str | None:
     """The stage-1 store whose targets the arm learns from (None: hard labels, online)."""
-    return None if arm == "hard" or arm.startswith("online") else arm.removesuffix("-long")
+    return None if arm == "hard" or is_online(arm) else arm.removesuffix("-long")
 
 
 def queue(plan: Plan) -> list[tuple[str, str, int]]:
     """(student, arm, seed) in the order they run; arm "select" is the student's loss-setting
     selection. Runs take hours on 2 cores and sessions end, so the order puts answers first: per
     student the selection, every stored arm's first seed, the online arms' first seed (the
-    reference the stored arms are weighed against), then the stored arms' further seeds; the
-    online arms' further seeds (each as dear as a stored-views stage 1) come last."""
+    reference the stored arms are weighed against), then the stored arms' further seeds, the
+    long arm's first (the >= 80% goal is its mean over seeds; two workers run its seeds side by
+    side); the online arms' further seeds (each as dear as a stored-views stage 1) come last."""
     out: list[tuple[str, str, int]] = []
+    seeds = range(1, plan.seeds)
     for student in plan.students:
-        offline = [a for a in arm_names(plan, student) if not a.startswith("online")]
-        online = [a for a in arm_names(plan, student) if a.startswith("online")]
+        offline = [a for a in arm_names(plan, student) if not is_online(a)]
+        online = [a for a in arm_names(plan, student) if is_online(a)]
+        long = [a for a in offline if a.endswith("-long")]
         out.append((student, "select", 0))
         out += [(student, arm, 0) for arm in offline]
         out += [(student, arm, 0) for arm in online]
-        out += [(student, arm, seed) for seed in range(1, plan.seeds) for arm in offline]
-    out += [(student, arm, seed) for student in plan.students
-            for seed in range(1, plan.seeds)
-            for arm in arm_names(plan, student) if arm.startswith("online")]
+        out += [(student, arm, seed) for arm in long for seed in seeds]
+        out += [(student, arm, seed) for seed in seeds for arm in offline if arm not in long]
+    out += [(student, arm, seed) for student in plan.students for seed in seeds
+            for arm in arm_names(plan, student) if is_online(arm)]
     return out
 
 

@@ -15,6 +15,11 @@ from softtargets.recipes.hinton2015.train import write_json
 GAP_GOAL, GAP_STRETCH, COST_GOAL = 65.0, 80.0, 1 / 3
 
 
+def is_online(arm: str) -> bool:
+    """Whether the arm runs the teachers on every fresh input (no stored targets)."""
+    return arm.startswith("online")
+
+
 def best_epoch(runs: list[dict[str, Any]]) -> int:
     """Index of the epoch with the least mean validation errors over the seeds' runs."""
     val = np.mean([[h["val_errors"] for h in r["history"]] for r in runs], axis=0)
@@ -121,7 +126,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
                        f"({hard:.1f} -> {stored[best]['mean']:.1f}, ensemble {ens}; "
                        f"{stored[best]['seeds']} seeds): goal {GAP_GOAL:.0f}% {met}, stretch "
                        f"{GAP_STRETCH:.0f}% {'met' if gap >= GAP_STRETCH else 'not met'}")
-        for online in (a for a in arms if a.startswith("online")):
+        for online in filter(is_online, arms):
             o = arms[online]
             views = {a: r for a, r in stored.items() if a != "clean" and r["mean"] <= o["mean"]}
             if not views:

@@ -28,7 +28,8 @@ def test_queue_puts_selection_then_first_seeds_then_further_seeds():
         ("mlp:8", "select", 0),
         *[("mlp:8", a, 0) for a in mlp],
         ("mlp:8", "online", 0), ("mlp:8", "online-mixed", 0),
-        *[("mlp:8", a, 1) for a in mlp],
+        ("mlp:8", "views16-long", 1),  # the long arm's further seeds before the others'
+        *[("mlp:8", a, 1) for a in stored],
         ("cnn:2,2,4", "select", 0),
         *[("cnn:2,2,4", a, 0) for a in stored],
         ("cnn:2,2,4", "online", 0), ("cnn:2,2,4", "online-mixed", 0),
