@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from softtargets.config import DataConfig
+from softtargets.config import DataConfig, from_dict
 from softtargets.datasets.idx_files import load_split, load_validation
 from softtargets.recipes.hinton2015.fidelity import fidelity
 from softtargets.recipes.hinton2015.models import load_checkpoint
@@ -22,16 +22,28 @@ from softtargets.recipes.hinton2015.patient import load_student
 from softtargets.recipes.hinton2015.train import split_logits
 
 
+def run_data(runs: list[str]) -> DataConfig:
+    """The data config the runs trained on (their state.pt), which must be one for all: the
+    students are compared on the same training, validation and test rows."""
+    found = {}
+    for run in runs:
+        state = torch.load(Path(run) / "state.pt", map_location="cpu", weights_only=True)
+        found[run] = from_dict(DataConfig, state["config"]["data"])
+    if len(set(found.values())) != 1:
+        raise SystemExit("patient_fidelity: the runs trained on different data configs "
+                         f"{sorted(set(map(str, found.values())))}; pass runs of one experiment")
+    return next(iter(found.values()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="run directories (each with state.pt)")
     ap.add_argument("--experiment", default="runs/fashion-mnist/patient",
                     help="the experiment directory (its teachers/teacher-*.pt)")
-    ap.add_argument("--val-rows", type=int, default=5000)
     ap.add_argument("--out", default="reports/patient/fidelity.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = DataConfig(dataset="fashion-mnist", val_rows=args.val_rows)
+    data = run_data(args.runs)
     splits = {"train": load_split(data), "val": load_validation(data),
               "test": load_split(data.for_test())}
     teachers = [load_checkpoint(p).model

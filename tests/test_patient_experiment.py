@@ -113,3 +113,15 @@ def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
     assert res["students"]["mlp:8"]["arms"]["clean"]["val_mean"] == 48
     assert pr.verdicts(res)[0].startswith("- mlp:8: the stored arm chosen on validation, "
                                           "views16, closes 52% of the gap")
+
+
+def test_fidelity_reads_the_runs_data_config_and_refuses_a_mix(tmp_path):
+    pf = pytest.importorskip("patient_fidelity")
+    from softtargets.config import DataConfig, to_dict
+    for name, rows in (("a", 5000), ("b", 5000), ("c", 1000)):
+        (tmp_path / name).mkdir()
+        pe.torch.save({"config": {"data": to_dict(DataConfig(val_rows=rows))}},
+                      tmp_path / name / "state.pt")
+    assert pf.run_data([str(tmp_path / "a"), str(tmp_path / "b")]) == DataConfig(val_rows=5000)
+    with pytest.raises(SystemExit, match="different data configs"):
+        pf.run_data([str(tmp_path / n) for n in "abc"])

@@ -18,7 +18,7 @@ def fidelity(student: np.ndarray, members: np.ndarray, labels: np.ndarray, *,
     """Student logits (N, C) against the members' logits (M, N, C) at T=1: errors of each,
     top-1 agreement, and the mean KL(ensemble || student) in nats."""
     teacher = combine_log_probs(members, rule=rule, temperature=1.0)  # (N, C) log-probs
-    s = log_softmax(student.astype(np.float64))  # (N, C)
+    s = log_softmax(student)  # (N, C), float64
     kl = np.sum(np.exp(teacher) * (teacher - s), axis=1)  # (N,)
     s_pred, t_pred = s.argmax(1), teacher.argmax(1)
     return {"rows": int(len(labels)), "student_errors": int((s_pred != labels).sum()),
