@@ -173,22 +173,22 @@ def store_key(arm: str) -> str | None:
 def queue(plan: Plan) -> list[tuple[str, str, int]]:
     """(student, arm, seed) in the order they run; arm "select" is the student's loss-setting
     selection. Runs take hours on 2 cores and sessions end, so the order puts answers first: per
-    student the selection, every stored arm's first seed, the long arm's further seeds (the
-    >= 80% goal is its mean over seeds; two workers run them side by side), the online arms'
-    first seed (the reference the stored arms are weighed against), then the other stored arms'
-    further seeds; the online arms' further seeds (each as dear as a stored-views stage 1) come
-    last."""
+    student the selection, every stored arm's first seed, the further seeds of hard labels and
+    of the long arm (the >= 80% goal is the gap between their means over seeds; two workers run
+    the seeds side by side), the online arms' first seed (the reference the stored arms are
+    weighed against), then the other stored arms' further seeds; the online arms' further seeds
+    (each as dear as a stored-views stage 1) come last."""
     out: list[tuple[str, str, int]] = []
     seeds = range(1, plan.seeds)
     for student in plan.students:
         offline = [a for a in arm_names(plan, student) if not is_online(a)]
         online = [a for a in arm_names(plan, student) if is_online(a)]
-        long = [a for a in offline if a.endswith("-long")]
+        goal = [a for a in offline if a == "hard" or a.endswith("-long")]
         out.append((student, "select", 0))
         out += [(student, arm, 0) for arm in offline]
-        out += [(student, arm, seed) for arm in long for seed in seeds]
+        out += [(student, arm, seed) for arm in goal for seed in seeds]
         out += [(student, arm, 0) for arm in online]
-        out += [(student, arm, seed) for seed in seeds for arm in offline if arm not in long]
+        out += [(student, arm, seed) for seed in seeds for arm in offline if arm not in goal]
     out += [(student, arm, seed) for student in plan.students for seed in seeds
             for arm in arm_names(plan, student) if is_online(arm)]
     return out

@@ -27,13 +27,14 @@ def test_queue_puts_selection_then_first_seeds_then_further_seeds():
     assert pe.queue(plan) == [
         ("mlp:8", "select", 0),
         *[("mlp:8", a, 0) for a in mlp],
-        ("mlp:8", "views16-long", 1),  # the long arm's further seeds before the rest
+        ("mlp:8", "hard", 1), ("mlp:8", "views16-long", 1),  # the goal's arms first
         ("mlp:8", "online", 0), ("mlp:8", "online-mixed", 0),
-        *[("mlp:8", a, 1) for a in stored],
+        *[("mlp:8", a, 1) for a in stored[1:]],
         ("cnn:2,2,4", "select", 0),
         *[("cnn:2,2,4", a, 0) for a in stored],
+        ("cnn:2,2,4", "hard", 1),
         ("cnn:2,2,4", "online", 0), ("cnn:2,2,4", "online-mixed", 0),
-        *[("cnn:2,2,4", a, 1) for a in stored],
+        *[("cnn:2,2,4", a, 1) for a in stored[1:]],
         ("mlp:8", "online", 1), ("mlp:8", "online-mixed", 1),
         ("cnn:2,2,4", "online", 1), ("cnn:2,2,4", "online-mixed", 1)]
 
