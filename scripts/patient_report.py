@@ -123,8 +123,9 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             met = "met" if gap >= GAP_GOAL else "not met"
             out.append(f"- {student}: the stored arm chosen on validation, {best}, closes "
                        f"{gap:.0f}% of the gap "
-                       f"({hard:.1f} -> {stored[best]['mean']:.1f}, ensemble {ens}; "
-                       f"{stored[best]['seeds']} seeds): goal {GAP_GOAL:.0f}% {met}, stretch "
+                       f"({hard:.1f} -> {stored[best]['mean']:.1f}, ensemble {ens}; seeds: "
+                       f"hard {arms['hard']['seeds']}, {best} {stored[best]['seeds']} of "
+                       f"{results['plan']['seeds']}): goal {GAP_GOAL:.0f}% {met}, stretch "
                        f"{GAP_STRETCH:.0f}% {'met' if gap >= GAP_STRETCH else 'not met'}")
         for online in filter(is_online, arms):
             o = arms[online]
