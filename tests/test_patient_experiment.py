@@ -102,7 +102,7 @@ def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
         "| 10 |" in table
     assert (tmp_path / "reports" / "errors_vs_epochs.png").is_file()
     assert "- mlp:8: the stored arm chosen on validation, views16, closes 52% of the gap " \
-        "(700.0 -> 390.0, ensemble 100; seeds: hard 1, views16 2 of 2): goal 65% not met, "
+        "(700.0 -> 390.0, ensemble 100; seeds: hard 1, views16 2 of 2): goal 65% not met, " \
         "stretch 80% not met" in table
     # online at 420 errors: views16 (390) reaches it at (10 + 2) / 100 of its wall time
     finish(tmp_path, "online", kl, 0, val=[50, 45], test=[480, 420], seconds=100.0)
