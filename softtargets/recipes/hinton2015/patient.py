@@ -211,7 +211,7 @@ def _load_state(out: Path, cfg: ArmConfig) -> dict[str, Any] | None:
     path = out / "state.pt"
     if not path.is_file():
         return None
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
     if state.get("config") != to_dict(cfg):
         raise ConfigError(f"{path} was saved by another run configuration; pass another out "
                           "directory or delete that one")
