@@ -17,7 +17,7 @@ import torch
 from softtargets.config import DataConfig, from_dict
 from softtargets.datasets.idx_files import load_split, load_validation
 from softtargets.recipes.hinton2015.fidelity import fidelity
-from softtargets.recipes.hinton2015.models import load_checkpoint
+from softtargets.recipes.hinton2015.models import load_checkpoint, safe_load
 from softtargets.recipes.hinton2015.patient import load_student
 from softtargets.recipes.hinton2015.train import split_logits
 
@@ -27,7 +27,7 @@ def run_data(runs: list[str]) -> DataConfig:
     students are compared on the same training, validation and test rows."""
     found = {}
     for run in runs:
-        state = torch.load(Path(run) / "state.pt", map_location="cpu", weights_only=True)
+        state = safe_load(Path(run) / "state.pt", fix="pass patient run directories")
         found[run] = from_dict(DataConfig, state["config"]["data"])
     if len(set(found.values())) != 1:
         raise SystemExit("patient_fidelity: the runs trained on different data configs "

@@ -13,7 +13,7 @@ from softtargets import IDXDataset, Mix, Views, write_logits
 from softtargets.augment.views import AugmentSpec
 from softtargets.config import to_dict
 from softtargets.datasets.idx_files import load_split
-from softtargets.errors import ConfigError
+from softtargets.errors import CheckpointError, ConfigError
 from softtargets.format.ensemble import combine_log_probs
 from softtargets.recipes.hinton2015 import patient
 from softtargets.recipes.hinton2015.models import ModelSpec, build, save_checkpoint
@@ -97,6 +97,10 @@ def test_arm_run_records_curves_skips_when_done_and_resumes(data, tmp_path, monk
     (tmp_path / "cut" / "metrics.json").unlink()
     with pytest.raises(ConfigError, match="saved by another run configuration"):
         run_arm(other, tmp_path / "cut")
+    (tmp_path / "cut" / "state.pt").write_bytes(b"not a checkpoint")  # a torn or foreign file
+    with pytest.raises(CheckpointError, match="state.pt' is not a softtargets or torch "
+                       "checkpoint.*move that run directory away"):
+        run_arm(cfg, tmp_path / "cut")
 
 
 def test_online_arm_and_hard_arm_run(data, tmp_path):

@@ -30,7 +30,7 @@ from softtargets.datasets.idx_files import Split, load_split, load_validation
 from softtargets.errors import ConfigError, TrainingDivergedError
 from softtargets.read import StreamingDistillDataset, distillation_loss
 from softtargets.read.distill import check_loss
-from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint
+from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint, safe_load
 from softtargets.recipes.hinton2015.online import OnlineBatches
 from softtargets.recipes.hinton2015.train import evaluate
 
@@ -172,7 +172,7 @@ def student_spec(student: str, split: Split) -> ModelSpec:
 
 def load_student(run: str | Path, split: Split) -> torch.nn.Module:
     """The student of a run directory as its last finished epoch left it."""
-    state = torch.load(Path(run) / "state.pt", map_location="cpu", weights_only=True)
+    state = safe_load(Path(run) / "state.pt", fix="pass a patient run directory")
     model = build(student_spec(state["config"]["student"], split))
     model.load_state_dict(state["model"])
     return model.eval()
@@ -211,7 +211,7 @@ def _load_state(out: Path, cfg: ArmConfig) -> dict[str, Any] | None:
     path = out / "state.pt"
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
+    state = safe_load(path, fix="move that run directory away to start the run afresh")
     if state.get("config") != to_dict(cfg):
         raise ConfigError(f"{path} was saved by another run configuration; pass another out "
                           "directory or delete that one")
