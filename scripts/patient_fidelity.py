@@ -56,7 +56,8 @@ def main() -> None:
     found = {}
     for run in args.runs:
         name = "/".join(Path(run).parts[-3:])
-        row = {k: fidelity(split_logits(load_student(run, s), s), members[k], s.labels)
+        student = load_student(run, splits["train"])  # one model for all splits' rows
+        row = {k: fidelity(split_logits(student, s), members[k], s.labels)
                for k, s in splits.items()}
         found[name] = row
         lines.append(f"| {name} | " + " | ".join(
