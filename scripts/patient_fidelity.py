@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,18 +18,15 @@ import torch
 from softtargets.config import DataConfig, from_dict
 from softtargets.datasets.idx_files import load_split, load_validation
 from softtargets.recipes.hinton2015.fidelity import fidelity
-from softtargets.recipes.hinton2015.models import load_checkpoint, safe_load
-from softtargets.recipes.hinton2015.patient import load_student
+from softtargets.recipes.hinton2015.models import load_checkpoint
+from softtargets.recipes.hinton2015.patient import load_run_state, load_student
 from softtargets.recipes.hinton2015.train import split_logits
 
 
-def run_data(runs: list[str]) -> DataConfig:
-    """The data config the runs trained on (their state.pt), which must be one for all: the
-    students are compared on the same training, validation and test rows."""
-    found = {}
-    for run in runs:
-        state = safe_load(Path(run) / "state.pt", fix="pass patient run directories")
-        found[run] = from_dict(DataConfig, state["config"]["data"])
+def run_data(states: dict[str, dict[str, Any]]) -> DataConfig:
+    """The data config the runs (their loaded state.pt by directory) trained on, which must be
+    one for all: the students are compared on the same training, validation and test rows."""
+    found = {run: from_dict(DataConfig, state["config"]["data"]) for run, state in states.items()}
     if len(set(found.values())) != 1:
         raise SystemExit("patient_fidelity: the runs trained on different data configs "
                          f"{sorted(set(map(str, found.values())))}; pass runs of one experiment")
@@ -43,7 +41,8 @@ def main() -> None:
     ap.add_argument("--out", default="reports/patient/fidelity.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = run_data(args.runs)
+    states = {run: load_run_state(run) for run in args.runs}
+    data = run_data(states)
     splits = {"train": load_split(data), "val": load_validation(data),
               "test": load_split(data.for_test())}
     teachers = [load_checkpoint(p).model
@@ -54,9 +53,9 @@ def main() -> None:
              "| run | " + " | ".join(f"{k}: errors (ensemble), agreement, KL" for k in splits)
              + " |", "|---|" + "---|" * len(splits)]
     found = {}
-    for run in args.runs:
+    for run, state in states.items():
         name = "/".join(Path(run).parts[-3:])
-        student = load_student(run, splits["train"])  # one model for all splits' rows
+        student = load_student(state, splits["train"])  # one model for all splits' rows
         row = {k: fidelity(split_logits(student, s), members[k], s.labels)
                for k, s in splits.items()}
         found[name] = row

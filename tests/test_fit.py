@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from softtargets.datasets import from_tensors
-from softtargets.errors import ConfigError
+from softtargets.errors import CheckpointError, ConfigError
 from softtargets.read.fit import Checkpointer, FitConfig, fit_student
 from softtargets.write import write_logits
 
@@ -72,3 +72,18 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="--checkpoint-every must be >= 1 batches, got 0"):
         fit_student(student(), data, store, cfg, checkpoint=str(tmp_path / "d.pt"),
                     checkpoint_every=0)
+
+
+def test_resume_from_a_foreign_file_is_one_line(tmp_path):
+    data, store = setup(tmp_path)
+    cfg = FitConfig(temperature=2.0, alpha=0.7, epochs=1, batch_size=8, loader="memory")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"'.*junk\.pt' is not a softtargets or torch "
+                                              r"checkpoint: .*; move it away to train afresh"):
+        fit_student(student(), data, store, cfg, checkpoint=str(tmp_path / "junk.pt"),
+                    resume=True)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"cannot resume from '.*other\.pt': it is not a "
+                                              r"training state of softtargets \(no config\)"):
+        fit_student(student(), data, store, cfg, checkpoint=str(tmp_path / "other.pt"),
+                    resume=True)

@@ -124,6 +124,7 @@ def test_fidelity_reads_the_runs_data_config_and_refuses_a_mix(tmp_path):
         (tmp_path / name).mkdir()
         pe.torch.save({"config": {"data": to_dict(DataConfig(val_rows=rows))}},
                       tmp_path / name / "state.pt")
-    assert pf.run_data([str(tmp_path / "a"), str(tmp_path / "b")]) == DataConfig(val_rows=5000)
+    states = {n: pf.load_run_state(tmp_path / n) for n in "abc"}
+    assert pf.run_data({n: states[n] for n in "ab"}) == DataConfig(val_rows=5000)
     with pytest.raises(SystemExit, match="different data configs"):
-        pf.run_data([str(tmp_path / n) for n in "abc"])
+        pf.run_data(states)

@@ -183,3 +183,24 @@ def test_unreachable_endpoint_gives_one_line_and_nothing_else(command):
         "endpoint (EndpointConnectionError: Could not connect to the endpoint URL: "
         f"\"http://127.0.0.1:{port}/teams/x.zarr/zarr.json\"); check AWS_ENDPOINT_URL / the "
         "network\n")
+
+
+def test_explain_tells_a_refused_connection_from_a_denial_whatever_the_port():
+    from softtargets.format.remote import explain
+
+    class EndpointConnectionError(Exception):
+        pass
+
+    class ClientError(Exception):
+        pass
+
+    url = 's3://teams/x.zarr'
+    refused = EndpointConnectionError('Could not connect to the endpoint URL: '
+                                      '"http://127.0.0.1:40321/teams/x.zarr/zarr.json"')
+    assert explain(url, refused).startswith(f"cannot open {url!r}: cannot connect to the "
+                                            "storage endpoint (EndpointConnectionError: ")
+    for text in ("An error occurred (403) when calling the HeadObject operation: Forbidden",
+                 "An error occurred (AccessDenied) when calling the GetObject operation"):
+        assert explain(url, ClientError(text)).startswith(f"cannot open {url!r}: access denied")
+    assert explain(url, ClientError("object 14030 of 40321 missing")) == (
+        f"cannot open {url!r}: ClientError: object 14030 of 40321 missing")

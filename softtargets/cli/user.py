@@ -121,6 +121,7 @@ def train_user_student(factory: str, dataset: Any, store: str, out: str, *, test
     import torch
 
     from softtargets.read.fit import fit_student
+    from softtargets.torchfiles import save_atomic
     torch.manual_seed(cfg.seed)  # the student's initial weights follow --seed
     model = make_module(factory, what="--student-factory")
     where = Path(out)
@@ -129,8 +130,8 @@ def train_user_student(factory: str, dataset: Any, store: str, out: str, *, test
                **fit_student(model, dataset, store, cfg, test=test, progress=progress,
                              checkpoint=str(where / "train-state.pt"),
                              checkpoint_every=checkpoint_every, resume=resume)}
-    torch.save({"state_dict": model.state_dict(), "factory": factory, "metrics": metrics},
-               where / "student.pt")
+    save_atomic({"state_dict": model.state_dict(), "factory": factory, "metrics": metrics},
+                where / "student.pt")
     (where / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

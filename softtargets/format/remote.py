@@ -20,7 +20,8 @@ from softtargets.errors import RemoteStoreError
 _STORAGE_MODULES = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "aiohttp", "adlfs")
 _CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
                       "DefaultCredentialsError")
-_DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403")
+# A whole word: a bare "403" would match an endpoint's port (http://127.0.0.1:40321).
+_DENIED = re.compile(r"\b(AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|Forbidden|403)\b")
 _CONNECT = ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
             "ConnectionError", "ConnectionRefusedError")
 
@@ -71,12 +72,12 @@ def explain(url: str | None, e: BaseException, *, action: str = "open") -> str:
         return (f"cannot {action} {where}: no credentials found ({names[0]}); set "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / ~/.aws/credentials; "
                 "AWS_ENDPOINT_URL for an S3-compatible server)")
-    if any(k in text or k in names for k in _DENIED) or isinstance(e, PermissionError):
-        return (f"cannot {action} {where}: access denied ({first[:200]}); check the "
-                "credentials and the bucket policy")
-    if any(n in _CONNECT for n in names):
+    if any(n in _CONNECT for n in names):  # before "denied": its text holds the URL
         return (f"cannot {action} {where}: cannot connect to the storage endpoint "
                 f"({first[:200]}); check AWS_ENDPOINT_URL / the network")
+    if _DENIED.search(" ".join([text, *names])) or isinstance(e, PermissionError):
+        return (f"cannot {action} {where}: access denied ({first[:200]}); check the "
+                "credentials and the bucket policy")
     if "NoSuchBucket" in text or isinstance(e, FileNotFoundError):
         return (f"cannot {action} {where}: no such bucket or path ({first[:200]}); "
                 "create the bucket or fix the URL")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from softtargets.errors import ConfigError, TrainingDivergedError
+from softtargets.errors import CheckpointError, ConfigError, TrainingDivergedError
 from softtargets.format.store import read_meta
 from softtargets.progress import bar as progress_bar
 from softtargets.read.convert import fetch
@@ -35,6 +34,7 @@ from softtargets.read.dataset import DistillDataset, sample_ids_of
 from softtargets.read.replay import REPLAY
 from softtargets.read.stream import StreamingDistillDataset
 from softtargets.read.targets import SoftTargets
+from softtargets.torchfiles import safe_load, save_atomic
 
 LossFn = Callable[[torch.Tensor, Any, Any], torch.Tensor]  # (student logits, labels, target)
 
@@ -206,15 +206,17 @@ class Checkpointer:
         self.path, self.every, self.config = Path(path), every, config
 
     def save(self, state: dict[str, Any]) -> None:
-        tmp = self.path.with_name(self.path.name + ".partial")
-        torch.save({"config": self.config, **state}, tmp)
-        os.replace(tmp, self.path)
+        save_atomic({"config": self.config, **state}, self.path)
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, None when there is none; refuses one of other settings."""
         if not self.path.exists():
             return None
-        state = torch.load(self.path, weights_only=True)
+        fix = "move it away to train afresh, or pass another --out"
+        state = safe_load(self.path, fix=fix)
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise CheckpointError(f"cannot resume from {str(self.path)!r}: it is not a training "
+                                  f"state of softtargets (no config); {fix}")
         if state["config"] != self.config:
             diff = sorted(k for k in set(state["config"]) | set(self.config)
                           if state["config"].get(k) != self.config.get(k))

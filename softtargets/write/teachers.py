@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from softtargets.errors import CheckpointError, ConfigError
-from softtargets.recipes.hinton2015.models import file_sha256, load_checkpoint, safe_load
+from softtargets.recipes.hinton2015.models import load_checkpoint
+from softtargets.torchfiles import file_sha256, safe_load
 
 KINDS = ("softtargets", "torchscript", "export", "factory", "hf")
 HF_PREFIX = "hf:"  # --teacher hf:DIR: a Hugging Face causal LM saved in DIR

@@ -7,10 +7,8 @@ trained on and the weights, so stage 1 can rebuild the teacher and record what m
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from torch import nn
 
 from softtargets.config import ARCHS
 from softtargets.errors import CheckpointError, ForeignDataError
+from softtargets.torchfiles import file_sha256, safe_load, save_atomic
 
 CHECKPOINT_FORMAT = "softtargets.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -123,8 +122,6 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, spec: ModelSpe
                     config: dict[str, Any], dataset: dict[str, Any], class_names: tuple[str, ...],
                     metrics: dict[str, Any]) -> str:
     """Write a checkpoint atomically (temp file, then rename); returns its sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "model": spec.to_json(), "config": config, "dataset": dataset,
@@ -132,10 +129,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, spec: ModelSpe
         "torch": str(torch.__version__),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return file_sha256(path)
+    return file_sha256(save_atomic(payload, path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,28 +184,3 @@ def check_replaceable(path: str | os.PathLike) -> None:
         raise ForeignDataError(f"refusing to overwrite {str(path)!r}: it is not a softtargets "
                                "checkpoint, so softtargets did not create it; move it or choose "
                                "another --out")
-
-
-def safe_load(path: str | os.PathLike, *, fix: str) -> Any:
-    """torch.load(weights_only=True) on the CPU. A file it refuses (random bytes, arbitrary
-    pickles) is reported as not a checkpoint, in one line, never with torch's advice to load it
-    with weights_only=False, which runs the file's code."""
-    try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not for the user
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        text = str(e).split("WeightsUnpickler error:", 1)[-1]
-        lines = [line.strip() for line in text.splitlines()
-                 if line.strip() and "weights_only" not in line]
-        reason = f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
-        raise CheckpointError(f"{str(path)!r} is not a softtargets or torch checkpoint: the safe "
-                              f"loader (weights only) cannot read it ({reason}); {fix}") from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()

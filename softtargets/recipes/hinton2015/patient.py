@@ -30,7 +30,8 @@ from softtargets.datasets.idx_files import Split, load_split, load_validation
 from softtargets.errors import ConfigError, TrainingDivergedError
 from softtargets.read import StreamingDistillDataset, distillation_loss
 from softtargets.read.distill import check_loss
-from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint, safe_load
+from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint
+from softtargets.torchfiles import safe_load, save_atomic
 from softtargets.recipes.hinton2015.online import OnlineBatches
 from softtargets.recipes.hinton2015.train import evaluate
 
@@ -170,9 +171,16 @@ def student_spec(student: str, split: Split) -> ModelSpec:
                      classes=len(split.class_names))
 
 
-def load_student(run: str | Path, split: Split) -> torch.nn.Module:
-    """The student of a run directory as its last finished epoch left it."""
-    state = safe_load(Path(run) / "state.pt", fix="pass a patient run directory")
+def load_run_state(run: str | Path) -> dict[str, Any]:
+    """The state.pt of a run directory: its config, the student's weights as its last finished
+    epoch left them, the optimizer's state and the history of its epochs."""
+    return safe_load(Path(run) / "state.pt", fix="pass a patient run directory")
+
+
+def load_student(run: str | Path | dict[str, Any], split: Split) -> torch.nn.Module:
+    """The student of a run directory (or of its loaded state) as its last finished epoch left
+    it."""
+    state = run if isinstance(run, dict) else load_run_state(run)
     model = build(student_spec(state["config"]["student"], split))
     model.load_state_dict(state["model"])
     return model.eval()
@@ -220,9 +228,6 @@ def _load_state(out: Path, cfg: ArmConfig) -> dict[str, Any] | None:
 
 def _save_state(out: Path, cfg: ArmConfig, model: torch.nn.Module, optim: Any, sched: Any,
                 history: list[dict[str, Any]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "state.pt.tmp"
-    torch.save({"config": to_dict(cfg), "model": model.state_dict(),
-                "optim": optim.state_dict(), "sched": sched.state_dict(), "history": history},
-               tmp)
-    tmp.replace(out / "state.pt")
+    save_atomic({"config": to_dict(cfg), "model": model.state_dict(),
+                 "optim": optim.state_dict(), "sched": sched.state_dict(), "history": history},
+                out / "state.pt")

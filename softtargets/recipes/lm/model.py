@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from softtargets.errors import CheckpointError, ConfigError
+from softtargets.torchfiles import safe_load, save_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,22 +114,16 @@ class GPT(nn.Module):
 
 def save_model(path: str | os.PathLike[str], model: GPT, **extra: Any) -> None:
     """Write {config, state_dict, **extra} atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"config": model.cfg.to_json(), "state_dict": model.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
+    save_atomic({"config": model.cfg.to_json(), "state_dict": model.state_dict(), **extra}, path)
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[GPT, dict[str, Any]]:
     """The GPT of a checkpoint written by save_model (eval mode) and the checkpoint dict."""
+    ckpt = safe_load(path, fix="train an LM teacher with `softtargets lm-teacher` "
+                     "(make lm-teacher)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model = GPT(GPTConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["state_dict"])
-    except FileNotFoundError:
-        raise CheckpointError(f"LM checkpoint {str(path)!r} not found; train it with "
-                              "`softtargets lm-teacher` (make lm-teacher)") from None
     except (KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{str(path)!r} is not an LM checkpoint of softtargets "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
