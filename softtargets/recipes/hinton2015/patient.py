@@ -31,9 +31,9 @@ from softtargets.errors import ConfigError, TrainingDivergedError
 from softtargets.read import StreamingDistillDataset, distillation_loss
 from softtargets.read.distill import check_loss
 from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint
-from softtargets.torchfiles import safe_load, save_atomic
 from softtargets.recipes.hinton2015.online import OnlineBatches
 from softtargets.recipes.hinton2015.train import evaluate
+from softtargets.torchfiles import safe_load, save_atomic
 
 ARMS = ("hard", "clean", "views", "mixed", "online")
 
