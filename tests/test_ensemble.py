@@ -259,7 +259,7 @@ def test_damaged_member_chunk_is_refused(tiny_data, tmp_path):
     import shutil
     from softtargets.errors import StoreError
     split = load_split(tiny_data)
-    store = write(tmp_path, tiny_data, teachers(tmp_path, split, seeds=(0, 1)), "dmg.zarr")
+    write(tmp_path, tiny_data, teachers(tmp_path, split, seeds=(0, 1)), "dmg.zarr")
     shutil.rmtree(tmp_path / "dmg.zarr" / "member_logits" / "c" / "1")  # member 1's chunks
     view = open_targets(LogitStore.open(str(tmp_path / "dmg.zarr")), rule="arithmetic",
                         temperature=2.0)

@@ -1,7 +1,5 @@
 """A user augmentation for the tests (imported by name: 'user_augs:dim')."""
 
-import torch
-
 from softtargets.augment.views import Augmentation
 
 # scales the image by a drawn factor in [0.5, 1]: one plain number per view
