@@ -32,7 +32,7 @@ from softtargets.read import StreamingDistillDataset, distillation_loss
 from softtargets.read.distill import check_loss
 from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint
 from softtargets.recipes.hinton2015.online import OnlineBatches
-from softtargets.recipes.hinton2015.train import evaluate
+from softtargets.recipes.hinton2015.train import evaluate, write_json
 from softtargets.torchfiles import safe_load, save_atomic
 
 ARMS = ("hard", "clean", "views", "mixed", "online")
@@ -156,10 +156,7 @@ def run_arm(cfg: ArmConfig, out: str | Path) -> dict[str, Any]:
                "stage2_seconds": sum(h["seconds"] for h in history),
                "teacher_seconds": sum(h["teacher_seconds"] for h in history),
                "stage2_cpu_seconds": sum(h.get("cpu_seconds", float("nan")) for h in history)}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(done)
+    write_json(done, metrics)
     return metrics
 
 
