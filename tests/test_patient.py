@@ -119,7 +119,7 @@ def test_online_arm_and_hard_arm_run(data, tmp_path):
     assert m["stage2_cpu_seconds"] > 0 and m["history"][0]["cpu_seconds"] > 0
     assert json.loads((tmp_path / "online" / "metrics.json").read_text())["arm"] == "online"
     # the run's student as its last epoch left it: its test errors are the history's last
-    student = patient.load_student(tmp_path / "online", split)
+    student = patient.load_student(patient.load_run_state(tmp_path / "online"), split)
     test = load_split(cfg_data.for_test())
     assert evaluate(student, test)["test_errors"] == m["history"][-1]["test_errors"]
     with pytest.raises(ConfigError, match="arm 'online' runs the teachers"):

@@ -174,10 +174,8 @@ def load_run_state(run: str | Path) -> dict[str, Any]:
     return safe_load(Path(run) / "state.pt", fix="pass a patient run directory")
 
 
-def load_student(run: str | Path | dict[str, Any], split: Split) -> torch.nn.Module:
-    """The student of a run directory (or of its loaded state) as its last finished epoch left
-    it."""
-    state = run if isinstance(run, dict) else load_run_state(run)
+def load_student(state: dict[str, Any], split: Split) -> torch.nn.Module:
+    """The student of a run's state (load_run_state) as its last finished epoch left it."""
     model = build(student_spec(state["config"]["student"], split))
     model.load_state_dict(state["model"])
     return model.eval()
