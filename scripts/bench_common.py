@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 import torch  # noqa: E402
 
+from softtargets.atomic import write_json  # noqa: E402
 from softtargets.read.loop import StreamOptions  # noqa: E402
 
 Row = dict[str, object]
@@ -127,7 +127,7 @@ def save_results(out: str | Path, results: object, text: str, *,
     """A benchmark's results as OUT/results.json and its table as OUT/<markdown>."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json((out / "results.json"), results)
     (out / markdown).write_text(text)
 
 

@@ -42,6 +42,7 @@ import numcodecs  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from softtargets.atomic import write_json  # noqa: E402
 from softtargets.config import DataConfig, LogitsConfig  # noqa: E402
 from softtargets.datasets.idx_files import Split, load_split  # noqa: E402
 from softtargets.datasets.idx import IDXDataset  # noqa: E402
@@ -399,7 +400,7 @@ def main() -> None:
     print(header(args))
     print(table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        write_json(Path(args.json), rows)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from softtargets.atomic import write_json
 from softtargets.format import sparse as sp
 from softtargets.format import sparse_store as ss
 from softtargets.format import store as st
@@ -285,7 +285,7 @@ def main() -> None:
         print()
         print(markdown(results["students"], ["targets", "test_errors", "test_n",
                                              "store_bytes_per_row", "seconds"]))
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json((out / "results.json"), results)
     print(f"\nresults -> {out / 'results.json'}")
 
 

@@ -51,7 +51,7 @@ from softtargets.recipes.hinton2015.experiments import (  # noqa: E402
 from softtargets.recipes.hinton2015.models import load_checkpoint  # noqa: E402
 from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm  # noqa: E402
 from softtargets.recipes.hinton2015.rundir import log  # noqa: E402
-from softtargets.recipes.hinton2015.train import write_json  # noqa: E402
+from softtargets.atomic import write_json  # noqa: E402
 from softtargets.write.lock import StoreLock  # noqa: E402
 
 from patient_report import best_epoch, is_online, report, summarise  # noqa: E402

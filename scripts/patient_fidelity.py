@@ -8,13 +8,13 @@ trained on (clean inputs), the validation rows and the test rows: top-1 agreemen
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from softtargets.atomic import write_json
 from softtargets.config import DataConfig, from_dict
 from softtargets.datasets.idx_files import load_split, load_validation
 from softtargets.recipes.hinton2015.fidelity import fidelity
@@ -66,7 +66,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(found, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), found)
 
 
 if __name__ == "__main__":

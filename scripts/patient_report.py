@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from softtargets.recipes.hinton2015.report import gap_closed
-from softtargets.recipes.hinton2015.train import write_json
+from softtargets.atomic import write_json
 
 GAP_GOAL, GAP_STRETCH, COST_GOAL = 65.0, 80.0, 1 / 3
 

@@ -22,7 +22,6 @@ assumptions, parameters), and object-storage PUT requests per second at that rat
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from softtargets.atomic import write_json
 from softtargets import TokenSequences, from_tensors, write_logits
 from softtargets.format.codecs import default_chunk_rows
 from softtargets.write import TopK
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json((out / "results.json"), results)
     (out / "results.md").write_text(text + "\n")
     return results
 

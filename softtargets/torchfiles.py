@@ -14,18 +14,16 @@ from typing import Any
 
 import torch
 
+from softtargets.atomic import replacing
 from softtargets.errors import CheckpointError
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file beside `path`, then rename it over `path`: a reader
     (or a resume after SIGKILL) sees the old file or the new one, never part of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def safe_load(path: str | os.PathLike, *, fix: str) -> Any:

@@ -7,12 +7,12 @@ DistillDataset / StreamingDistillDataset and distillation_loss (softtargets/read
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from softtargets.cli.data import DataOptions, load_data, make_module
+from softtargets.atomic import write_json
 from softtargets.errors import ConfigError
 
 
@@ -132,7 +132,7 @@ def train_user_student(factory: str, dataset: Any, store: str, out: str, *, test
                              checkpoint_every=checkpoint_every, resume=resume)}
     save_atomic({"state_dict": model.state_dict(), "factory": factory, "metrics": metrics},
                 where / "student.pt")
-    (where / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(where / "metrics.json", metrics)
     return metrics
 
 

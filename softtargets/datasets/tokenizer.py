@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from softtargets.atomic import write_json
 from softtargets.errors import DatasetError
 from softtargets.format.tokenizer import tokenizer_difference
 
@@ -97,7 +98,7 @@ def sidecar_path(token_file: str | Path) -> Path:
 def write_sidecar(token_file: str | Path, identity: TokenizerIdentity) -> Path:
     """Record `identity` beside `token_file`; returns the sidecar's path."""
     path = sidecar_path(token_file)
-    path.write_text(json.dumps(identity.to_json(), indent=1) + "\n", encoding="utf-8")
+    write_json(path, identity.to_json(), indent=1)
     return path
 
 

@@ -9,13 +9,13 @@ one at a time; a per-position store must hold each sequence whole, row r at posi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from softtargets.atomic import replacing
 from softtargets.errors import ForeignDataError, SparseStoreError, StoreError, StoreExistsError
 from softtargets.format import records as rec
 from softtargets.format import sparse as sp
@@ -118,11 +118,5 @@ def export_topk(store: str, out: str | Path, *, temperature: float = 1.0,
                                records=s.meta.n // (L or 1),
                                source={"store": str(store), "teacher": s.meta.teacher,
                                        "dataset": s.meta.dataset})
-    partial = out.with_name(out.name + ".partial")
-    try:
-        count = WRITERS[out.suffix](partial, header, _sequences(s, L, temperature, dataset))
-        os.replace(partial, out)  # a crash leaves no half-written records file at `out`
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return count
+    with replacing(out) as partial:  # a crash leaves no half-written records file at `out`
+        return WRITERS[out.suffix](partial, header, _sequences(s, L, temperature, dataset))

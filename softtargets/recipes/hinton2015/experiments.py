@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from softtargets.atomic import write_json
 from softtargets.format import ensemble
 from softtargets.write import ensemble_run as members
 from softtargets.config import (ARCHS, DEFAULT_DATA_DIR, DataConfig, EnsembleLogitsConfig,
@@ -32,8 +33,7 @@ from softtargets.recipes.hinton2015.recipe import RecipeConfig
 from softtargets.recipes.hinton2015.recipe import run as choose
 from softtargets.recipes.hinton2015.rundir import cached_json, check_run_dir, log
 from softtargets.format.store import LogitStore
-from softtargets.recipes.hinton2015.train import (evaluate, train_student, train_teacher,
-                                                  write_json)
+from softtargets.recipes.hinton2015.train import evaluate, train_student, train_teacher
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from softtargets.atomic import write_json
 from softtargets.augment.mix import Mix
 from softtargets.augment.views import parse_spec
 from softtargets.config import DataConfig, check_alpha, check_temperature, to_dict
@@ -32,7 +33,7 @@ from softtargets.read import StreamingDistillDataset, distillation_loss
 from softtargets.read.distill import check_loss
 from softtargets.recipes.hinton2015.models import ModelSpec, build, load_checkpoint
 from softtargets.recipes.hinton2015.online import OnlineBatches
-from softtargets.recipes.hinton2015.train import evaluate, write_json
+from softtargets.recipes.hinton2015.train import evaluate
 from softtargets.torchfiles import safe_load, save_atomic
 
 ARMS = ("hard", "clean", "views", "mixed", "online")

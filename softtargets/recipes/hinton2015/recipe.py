@@ -18,13 +18,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from softtargets.atomic import write_json
 from softtargets.config import (DataConfig, StudentTrainConfig, check_alpha, check_temperature,
                                 to_dict)
 from softtargets.errors import ConfigError
 from softtargets.recipes.hinton2015.rundir import cached_json, check_run_dir, log
 from softtargets.recipes.hinton2015.report import gap_closed, gap_text
 from softtargets.format.store import read_meta
-from softtargets.recipes.hinton2015.train import train_student, write_json
+from softtargets.recipes.hinton2015.train import train_student
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from softtargets.atomic import write_json
 from softtargets.config import to_dict
 from softtargets.errors import ConfigError
-from softtargets.recipes.hinton2015.train import write_json
 
 
 def log(msg: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softtargets.atomic import write_json
 from softtargets.config import DataConfig, StudentTrainConfig, TeacherTrainConfig, to_dict
 from softtargets.datasets.idx import IDXDataset
 from softtargets.datasets.idx_files import Split, load_split, load_validation
@@ -197,11 +197,3 @@ def train_student(cfg: StudentTrainConfig, *, out_dir: str, rows: np.ndarray | N
                     dataset=split.identity(), class_names=split.class_names, metrics=metrics)
     write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """obj as indented JSON at path, written to a temp file and renamed (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from softtargets.atomic import replacing, write_json
 from softtargets.datasets.tokenizer import TokenizerIdentity, write_sidecar
 from softtargets.datasets.tokens import TokenSequences
 from softtargets.errors import ConfigError, DatasetError, StoreExistsError
@@ -156,14 +157,13 @@ def _write_tokens(tokenizer: Any, files: list[tuple[str, Path]], out: Path,
                   dtype: str, eot: int) -> int:
     """Tokenize `files` into the flat token file `out`; returns the token count."""
     count = 0
-    with open(out.with_name(out.name + ".partial"), "wb") as f:
+    with replacing(out) as tmp, open(tmp, "wb") as f:
         for a in range(0, len(files), ENCODE_BATCH):
             batch = [_read(p) for _, p in files[a:a + ENCODE_BATCH]]
             for enc in tokenizer.encode_batch(batch):
                 ids = np.asarray([*enc.ids, eot], dtype=np.dtype(dtype).newbyteorder("<"))
                 f.write(ids.tobytes())
                 count += ids.size
-    out.with_name(out.name + ".partial").replace(out)
     return count
 
 
@@ -197,7 +197,7 @@ def build_corpus(out: str | Path, *, config: CorpusConfig = CorpusConfig(),
         write_sidecar(path, identity)
     manifest = {"config": config.to_json(), "tokenizer": identity.to_json(), "dtype": dtype,
                 "tokens": tokens, "files": {s: [n for n, _ in splits[s]] for s in SPLITS}}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    write_json(root / MANIFEST, manifest, indent=1)
     return open_corpus(root)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from softtargets.atomic import write_json
 from softtargets.errors import ConfigError
 from softtargets.recipes.lm.corpus import open_corpus
 from softtargets.recipes.lm.logits import (bare_forward_seconds, bytes_per_token, lm_targets,
@@ -72,10 +73,7 @@ def _cached(path: Path, compute: Any) -> dict[str, Any]:
     if path.exists():
         return json.loads(path.read_text())
     result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
+    write_json(path, result, indent=1)
     return result
 
 
@@ -119,7 +117,7 @@ def run_experiment(corpus: str | Path, teacher: str | Path, out: str | Path, *,
                 data, out / "students" / f"{name}.pt", model=config.student(vocab),
                 config=config.train(seed), distill=distill, val=val))
     summary = summarize(config, teacher_val, stage1, runs)
-    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out / "results.json", summary, indent=1)
     (out / "results.md").write_text(results_table(summary))
     return summary
 
