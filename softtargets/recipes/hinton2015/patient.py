@@ -169,10 +169,11 @@ def student_spec(student: str, split: Split) -> ModelSpec:
                      classes=len(split.class_names))
 
 
-def load_run_state(run: str | Path) -> dict[str, Any]:
+def load_run_state(run: str | Path, *, fix: str = "pass a patient run directory"
+                   ) -> dict[str, Any]:
     """The state.pt of a run directory: its config, the student's weights as its last finished
     epoch left them, the optimizer's state and the history of its epochs."""
-    return safe_load(Path(run) / "state.pt", fix="pass a patient run directory")
+    return safe_load(Path(run) / "state.pt", fix=fix)
 
 
 def load_student(state: dict[str, Any], split: Split) -> torch.nn.Module:
@@ -215,7 +216,7 @@ def _load_state(out: Path, cfg: ArmConfig) -> dict[str, Any] | None:
     path = out / "state.pt"
     if not path.is_file():
         return None
-    state = safe_load(path, fix="move that run directory away to start the run afresh")
+    state = load_run_state(out, fix="move that run directory away to start the run afresh")
     if state.get("config") != to_dict(cfg):
         raise ConfigError(f"{path} was saved by another run configuration; pass another out "
                           "directory or delete that one")
