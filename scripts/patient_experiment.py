@@ -49,7 +49,8 @@ from softtargets.errors import StoreLockedError  # noqa: E402
 from softtargets.recipes.hinton2015.experiments import (  # noqa: E402
     ExperimentConfig, ensemble_test_metrics, run_teachers, store_complete)
 from softtargets.recipes.hinton2015.models import load_checkpoint  # noqa: E402
-from softtargets.recipes.hinton2015.patient import ArmConfig, run_arm  # noqa: E402
+from softtargets.recipes.hinton2015.patient import (  # noqa: E402
+    ArmConfig, load_run_state, run_arm)
 from softtargets.recipes.hinton2015.rundir import log  # noqa: E402
 from softtargets.atomic import write_json  # noqa: E402
 from softtargets.write.lock import StoreLock  # noqa: E402
@@ -333,11 +334,36 @@ def setting_of(arm: str, chosen: tuple | None) -> tuple | None:
     return ("kl", 1.0, 0.0) if arm == "hard" else chosen
 
 
+def progress(plan: Plan, out: Path) -> dict[str, Any]:
+    """Where the queue stands: how many runs have finished, the started ones in queue order
+    with the epochs they have saved, and how many have not started."""
+    seen: set[Path] = set()
+    done, started, waiting = 0, [], 0
+    for student, arm, setting, seed in runs_in_order(plan, out):
+        if setting is None:  # after an unfinished selection; its own arm's seed 0 is in it
+            waiting += not (arm == select_arm(plan) and seed == 0)
+            continue
+        where = run_dir(out, student, arm, setting, seed)
+        if where in seen:  # the chosen setting's selection run is that arm's seed 0
+            continue
+        seen.add(where)
+        if (where / "metrics.json").is_file():
+            done += 1
+        elif (where / "state.pt").is_file():
+            epochs = plan.long_epochs if arm.endswith("-long") else plan.epochs
+            started.append({"run": f"{student} {arm} {setting} seed {seed}",
+                            "epochs": len(load_run_state(where)["history"]), "of": epochs})
+        else:
+            waiting += 1
+    return {"finished": done, "started": started, "waiting": waiting}
+
+
 def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict) -> dict[str, Any]:
     """Results of the runs finished so far: an arm is summarised over its finished seeds
-    (`seeds` says how many of plan.seeds)."""
+    (`seeds` says how many of plan.seeds); `progress` says what is left."""
     results: dict[str, Any] = {"plan": dataclasses.asdict(plan), "ensemble": ens,
-                               "stage1_seconds": stage1_s, "students": {}}
+                               "stage1_seconds": stage1_s, "students": {},
+                               "progress": progress(plan, out)}
     for student in plan.students:
         scores = selection(plan, out, student)
         chosen, rows = best_setting(plan, scores), {}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from softtargets.recipes.hinton2015.report import gap_closed
-from softtargets.atomic import write_json
+from softtargets.atomic import replacing, write_json
 
 GAP_GOAL, GAP_STRETCH, COST_GOAL = 65.0, 80.0, 1 / 3
 
@@ -74,16 +74,29 @@ def report(results: dict[str, Any], where: Path) -> None:
               "(loss, T, alpha)):", ""]
     lines += [f"- {student}: {s['selection'] or 'not run yet'}; chosen {s['chosen']}"
               for student, s in results["students"].items()]
-    lines += ["", "Goals:", ""] + verdicts(results)
-    (where / "README.md").write_text("\n".join(lines) + "\n")
+    lines += ["", "Goals:", ""] + verdicts(results) + _progress(results.get("progress"))
+    with replacing(where / "README.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(results, where / "errors_vs_epochs.png")
+
+
+def _progress(progress: dict[str, Any] | None) -> list[str]:
+    """The queue in words: finished, started (epochs saved of the schedule), not started."""
+    if not progress:
+        return []
+    started = progress["started"]
+    return ["", f"Runs: {progress['finished']} finished, {len(started)} started, "
+            f"{progress['waiting']} not started.", ""] + \
+        [f"- started: {r['run']}, epoch {r['epochs']} of {r['of']}" for r in started]
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
     from softtargets.recipes.hinton2015.plots import _pyplot
     plt = _pyplot()
     students = results["students"]
+    if not students:
+        return
     fig, axes = plt.subplots(1, len(students), figsize=(6 * len(students), 4), squeeze=False)
     for ax, (student, s) in zip(axes[0], students.items()):
         for arm, r in s["arms"].items():

@@ -117,6 +117,25 @@ def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
                                           "views16, closes 52% of the gap")
 
 
+def test_progress_counts_the_queue_and_reports_started_runs(tmp_path):
+    kl, mse = ("kl", 2.0, 1.0), ("mse", 1.0, 1.0)
+    # PLAN: selection 2 runs, then 7 arms x 2 seeds of which views16 seed 0 is a selection run
+    assert pe.progress(PLAN, tmp_path) == {"finished": 0, "started": [], "waiting": 15}
+    finish(tmp_path, "views16", kl, 0, val=[50, 40], test=[500, 400])
+    started = pe.run_dir(tmp_path, "mlp:8", "views16", mse, 0)
+    started.mkdir(parents=True)
+    pe.torch.save({"history": [{"val_errors": 9}] * 3}, started / "state.pt")
+    assert pe.progress(PLAN, tmp_path) == {
+        "finished": 1, "waiting": 13,
+        "started": [{"run": "mlp:8 views16 ('mse', 1.0, 1.0) seed 0", "epochs": 3, "of": 200}]}
+    res = {"ensemble": {"test_errors": 100, "members": 2}, "plan": {"seeds": 2},
+           "students": {}, "progress": pe.progress(PLAN, tmp_path)}
+    pr.report(res, tmp_path / "reports")
+    table = (tmp_path / "reports" / "README.md").read_text()
+    assert "Runs: 1 finished, 1 started, 13 not started.\n\n- started: mlp:8 views16 " \
+        "('mse', 1.0, 1.0) seed 0, epoch 3 of 200\n" in table
+
+
 def test_fidelity_reads_the_runs_data_config_and_refuses_a_mix(tmp_path):
     pf = pytest.importorskip("patient_fidelity")
     from softtargets.config import DataConfig, to_dict
