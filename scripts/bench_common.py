@@ -127,7 +127,7 @@ def save_results(out: str | Path, results: object, text: str, *,
     """A benchmark's results as OUT/results.json and its table as OUT/<markdown>."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json((out / "results.json"), results)
+    write_json(out / "results.json", results)
     (out / markdown).write_text(text)
 
 

@@ -285,7 +285,7 @@ def main() -> None:
         print()
         print(markdown(results["students"], ["targets", "test_errors", "test_n",
                                              "store_bytes_per_row", "seconds"]))
-    write_json((out / "results.json"), results)
+    write_json(out / "results.json", results)
     print(f"\nresults -> {out / 'results.json'}")
 
 

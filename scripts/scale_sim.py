@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json((out / "results.json"), results)
+    write_json(out / "results.json", results)
     (out / "results.md").write_text(text + "\n")
     return results
 
