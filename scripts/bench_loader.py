@@ -400,7 +400,7 @@ def main() -> None:
     print(header(args))
     print(table(rows))
     if args.json:
-        write_json(Path(args.json), rows)
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -147,10 +147,15 @@ def arm_config(plan: Plan, *, arm: str, store: str, student: str, setting: tuple
                      student=student, store=None if online else store,
                      teachers=tuple(teachers) if online else (),
                      temperature=t, alpha=alpha, loss=loss, lr=plan.lr,
-                     epochs=plan.long_epochs if arm.endswith("-long") else plan.epochs,
+                     epochs=arm_epochs(plan, arm),
                      seed=seed, augment=AUGMENT,
                      mix_kind=kind if arm == "online-mixed" else None, mix_alpha=mix_alpha,
                      mix_prob=prob)
+
+
+def arm_epochs(plan: Plan, arm: str) -> int:
+    """The arm's schedule: long_epochs for the patient arm "...-long", else epochs."""
+    return plan.long_epochs if arm.endswith("-long") else plan.epochs
 
 
 def run_dir(out: Path, student: str, arm: str, setting: tuple, seed: int) -> Path:
@@ -350,9 +355,9 @@ def progress(plan: Plan, out: Path) -> dict[str, Any]:
         if (where / "metrics.json").is_file():
             done += 1
         elif (where / "state.pt").is_file():
-            epochs = plan.long_epochs if arm.endswith("-long") else plan.epochs
             started.append({"run": f"{student} {arm} {setting} seed {seed}",
-                            "epochs": len(load_run_state(where)["history"]), "of": epochs})
+                            "epochs": len(load_run_state(where)["history"]),
+                            "of": arm_epochs(plan, arm)})
         else:
             waiting += 1
     return {"finished": done, "started": started, "waiting": waiting}
