@@ -30,12 +30,12 @@ def test_queue_puts_selection_then_first_seeds_then_further_seeds():
         ("mlp:8", "hard", 1), ("mlp:8", "views16-long", 1),  # the goal's arms first
         ("mlp:8", "online", 0), ("mlp:8", "online-mixed", 0),
         *[("mlp:8", a, 1) for a in stored[1:]],
+        ("mlp:8", "online", 1), ("mlp:8", "online-mixed", 1),  # one student, then the next
         ("cnn:2,2,4", "select", 0),
         *[("cnn:2,2,4", a, 0) for a in stored],
         ("cnn:2,2,4", "hard", 1),
         ("cnn:2,2,4", "online", 0), ("cnn:2,2,4", "online-mixed", 0),
         *[("cnn:2,2,4", a, 1) for a in stored[1:]],
-        ("mlp:8", "online", 1), ("mlp:8", "online-mixed", 1),
         ("cnn:2,2,4", "online", 1), ("cnn:2,2,4", "online-mixed", 1)]
 
 
