@@ -139,7 +139,9 @@ def train(plan: Plan, out: Path, ledger: Ledger, *, workers: int) -> None:
     teachers = run_teachers(exp, out)
     ledger.keep_teachers(teachers)
     test = ensure_store(plan, out, "test", teachers, ledger)
-    ledger.check_ensemble(ensemble_test_metrics(exp, test, out / "ensemble.json"))
+    differs = ledger.check_ensemble(ensemble_test_metrics(exp, test, out / "ensemble.json"))
+    if differs:
+        log(differs)
     workers = max(1, min(workers, plan.threads))
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=work, args=(plan, out, teachers, plan.threads // workers))

@@ -2,12 +2,12 @@
 (a new session's work tree is laid anew, and runs/ is not in git) resumes where the last one
 stopped instead of starting 60 worker-hours over.
 
-    ledger/ensemble.json        the teachers' and ensemble's test errors (checked on every start:
-                                the ledger's runs all learnt from these teachers)
+    ledger/ensemble.json        the teachers' and ensemble's test errors as first measured
     ledger/stage1.json          stage-1 wall and CPU seconds per store, as first measured
     ledger/stores.json          the fingerprints (of the chunk digests) of each store's builds:
                                 one per key while every rebuild gives the same targets
-    ledger/teachers/            the teachers' checkpoints (some 0.8 MB each)
+    ledger/teachers/            the teachers' checkpoints (some 0.8 MB each): every run in the
+                                ledger learnt from them; other teachers are refused
     ledger/runs/.../metrics.json  a finished run's history (copied when it finishes)
     ledger/runs/.../state.pt    an unfinished run's last saved epoch (`snapshot`; removed when
                                 the run finishes)
@@ -107,8 +107,15 @@ class Ledger:
         return copied
 
     def keep_teachers(self, paths: list[str]) -> None:
-        """Copy the teachers' checkpoints (and their .json) into the ledger once."""
+        """Copy the teachers' checkpoints (and their .json) into the ledger once; refuse
+        teachers other than the ledger's (its runs all learnt from those)."""
         for path in map(Path, paths):
+            kept = self._mirror(path)
+            if kept is not None and kept.is_file() and _sha256(kept) != _sha256(path):
+                raise LedgerMismatch(
+                    f"teacher {path} is not the ledger's {kept} (sha256 {_sha256(path)[:16]} vs "
+                    f"{_sha256(kept)[:16]}): the ledger's runs learnt from its teachers; move "
+                    f"{path.parent} away to use them, or pass another --ledger")
             for src in (path, path.with_suffix(".json")):
                 self._copy(src)
 
@@ -152,22 +159,21 @@ class Ledger:
         gave the same targets)."""
         return {k: len(v) for k, v in (self._read("stores.json") or {}).items()}
 
-    def check_ensemble(self, ens: dict[str, Any]) -> None:
-        """Refuse teachers whose test errors differ from the ledger's; keep them if it has none."""
+    def check_ensemble(self, ens: dict[str, Any]) -> str | None:
+        """Keep the first ensemble test metrics; a line saying how these differ from them, or
+        None. (The teachers are checked byte for byte: a test store rebuilt on another CPU may
+        round a near tie the other way.)"""
         if self.root is None:
-            return
+            return None
         kept = self._read("ensemble.json")
         if kept is None:
             write_json(self.root / "ensemble.json", ens)
-            return
+            return None
         got = (ens["test_errors"], ens.get("member_test_errors"))
         want = (kept["test_errors"], kept.get("member_test_errors"))
-        if got != want:
-            raise LedgerMismatch(
-                f"the teachers in {self.out}/teachers give test errors {got[0]} (members "
-                f"{got[1]}), the ledger's {self.root}/ensemble.json {want[0]} (members "
-                f"{want[1]}): its runs learnt from other teachers; restore the ledger's "
-                "teachers or start a new ledger (--ledger DIR)")
+        return None if got == want else (
+            f"the ledger's teachers give {got[0]} test errors (members {got[1]}) here, "
+            f"{want[0]} (members {want[1]}) where the ledger first measured them")
 
     def _copy(self, src: Path, *, always: bool = False) -> Path | None:
         dst = self._mirror(src)
@@ -177,6 +183,10 @@ class Ledger:
         with replacing(dst) as tmp:
             shutil.copyfile(src, tmp)
         return dst
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def fingerprint(url: str) -> str:
