@@ -30,7 +30,8 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup data teacher teacher-logits student baseline distilled summary test test-slow clean \
 	help choose-recipe FORCE teachers ensemble-logits report report-long report-quick report-setup \
-	bench bench-sparse views-experiment bench-codecs scale-sim gpu-check report-patient
+	bench bench-sparse views-experiment bench-codecs scale-sim gpu-check report-patient \
+	patient-snapshot
 
 help:
 	@echo "make student    set-up, data, teacher, teacher-logits, baseline and distilled student"
@@ -40,7 +41,8 @@ help:
 	@echo "                make report-long: students 100 epochs -> reports/long)"
 
 	@echo "make report-patient   stored views / mixed views / online matching -> reports/patient"
-	@echo "                (QUICK=1: minutes; runs resume and skip finished (arm, seed) runs)"
+	@echo "                (QUICK=1: minutes; runs resume and skip finished (arm, seed) runs;"
+	@echo "                make patient-snapshot keeps unfinished runs in the committed ledger)"
 	@echo "make bench      stage 1 and stage 2 speed benchmarks, one table (BENCH_ARGS=...)"
 	@echo "make gpu-check  the GPU path measured (needs CUDA); make bench-codecs, make scale-sim"
 	@echo "make choose-recipe   T x alpha grid on the VAL_ROWS held-out rows, then 3 seeds (README)"
@@ -183,6 +185,11 @@ report-quick: report-setup data
 # mixed views, online function matching; choices on the VAL rows, 3 seeds. QUICK=1: minutes.
 report-patient: report-setup data
 	$(PY) scripts/patient_experiment.py $(if $(QUICK),--quick --reports reports/patient-quick)
+
+# before a session ends: unfinished patient runs' last saved epochs into the committed ledger
+# (reports/patient/ledger), where the next checkout's `make report-patient` resumes them
+patient-snapshot: setup
+	$(PY) scripts/patient_experiment.py --snapshot $(if $(QUICK),--quick --reports reports/patient-quick)
 
 # augmentation-consistent soft targets, (a)-(d) side by side; QUICK=1 for a small run
 # VIEWS_TEACHER: any softtargets checkpoint, e.g. a CNN of `make report`:

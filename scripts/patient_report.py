@@ -162,5 +162,13 @@ def verdicts(results: dict[str, Any]) -> list[str]:
                 o["stage2_cpu_seconds"]
             out.append(f"- {student}: {a} ({views[a]['mean']:.1f}) reaches {online} "
                        f"({o['mean']:.1f}) at {cost[a]:.2f} of its wall time, {cpu:.2f} of its "
-                       f"CPU time: goal <= 1/3 {'met' if cost[a] <= COST_GOAL else 'not met'}")
+                       f"CPU time: goal <= 1/3 {'met' if cost[a] <= COST_GOAL else 'not met'}"
+                       + _teachers_note(views[a], o))
     return out
+
+
+def _teachers_note(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Words for two arms compared across teachers (one from the ledger's record)."""
+    if a.get("source") == b.get("source"):
+        return ""
+    return " (across teachers: one of the two arms is the record's)"

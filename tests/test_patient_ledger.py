@@ -161,3 +161,18 @@ def test_stores_keep_their_first_timing_and_each_different_build(tmp_path):
     assert ledger.store_builds() == {"clean": 2}
     assert ledger.stage1_seconds() == {"clean": 10.0, "clean:cpu": 12.0}
     assert json.loads((out / "stage1.json").read_text())["clean"] == 20.0  # this run's own
+
+
+def test_a_goal_weighed_across_teachers_says_so():
+    views = {**arm(KL, 2, 400.0), "source": "record", "ensemble": 90}
+    online = {**arm(KL, 2, 450.0), "stage2_seconds": 100.0, "stage2_cpu_seconds": 100.0}
+    res = {"ensemble": {"test_errors": 100}, "plan": {"seeds": 2},
+           "students": {"mlp:8": {"arms": {"hard": arm(HARD, 2, 700.0), "views4": views,
+                                           "online": online}}}}
+    lines = pr.verdicts(res)
+    # gap on the record's own ensemble: (700 - 400) / (700 - 90)
+    assert lines[0].startswith("- mlp:8: the stored arm chosen on validation, views4, closes "
+                               "49% of the gap (700.0 -> 400.0, ensemble 90;")
+    assert lines[1] == ("- mlp:8: views4 (400.0) reaches online (450.0) at 0.03 of its wall "
+                        "time, 0.03 of its CPU time: goal <= 1/3 met (across teachers: one of "
+                        "the two arms is the record's)")
