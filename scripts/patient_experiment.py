@@ -32,7 +32,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -55,7 +54,6 @@ from softtargets.recipes.hinton2015.experiments import (  # noqa: E402
 from softtargets.recipes.hinton2015.models import load_checkpoint  # noqa: E402
 from softtargets.recipes.hinton2015.patient import load_run_state, run_arm  # noqa: E402
 from softtargets.recipes.hinton2015.rundir import log  # noqa: E402
-from softtargets.atomic import replacing  # noqa: E402
 from softtargets.write.lock import StoreLock  # noqa: E402
 
 from patient_ledger import Ledger  # noqa: E402
@@ -131,7 +129,7 @@ def main() -> None:
 def train(plan: Plan, out: Path, ledger: Ledger, *, workers: int) -> None:
     """Teachers (the ledger's when it has them), the ensemble's test errors checked against
     the ledger's, then `workers` processes working through the queue."""
-    for path in ledger.restore():
+    for path in ledger.restore_teachers():
         log(f"restored from the ledger: {path}")
     exp = ExperimentConfig(out=str(out), limit=plan.limit, val_rows=plan.val_rows,
                            teachers=plan.teachers, teacher_epochs=plan.teacher_epochs,
@@ -190,7 +188,7 @@ def work(plan: Plan, out: Path, teachers: list[str], threads: int) -> None:
                     url = key and ensure_store(plan, out, key, teachers, ledger)
                 except StoreLockedError:
                     continue  # another worker is writing it: take the next run meanwhile
-                _resume_from(ledger, where)
+                ledger.resume(where)
                 cfg = arm_config(plan, arm=arm, store=url, student=student,
                                  setting=setting, seed=seed, teachers=teachers)
                 m = run_arm(cfg, where)
@@ -209,16 +207,6 @@ def _waiting_on_stores(todo: list[tuple], out: Path) -> bool:
     its lock): this worker may run it once the store is written."""
     return any((key := read_store(arm)) and not store_complete(str(out / f"{key}.zarr"))
                for _, arm, _, _ in todo)
-
-
-def _resume_from(ledger: Ledger, where: Path) -> None:
-    """Bring the ledger's snapshot of an unfinished run into its run directory if that has
-    none (a fresh checkout)."""
-    saved = ledger.state_path(where)
-    if saved is not None and saved != where / "state.pt":
-        where.mkdir(parents=True, exist_ok=True)
-        with replacing(where / "state.pt") as tmp:
-            shutil.copyfile(saved, tmp)
 
 
 def claim(where: Path) -> StoreLock | None:

@@ -89,22 +89,27 @@ class Ledger:
         return {**timing, **(self._read("stage1.json") or {})}
 
     # --- writing -------------------------------------------------------------------------------
-    def restore(self) -> list[Path]:
-        """Copy the ledger's teachers and unfinished runs' snapshots into out where out lacks
-        them; returns what was copied."""
+    def restore_teachers(self) -> list[Path]:
+        """Copy the ledger's teachers into out where out lacks them (an unfinished run's
+        snapshot is brought back when the run comes up: `resume`); returns the copies."""
         if self.root is None:
             return []
         copied = []
-        for src in [*self.root.glob("teachers/*"), *self.root.glob("runs/**/state.pt")]:
+        for src in self.root.glob("teachers/*"):
             dst = self.out / src.relative_to(self.root)
-            if dst.is_file() or (src.name == "state.pt" and (dst.parent / "metrics.json")
-                                 .is_file()):
-                continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with replacing(dst) as tmp:
-                shutil.copyfile(src, tmp)
-            copied.append(dst)
+            if not dst.is_file():
+                with replacing(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+                copied.append(dst)
         return copied
+
+    def resume(self, where: Path) -> None:
+        """Bring the ledger's snapshot of an unfinished run into its run directory if that has
+        no state.pt (a fresh checkout); a state saved there since is newer and stays."""
+        saved = self.state_path(where)
+        if saved is not None and saved != where / "state.pt":
+            with replacing(where / "state.pt") as tmp:
+                shutil.copyfile(saved, tmp)
 
     def keep_teachers(self, paths: list[str]) -> None:
         """Copy the teachers' checkpoints (and their .json) into the ledger once; refuse

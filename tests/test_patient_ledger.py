@@ -57,10 +57,11 @@ def test_a_new_checkout_resumes_from_the_ledger(tmp_path):
     ledger = pl.Ledger(root, out)
     assert ledger.metrics(done)["history"][1]["test_errors"] == 400
     assert ledger.state_path(running) == root / running.relative_to(out) / "state.pt"
-    assert sorted(p.name for p in ledger.restore()) == ["state.pt", "teacher-0.json",
-                                                        "teacher-0.pt"]
-    assert teacher.read_bytes() == b"weights" and ledger.state_path(running) == \
-        running / "state.pt"
+    assert sorted(p.name for p in ledger.restore_teachers()) == ["teacher-0.json",
+                                                                 "teacher-0.pt"]
+    assert teacher.read_bytes() == b"weights"
+    ledger.resume(running)  # the run comes up again
+    assert ledger.state_path(running) == running / "state.pt"
     assert pe.progress(plan(root), out)["started"] == [
         {"run": "mlp:8 views16 ('mse', 1.0, 1.0) seed 0", "epochs": 3, "of": 200}]
     # the run finishes: its metrics are kept, its snapshot (ours) goes
@@ -76,10 +77,10 @@ def test_a_snapshot_is_brought_into_an_empty_run_directory(tmp_path):
     snap = root / where.relative_to(out) / "state.pt"
     snap.parent.mkdir(parents=True)
     snap.write_bytes(b"epoch 7")
-    pe._resume_from(pl.Ledger(root, out), where)
+    pl.Ledger(root, out).resume(where)
     assert (where / "state.pt").read_bytes() == b"epoch 7"
     (where / "state.pt").write_bytes(b"epoch 9")  # the run went on here: left alone
-    pe._resume_from(pl.Ledger(root, out), where)
+    pl.Ledger(root, out).resume(where)
     assert (where / "state.pt").read_bytes() == b"epoch 9"
 
 
