@@ -35,14 +35,20 @@ def finish(out, arm, setting, seed, val, test):
     return where
 
 
-def test_a_new_checkout_resumes_from_the_ledger(tmp_path):
+def kept_teacher(tmp_path, weights):
+    """A ledger under tmp_path that has kept one teacher checkpoint of `weights`."""
     out, root = tmp_path / "runs", tmp_path / "ledger"
     ledger = pl.Ledger(root, out)
     teacher = out / "teachers" / "teacher-0.pt"
     teacher.parent.mkdir(parents=True)
-    teacher.write_bytes(b"weights")
+    teacher.write_bytes(weights)
     teacher.with_suffix(".json").write_text("{}")
     ledger.keep_teachers([str(teacher)])
+    return out, root, ledger, teacher
+
+
+def test_a_new_checkout_resumes_from_the_ledger(tmp_path):
+    out, root, ledger, teacher = kept_teacher(tmp_path, b"weights")
     done = finish(out, "views16", KL, 0, val=[50, 40], test=[500, 400])
     ledger.archive(done)
     running = pe.run_dir(out, "mlp:8", "views16", MSE, 0)
@@ -126,12 +132,7 @@ def test_the_record_covers_arms_whose_seeds_it_holds_in_full(tmp_path):
 
 
 def test_other_teachers_are_refused(tmp_path):
-    out, root = tmp_path / "runs", tmp_path / "ledger"
-    ledger = pl.Ledger(root, out)
-    teacher = out / "teachers" / "teacher-0.pt"
-    teacher.parent.mkdir(parents=True)
-    teacher.write_bytes(b"first")
-    ledger.keep_teachers([str(teacher)])
+    _, _, ledger, teacher = kept_teacher(tmp_path, b"first")
     ledger.keep_teachers([str(teacher)])  # the same teachers: fine
     teacher.write_bytes(b"retrained")
     with pytest.raises(pl.LedgerMismatch, match=r"teacher .*teacher-0.pt is not the ledger's "
