@@ -122,7 +122,11 @@ def main() -> None:
         return
     if not args.report_only:
         train(plan, out, ledger, workers=args.workers)
-    ens = json.loads((Path(plan.ledger) / "ensemble.json").read_text())
+    kept = Path(plan.ledger) / "ensemble.json"
+    if not kept.is_file():
+        raise SystemExit(f"no teachers measured yet: {kept} is missing; run the experiment "
+                         "(make report-patient) before --report-only")
+    ens = json.loads(kept.read_text())
     report(collect(plan, out, ledger.stage1_seconds(), ens), Path(args.reports))
 
 

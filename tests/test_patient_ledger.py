@@ -178,3 +178,11 @@ def test_a_goal_weighed_across_teachers_says_so():
     assert lines[1] == ("- mlp:8: views4 (400.0) reaches online (450.0) at 0.03 of its wall "
                         "time, 0.03 of its CPU time: goal <= 1/3 met (across teachers: one of "
                         "the two arms is the record's)")
+
+
+def test_a_report_before_any_teacher_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["patient_experiment.py", "--report-only", "--reports",
+                                      str(tmp_path / "reports"), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match=r"no teachers measured yet: .*ledger/ensemble.json is "
+                       r"missing; run the experiment \(make report-patient\)"):
+        pe.main()
