@@ -109,25 +109,18 @@ def read_store(arm: str) -> str | None:
 
 def queue(plan: Plan) -> list[tuple[str, str, int]]:
     """(student, arm, seed) in the order they run; arm "select" is the student's loss-setting
-    selection. Runs take hours on 2 cores and sessions end, so the order puts answers first,
-    one student after the other (the MLP's table is the goals' subject): the selection, every
-    stored arm's first seed, the further seeds of hard labels and of the long arm (the >= 80%
-    goal is the gap between their means over seeds; two workers run the seeds side by side),
-    the online arms' first seed (the reference the stored arms are weighed against), the other
-    stored arms' further seeds, then the online arms' further seeds (each as dear as a
-    stored-views stage 1)."""
+    selection. One student after the other (the MLP's table is the goals' subject): the
+    selection, then every seed of one arm before the next arm, in arm_names' order with the
+    long arm beside the arm whose store it replays, the online arms last. Arm after arm, so
+    that runs reading one stage-1 store run together: a new session's checkout has no stores,
+    and the V=64 store takes 35 minutes to write again here; two workers run an arm's seeds
+    side by side."""
     out: list[tuple[str, str, int]] = []
-    seeds = range(1, plan.seeds)
     for student in plan.students:
-        offline = [a for a in arm_names(plan, student) if not is_online(a)]
-        online = [a for a in arm_names(plan, student) if is_online(a)]
-        goal = [a for a in offline if a == "hard" or a.endswith("-long")]
+        arms = arm_names(plan, student)
+        order = sorted(arms, key=lambda a: (is_online(a), arms.index(a.removesuffix("-long"))))
         out.append((student, "select", 0))
-        out += [(student, arm, 0) for arm in offline]
-        out += [(student, arm, seed) for arm in goal for seed in seeds]
-        out += [(student, arm, 0) for arm in online]
-        out += [(student, arm, seed) for seed in seeds for arm in offline if arm not in goal]
-        out += [(student, arm, seed) for seed in seeds for arm in online]
+        out += [(student, arm, seed) for arm in order for seed in range(plan.seeds)]
     return out
 
 

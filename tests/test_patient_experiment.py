@@ -17,26 +17,20 @@ PLAN = pe.Plan(students=("mlp:8",), views=(4, 16), seeds=2,
                grid=(("kl", 2.0, 1.0), ("mse", 1.0, 1.0)), long_students=())
 
 
-def test_queue_puts_selection_then_first_seeds_then_further_seeds():
+def test_queue_runs_an_arms_seeds_together_one_student_after_the_other():
     plan = pe.dataclasses.replace(PLAN, students=("mlp:8", "cnn:2,2,4"),
                                   long_students=("mlp:8",))
     stored = ["hard", "views16", "mixed16", "views4", "clean"]
     assert pe.arm_names(plan, "cnn:2,2,4") == [*stored, "online", "online-mixed"]
     mlp = [*stored, "views16-long"]  # the patient arm, for the students listed only
     assert pe.arm_names(plan, "mlp:8") == [*mlp, "online", "online-mixed"]
+    # the long arm beside views16, whose store it replays; both seeds of an arm together
+    mlp_order = ["hard", "views16", "views16-long", "mixed16", "views4", "clean", "online",
+                 "online-mixed"]
+    cnn_order = [*stored, "online", "online-mixed"]
     assert pe.queue(plan) == [
-        ("mlp:8", "select", 0),
-        *[("mlp:8", a, 0) for a in mlp],
-        ("mlp:8", "hard", 1), ("mlp:8", "views16-long", 1),  # the goal's arms first
-        ("mlp:8", "online", 0), ("mlp:8", "online-mixed", 0),
-        *[("mlp:8", a, 1) for a in stored[1:]],
-        ("mlp:8", "online", 1), ("mlp:8", "online-mixed", 1),  # one student, then the next
-        ("cnn:2,2,4", "select", 0),
-        *[("cnn:2,2,4", a, 0) for a in stored],
-        ("cnn:2,2,4", "hard", 1),
-        ("cnn:2,2,4", "online", 0), ("cnn:2,2,4", "online-mixed", 0),
-        *[("cnn:2,2,4", a, 1) for a in stored[1:]],
-        ("cnn:2,2,4", "online", 1), ("cnn:2,2,4", "online-mixed", 1)]
+        ("mlp:8", "select", 0), *[("mlp:8", a, s) for a in mlp_order for s in (0, 1)],
+        ("cnn:2,2,4", "select", 0), *[("cnn:2,2,4", a, s) for a in cnn_order for s in (0, 1)]]
 
 
 def test_the_long_arm_replays_the_largest_views_store_for_long_epochs():
