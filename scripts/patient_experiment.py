@@ -313,7 +313,8 @@ def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict) -> dict[str, Any]:
     ledger = Ledger(plan.ledger, out)
     results: dict[str, Any] = {"plan": dataclasses.asdict(plan), "ensemble": ens,
                                "stage1_seconds": stage1_s, "students": {},
-                               "progress": progress(plan, out)}
+                               "progress": progress(plan, out),
+                               "store_builds": ledger.store_builds()}
     for student in plan.students:
         scores = selection(plan, out, student, ledger)
         chosen, rows = best_setting(plan, scores), {}

@@ -22,9 +22,12 @@ The run directory (out/, under runs/) stays the working copy: runs write there a
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +42,7 @@ class LedgerMismatch(SystemExit):
 
 
 class Ledger:
-    """The committed record under `root` (None: no ledger, e.g. the quick plan) of the runs
-    written under `out`."""
+    """The committed record under `root` (None: none) of the runs written under `out`."""
 
     def __init__(self, root: str | Path | None, out: Path) -> None:
         self.root = None if root is None else Path(root)
@@ -98,9 +100,7 @@ class Ledger:
         for src in self.root.glob("teachers/*"):
             dst = self.out / src.relative_to(self.root)
             if not dst.is_file():
-                with replacing(dst) as tmp:
-                    shutil.copyfile(src, tmp)
-                copied.append(dst)
+                copied.append(_copy_file(src, dst))
         return copied
 
     def resume(self, where: Path) -> None:
@@ -108,8 +108,7 @@ class Ledger:
         no state.pt (a fresh checkout); a state saved there since is newer and stays."""
         saved = self.state_path(where)
         if saved is not None and saved != where / "state.pt":
-            with replacing(where / "state.pt") as tmp:
-                shutil.copyfile(saved, tmp)
+            _copy_file(saved, where / "state.pt")
 
     def keep_teachers(self, paths: list[str]) -> None:
         """Copy the teachers' checkpoints (and their .json) into the ledger once; refuse
@@ -145,19 +144,32 @@ class Ledger:
         """A store was (re)built: keep its first timing, and its fingerprint beside those of
         earlier builds (a rebuild on another CPU may round some logits differently: the
         report names a store built more than one way)."""
-        local = self.out / "stage1.json"
-        mine = json.loads(local.read_text()) if local.is_file() else {}
-        write_json(local, {**mine, key: seconds, f"{key}:cpu": cpu_seconds})
-        if self.root is None:
-            return
-        timing = self._read("stage1.json") or {}
-        if key not in timing:
-            write_json(self.root / "stage1.json", {**timing, key: seconds,
-                                                   f"{key}:cpu": cpu_seconds})
-        prints = self._read("stores.json") or {}
-        seen = prints.get(key, [])
-        if (new := fingerprint(url)) not in seen:
-            write_json(self.root / "stores.json", {**prints, key: [*seen, new]})
+        with self._writing():  # two workers may finish stores at once
+            local = self.out / "stage1.json"
+            mine = json.loads(local.read_text()) if local.is_file() else {}
+            write_json(local, {**mine, key: seconds, f"{key}:cpu": cpu_seconds})
+            if self.root is None:
+                return
+            timing = self._read("stage1.json") or {}
+            if key not in timing:
+                write_json(self.root / "stage1.json", {**timing, key: seconds,
+                                                       f"{key}:cpu": cpu_seconds})
+            prints = self._read("stores.json") or {}
+            seen = prints.get(key, [])
+            if (new := fingerprint(url)) not in seen:
+                write_json(self.root / "stores.json", {**prints, key: [*seen, new]})
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold an exclusive lock (out/ledger.lock, beside the runs) while reading and
+        rewriting a shared JSON file."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "ledger.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def store_builds(self) -> dict[str, int]:
         """Store key -> how many different stores were built for it (1 when every rebuild
@@ -184,10 +196,14 @@ class Ledger:
         dst = self._mirror(src)
         if dst is None or not src.is_file() or (dst.is_file() and not always):
             return None
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(dst) as tmp:
-            shutil.copyfile(src, tmp)
-        return dst
+        return _copy_file(src, dst)
+
+
+def _copy_file(src: Path, dst: Path) -> Path:
+    """src copied to dst whole or not at all (a snapshot is copied while its run goes on)."""
+    with replacing(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst
 
 
 def _sha256(path: Path) -> str:

@@ -82,6 +82,11 @@ def report(results: dict[str, Any], where: Path) -> None:
     lines += [f"- {student}: {s['selection'] or 'not run yet'}; chosen {s['chosen']}"
               for student, s in results["students"].items()]
     lines += ["", "Goals:", ""] + verdicts(results) + _progress(results.get("progress"))
+    twice = {k: n for k, n in results.get("store_builds", {}).items() if n > 1}
+    if twice:
+        lines += ["", f"Stores built with different targets (builds): {twice}: a rebuild on "
+                  "another machine rounded some logits differently; seeds of one arm may have "
+                  "learnt from either."]
     with replacing(where / "README.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -163,6 +163,10 @@ def test_stores_keep_their_first_timing_and_each_different_build(tmp_path):
     assert ledger.store_builds() == {"clean": 2}
     assert ledger.stage1_seconds() == {"clean": 10.0, "clean:cpu": 12.0}
     assert json.loads((out / "stage1.json").read_text())["clean"] == 20.0  # this run's own
+    pr.report({"ensemble": {"test_errors": 100, "members": 2}, "plan": {"seeds": 2},
+               "students": {}, "store_builds": ledger.store_builds()}, tmp_path / "reports")
+    assert "Stores built with different targets (builds): {'clean': 2}: a rebuild" in \
+        (tmp_path / "reports" / "README.md").read_text()
 
 
 def test_a_goal_weighed_across_teachers_says_so():
