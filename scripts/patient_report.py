@@ -112,9 +112,13 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(students), figsize=(6 * len(students), 4), squeeze=False)
     for ax, (student, s) in zip(axes[0], students.items()):
         for arm, r in s["arms"].items():
-            ax.plot(range(1, len(r["curve"]) + 1), r["curve"], label=arm)
+            record = r.get("source") == "record"
+            ax.plot(range(1, len(r["curve"]) + 1), r["curve"], lw=0.8 if record else 1.5,
+                    label=f"{arm} (record)" if record else arm)
         ens = results["ensemble"]["test_errors"]
         ax.axhline(ens, color="k", ls="--", label="ensemble")
+        for other in {r["ensemble"] for r in s["arms"].values() if "ensemble" in r} - {ens}:
+            ax.axhline(other, color="grey", ls=":", label="ensemble (record)")
         ax.set_ylim(0.95 * ens, 1.5 * ens)  # the late epochs, where the arms part
         ax.set(title=student, xlabel="epoch", ylabel="test errors (mean of seeds)")
         ax.legend(fontsize=7)
