@@ -78,7 +78,7 @@ class Pixels(torch.nn.Module):
 def ensure_store(plan: Plan, out: Path, key: str, teachers: list[str], ledger: Ledger) -> str:
     """The url of stage-1 store `key` ("test" or a store_views key), written first if it is not
     complete; raises StoreLockedError while another process writes it."""
-    url = str(out / f"{key}.zarr")
+    url = store_url(out, key)
     if store_complete(url):
         return url
     data = DataConfig(limit=plan.limit, val_rows=plan.val_rows)
@@ -158,10 +158,11 @@ def train(plan: Plan, out: Path, ledger: Ledger, *, workers: int) -> None:
         raise SystemExit(f"a worker failed (exit codes {[q.exitcode for q in procs]})")
 
 
-def runs_in_order(plan: Plan, out: Path) -> list[tuple[str, str, tuple | None, int]]:
+def runs_in_order(plan: Plan, out: Path, ledger: Ledger | None = None
+                  ) -> list[tuple[str, str, tuple | None, int]]:
     """(student, arm, setting, seed) of every run in queue order; setting None while the
     student's selection has not finished."""
-    ledger = Ledger(plan.ledger, out)
+    ledger = ledger or Ledger(plan.ledger, out)
     chosen = {student: best_setting(plan, selection(plan, out, student, ledger))
               for student in plan.students}  # read each selection run once, not per run
     return [(student, select_arm(plan), setting, seed) if arm == "select" else
@@ -177,7 +178,7 @@ def work(plan: Plan, out: Path, teachers: list[str], threads: int) -> None:
     torch.set_num_threads(threads)
     ledger = Ledger(plan.ledger, out)
     while True:
-        todo = [r for r in runs_in_order(plan, out)
+        todo = [r for r in runs_in_order(plan, out, ledger)
                 if r[2] is None or not done(plan, out, *r, ledger=ledger)]
         if not todo:
             return
@@ -211,8 +212,13 @@ def work(plan: Plan, out: Path, teachers: list[str], threads: int) -> None:
 def _waiting_on_stores(todo: list[tuple], out: Path) -> bool:
     """Whether a run left depends on a store that is not complete yet (another worker holds
     its lock): this worker may run it once the store is written."""
-    return any((key := read_store(arm)) and not store_complete(str(out / f"{key}.zarr"))
+    return any((key := read_store(arm)) and not store_complete(store_url(out, key))
                for _, arm, _, _ in todo)
+
+
+def store_url(out: Path, key: str) -> str:
+    """Where stage-1 store `key` is written."""
+    return str(out / f"{key}.zarr")
 
 
 def claim(where: Path) -> StoreLock | None:
@@ -279,14 +285,14 @@ def selection(plan: Plan, out: Path, student: str, ledger: Ledger | None = None
     return scores if len(scores) == len(plan.grid) or not recorded else recorded
 
 
-def progress(plan: Plan, out: Path) -> dict[str, Any]:
+def progress(plan: Plan, out: Path, ledger: Ledger | None = None) -> dict[str, Any]:
     """Where the queue stands: how many runs are done (finished, or covered by the ledger's
     record), the started ones in queue order with the epochs they have saved, and how many
     have not started."""
-    ledger = Ledger(plan.ledger, out)
+    ledger = ledger or Ledger(plan.ledger, out)
     seen: set[Path] = set()
     count, started, waiting = 0, [], 0
-    for student, arm, setting, seed in runs_in_order(plan, out):
+    for student, arm, setting, seed in runs_in_order(plan, out, ledger):
         if setting is None:  # after an unfinished selection; its own arm's seed 0 is in it
             waiting += not (arm == select_arm(plan) and seed == 0)
             continue
@@ -313,7 +319,7 @@ def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict) -> dict[str, Any]:
     ledger = Ledger(plan.ledger, out)
     results: dict[str, Any] = {"plan": dataclasses.asdict(plan), "ensemble": ens,
                                "stage1_seconds": stage1_s, "students": {},
-                               "progress": progress(plan, out),
+                               "progress": progress(plan, out, ledger),
                                "store_builds": ledger.store_builds()}
     for student in plan.students:
         scores = selection(plan, out, student, ledger)

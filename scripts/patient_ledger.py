@@ -35,6 +35,7 @@ import zarr
 
 from softtargets.atomic import replacing, write_json
 from softtargets.format.digests import DIGESTS
+from softtargets.torchfiles import file_sha256
 
 
 class LedgerMismatch(SystemExit):
@@ -115,10 +116,11 @@ class Ledger:
         teachers other than the ledger's (its runs all learnt from those)."""
         for path in map(Path, paths):
             kept = self._mirror(path)
-            if kept is not None and kept.is_file() and _sha256(kept) != _sha256(path):
+            if kept is not None and kept.is_file() and \
+                    (mine := file_sha256(path)) != (theirs := file_sha256(kept)):
                 raise LedgerMismatch(
-                    f"teacher {path} is not the ledger's {kept} (sha256 {_sha256(path)[:16]} vs "
-                    f"{_sha256(kept)[:16]}): the ledger's runs learnt from its teachers; move "
+                    f"teacher {path} is not the ledger's {kept} (sha256 {mine[7:23]} vs "
+                    f"{theirs[7:23]}): the ledger's runs learnt from its teachers; move "
                     f"{path.parent} away to use them, or pass another --ledger")
             for src in (path, path.with_suffix(".json")):
                 self._copy(src)
@@ -204,10 +206,6 @@ def _copy_file(src: Path, dst: Path) -> Path:
     with replacing(dst) as tmp:
         shutil.copyfile(src, tmp)
     return dst
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def fingerprint(url: str) -> str:
