@@ -262,10 +262,11 @@ def finished(plan: Plan, out: Path, student: str, arm: str, setting: tuple, seed
 def done(plan: Plan, out: Path, student: str, arm: str, setting: tuple, seed: int, *,
          ledger: Ledger) -> bool:
     """Whether the run need not run: it finished, or the ledger's record covers it (every
-    seed of its arm at this setting, or a selection run of a setting not chosen)."""
+    seed of its arm at this setting, unless the plan remeasures the arm, or a selection run
+    of a setting not chosen)."""
     if finished(plan, out, student, arm, setting, seed, ledger=ledger):
         return True
-    rec = ledger.recorded_arm(student, arm)
+    rec = (student, arm) not in plan.remeasure and ledger.recorded_arm(student, arm)
     if rec and tuple(rec["setting"]) == tuple(setting) and rec["seeds"] >= plan.seeds:
         return True
     scores = ledger.recorded_selection(student)

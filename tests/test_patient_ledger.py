@@ -1,6 +1,7 @@
 """The patient experiment's ledger (scripts/patient_ledger.py): what a new checkout, with no
 runs/ directory, gets back from the committed record, and what it refuses."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -129,6 +130,22 @@ def test_the_record_covers_arms_whose_seeds_it_holds_in_full(tmp_path):
     assert "| mlp:8 | hard (record) | ('kl', 1.0, 0.0), 2 | 2/2 | 700.0 ± 1.0 | 0% |" in table
     assert "| mlp:8 | views16 | ('kl', 2.0, 1.0), 2 | 1/2 | 380.0 ± 0.0 | 53% |" in table
     assert "(record): measured before the ledger kept each run's history" in table
+
+
+def test_a_remeasured_arm_runs_again_though_the_record_holds_it(tmp_path):
+    out, root = tmp_path / "runs", tmp_path / "ledger"
+    record(root, {"views4": arm(KL, 2, 400.0), "views16": arm(KL, 2, 410.0)})
+    p = dataclasses.replace(plan(root), remeasure=(("mlp:8", "views4"),))
+    ledger = pl.Ledger(root, out)
+    assert pe.done(p, out, "mlp:8", "views16", KL, 1, ledger=ledger)
+    assert not pe.done(p, out, "mlp:8", "views4", KL, 1, ledger=ledger)
+    # the record's row stands until the arm's own first run finishes
+    stage1 = {"views4": 10.0, "views4:cpu": 12.0}
+    rows = pe.collect(p, out, stage1, {"test_errors": 100})["students"]["mlp:8"]["arms"]
+    assert rows["views4"]["source"] == "record"
+    finish(out, "views4", KL, 0, val=[50, 40], test=[500, 390])
+    rows = pe.collect(p, out, stage1, {"test_errors": 100})["students"]["mlp:8"]["arms"]
+    assert rows["views4"]["test_errors"] == [390] and "source" not in rows["views4"]
 
 
 def test_other_teachers_are_refused(tmp_path):
