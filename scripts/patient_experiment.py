@@ -129,7 +129,7 @@ def main() -> None:
         raise SystemExit(f"no teachers measured yet: {kept} is missing; run the experiment "
                          "(make report-patient) before --report-only")
     ens = json.loads(kept.read_text())
-    report(collect(plan, out, ledger.stage1_seconds(), ens), Path(args.reports))
+    report(collect(plan, out, ledger.stage1_seconds(), ens, ledger=ledger), Path(args.reports))
 
 
 def train(plan: Plan, out: Path, ledger: Ledger, *, workers: int) -> None:
@@ -158,12 +158,11 @@ def train(plan: Plan, out: Path, ledger: Ledger, *, workers: int) -> None:
         raise SystemExit(f"a worker failed (exit codes {[q.exitcode for q in procs]})")
 
 
-def runs_in_order(plan: Plan, out: Path, ledger: Ledger | None = None
+def runs_in_order(plan: Plan, out: Path, *, ledger: Ledger
                   ) -> list[tuple[str, str, tuple | None, int]]:
     """(student, arm, setting, seed) of every run in queue order; setting None while the
     student's selection has not finished."""
-    ledger = ledger or Ledger(plan.ledger, out)
-    chosen = {student: best_setting(plan, selection(plan, out, student, ledger))
+    chosen = {student: best_setting(plan, selection(plan, out, student, ledger=ledger))
               for student in plan.students}  # read each selection run once, not per run
     return [(student, select_arm(plan), setting, seed) if arm == "select" else
             (student, arm, setting_of(arm, chosen[student]), seed)
@@ -178,7 +177,7 @@ def work(plan: Plan, out: Path, teachers: list[str], threads: int) -> None:
     torch.set_num_threads(threads)
     ledger = Ledger(plan.ledger, out)
     while True:
-        todo = [r for r in runs_in_order(plan, out, ledger)
+        todo = [r for r in runs_in_order(plan, out, ledger=ledger)
                 if r[2] is None or not done(plan, out, *r, ledger=ledger)]
         if not todo:
             return
@@ -253,9 +252,8 @@ def _heartbeat(lock: StoreLock, every: float = 60.0) -> Iterator[None]:
 
 
 def finished(plan: Plan, out: Path, student: str, arm: str, setting: tuple, seed: int, *,
-             ledger: Ledger | None = None) -> dict | None:
+             ledger: Ledger) -> dict | None:
     """The metrics of a finished run (the ledger's copy or the run directory's), or None."""
-    ledger = ledger or Ledger(plan.ledger, out)
     return ledger.metrics(run_dir(out, student, arm, setting, seed))
 
 
@@ -274,11 +272,9 @@ def done(plan: Plan, out: Path, student: str, arm: str, setting: tuple, seed: in
         tuple(setting) != best_setting(plan, scores)
 
 
-def selection(plan: Plan, out: Path, student: str, ledger: Ledger | None = None
-              ) -> dict[tuple, int]:
+def selection(plan: Plan, out: Path, student: str, *, ledger: Ledger) -> dict[tuple, int]:
     """Setting -> least validation errors of its finished selection run (seed 0, middle V);
     the ledger's record of them while the runs themselves are not all in the ledger."""
-    ledger = ledger or Ledger(plan.ledger, out)
     runs = {s: finished(plan, out, student, select_arm(plan), s, 0, ledger=ledger)
             for s in plan.grid}
     scores = {s: min(h["val_errors"] for h in m["history"]) for s, m in runs.items() if m}
@@ -286,14 +282,13 @@ def selection(plan: Plan, out: Path, student: str, ledger: Ledger | None = None
     return scores if len(scores) == len(plan.grid) or not recorded else recorded
 
 
-def progress(plan: Plan, out: Path, ledger: Ledger | None = None) -> dict[str, Any]:
+def progress(plan: Plan, out: Path, *, ledger: Ledger) -> dict[str, Any]:
     """Where the queue stands: how many runs are done (finished, or covered by the ledger's
     record), the started ones in queue order with the epochs they have saved, and how many
     have not started."""
-    ledger = ledger or Ledger(plan.ledger, out)
     seen: set[Path] = set()
     count, started, waiting = 0, [], 0
-    for student, arm, setting, seed in runs_in_order(plan, out, ledger):
+    for student, arm, setting, seed in runs_in_order(plan, out, ledger=ledger):
         if setting is None:  # after an unfinished selection; its own arm's seed 0 is in it
             waiting += not (arm == select_arm(plan) and seed == 0)
             continue
@@ -313,17 +308,17 @@ def progress(plan: Plan, out: Path, ledger: Ledger | None = None) -> dict[str, A
     return {"finished": count, "started": started, "waiting": waiting}
 
 
-def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict) -> dict[str, Any]:
+def collect(plan: Plan, out: Path, stage1_s: dict, ens: dict, *,
+            ledger: Ledger) -> dict[str, Any]:
     """Results of the runs finished so far: an arm is summarised over its finished seeds
     (`seeds` says how many of plan.seeds); an arm with none reads the ledger's record
     ("source": "record"); `progress` says what is left."""
-    ledger = Ledger(plan.ledger, out)
     results: dict[str, Any] = {"plan": dataclasses.asdict(plan), "ensemble": ens,
                                "stage1_seconds": stage1_s, "students": {},
-                               "progress": progress(plan, out, ledger),
+                               "progress": progress(plan, out, ledger=ledger),
                                "store_builds": ledger.store_builds()}
     for student in plan.students:
-        scores = selection(plan, out, student, ledger)
+        scores = selection(plan, out, student, ledger=ledger)
         chosen, rows = best_setting(plan, scores), {}
         for arm in arm_names(plan, student):
             setting = setting_of(arm, chosen)

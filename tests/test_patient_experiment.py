@@ -15,6 +15,12 @@ pr = pytest.importorskip("patient_report")
 
 PLAN = pe.Plan(students=("mlp:8",), views=(4, 16), seeds=2,
                grid=(("kl", 2.0, 1.0), ("mse", 1.0, 1.0)), long_students=())
+ENSEMBLE = {"test_errors": 100, "members": 2}
+
+
+def no_ledger(out):
+    """The ledger of a plan without one: no record, nothing kept."""
+    return pe.Ledger(None, out)
 
 
 def test_queue_runs_an_arms_seeds_together_one_student_after_the_other():
@@ -71,14 +77,14 @@ def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
     kl, mse, hard = ("kl", 2.0, 1.0), ("mse", 1.0, 1.0), ("kl", 1.0, 0.0)
     finish(tmp_path, "views16", kl, 0, val=[50, 40], test=[500, 400])
     stage1 = {"views16": 10.0, "views16:cpu": 12.0, "clean": 1.0}
-    res = pe.collect(PLAN, tmp_path, stage1, {"test_errors": 100, "members": 2})
+    res = pe.collect(PLAN, tmp_path, stage1, ENSEMBLE, ledger=no_ledger(tmp_path))
     assert res["students"]["mlp:8"]["chosen"] is None  # mse's selection run not finished
     assert res["students"]["mlp:8"]["arms"] == {}
     # selection: kl 40 < mse 45 on validation, though mse's test errors are lower
     finish(tmp_path, "views16", mse, 0, val=[45, 60], test=[300, 200])
     finish(tmp_path, "views16", kl, 1, val=[60, 50], test=[600, 380])
     finish(tmp_path, "hard", hard, 0, val=[70, 80], test=[700, 800])
-    res = pe.collect(PLAN, tmp_path, stage1, {"test_errors": 100, "members": 2})
+    res = pe.collect(PLAN, tmp_path, stage1, ENSEMBLE, ledger=no_ledger(tmp_path))
     s = res["students"]["mlp:8"]
     assert s["chosen"] == kl and s["selection"] == {str(kl): 40, str(mse): 45}
     views = s["arms"]["views16"]
@@ -100,12 +106,12 @@ def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
         "stretch 80% not met" in table
     # online at 420 errors: views16 (390) reaches it at (10 + 2) / 100 of its wall time
     finish(tmp_path, "online", kl, 0, val=[50, 45], test=[480, 420], seconds=100.0)
-    lines = pr.verdicts(pe.collect(PLAN, tmp_path, stage1, {"test_errors": 100, "members": 2}))
+    lines = pr.verdicts(pe.collect(PLAN, tmp_path, stage1, ENSEMBLE, ledger=no_ledger(tmp_path)))
     assert lines[1] == ("- mlp:8: views16 (390.0) reaches online (420.0) at 0.12 of its wall "
                         "time, 0.10 of its CPU time: goal <= 1/3 met")
     # the arm is chosen on validation: clean's fewer test errors (250) do not make it the one
     finish(tmp_path, "clean", kl, 0, val=[60, 48], test=[300, 250])
-    res = pe.collect(PLAN, tmp_path, stage1, {"test_errors": 100, "members": 2})
+    res = pe.collect(PLAN, tmp_path, stage1, ENSEMBLE, ledger=no_ledger(tmp_path))
     assert res["students"]["mlp:8"]["arms"]["clean"]["val_mean"] == 48
     assert pr.verdicts(res)[0].startswith("- mlp:8: the stored arm chosen on validation, "
                                           "views16, closes 52% of the gap")
@@ -114,16 +120,17 @@ def test_collect_reports_finished_runs_chosen_on_validation(tmp_path):
 def test_progress_counts_the_queue_and_reports_started_runs(tmp_path):
     kl, mse = ("kl", 2.0, 1.0), ("mse", 1.0, 1.0)
     # PLAN: selection 2 runs, then 7 arms x 2 seeds of which views16 seed 0 is a selection run
-    assert pe.progress(PLAN, tmp_path) == {"finished": 0, "started": [], "waiting": 15}
+    assert pe.progress(PLAN, tmp_path, ledger=no_ledger(tmp_path)) == {
+        "finished": 0, "started": [], "waiting": 15}
     finish(tmp_path, "views16", kl, 0, val=[50, 40], test=[500, 400])
     started = pe.run_dir(tmp_path, "mlp:8", "views16", mse, 0)
     started.mkdir(parents=True)
     pe.torch.save({"history": [{"val_errors": 9}] * 3}, started / "state.pt")
-    assert pe.progress(PLAN, tmp_path) == {
+    assert pe.progress(PLAN, tmp_path, ledger=no_ledger(tmp_path)) == {
         "finished": 1, "waiting": 13,
         "started": [{"run": "mlp:8 views16 ('mse', 1.0, 1.0) seed 0", "epochs": 3, "of": 200}]}
     res = {"ensemble": {"test_errors": 100, "members": 2}, "plan": {"seeds": 2},
-           "students": {}, "progress": pe.progress(PLAN, tmp_path)}
+           "students": {}, "progress": pe.progress(PLAN, tmp_path, ledger=no_ledger(tmp_path))}
     pr.report(res, tmp_path / "reports")
     table = (tmp_path / "reports" / "README.md").read_text()
     assert "Runs: 1 finished, 1 started, 13 not started.\n\n- started: mlp:8 views16 " \

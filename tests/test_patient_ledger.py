@@ -69,7 +69,7 @@ def test_a_new_checkout_resumes_from_the_ledger(tmp_path):
     assert teacher.read_bytes() == b"weights"
     ledger.resume(running)  # the run comes up again
     assert ledger.state_path(running) == running / "state.pt"
-    assert pe.progress(plan(root), out)["started"] == [
+    assert pe.progress(plan(root), out, ledger=pl.Ledger(root, out))["started"] == [
         {"run": "mlp:8 views16 ('mse', 1.0, 1.0) seed 0", "epochs": 3, "of": 200}]
     # the run finishes: its metrics are kept, its snapshot (ours) goes
     (running / "metrics.json").write_text(json.dumps({"history": []}))
@@ -113,16 +113,18 @@ def test_the_record_covers_arms_whose_seeds_it_holds_in_full(tmp_path):
     assert pe.done(p, out, "mlp:8", "hard", HARD, 1, ledger=ledger)  # 2 of 2 seeds
     assert not pe.done(p, out, "mlp:8", "views16", KL, 0, ledger=ledger)  # 1 of 2: run anew
     assert pe.done(p, out, "mlp:8", "views16", MSE, 0, ledger=ledger)  # selection, not chosen
-    todo = [r for r in pe.runs_in_order(p, out) if not pe.done(p, out, *r, ledger=ledger)]
+    todo = [r for r in pe.runs_in_order(p, out, ledger=ledger)
+            if not pe.done(p, out, *r, ledger=ledger)]
     assert todo[0] == ("mlp:8", "views16", KL, 0) and ("mlp:8", "hard", HARD, 0) not in todo
     stage1 = {"views16": 10.0, "views16:cpu": 12.0}
-    res = pe.collect(p, out, stage1, {"test_errors": 100, "members": 2})
+    res = pe.collect(p, out, stage1, {"test_errors": 100, "members": 2}, ledger=ledger)
     s = res["students"]["mlp:8"]
     assert s["chosen"] == KL and set(s["arms"]) == {"hard", "views16"}
     assert s["arms"]["views16"]["source"] == "record" and s["arms"]["views16"]["ensemble"] == 90
     # the arm's own run replaces the record's row, never mixes with it
     finish(out, "views16", KL, 0, val=[50, 40], test=[500, 380])
-    s = pe.collect(p, out, stage1, {"test_errors": 100, "members": 2})["students"]["mlp:8"]
+    s = pe.collect(p, out, stage1, {"test_errors": 100, "members": 2},
+                   ledger=ledger)["students"]["mlp:8"]
     assert s["arms"]["views16"]["test_errors"] == [380] and "source" not in s["arms"]["views16"]
     pr.report({**res, "students": {"mlp:8": s}}, tmp_path / "reports")
     table = (tmp_path / "reports" / "README.md").read_text()
@@ -141,10 +143,12 @@ def test_a_remeasured_arm_runs_again_though_the_record_holds_it(tmp_path):
     assert not pe.done(p, out, "mlp:8", "views4", KL, 1, ledger=ledger)
     # the record's row stands until the arm's own first run finishes
     stage1 = {"views4": 10.0, "views4:cpu": 12.0}
-    rows = pe.collect(p, out, stage1, {"test_errors": 100})["students"]["mlp:8"]["arms"]
+    rows = pe.collect(p, out, stage1, {"test_errors": 100},
+                      ledger=ledger)["students"]["mlp:8"]["arms"]
     assert rows["views4"]["source"] == "record"
     finish(out, "views4", KL, 0, val=[50, 40], test=[500, 390])
-    rows = pe.collect(p, out, stage1, {"test_errors": 100})["students"]["mlp:8"]["arms"]
+    rows = pe.collect(p, out, stage1, {"test_errors": 100},
+                      ledger=ledger)["students"]["mlp:8"]["arms"]
     assert rows["views4"]["test_errors"] == [390] and "source" not in rows["views4"]
 
 
