@@ -8,6 +8,7 @@ trained on (clean inputs), the validation rows and the test rows: top-1 agreemen
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from softtargets.atomic import write_json
 from softtargets.config import DataConfig, from_dict
 from softtargets.datasets.idx_files import load_split, load_validation
+from softtargets.errors import CheckpointError, SofttargetsError
 from softtargets.recipes.hinton2015.fidelity import fidelity
 from softtargets.recipes.hinton2015.models import load_checkpoint
 from softtargets.recipes.hinton2015.patient import load_run_state, load_student
@@ -34,6 +36,14 @@ def run_data(states: dict[str, dict[str, Any]]) -> DataConfig:
 
 
 def main() -> None:
+    """Bad input (a directory without state.pt, a missing teacher) is one line, not a traceback."""
+    try:
+        report()
+    except SofttargetsError as e:
+        sys.exit(f"Error: {type(e).__name__}: {e}")
+
+
+def report() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="run directories (each with state.pt)")
     ap.add_argument("--experiment", default="runs/fashion-mnist/patient",
@@ -41,12 +51,15 @@ def main() -> None:
     ap.add_argument("--out", default="reports/patient/fidelity.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    paths = sorted(Path(args.experiment, "teachers").glob("teacher-*.pt"))
+    if not paths:
+        raise CheckpointError(f"no teacher-*.pt under {str(Path(args.experiment, 'teachers'))!r}; "
+                              "pass --experiment, the directory the runs' teachers are in")
     states = {run: load_run_state(run) for run in args.runs}
     data = run_data(states)
     splits = {"train": load_split(data), "val": load_validation(data),
               "test": load_split(data.for_test())}
-    teachers = [load_checkpoint(p).model
-                for p in sorted(Path(args.experiment, "teachers").glob("teacher-*.pt"))]
+    teachers = [load_checkpoint(p).model for p in paths]
     members = {k: np.stack([split_logits(t, s) for t in teachers]) for k, s in splits.items()}
     lines = [f"Students against the ensemble of {len(teachers)} teachers, clean inputs, T=1 "
              "(agreement: top-1 the same; KL(ensemble || student) in nats).", "",

@@ -148,3 +148,17 @@ def test_fidelity_reads_the_runs_data_config_and_refuses_a_mix(tmp_path):
     assert pf.run_data({n: states[n] for n in "ab"}) == DataConfig(val_rows=5000)
     with pytest.raises(SystemExit, match="different data configs"):
         pf.run_data(states)
+
+
+def test_fidelity_bad_run_or_teachers_is_one_line(tmp_path, monkeypatch):
+    pf = pytest.importorskip("patient_fidelity")
+    argv = ["patient_fidelity", str(tmp_path / "nope"), "--experiment", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match=r"^Error: CheckpointError: no teacher-\*\.pt under .*; "
+                                         r"pass --experiment"):
+        pf.main()
+    (tmp_path / "teachers").mkdir()
+    (tmp_path / "teachers" / "teacher-0.pt").write_bytes(b"")  # found, never loaded
+    with pytest.raises(SystemExit, match=r"^Error: CheckpointError: .*nope.*not found; pass a "
+                                         r"patient run directory$"):
+        pf.main()
